@@ -1,0 +1,773 @@
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where an installed house keeps its configuration.
+const DefaultPath = "/etc/powerhouse/powerhouse.toml"
+
+// Limits that keep generated names and paths within what systemd and the
+// kernel accept.
+const (
+	MaxAmount    = 1024 // instances per group
+	MaxNameLen   = 32   // group name; keeps /run/powerhouse/<group>/<n>.sock under 108 bytes
+	maxUnixPath  = 107  // sun_path without the terminating NUL
+	maxTextBytes = 4096 // any single string value
+)
+
+// Type says how a group's workers get connections.
+type Type string
+
+const (
+	// Cluster workers get the group's sockets: dispatched by the supervisor
+	// when the group is sticky, shared among the instances otherwise.
+	Cluster Type = "cluster"
+	// Child workers run without any socket from PowerHouse.
+	Child Type = "child"
+)
+
+// Config is a validated PowerHouse configuration.
+type Config struct {
+	// File is the absolute path the configuration was read from, or the
+	// name given to Parse.
+	File    string
+	Title   string
+	Amount  int
+	Verbose bool
+	// Prepare is nil when the file has no [prepare] table.
+	Prepare *Prepare
+	Workers []Worker
+}
+
+// Prepare is the house's hook that runs once before any worker starts.
+type Prepare struct {
+	// Exec is the command line, split into words.
+	Exec []string
+}
+
+// Worker is one group of identical worker instances.
+type Worker struct {
+	Name       string
+	Title      string
+	Exec       []string
+	Amount     int
+	Reloadable bool
+	Type       Type
+	Sticky     bool
+	Listen     []Listener
+	// NotifyReady says the workers report readiness (READY=1) to systemd.
+	// It defaults to true for cluster groups, false for child groups.
+	NotifyReady bool
+	// Config is the group's configuration, passed to workers as JSON.
+	// It is never nil.
+	Config map[string]any
+}
+
+// Listener is one public listening socket of a group.
+type Listener struct {
+	// Name identifies the listener in hand-off headers. It defaults to
+	// Address.
+	Name string
+	// Network is "tcp" or "unix".
+	Network string
+	// Address is the normalised address: "0.0.0.0:9999", "[::]:9999",
+	// ":9999" (every address, IPv4 and IPv6) or an absolute unix path.
+	Address string
+	// ProxyProtocol says that clients send a PROXY protocol v1 or v2
+	// header first, whose source address is the client's.
+	ProxyProtocol bool
+}
+
+// Port returns the TCP port of l, or 0 for a unix socket.
+func (l Listener) Port() int {
+	if l.Network != "tcp" {
+		return 0
+	}
+	i := strings.LastIndexByte(l.Address, ':')
+	p, _ := strconv.Atoi(l.Address[i+1:])
+	return p
+}
+
+// Shares reports whether the instances of w share the group's sockets.
+func (w *Worker) Shares() bool { return w.Type == Cluster && !w.Sticky && len(w.Listen) > 0 }
+
+// Worker returns the group called name, or nil.
+func (c *Config) Worker(name string) *Worker {
+	for i := range c.Workers {
+		if c.Workers[i].Name == name {
+			return &c.Workers[i]
+		}
+	}
+	return nil
+}
+
+// ConfigJSON returns the group's configuration as indented JSON.
+func (w *Worker) ConfigJSON() ([]byte, error) {
+	b, err := json.MarshalIndent(w.Config, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", w.Name, err)
+	}
+	return append(b, '\n'), nil
+}
+
+// Error is one problem in a configuration file.
+type Error struct {
+	File string
+	Line int    // 0 when unknown
+	Key  string // dotted key path, "" for the file as a whole
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		b.WriteString(":" + strconv.Itoa(e.Line))
+	}
+	b.WriteString(": ")
+	if e.Key != "" {
+		b.WriteString(e.Key + ": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// ErrorList is every problem found in one file, in line order. It is
+// returned as the error of Load and Parse; errors.As reaches it.
+type ErrorList []*Error
+
+func (l ErrorList) Error() string {
+	s := make([]string, len(l))
+	for i, e := range l {
+		s[i] = e.Error()
+	}
+	return strings.Join(s, "\n")
+}
+
+// Load reads and validates the configuration file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load config: %w", err)
+	}
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
+	}
+	return Parse(path, data)
+}
+
+// Parse validates the TOML document data, read from file (used in
+// messages). Every problem is reported, as an ErrorList.
+func Parse(file string, data []byte) (*Config, error) {
+	p := &parser{file: file, loc: newLocator(data)}
+	var raw map[string]any
+	if _, err := toml.Decode(string(data), &raw); err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, ErrorList{{File: file, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}}
+		}
+		return nil, ErrorList{{File: file, Msg: err.Error()}}
+	}
+	if !utf8.Valid(data) {
+		p.errf("", "file is not valid UTF-8")
+	}
+	c := p.config(raw)
+	if len(p.errs) > 0 {
+		sort.SliceStable(p.errs, func(i, j int) bool { return p.errs[i].Line < p.errs[j].Line })
+		return nil, p.errs
+	}
+	return c, nil
+}
+
+type parser struct {
+	file string
+	loc  *locator
+	errs ErrorList
+}
+
+// errf records a problem with the key at path p ("worker[0].amount").
+func (p *parser) errf(at, format string, args ...any) {
+	p.errs = append(p.errs, &Error{File: p.file, Line: p.loc.line(at), Key: displayKey(at), Msg: fmt.Sprintf(format, args...)})
+}
+
+// displayKey turns "worker[1].listen" into the key a user wrote: "worker.listen".
+var indexRE = regexp.MustCompile(`\[\d+\]`)
+
+func displayKey(p string) string { return indexRE.ReplaceAllString(p, "") }
+
+var (
+	topKeys     = []string{"title", "amount", "verbose", "prepare", "worker"}
+	prepareKeys = []string{"exec"}
+	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "config"}
+	listenKeys  = []string{"address", "proxy_protocol", "name"}
+	// NameRE is what a group name may be: it becomes part of unit names
+	// (powerhouse@NAME.service, powerhouse-NAME@.service) and of paths
+	// (/run/powerhouse/NAME/), so it is limited to characters that need no
+	// escaping in either, starts with a letter, and has no "@", "." or "/".
+	NameRE = regexp.MustCompile(`^[a-z][a-z0-9_-]*$`)
+)
+
+// reserved group names: they would collide with the house's own units.
+var reserved = map[string]bool{"prepare": true}
+
+func (p *parser) unknown(prefix string, m map[string]any, allowed []string) {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		if !contains(allowed, k) {
+			at := k
+			if prefix != "" {
+				at = prefix + "." + k
+			}
+			p.errf(at, "unknown key (allowed: %s)", strings.Join(allowed, ", "))
+		}
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (p *parser) config(raw map[string]any) *Config {
+	p.unknown("", raw, topKeys)
+	c := &Config{File: p.file, Title: "PowerHouse", Amount: runtime.NumCPU()}
+	if v, ok := raw["title"]; ok {
+		c.Title = p.text("title", v)
+	}
+	if v, ok := raw["amount"]; ok {
+		c.Amount = p.amount("amount", v)
+	}
+	if v, ok := raw["verbose"]; ok {
+		c.Verbose = p.boolean("verbose", v)
+	}
+	if v, ok := raw["prepare"]; ok {
+		m, ok := v.(map[string]any)
+		if !ok {
+			p.errf("prepare", "must be a table ([prepare]), not %s", typeName(v))
+		} else {
+			p.unknown("prepare", m, prepareKeys)
+			c.Prepare = &Prepare{}
+			if e, ok := m["exec"]; ok {
+				c.Prepare.Exec = p.command("prepare.exec", e)
+			} else {
+				p.errf("prepare", "missing key exec")
+			}
+		}
+	}
+	v, ok := raw["worker"]
+	if !ok {
+		p.errf("", "no [[worker]] table: a house needs at least one worker group")
+		return c
+	}
+	list, ok := v.([]map[string]any)
+	if !ok {
+		p.errf("worker", "must be an array of tables ([[worker]]), not %s", typeName(v))
+		return c
+	}
+	names := map[string]string{}
+	type seen struct {
+		l  Listener
+		at string
+	}
+	var bound []seen
+	for i, m := range list {
+		at := "worker[" + strconv.Itoa(i) + "]"
+		w := p.worker(at, m, c)
+		if w.Name != "" {
+			if _, dup := names[w.Name]; dup {
+				p.errf(at+".name", "duplicate group name %q (also at line %d)", w.Name, p.loc.line(names[w.Name]))
+			} else {
+				names[w.Name] = at + ".name"
+			}
+		}
+		for _, l := range w.Listen {
+			for _, b := range bound {
+				if conflicts(l, b.l) {
+					p.errf(at+".listen", "address %s is already listened on (line %d)", l.Address, p.loc.line(b.at))
+					break
+				}
+			}
+			bound = append(bound, seen{l, at + ".listen"})
+		}
+		c.Workers = append(c.Workers, w)
+	}
+	return c
+}
+
+// conflicts reports whether two listeners cannot both bind: the same unix
+// path, or the same port where one address covers the other (":p" takes
+// every address; "0.0.0.0:p" every IPv4 one; "[::]:p", bound IPv6-only,
+// every IPv6 one).
+func conflicts(a, b Listener) bool {
+	if a.Network != b.Network {
+		return false
+	}
+	if a.Network == "unix" {
+		return a.Address == b.Address
+	}
+	if a.Port() != b.Port() {
+		return false
+	}
+	if strings.HasPrefix(a.Address, ":") || strings.HasPrefix(b.Address, ":") {
+		return true
+	}
+	x, y := netip.MustParseAddrPort(a.Address).Addr(), netip.MustParseAddrPort(b.Address).Addr()
+	return x.Is4() == y.Is4() && (x == y || x.IsUnspecified() || y.IsUnspecified())
+}
+
+func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
+	p.unknown(at, m, workerKeys)
+	w := Worker{Title: c.Title, Amount: c.Amount, Reloadable: true, Type: Cluster, Config: map[string]any{}}
+	if v, ok := m["name"]; ok {
+		w.Name = p.text(at+".name", v)
+		switch {
+		case w.Name == "": // reported by text
+		case len(w.Name) > MaxNameLen:
+			p.errf(at+".name", "%q is longer than %d characters", w.Name, MaxNameLen)
+			w.Name = ""
+		case !NameRE.MatchString(w.Name):
+			p.errf(at+".name", "%q is not a valid group name: use lower-case letters, digits, '-' and '_', starting with a letter (it becomes part of unit names and paths)", w.Name)
+			w.Name = ""
+		case reserved[w.Name]:
+			p.errf(at+".name", "%q is reserved (powerhouse-%s.service is the house's own unit)", w.Name, w.Name)
+			w.Name = ""
+		}
+	} else {
+		p.errf(at, "missing key name")
+	}
+	if v, ok := m["title"]; ok {
+		w.Title = p.text(at+".title", v)
+	}
+	if v, ok := m["exec"]; ok {
+		w.Exec = p.command(at+".exec", v)
+	} else {
+		p.errf(at, "missing key exec")
+	}
+	if v, ok := m["amount"]; ok {
+		w.Amount = p.amount(at+".amount", v)
+	}
+	if v, ok := m["reloadable"]; ok {
+		w.Reloadable = p.boolean(at+".reloadable", v)
+	}
+	if v, ok := m["type"]; ok {
+		s, _ := v.(string)
+		switch Type(s) {
+		case Cluster, Child:
+			w.Type = Type(s)
+		default:
+			if _, isStr := v.(string); isStr {
+				p.errf(at+".type", "%q is not a worker type: use \"cluster\" or \"child\"", s)
+			} else {
+				p.errf(at+".type", "must be a string (\"cluster\" or \"child\"), not %s", typeName(v))
+			}
+		}
+	}
+	if v, ok := m["sticky"]; ok {
+		w.Sticky = p.boolean(at+".sticky", v)
+	}
+	w.NotifyReady = w.Type == Cluster
+	if v, ok := m["notify"]; ok {
+		w.NotifyReady = p.boolean(at+".notify", v)
+	}
+	if v, ok := m["listen"]; ok {
+		w.Listen = p.listeners(at+".listen", v)
+	}
+	if v, ok := m["config"]; ok {
+		if t, ok := v.(map[string]any); ok {
+			w.Config = p.jsonable(at+".config", t).(map[string]any)
+		} else {
+			p.errf(at+".config", "must be a table ([worker.config]), not %s", typeName(v))
+		}
+	}
+	switch {
+	case w.Type == Child && len(w.Listen) > 0:
+		p.errf(at+".listen", "a %q worker gets no sockets: remove listen or use type = \"cluster\"", Child)
+	case w.Type == Child && w.Sticky:
+		p.errf(at+".sticky", "a %q worker gets no connections to dispatch: remove sticky or use type = \"cluster\"", Child)
+	case w.Sticky && len(w.Listen) == 0:
+		if _, ok := m["listen"]; !ok {
+			p.errf(at+".sticky", "a sticky group needs listen addresses")
+		}
+	}
+	return w
+}
+
+func (p *parser) listeners(at string, v any) []Listener {
+	var items []any
+	switch t := v.(type) {
+	case []any:
+		items = t
+	case []map[string]any:
+		for _, m := range t {
+			items = append(items, m)
+		}
+	default:
+		items = []any{v}
+	}
+	if len(items) == 0 {
+		p.errf(at, "is empty: give at least one address, or remove the key")
+	}
+	var out []Listener
+	names := map[string]bool{}
+	for _, it := range items {
+		var l Listener
+		var ok bool
+		if m, isTable := it.(map[string]any); isTable {
+			p.unknown(at, m, listenKeys)
+			a, has := m["address"]
+			if !has {
+				p.errf(at, "a listener table needs an address key")
+				continue
+			}
+			if l, ok = p.address(at, a); !ok {
+				continue
+			}
+			if pp, has := m["proxy_protocol"]; has {
+				l.ProxyProtocol = p.boolean(at+".proxy_protocol", pp)
+			}
+			if n, has := m["name"]; has {
+				l.Name = p.text(at+".name", n)
+			}
+		} else if l, ok = p.address(at, it); !ok {
+			continue
+		}
+		if l.Name == "" {
+			l.Name = l.Address
+		}
+		if len(l.Name) > 255 {
+			p.errf(at+".name", "listener name longer than 255 bytes")
+			continue
+		}
+		if names[l.Name] {
+			p.errf(at, "listener %q appears twice", l.Name)
+			continue
+		}
+		names[l.Name] = true
+		out = append(out, l)
+	}
+	return out
+}
+
+// address parses one listen address: a port (9999 or "9999"), ":port",
+// "ipv4:port", "[ipv6]:port" or an absolute unix socket path.
+func (p *parser) address(at string, v any) (Listener, bool) {
+	var s string
+	switch t := v.(type) {
+	case int64:
+		s = strconv.FormatInt(t, 10)
+	case string:
+		s = t
+	default:
+		p.errf(at, "address must be a string or a port number, not %s", typeName(v))
+		return Listener{}, false
+	}
+	if bad := badText(s); bad != "" {
+		p.errf(at, "address %q %s", s, bad)
+		return Listener{}, false
+	}
+	if strings.HasPrefix(s, "/") {
+		if len(s) > maxUnixPath {
+			p.errf(at, "unix socket path %q is longer than %d bytes", s, maxUnixPath)
+			return Listener{}, false
+		}
+		if filepath.Clean(s) != s || strings.ContainsAny(s, " \\%$\"'") {
+			p.errf(at, "unix socket path %q must be clean and contain no spaces, quotes, '\\', '%%' or '$'", s)
+			return Listener{}, false
+		}
+		return Listener{Network: "unix", Address: s}, true
+	}
+	if !strings.Contains(s, ":") {
+		s = ":" + s
+	}
+	i := strings.LastIndexByte(s, ':')
+	host, portStr := s[:i], s[i+1:]
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 1 || port > 65535 || portStr != strconv.Itoa(port) {
+		p.errf(at, "address %q: port must be a number from 1 to 65535", s)
+		return Listener{}, false
+	}
+	if host == "" {
+		return Listener{Network: "tcp", Address: ":" + portStr}, true
+	}
+	if strings.HasPrefix(host, "[") && strings.HasSuffix(host, "]") {
+		a, err := netip.ParseAddr(host[1 : len(host)-1])
+		if err != nil || !a.Is6() || a.Zone() != "" {
+			p.errf(at, "address %q: %q is not an IPv6 address", s, host)
+			return Listener{}, false
+		}
+		return Listener{Network: "tcp", Address: netip.AddrPortFrom(a, uint16(port)).String()}, true
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil || !a.Is4() {
+		p.errf(at, "address %q: host must be an IPv4 address or an IPv6 address in brackets (systemd binds addresses, not names)", s)
+		return Listener{}, false
+	}
+	return Listener{Network: "tcp", Address: netip.AddrPortFrom(a, uint16(port)).String()}, true
+}
+
+func (p *parser) text(at string, v any) string {
+	s, ok := v.(string)
+	if !ok {
+		p.errf(at, "must be a string, not %s", typeName(v))
+		return ""
+	}
+	if bad := badText(s); bad != "" {
+		p.errf(at, "%s", bad)
+		return ""
+	}
+	if s == "" {
+		p.errf(at, "must not be empty")
+		return ""
+	}
+	if strings.TrimSpace(s) != s {
+		p.errf(at, "must not start or end with white space")
+		return ""
+	}
+	if strings.HasSuffix(s, `\`) {
+		p.errf(at, "must not end with a backslash (it would continue the unit file line)")
+		return ""
+	}
+	return s
+}
+
+// badText says what makes s unfit for a unit file, or "".
+func badText(s string) string {
+	if len(s) > maxTextBytes {
+		return fmt.Sprintf("is longer than %d bytes", maxTextBytes)
+	}
+	if !utf8.ValidString(s) {
+		return "is not valid UTF-8"
+	}
+	for _, r := range s {
+		if r == '\n' || r == '\r' {
+			return "must not contain a line break"
+		}
+		if unicode.IsControl(r) {
+			return fmt.Sprintf("must not contain control character %U", r)
+		}
+	}
+	return ""
+}
+
+func (p *parser) amount(at string, v any) int {
+	n, ok := v.(int64)
+	if !ok {
+		p.errf(at, "must be an integer, not %s", typeName(v))
+		return 1
+	}
+	if n < 1 || n > MaxAmount {
+		p.errf(at, "%d is out of range: use 1 to %d instances", n, MaxAmount)
+		return 1
+	}
+	return int(n)
+}
+
+func (p *parser) boolean(at string, v any) bool {
+	b, ok := v.(bool)
+	if !ok {
+		p.errf(at, "must be true or false, not %s", typeName(v))
+	}
+	return b
+}
+
+// command reads a command line: a string split into words like a shell
+// does (quotes and backslashes; no variables, globs or operators), or an
+// array of strings taken as the words.
+func (p *parser) command(at string, v any) []string {
+	var words []string
+	switch t := v.(type) {
+	case string:
+		if bad := badText(t); bad != "" {
+			p.errf(at, "%s", bad)
+			return nil
+		}
+		w, err := SplitCommand(t)
+		if err != nil {
+			p.errf(at, "%v", err)
+			return nil
+		}
+		words = w
+	case []any:
+		for _, x := range t {
+			s, ok := x.(string)
+			if !ok {
+				p.errf(at, "array must hold strings, not %s", typeName(x))
+				return nil
+			}
+			if bad := badText(s); bad != "" {
+				p.errf(at, "word %q %s", s, bad)
+				return nil
+			}
+			words = append(words, s)
+		}
+	default:
+		p.errf(at, "must be a string or an array of strings, not %s", typeName(v))
+		return nil
+	}
+	if len(words) == 0 || words[0] == "" {
+		p.errf(at, "is empty: give the command to run")
+		return nil
+	}
+	prog := words[0]
+	switch {
+	case strings.ContainsAny(prog[:1], "-@:+!|"):
+		p.errf(at, "program %q must not start with %q", prog, prog[:1])
+		return nil
+	case strings.HasPrefix(prog, "/"):
+		if filepath.Clean(prog) != prog {
+			p.errf(at, "program path %q is not clean", prog)
+			return nil
+		}
+	case strings.Contains(prog, "/"):
+		// Relative to the configuration file, like paths in most tools'
+		// configuration: "../bin/hello" next to a checked-out project.
+		words[0] = filepath.Join(filepath.Dir(p.file), prog)
+		if !filepath.IsAbs(words[0]) {
+			p.errf(at, "program %q is relative, and the configuration's own path %q is not absolute", prog, p.file)
+			return nil
+		}
+	case strings.ContainsAny(prog[:1], "-@:+!|"):
+		p.errf(at, "program %q must not start with %q", prog, prog[:1])
+		return nil
+	}
+	return words
+}
+
+// SplitCommand splits a command line into words the way a POSIX shell
+// would for a simple command: white space separates words; single quotes
+// keep everything; double quotes keep everything but \" \\ \$ \`; a
+// backslash outside quotes escapes the next character. Shell syntax that
+// would need a shell ($, `, |, ;, &, <, >, globbing) is not interpreted:
+// those characters are taken literally.
+func SplitCommand(s string) ([]string, error) {
+	var words []string
+	var cur strings.Builder
+	inWord := false
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == ' ' || c == '\t':
+			if inWord {
+				words = append(words, cur.String())
+				cur.Reset()
+				inWord = false
+			}
+		case c == '\'':
+			j := strings.IndexByte(s[i+1:], '\'')
+			if j < 0 {
+				return nil, errors.New("unterminated single quote")
+			}
+			cur.WriteString(s[i+1 : i+1+j])
+			i += j + 1
+			inWord = true
+		case c == '"':
+			i++
+			for ; i < len(s) && s[i] != '"'; i++ {
+				if s[i] == '\\' && i+1 < len(s) && strings.IndexByte("\"\\$`", s[i+1]) >= 0 {
+					i++
+				}
+				cur.WriteByte(s[i])
+			}
+			if i >= len(s) {
+				return nil, errors.New("unterminated double quote")
+			}
+			inWord = true
+		case c == '\\':
+			if i+1 >= len(s) {
+				return nil, errors.New("trailing backslash")
+			}
+			i++
+			cur.WriteByte(s[i])
+			inWord = true
+		default:
+			cur.WriteByte(c)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, cur.String())
+	}
+	return words, nil
+}
+
+// jsonable converts decoded TOML into values encoding/json writes the same
+// way every time (dates become RFC 3339 strings).
+func (p *parser) jsonable(at string, v any) any {
+	switch t := v.(type) {
+	case map[string]any:
+		out := make(map[string]any, len(t))
+		for k, x := range t {
+			out[k] = p.jsonable(at+"."+k, x)
+		}
+		return out
+	case []map[string]any:
+		out := make([]any, len(t))
+		for i, x := range t {
+			out[i] = p.jsonable(at, x)
+		}
+		return out
+	case []any:
+		out := make([]any, len(t))
+		for i, x := range t {
+			out[i] = p.jsonable(at, x)
+		}
+		return out
+	case float64:
+		if t != t || t > 1e308 || t < -1e308 {
+			p.errf(at, "%v cannot be written as JSON", t)
+			return nil
+		}
+		return t
+	case time.Time: // also TOML's local dates and times
+		return t.Format(time.RFC3339Nano)
+	default:
+		return v
+	}
+}
+
+func typeName(v any) string {
+	switch v.(type) {
+	case string:
+		return "a string"
+	case int64:
+		return "an integer"
+	case float64:
+		return "a float"
+	case bool:
+		return "a boolean"
+	case []any, []map[string]any:
+		return "an array"
+	case map[string]any:
+		return "a table"
+	default:
+		return fmt.Sprintf("a %T", v)
+	}
+}
+
+// Notify reports whether the group's workers tell systemd when they are
+// ready (Type=notify), as the activation library does.
+func (w *Worker) Notify() bool { return w.NotifyReady }

@@ -1,0 +1,177 @@
+package config
+
+import (
+	"strconv"
+	"strings"
+)
+
+// locator maps key paths of a TOML document to the line they are written on.
+//
+// The TOML decoder keeps key positions private, and keys of different
+// [[worker]] tables share one name there, so errors could not name the
+// right line. This scanner understands just enough TOML to find where each
+// key starts: table headers, arrays of tables (indexed), key/value lines and
+// multi-line strings and arrays, which it skips. A path it cannot find falls
+// back to the line of the enclosing table.
+type locator struct {
+	lines map[string]int
+}
+
+// path formats a key path the way locator stores it: "worker[1].listen".
+func path(parts ...string) string { return strings.Join(parts, ".") }
+
+func newLocator(src []byte) *locator {
+	l := &locator{lines: map[string]int{}}
+	counts := map[string]int{} // array-of-tables name -> entries seen
+	table := ""                // current table path, with indices
+	inMulti := ""              // closing delimiter of a multi-line string
+	depth := 0                 // open brackets/braces of a multi-line value
+	for i, line := range strings.Split(string(src), "\n") {
+		n := i + 1
+		if inMulti != "" {
+			if strings.Contains(line, inMulti) {
+				inMulti = ""
+			}
+			continue
+		}
+		if depth > 0 {
+			depth += bracketDelta(line)
+			continue
+		}
+		s := strings.TrimSpace(line)
+		switch {
+		case s == "" || s[0] == '#':
+		case strings.HasPrefix(s, "[["):
+			name := headerName(s[2:], "]]")
+			idx := counts[name]
+			counts[name] = idx + 1
+			table = name + "[" + strconv.Itoa(idx) + "]"
+			l.set(table, n)
+		case s[0] == '[':
+			name := headerName(s[1:], "]")
+			// A sub-table of the latest array entry: [worker.config].
+			if dot := strings.IndexByte(name, '.'); dot > 0 {
+				if c, ok := counts[name[:dot]]; ok {
+					name = name[:dot] + "[" + strconv.Itoa(c-1) + "]" + name[dot:]
+				}
+			}
+			table = name
+			l.set(table, n)
+		default:
+			key, rest, ok := splitKey(s)
+			if !ok {
+				continue
+			}
+			full := key
+			if table != "" {
+				full = table + "." + key
+			}
+			l.set(full, n)
+			if m := multiStart(rest); m != "" {
+				inMulti = m
+			} else {
+				depth = bracketDelta(rest)
+				if depth < 0 {
+					depth = 0
+				}
+			}
+		}
+	}
+	return l
+}
+
+func (l *locator) set(p string, n int) {
+	if _, ok := l.lines[p]; !ok {
+		l.lines[p] = n
+	}
+}
+
+// line returns the line of p, or of its nearest enclosing table, or 0.
+func (l *locator) line(p string) int {
+	for p != "" {
+		if n, ok := l.lines[p]; ok {
+			return n
+		}
+		i := strings.LastIndexAny(p, ".[")
+		if i < 0 {
+			break
+		}
+		p = p[:i]
+	}
+	return 0
+}
+
+func headerName(s, end string) string {
+	if i := strings.Index(s, end); i >= 0 {
+		s = s[:i]
+	}
+	parts := strings.Split(s, ".")
+	for i, p := range parts {
+		parts[i] = unquoteKey(strings.TrimSpace(p))
+	}
+	return strings.Join(parts, ".")
+}
+
+func unquoteKey(k string) string {
+	if len(k) >= 2 && (k[0] == '"' || k[0] == '\'') && k[len(k)-1] == k[0] {
+		if u, err := strconv.Unquote(`"` + k[1:len(k)-1] + `"`); err == nil {
+			return u
+		}
+		return k[1 : len(k)-1]
+	}
+	return k
+}
+
+// splitKey splits `key = value` (the key may be dotted or quoted).
+func splitKey(s string) (key, rest string, ok bool) {
+	inQuote := byte(0)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case inQuote != 0:
+			if c == inQuote {
+				inQuote = 0
+			}
+		case c == '"' || c == '\'':
+			inQuote = c
+		case c == '=':
+			return headerName(s[:i], "\x00"), strings.TrimSpace(s[i+1:]), true
+		}
+	}
+	return "", "", false
+}
+
+func multiStart(v string) string {
+	for _, d := range []string{`"""`, `'''`} {
+		if strings.HasPrefix(v, d) && !strings.Contains(v[3:], d) {
+			return d
+		}
+	}
+	return ""
+}
+
+// bracketDelta counts unclosed [ and { outside strings and comments.
+func bracketDelta(s string) int {
+	d := 0
+	inQuote := byte(0)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case inQuote != 0:
+			if c == '\\' && inQuote == '"' {
+				i++
+			} else if c == inQuote {
+				inQuote = 0
+			}
+		case c == '"' || c == '\'':
+			inQuote = c
+		case c == '#':
+			return d
+		case c == '[' || c == '{':
+			d++
+		case c == ']' || c == '}':
+			d--
+		}
+	}
+	return d
+}
