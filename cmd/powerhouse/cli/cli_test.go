@@ -1,0 +1,121 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = Run(context.Background(), append([]string{"powerhouse"}, args...), &o, &e)
+	return code, o.String(), e.String()
+}
+
+// TestEveryVerbHasHelp walks the registry: each verb answers --help with
+// its usage on stdout and exit status 0.
+func TestEveryVerbHasHelp(t *testing.T) {
+	if len(commands) < 3 {
+		t.Fatalf("only %d verbs registered", len(commands))
+	}
+	for name, c := range commands {
+		t.Run(name, func(t *testing.T) {
+			if c.short == "" {
+				t.Error("no one-line description")
+			}
+			for _, h := range []string{"--help", "-h"} {
+				code, out, errOut := run(t, name, h)
+				if code != 0 || !strings.HasPrefix(out, "usage: powerhouse "+name) || errOut != "" {
+					t.Errorf("%s %s: exit %d, stdout %q, stderr %q", name, h, code, out, errOut)
+				}
+			}
+			code, out, _ := run(t, "help", name)
+			if code != 0 || !strings.Contains(out, "usage: powerhouse "+name) {
+				t.Errorf("help %s: exit %d, %q", name, code, out)
+			}
+		})
+	}
+}
+
+func TestUsageErrors(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no verb", nil, "usage: powerhouse VERB"},
+		{"unknown verb", []string{"frobnicate"}, `unknown verb "frobnicate"`},
+		{"unknown flag", []string{"generate", "--nope"}, "flag provided but not defined"},
+		{"two configs", []string{"generate", "a", "b"}, "at most one CONFIG"},
+		{"version args", []string{"version", "x"}, "takes no arguments"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errOut := run(t, tc.args...)
+			if code != ExitUsage || !strings.Contains(errOut, tc.want) {
+				t.Errorf("exit %d stderr %q; want 2 and %q", code, errOut, tc.want)
+			}
+		})
+	}
+}
+
+func TestGenerateBadConfig(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "bad.toml")
+	src := "title = \"a\\nb\"\ncolour = 1\n[[worker]]\nname = \"w\"\nexec = \"/w\"\namount = -1\nlisten = [\"nowhere:x\"]\n[[worker]]\nname = \"w\"\nexec = \"/w\"\n"
+	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(t.TempDir(), "units")
+	for _, args := range [][]string{{"generate", p}, {"generate", "-o", out, p}, {"verify", p}} {
+		code, stdout, stderr := run(t, args...)
+		if code != ExitUsage || stdout != "" {
+			t.Errorf("%v: exit %d stdout %q", args, code, stdout)
+		}
+		lines := strings.Split(strings.TrimSpace(stderr), "\n")
+		wantLines := []string{p + ":1: title:", p + ":2: colour:", p + ":6: worker.amount:", p + ":7: worker.listen:", p + ":9: worker.name:"}
+		if len(lines) != len(wantLines) {
+			t.Fatalf("%v: stderr:\n%s", args, stderr)
+		}
+		for i, w := range wantLines {
+			if !strings.HasPrefix(lines[i], w) {
+				t.Errorf("%v: line %d = %q, want prefix %q", args, i, lines[i], w)
+			}
+		}
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Errorf("generate -o wrote %s for a bad configuration", out)
+	}
+}
+
+func TestGenerateStdoutMatchesFiles(t *testing.T) {
+	dir := t.TempDir()
+	code, stdout, stderr := run(t, "generate", "--binary", "/usr/bin/powerhouse", "../../../testdata/demo.toml")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	if code, _, stderr := run(t, "generate", "--binary", "/usr/bin/powerhouse", "-o", dir, "../../../testdata/demo.toml"); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	parts := strings.Split(stdout, "### ")[1:]
+	entries, _ := os.ReadDir(dir)
+	if len(parts) != len(entries) || len(parts) == 0 {
+		t.Fatalf("%d units printed, %d files written", len(parts), len(entries))
+	}
+	for _, p := range parts {
+		name, body, _ := strings.Cut(p, "\n")
+		file, err := os.ReadFile(filepath.Join(dir, name))
+		if err != nil || string(file) != body {
+			t.Errorf("%s: printed and written units differ (%v)", name, err)
+		}
+	}
+	// Writing the same units again leaves the files untouched.
+	st, _ := os.Stat(filepath.Join(dir, "powerhouse.target"))
+	run(t, "generate", "--binary", "/usr/bin/powerhouse", "-o", dir, "../../../testdata/demo.toml")
+	st2, _ := os.Stat(filepath.Join(dir, "powerhouse.target"))
+	if !st.ModTime().Equal(st2.ModTime()) {
+		t.Error("an unchanged unit was rewritten")
+	}
+}
