@@ -1,0 +1,72 @@
+package cli
+
+import (
+	"flag"
+	"fmt"
+
+	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/generator"
+	"github.com/powerhouse/powerhouse/units"
+)
+
+func init() {
+	register(&command{
+		name:  "reload",
+		args:  "[GROUP...]",
+		short: "restart a group's instances one at a time, each once the previous is ready",
+		long: `A rolling reload: instance by instance, restart it and wait until the new
+process reported ready (READY=1), then go on with the next. It returns when
+every instance has been restarted, or fails naming the first instance that
+did not come back; the instances after it keep running the old process.
+This is what "systemctl reload powerhouse@GROUP" runs. Without GROUP,
+every reloadable group is reloaded. Groups with reloadable = false refuse.`,
+		flags: func(fs *flag.FlagSet) func(*env, []string) error {
+			cfg := fs.String("config", config.DefaultPath, "configuration `FILE`")
+			user := fs.Bool("user", false, "talk to the user's service manager instead of the system's")
+			return func(e *env, args []string) error {
+				c, err := config.Load(*cfg)
+				if err != nil {
+					return err
+				}
+				var groups []*config.Worker
+				if len(args) == 0 {
+					for i := range c.Workers {
+						if c.Workers[i].Reloadable {
+							groups = append(groups, &c.Workers[i])
+						}
+					}
+				}
+				for _, g := range args {
+					w := c.Worker(g)
+					if w == nil {
+						return usagef("no group %q in %s", g, c.File)
+					}
+					if !w.Reloadable {
+						return &exitError{code: ExitFailure, err: fmt.Errorf("powerhouse reload: group %s is not reloadable (reloadable = false in %s)", g, c.File)}
+					}
+					groups = append(groups, w)
+				}
+				scope := units.System
+				if *user {
+					scope = units.User
+				}
+				m, err := units.Connect(e.ctx, scope)
+				if err != nil {
+					return err
+				}
+				defer m.Close()
+				for _, w := range groups {
+					for n := 1; n <= w.Amount; n++ {
+						unit := generator.WorkerService(w.Name, n)
+						fmt.Fprintf(e.stderr, "reload %s: restarting %s (%d/%d)\n", w.Name, unit, n, w.Amount)
+						if err := m.Restart(e.ctx, unit); err != nil {
+							return fmt.Errorf("group %s: instance %d did not become ready: %w", w.Name, n, err)
+						}
+					}
+					fmt.Fprintf(e.stderr, "reload %s: %d instances restarted\n", w.Name, w.Amount)
+				}
+				return nil
+			}
+		},
+	})
+}

@@ -1,0 +1,81 @@
+package cli
+
+import (
+	"flag"
+	"fmt"
+	"log/slog"
+
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/internal/supervisor"
+	"github.com/powerhouse/powerhouse/units"
+)
+
+func init() {
+	register(&command{
+		name:  "supervise",
+		args:  "GROUP",
+		short: "run the supervisor of one group (what powerhouse@GROUP.service runs)",
+		long: `Runs as powerhouse@GROUP.service: starts the group's instances through
+systemd, keeps track of the ones that are up and, for a sticky group,
+accepts on the sockets systemd passes (LISTEN_FDS) and hands each
+connection to the instance chosen by the client's address. It reports
+READY=1 and a STATUS= line to systemd, and logs to standard error
+(journald). On "systemctl stop" it stops the group's workers; when it is
+restarted or killed the workers keep running.`,
+		flags: func(fs *flag.FlagSet) func(*env, []string) error {
+			cfg := fs.String("config", config.DefaultPath, "configuration `FILE`")
+			user := fs.Bool("user", false, "talk to the user's service manager instead of the system's")
+			return func(e *env, args []string) error {
+				if len(args) != 1 {
+					return usagef("expected one GROUP")
+				}
+				c, err := config.Load(*cfg)
+				if err != nil {
+					return err
+				}
+				if c.Worker(args[0]) == nil {
+					return usagef("no group %q in %s", args[0], c.File)
+				}
+				scope := units.System
+				if *user {
+					scope = units.User
+				}
+				m, err := units.Connect(e.ctx, scope)
+				if err != nil {
+					return err
+				}
+				defer m.Close()
+				log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level(c.Verbose)}))
+				s, err := supervisor.New(supervisor.Options{
+					Config:  c,
+					Group:   args[0],
+					Manager: m,
+					Files:   activation.Files(true),
+					Notify: func(state string) error {
+						_, err := daemon.SdNotify(false, state)
+						return err
+					},
+					Log: log,
+				})
+				if err != nil {
+					return err
+				}
+				if err := s.Run(e.ctx); err != nil {
+					return fmt.Errorf("group %s: %w", args[0], err)
+				}
+				return nil
+			}
+		},
+	})
+}
+
+func level(verbose bool) slog.Level {
+	if verbose {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
+}
+

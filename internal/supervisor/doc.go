@@ -1,0 +1,13 @@
+// Package supervisor is the master of one worker group: it runs as
+// powerhouse@GROUP.service, starts and watches the group's instances
+// through systemd, and for a sticky group dispatches the connections of the
+// group's public sockets to the instances that are up.
+//
+// Membership: an instance takes connections while systemd is running it or
+// bringing it back (a restart, an automatic restart after a crash: its
+// hand-off socket queues connections meanwhile). It leaves the set as soon
+// as it is being stopped, has failed, or is masked, so only its own clients
+// move. An instance stopped by an operator stays out even if its socket
+// re-activates it to serve connections already queued, until a restart
+// (systemctl restart, a reload, the supervisor's own start) brings it back.
+package supervisor

@@ -1,0 +1,454 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/generator"
+	"github.com/powerhouse/powerhouse/sticky"
+	"github.com/powerhouse/powerhouse/units"
+)
+
+// Manager is the part of systemd's manager the supervisor uses; a
+// *units.Manager in production.
+type Manager interface {
+	Start(ctx context.Context, unit string) error
+	Stop(ctx context.Context, unit string) error
+	Restart(ctx context.Context, unit string) error
+	States(ctx context.Context, patterns ...string) ([]units.UnitState, error)
+	State(ctx context.Context, unit string) (units.UnitState, error)
+	Watch(ctx context.Context) (<-chan string, error)
+}
+
+// Options configure Run.
+type Options struct {
+	Config  *config.Config
+	Group   string
+	Manager Manager
+	// Files are the sockets systemd passed (LISTEN_FDS): the group's
+	// public listening sockets.
+	Files []*os.File
+	// Notify sends a state string to systemd (sd_notify); nil for none.
+	Notify func(state string) error
+	Log    *slog.Logger
+	// RuntimeDir is where hand-off sockets and group configs live.
+	// Default /run/powerhouse.
+	RuntimeDir string
+	// StartTimeout bounds the wait for the instances to start before the
+	// supervisor reports ready anyway. Default 90s.
+	StartTimeout time.Duration
+	// Poll is the interval of the full state refresh that backs up the
+	// change signals. Default 5s.
+	Poll time.Duration
+}
+
+// Supervisor is one running group supervisor.
+type Supervisor struct {
+	o     Options
+	w     *config.Worker
+	log   *slog.Logger
+	disp  *sticky.Dispatcher
+	mu    sync.Mutex
+	state map[int]units.UnitState
+	// excluded marks instances an operator stopped: kept out of dispatch
+	// until something restarts them.
+	excluded map[int]bool
+}
+
+// New checks o and returns a supervisor ready to Run.
+func New(o Options) (*Supervisor, error) {
+	w := o.Config.Worker(o.Group)
+	if w == nil {
+		return nil, fmt.Errorf("supervise: no group %q in %s", o.Group, o.Config.File)
+	}
+	if o.Log == nil {
+		o.Log = slog.Default()
+	}
+	if o.RuntimeDir == "" {
+		o.RuntimeDir = generator.RuntimeDir
+	}
+	if o.StartTimeout <= 0 {
+		o.StartTimeout = 90 * time.Second
+	}
+	if o.Poll <= 0 {
+		o.Poll = 5 * time.Second
+	}
+	if o.Notify == nil {
+		o.Notify = func(string) error { return nil }
+	}
+	s := &Supervisor{o: o, w: w, log: o.Log.With("group", o.Group), state: map[int]units.UnitState{}, excluded: map[int]bool{}}
+	if w.Sticky {
+		s.disp = sticky.NewDispatcher(sticky.DispatcherOptions{
+			Path: func(id int) string { return filepath.Join(o.RuntimeDir, o.Group, strconv.Itoa(id)+".sock") },
+			Log:  s.log,
+		})
+	}
+	return s, nil
+}
+
+// Dispatcher returns the group's dispatcher, nil for a non-sticky group.
+func (s *Supervisor) Dispatcher() *sticky.Dispatcher { return s.disp }
+
+func (s *Supervisor) pattern() string { return "powerhouse-" + s.o.Group + "@*.service" }
+
+// instanceOf returns n for "powerhouse-GROUP@n.service".
+func (s *Supervisor) instanceOf(unit string) (int, bool) {
+	rest, ok := strings.CutPrefix(unit, "powerhouse-"+s.o.Group+"@")
+	if !ok {
+		return 0, false
+	}
+	rest, ok = strings.CutSuffix(rest, ".service")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	if err != nil || n < 1 || strconv.Itoa(n) != rest {
+		return 0, false
+	}
+	return n, true
+}
+
+// Run supervises until ctx ends (SIGTERM). It returns nil on a clean stop.
+func (s *Supervisor) Run(ctx context.Context) error {
+	if err := s.writeGroupConfig(); err != nil {
+		return err
+	}
+	listeners, err := s.listeners()
+	if err != nil {
+		return err
+	}
+	changes, err := s.o.Manager.Watch(ctx)
+	if err != nil {
+		return err
+	}
+	// Learn what runs already (after a supervisor restart the workers kept
+	// running), then make sure instances 1..amount run and no other does.
+	if err := s.refresh(ctx); err != nil {
+		return err
+	}
+	s.converge(ctx)
+	if err := s.refresh(ctx); err != nil {
+		return err
+	}
+
+	dctx, stopDispatch := context.WithCancel(context.WithoutCancel(ctx))
+	dispatchErr := make(chan error, 1)
+	if s.disp != nil {
+		go func() { dispatchErr <- s.disp.Serve(dctx, listeners) }()
+	}
+	s.o.Notify("READY=1\nSTATUS=" + s.status())
+	s.log.Info("supervisor ready", "instances", s.w.Amount, "sticky", s.w.Sticky)
+
+	tick := time.NewTicker(s.o.Poll)
+	defer tick.Stop()
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-dispatchErr:
+			runErr = err
+			break loop
+		case name, ok := <-changes:
+			if !ok {
+				break loop
+			}
+			if n, ok := s.instanceOf(name); ok {
+				if st, err := s.o.Manager.State(ctx, name); err == nil {
+					s.observe(n, st)
+				}
+			} else if name == generator.SupervisorService(s.o.Group) {
+				continue
+			}
+		case <-tick.C:
+			if err := s.refresh(ctx); err != nil {
+				s.log.Warn("refresh failed", "err", err)
+			}
+		}
+		s.o.Notify("STATUS=" + s.status())
+	}
+	s.o.Notify("STOPPING=1")
+	stopDispatch()
+	if s.disp != nil && runErr == nil {
+		<-dispatchErr
+	}
+	s.shutdown()
+	return runErr
+}
+
+// shutdown stops the group's workers when the supervisor itself is being
+// stopped (systemctl stop powerhouse@GROUP), and leaves them running when
+// it is restarted or killed: workers outlive their supervisor.
+func (s *Supervisor) shutdown() {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	self, err := s.o.Manager.State(ctx, generator.SupervisorService(s.o.Group))
+	if err != nil || self.JobType != "stop" {
+		s.log.Info("supervisor stopping, workers keep running", "job", self.JobType)
+		return
+	}
+	s.log.Info("supervisor stopped: stopping the group's workers")
+	var wg sync.WaitGroup
+	s.mu.Lock()
+	for n := range s.state {
+		wg.Add(1)
+		go func(n int) {
+			defer wg.Done()
+			if err := s.o.Manager.Stop(ctx, generator.WorkerService(s.o.Group, n)); err != nil {
+				s.log.Warn("stop failed", "instance", n, "err", err)
+			}
+		}(n)
+	}
+	s.mu.Unlock()
+	wg.Wait()
+}
+
+// converge starts instances 1..amount and stops any instance above.
+func (s *Supervisor) converge(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, s.o.StartTimeout)
+	defer cancel()
+	var wg sync.WaitGroup
+	s.mu.Lock()
+	for n := 1; n <= s.w.Amount; n++ {
+		delete(s.excluded, n)
+		wg.Add(1)
+		go func(n int) {
+			defer wg.Done()
+			if err := s.o.Manager.Start(ctx, generator.WorkerService(s.o.Group, n)); err != nil {
+				s.log.Warn("instance did not start", "instance", n, "err", err)
+			}
+		}(n)
+	}
+	for n, st := range s.state {
+		if n > s.w.Amount && st.ActiveState != "inactive" && st.ActiveState != "failed" {
+			s.excluded[n] = true
+			wg.Add(1)
+			go func(n int) {
+				defer wg.Done()
+				if err := s.o.Manager.Stop(ctx, generator.WorkerService(s.o.Group, n)); err != nil {
+					s.log.Warn("surplus instance did not stop", "instance", n, "err", err)
+				}
+			}(n)
+		}
+	}
+	s.mu.Unlock()
+	wg.Wait()
+}
+
+// refresh re-reads the state of every instance.
+func (s *Supervisor) refresh(ctx context.Context) error {
+	sts, err := s.o.Manager.States(ctx, s.pattern())
+	if err != nil {
+		return err
+	}
+	seen := map[int]bool{}
+	for _, st := range sts {
+		if n, ok := s.instanceOf(st.Name); ok {
+			seen[n] = true
+			s.observe(n, st)
+		}
+	}
+	s.mu.Lock()
+	var gone []int
+	for n := range s.state {
+		if !seen[n] {
+			gone = append(gone, n)
+		}
+	}
+	s.mu.Unlock()
+	for _, n := range gone {
+		s.observe(n, units.UnitState{Name: generator.WorkerService(s.o.Group, n), LoadState: "not-found", ActiveState: "inactive"})
+	}
+	return nil
+}
+
+// observe records an instance's state and updates the dispatch set.
+func (s *Supervisor) observe(n int, st units.UnitState) {
+	s.mu.Lock()
+	prev, known := s.state[n]
+	if st.LoadState == "not-found" && st.ActiveState == "inactive" {
+		delete(s.state, n)
+	} else {
+		s.state[n] = st
+	}
+	if Stopping(st) {
+		s.excluded[n] = true
+	} else if st.JobType == "restart" {
+		delete(s.excluded, n)
+	}
+	in := Member(st) && !s.excluded[n] && n <= s.w.Amount
+	s.mu.Unlock()
+	if known && prev.ActiveState != st.ActiveState {
+		s.log.Info("instance state", "instance", n, "state", st.ActiveState, "sub", st.SubState, "job", st.JobType)
+	}
+	if s.disp == nil {
+		return
+	}
+	if in {
+		if s.disp.Up.Add(n) {
+			s.log.Info("instance joins dispatch", "instance", n)
+		}
+	} else if s.disp.Up.Remove(n) {
+		s.log.Info("instance leaves dispatch", "instance", n, "state", st.ActiveState, "job", st.JobType)
+	}
+}
+
+// Member reports whether an instance in state st takes connections: it
+// runs, or systemd is bringing it (back) up. Its hand-off socket queues
+// connections while it restarts.
+func Member(st units.UnitState) bool {
+	switch st.LoadState {
+	case "masked", "not-found", "error", "bad-setting":
+		return false
+	}
+	switch st.ActiveState {
+	case "active", "reloading", "activating":
+		return true
+	case "deactivating":
+		return st.JobType != "stop"
+	case "inactive":
+		return st.JobType == "start" || st.JobType == "restart"
+	}
+	return false
+}
+
+// Stopping reports whether st shows a stop that nothing will undo: a stop
+// job, or the unit at rest with no job, or failed, or masked.
+func Stopping(st units.UnitState) bool {
+	if st.LoadState == "masked" {
+		return true
+	}
+	switch st.ActiveState {
+	case "deactivating":
+		return st.JobType == "stop"
+	case "inactive", "failed":
+		return st.JobType == ""
+	}
+	return false
+}
+
+func (s *Supervisor) status() string {
+	s.mu.Lock()
+	up := 0
+	for _, st := range s.state {
+		if st.ActiveState == "active" {
+			up++
+		}
+	}
+	s.mu.Unlock()
+	msg := fmt.Sprintf("%d/%d instances active", up, s.w.Amount)
+	if s.disp != nil {
+		st := s.disp.Stats()
+		msg += fmt.Sprintf(", %d in dispatch, %d connections handed off, %d sticky misses, %d dropped, %d PROXY errors",
+			s.disp.Up.Len(), st.HandedOff, st.StickyMiss, st.Dropped, st.ProxyErrors)
+	}
+	return msg
+}
+
+// writeGroupConfig writes the JSON configuration the workers read.
+func (s *Supervisor) writeGroupConfig() error {
+	b, err := s.w.ConfigJSON()
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(s.o.RuntimeDir, s.o.Group)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("supervise: %w", err)
+	}
+	_, err = units.WriteFile(filepath.Join(dir, "config.json"), b, 0o644)
+	return err
+}
+
+// listeners turns the inherited sockets into named dispatcher listeners,
+// matching each socket's address with the group's listen entries. For a
+// group that is not sticky the sockets belong to the workers: the
+// supervisor's copies are closed (systemd keeps its own).
+func (s *Supervisor) listeners() ([]sticky.Listener, error) {
+	if s.disp == nil {
+		for _, f := range s.o.Files {
+			f.Close()
+		}
+		return nil, nil
+	}
+	var out []sticky.Listener
+	for _, f := range s.o.Files {
+		a, err := sockName(f)
+		if err != nil {
+			return nil, fmt.Errorf("supervise: inherited socket %s: %w", f.Name(), err)
+		}
+		cfg, ok := matchListener(s.w.Listen, a)
+		if !ok {
+			return nil, fmt.Errorf("supervise: inherited socket %s matches no listen address of group %s", a, s.o.Group)
+		}
+		out = append(out, sticky.Listener{Name: cfg.Name, Proxy: cfg.ProxyProtocol, File: f})
+	}
+	if len(out) == 0 {
+		return nil, errors.New("supervise: sticky group got no listening socket from systemd (is powerhouse@" + s.o.Group + ".socket running?)")
+	}
+	return out, nil
+}
+
+// sockName returns the local address of a socket file.
+func sockName(f *os.File) (net.Addr, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	var sa unix.Sockaddr
+	var serr error
+	if err := rc.Control(func(fd uintptr) { sa, serr = unix.Getsockname(int(fd)) }); err != nil {
+		return nil, err
+	}
+	if serr != nil {
+		return nil, serr
+	}
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))), nil
+	case *unix.SockaddrInet6:
+		return net.TCPAddrFromAddrPort(netip.AddrPortFrom(netip.AddrFrom16(a.Addr), uint16(a.Port))), nil
+	case *unix.SockaddrUnix:
+		return &net.UnixAddr{Name: a.Name, Net: "unix"}, nil
+	}
+	return nil, fmt.Errorf("unsupported socket address %T", sa)
+}
+
+// matchListener finds the configured listener bound at a.
+func matchListener(ls []config.Listener, a net.Addr) (config.Listener, bool) {
+	switch a := a.(type) {
+	case *net.UnixAddr:
+		for _, l := range ls {
+			if l.Network == "unix" && l.Address == a.Name {
+				return l, true
+			}
+		}
+	case *net.TCPAddr:
+		ap := a.AddrPort()
+		for _, l := range ls {
+			if l.Network != "tcp" || l.Port() != int(ap.Port()) {
+				continue
+			}
+			if strings.HasPrefix(l.Address, ":") {
+				return l, true
+			}
+			if want, err := netip.ParseAddrPort(l.Address); err == nil && want.Addr().Unmap() == ap.Addr().Unmap() {
+				return l, true
+			}
+		}
+	}
+	return config.Listener{}, false
+}
