@@ -12,11 +12,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/events"
 	"github.com/powerhouse/powerhouse/generator"
 	"github.com/powerhouse/powerhouse/sticky"
 	"github.com/powerhouse/powerhouse/units"
@@ -31,6 +33,7 @@ type Manager interface {
 	States(ctx context.Context, patterns ...string) ([]units.UnitState, error)
 	State(ctx context.Context, unit string) (units.UnitState, error)
 	Watch(ctx context.Context) (<-chan string, error)
+	Property(ctx context.Context, unit, iface, name string) (any, error)
 }
 
 // Options configure Run.
@@ -43,7 +46,9 @@ type Options struct {
 	Files []*os.File
 	// Notify sends a state string to systemd (sd_notify); nil for none.
 	Notify func(state string) error
-	Log    *slog.Logger
+	// Emit records an event; default events.Write (journald).
+	Emit func(events.Event) error
+	Log  *slog.Logger
 	// RuntimeDir is where hand-off sockets and group configs live.
 	// Default /run/powerhouse.
 	RuntimeDir string
@@ -63,6 +68,7 @@ type Supervisor struct {
 	disp  *sticky.Dispatcher
 	mu    sync.Mutex
 	state map[int]units.UnitState
+	pids  map[int]uint32 // main PID last seen active
 	// excluded marks instances an operator stopped: kept out of dispatch
 	// until something restarts them.
 	excluded map[int]bool
@@ -89,7 +95,10 @@ func New(o Options) (*Supervisor, error) {
 	if o.Notify == nil {
 		o.Notify = func(string) error { return nil }
 	}
-	s := &Supervisor{o: o, w: w, log: o.Log.With("group", o.Group), state: map[int]units.UnitState{}, excluded: map[int]bool{}}
+	if o.Emit == nil {
+		o.Emit = events.Write
+	}
+	s := &Supervisor{o: o, w: w, log: o.Log.With("group", o.Group), state: map[int]units.UnitState{}, pids: map[int]uint32{}, excluded: map[int]bool{}}
 	if w.Sticky {
 		s.disp = sticky.NewDispatcher(sticky.DispatcherOptions{
 			Path: func(id int) string { return filepath.Join(o.RuntimeDir, o.Group, strconv.Itoa(id)+".sock") },
@@ -169,7 +178,7 @@ loop:
 			}
 			if n, ok := s.instanceOf(name); ok {
 				if st, err := s.o.Manager.State(ctx, name); err == nil {
-					s.observe(n, st)
+					s.observe(ctx, n, st)
 				}
 			} else if name == generator.SupervisorService(s.o.Group) {
 				continue
@@ -197,8 +206,18 @@ func (s *Supervisor) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	self, err := s.o.Manager.State(ctx, generator.SupervisorService(s.o.Group))
-	if err != nil || self.JobType != "stop" {
-		s.log.Info("supervisor stopping, workers keep running", "job", self.JobType)
+	reason := "signal"
+	switch {
+	case err == nil && self.JobType != "":
+		reason = self.JobType // stop, restart
+	}
+	keep := err != nil || self.JobType != "stop"
+	detail := "its workers are stopped"
+	if keep {
+		detail = "its workers keep running"
+	}
+	s.emit(events.MasterShutdown, 0, fmt.Sprintf("supervisor of %s stopping (%s): %s", s.o.Group, reason, detail), map[string]string{"reason": reason})
+	if keep {
 		return
 	}
 	s.log.Info("supervisor stopped: stopping the group's workers")
@@ -259,7 +278,7 @@ func (s *Supervisor) refresh(ctx context.Context) error {
 	for _, st := range sts {
 		if n, ok := s.instanceOf(st.Name); ok {
 			seen[n] = true
-			s.observe(n, st)
+			s.observe(ctx, n, st)
 		}
 	}
 	s.mu.Lock()
@@ -271,14 +290,27 @@ func (s *Supervisor) refresh(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, n := range gone {
-		s.observe(n, units.UnitState{Name: generator.WorkerService(s.o.Group, n), LoadState: "not-found", ActiveState: "inactive"})
+		s.observe(ctx, n, units.UnitState{Name: generator.WorkerService(s.o.Group, n), LoadState: "not-found", ActiveState: "inactive"})
 	}
 	return nil
 }
 
-// observe records an instance's state and updates the dispatch set.
-func (s *Supervisor) observe(n int, st units.UnitState) {
+// observe records an instance's state, reports what changed as events and
+// updates the dispatch set.
+func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
+	var pid uint32
+	if st.ActiveState == "active" || st.ActiveState == "reloading" {
+		if v, err := s.o.Manager.Property(ctx, st.Name, "Service", "MainPID"); err == nil {
+			pid, _ = v.(uint32)
+		}
+	}
 	s.mu.Lock()
+	prevPID := s.pids[n]
+	if pid != 0 {
+		s.pids[n] = pid
+	} else if st.ActiveState != "active" && st.ActiveState != "reloading" {
+		delete(s.pids, n)
+	}
 	prev, known := s.state[n]
 	if st.LoadState == "not-found" && st.ActiveState == "inactive" {
 		delete(s.state, n)
@@ -293,7 +325,15 @@ func (s *Supervisor) observe(n int, st units.UnitState) {
 	in := Member(st) && !s.excluded[n] && n <= s.w.Amount
 	s.mu.Unlock()
 	if known && prev.ActiveState != st.ActiveState {
-		s.log.Info("instance state", "instance", n, "state", st.ActiveState, "sub", st.SubState, "job", st.JobType)
+		s.log.Debug("instance state", "instance", n, "state", st.ActiveState, "sub", st.SubState, "job", st.JobType)
+	}
+	// A main PID that went away, or changed between two looks (a restart
+	// faster than the signals), is a stop; a new one is a start.
+	if prevPID != 0 && prevPID != pid {
+		s.stopped(ctx, n, st, prevPID)
+	}
+	if pid != 0 && pid != prevPID {
+		s.emit(events.WorkerStart, n, fmt.Sprintf("worker %s@%d started, pid %d", s.o.Group, n, pid), map[string]string{"pid": fmt.Sprint(pid)})
 	}
 	if s.disp == nil {
 		return
@@ -305,6 +345,42 @@ func (s *Supervisor) observe(n int, st units.UnitState) {
 	} else if s.disp.Up.Remove(n) {
 		s.log.Info("instance leaves dispatch", "instance", n, "state", st.ActiveState, "job", st.JobType)
 	}
+}
+
+// stopped reports that instance n's process pid ended, with its exit code
+// or signal, and whether it was stopped on request.
+func (s *Supervisor) stopped(ctx context.Context, n int, st units.UnitState, pid uint32) {
+	f := map[string]string{"pid": fmt.Sprint(pid)}
+	code, _ := s.o.Manager.Property(ctx, st.Name, "Service", "ExecMainCode")
+	status, _ := s.o.Manager.Property(ctx, st.Name, "Service", "ExecMainStatus")
+	if res, err := s.o.Manager.Property(ctx, st.Name, "Service", "Result"); err == nil {
+		f["result"] = fmt.Sprint(res)
+	}
+	c, _ := code.(int32)
+	v, _ := status.(int32)
+	how := "ended"
+	switch c {
+	case 1: // CLD_EXITED
+		f["exit_code"] = fmt.Sprint(v)
+		how = fmt.Sprintf("exited with code %d", v)
+	case 2, 3: // CLD_KILLED, CLD_DUMPED
+		name := unix.SignalName(syscall.Signal(v))
+		f["signal"] = name
+		f["signal_number"] = fmt.Sprint(v)
+		how = "killed by " + name
+	}
+	s.emit(events.WorkerStop, n, fmt.Sprintf("worker %s@%d (pid %d) %s", s.o.Group, n, pid, how), f)
+	if st.JobType == "stop" || (Stopping(st) && st.ActiveState != "failed") {
+		s.emit(events.WorkerShutdown, n, fmt.Sprintf("worker %s@%d shut down on request", s.o.Group, n), map[string]string{"pid": fmt.Sprint(pid)})
+	}
+}
+
+func (s *Supervisor) emit(t events.Type, n int, msg string, fields map[string]string) {
+	e := events.Event{Type: t, Group: s.o.Group, Instance: n, Message: msg, Fields: fields}
+	if err := s.o.Emit(e); err != nil {
+		s.log.Debug("event not written", "event", t, "err", err)
+	}
+	s.log.Info(msg, "event", string(t))
 }
 
 // Member reports whether an instance in state st takes connections: it

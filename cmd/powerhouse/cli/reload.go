@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/events"
 	"github.com/powerhouse/powerhouse/generator"
 	"github.com/powerhouse/powerhouse/units"
 )
@@ -60,8 +61,11 @@ every reloadable group is reloaded. Groups with reloadable = false refuse.`,
 						unit := generator.WorkerService(w.Name, n)
 						fmt.Fprintf(e.stderr, "reload %s: restarting %s (%d/%d)\n", w.Name, unit, n, w.Amount)
 						if err := m.Restart(e.ctx, unit); err != nil {
-							return fmt.Errorf("group %s: instance %d did not become ready: %w", w.Name, n, err)
+							return fmt.Errorf("group %s: instance %d (%s) did not become ready: %w", w.Name, n, unit, err)
 						}
+						// Best effort: outside systemd there is no journal.
+						_ = events.Write(events.Event{Type: events.WorkerReload, Group: w.Name, Instance: n,
+							Message: fmt.Sprintf("worker %s@%d reloaded", w.Name, n)})
 					}
 					fmt.Fprintf(e.stderr, "reload %s: %d instances restarted\n", w.Name, w.Amount)
 				}
