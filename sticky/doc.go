@@ -1,0 +1,72 @@
+// Package sticky provides the sticky dispatcher of a worker group: choosing
+// the worker instance for a client address by rendezvous hashing, reading
+// PROXY protocol headers, and handing each accepted connection to its
+// instance.
+//
+// # Rendezvous hashing
+//
+// Every instance that is up scores every client address; the highest score
+// wins ([Set.Pick]), and the scores in decreasing order give the fallback
+// order ([Set.Order]) a dispatcher walks when an instance's hand-off queue is
+// full. When an instance leaves the set, only the clients it served move,
+// each to its next choice; when one joins, only the clients it now wins
+// move, about 1/(n+1) of them. This is why the set holds only instances that
+// are up: a restarting instance stays in the set (its hand-off socket queues
+// in the kernel meanwhile), and a failed or stopped one is removed.
+//
+// Keys are IP addresses. IPv4 addresses and their IPv4-mapped IPv6 form hash
+// the same, so a dual-stack listener does not split a client; zones are
+// ignored. Instances are the numbers systemd gives them (the %i of
+// powerhouse-<group>@<n>.service), so a dispatcher can keep per-instance
+// state in a slice indexed by id. Each instance's seed is precomputed; a
+// lookup is one 64-bit mix of the address and one per instance, with no
+// allocation and no lock. [Set] is immutable and safe for concurrent use;
+// [Instances] publishes a new Set atomically when membership changes.
+//
+// The hash has no secret key, on purpose: scores are the same in every
+// process, on every run and every host, so a restarted or upgraded
+// dispatcher sends each client where the previous one did. A client that
+// can choose many source addresses can therefore choose its instance too;
+// this is stickiness, not isolation.
+//
+// # PROXY protocol
+//
+// On a listener marked proxy_protocol = true, [ReadProxyHeader] reads a
+// version 1 (text) or version 2 (binary) header, as specified in haproxy's
+// doc/proxy-protocol.txt, and returns the original client address, which
+// becomes the stickiness key and the hand-off's original peer. It consumes
+// exactly the header's bytes and nothing more: it finds the header's length
+// with recv(MSG_PEEK) and then reads that many bytes, so the client's data
+// stays in the socket for the worker that receives the descriptor. There is
+// no user-space buffer to forward.
+//
+// Parsing is strict, as the specification asks: "PROXY" with exactly one
+// space between fields, TCP4 addresses in dotted decimal without leading
+// zeros, TCP6 addresses in IPv6 text without zones, ports 0-65535 without
+// leading zeros or signs, CRLF and nothing else to end the line; v2 version
+// 2 only, commands LOCAL and PROXY only, defined family bytes only, TLVs
+// that fit the header exactly, and a CRC32C TLV, if present, that matches.
+// Other TLVs are skipped. A v1 UNKNOWN line, a v2 LOCAL command, and v2
+// UNSPEC, UDP and AF_UNIX families are accepted as Local: the dispatcher
+// then uses the connection's own peer address. Refusals are *[ProxyError]
+// with a [ProxyReason] to count them by.
+//
+// # Limits
+//
+//   - A v1 line is at most 107 bytes including CRLF (the specification's
+//     worst case); a v2 header's length field at most ProxyOptions.MaxV2Length,
+//     1536 by default.
+//   - A header must be complete within ProxyOptions.Timeout, 3 s by default
+//     (the specification's minimum, to cover one TCP retransmission). A peer
+//     that closes mid-header is noticed at once.
+//   - The peek-and-read path needs a connection that implements
+//     syscall.Conn (*net.TCPConn, *net.UnixConn). Other net.Conn values are
+//     read in exact small pieces, which is correct but costs up to about
+//     fifty reads for a v1 line.
+//   - The package is Linux-only: the hand-off needs SCM_RIGHTS on unix
+//     datagram sockets, and the end of a partial header is detected with
+//     poll(POLLRDHUP).
+//   - The specification forbids guessing whether a header is present: a
+//     listener either always expects one or never does, and should only be
+//     reachable by trusted proxies.
+package sticky

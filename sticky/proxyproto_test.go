@@ -1,0 +1,758 @@
+package sticky
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// v2hdr builds a v2 header: signature, ver/cmd, fam/proto, length, body.
+func v2hdr(verCmd, fam byte, body ...[]byte) []byte {
+	b := append([]byte(v2Sig), verCmd, fam, 0, 0)
+	for _, p := range body {
+		b = append(b, p...)
+	}
+	binary.BigEndian.PutUint16(b[14:16], uint16(len(b)-v2Fixed))
+	return b
+}
+
+func tlv(typ byte, val []byte) []byte {
+	return append([]byte{typ, byte(len(val) >> 8), byte(len(val))}, val...)
+}
+
+func inet4(src, dst string, sport, dport uint16) []byte {
+	s, d := netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+	b := append(s[:], d[:]...)
+	return binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(b, sport), dport)
+}
+
+func inet6(src, dst string, sport, dport uint16) []byte {
+	s, d := netip.MustParseAddr(src).As16(), netip.MustParseAddr(dst).As16()
+	b := append(s[:], d[:]...)
+	return binary.BigEndian.AppendUint16(binary.BigEndian.AppendUint16(b, sport), dport)
+}
+
+// withCRC fills in the CRC32C TLV, which must be the last 7 bytes of h.
+func withCRC(h []byte) []byte {
+	h = bytes.Clone(h)
+	clear(h[len(h)-4:])
+	binary.BigEndian.PutUint32(h[len(h)-4:], crc32.Checksum(h, crc32.MakeTable(crc32.Castagnoli)))
+	return h
+}
+
+func ap(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+const payload = "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+type goodCase struct {
+	name string
+	hdr  []byte
+	want ProxyHeader
+}
+
+func goodCases() []goodCase {
+	v1 := func(s string) []byte { return []byte(s) }
+	bigTLV := tlv(0xE0, bytes.Repeat([]byte{'x'}, 600)) // pushes the header past one peek
+	return []goodCase{
+		{"v1 TCP4", v1("PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n"),
+			ProxyHeader{Version: 1, Source: ap("192.168.0.1:56324"), Dest: ap("192.168.0.11:443")}},
+		{"v1 TCP4 longest", v1("PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n"),
+			ProxyHeader{Version: 1, Source: ap("255.255.255.255:65535"), Dest: ap("255.255.255.255:65535")}},
+		{"v1 TCP4 zero ports and addresses", v1("PROXY TCP4 0.0.0.0 0.0.0.0 0 0\r\n"),
+			ProxyHeader{Version: 1, Source: ap("0.0.0.0:0"), Dest: ap("0.0.0.0:0")}},
+		{"v1 TCP6", v1("PROXY TCP6 2001:db8::1 2001:db8::2 40000 8080\r\n"),
+			ProxyHeader{Version: 1, Source: ap("[2001:db8::1]:40000"), Dest: ap("[2001:db8::2]:8080")}},
+		{"v1 TCP6 full form upper case", v1("PROXY TCP6 FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:FFFF ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe 65535 1\r\n"),
+			ProxyHeader{Version: 1, Source: ap("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:65535"), Dest: ap("[ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe]:1")}},
+		{"v1 TCP6 IPv4-mapped", v1("PROXY TCP6 ::ffff:10.0.0.1 ::1 1 2\r\n"),
+			ProxyHeader{Version: 1, Source: ap("[::ffff:10.0.0.1]:1"), Dest: ap("[::1]:2")}},
+		{"v1 UNKNOWN short", v1("PROXY UNKNOWN\r\n"), ProxyHeader{Version: 1, Local: true}},
+		{"v1 UNKNOWN worst case 107 bytes", v1("PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n"),
+			ProxyHeader{Version: 1, Local: true}},
+		{"v1 UNKNOWN with junk ignored", v1("PROXY UNKNOWN whatever \x01 here\r\n"), ProxyHeader{Version: 1, Local: true}},
+		{"v2 PROXY TCP4", v2hdr(0x21, 0x11, inet4("10.1.2.3", "10.9.9.9", 51000, 443)),
+			ProxyHeader{Version: 2, Source: ap("10.1.2.3:51000"), Dest: ap("10.9.9.9:443")}},
+		{"v2 PROXY TCP6", v2hdr(0x21, 0x21, inet6("2001:db8::7", "2001:db8::8", 1234, 80)),
+			ProxyHeader{Version: 2, Source: ap("[2001:db8::7]:1234"), Dest: ap("[2001:db8::8]:80")}},
+		{"v2 LOCAL", v2hdr(0x20, 0x00), ProxyHeader{Version: 2, Local: true}},
+		{"v2 LOCAL ignores family and block", v2hdr(0x20, 0x11, inet4("1.1.1.1", "2.2.2.2", 1, 2)), ProxyHeader{Version: 2, Local: true}},
+		{"v2 LOCAL with undefined family", v2hdr(0x20, 0xff, []byte{1, 2}), ProxyHeader{Version: 2, Local: true}},
+		{"v2 PROXY UNSPEC", v2hdr(0x21, 0x00, []byte("ignored")), ProxyHeader{Version: 2, Local: true}},
+		{"v2 TCP4 with TLVs", v2hdr(0x21, 0x11, inet4("10.1.2.3", "10.9.9.9", 51000, 443),
+			tlv(0x01, []byte("h2")), tlv(0x02, []byte("example.com")), tlv(0x04, nil), tlv(0x05, bytes.Repeat([]byte{7}, 128))),
+			ProxyHeader{Version: 2, Source: ap("10.1.2.3:51000"), Dest: ap("10.9.9.9:443")}},
+		{"v2 TCP4 with CRC32C", withCRC(v2hdr(0x21, 0x11, inet4("10.1.2.3", "10.9.9.9", 51000, 443),
+			tlv(0x02, []byte("example.com")), tlv(tlvCRC32C, make([]byte, 4)))),
+			ProxyHeader{Version: 2, Source: ap("10.1.2.3:51000"), Dest: ap("10.9.9.9:443")}},
+		{"v2 TCP6 with 600-byte TLV", v2hdr(0x21, 0x21, inet6("2001:db8::7", "2001:db8::8", 1234, 80), bigTLV),
+			ProxyHeader{Version: 2, Source: ap("[2001:db8::7]:1234"), Dest: ap("[2001:db8::8]:80")}},
+		{"v2 UNIX stream", v2hdr(0x21, 0x31, make([]byte, 216)), ProxyHeader{Version: 2, Local: true}},
+		{"v2 UNIX dgram with TLV", v2hdr(0x21, 0x32, make([]byte, 216), tlv(0x04, nil)), ProxyHeader{Version: 2, Local: true}},
+		{"v2 UDP4", v2hdr(0x21, 0x12, inet4("1.1.1.1", "2.2.2.2", 53, 53)), ProxyHeader{Version: 2, Local: true}},
+		{"v2 UDP6", v2hdr(0x21, 0x22, inet6("::1", "::2", 53, 53)), ProxyHeader{Version: 2, Local: true}},
+	}
+}
+
+type badCase struct {
+	name string
+	in   []byte
+	want ProxyReason
+}
+
+func badCases() []badCase {
+	v1 := func(s string) []byte { return []byte(s) }
+	tcp4 := inet4("10.1.2.3", "10.9.9.9", 51000, 443)
+	crcBad := withCRC(v2hdr(0x21, 0x11, tcp4, tlv(tlvCRC32C, make([]byte, 4))))
+	crcBad[20] ^= 1 // flip a bit of the source address after summing
+	over := v2hdr(0x21, 0x11, tcp4)
+	binary.BigEndian.PutUint16(over[14:16], 0xffff)
+	longV2 := v2hdr(0x21, 0x11, tcp4, tlv(0xE0, make([]byte, 1600)))
+	return []badCase{
+		{"HTTP request", v1(payload), ProxyMalformed},
+		{"short garbage", v1("hello"), ProxyMalformed},
+		{"TLS client hello", []byte{0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03, 0, 0, 0, 0, 0}, ProxyMalformed},
+		{"lower-case proxy", v1("proxy TCP4 1.2.3.4 5.6.7.8 1 2\r\n"), ProxyMalformed},
+		{"PROXY without space", v1("PROXY\r\n"), ProxyMalformed},
+		{"v1 truncated", v1("PROXY TCP4 192.168.0.1 192.16"), ProxyTruncated},
+		{"v2 signature truncated", []byte(v2Sig[:7]), ProxyTruncated},
+		{"v2 body truncated", v2hdr(0x21, 0x11, tcp4)[:20], ProxyTruncated},
+		{"v2 wrong signature", append([]byte("\r\n\r\n\x00\r\nQUIX\n"), 0x21, 0x11, 0, 12), ProxyMalformed},
+		{"v1 too long without CRLF", v1("PROXY UNKNOWN " + strings.Repeat("a", 120)), ProxyTooLong},
+		{"v1 CRLF at byte 108", v1("PROXY UNKNOWN " + strings.Repeat("a", 92) + "\r\n"), ProxyTooLong},
+		{"v1 port above 65535", v1("PROXY TCP4 1.2.3.4 5.6.7.8 65536 80\r\n"), ProxyMalformed},
+		{"v1 port with leading zero", v1("PROXY TCP4 1.2.3.4 5.6.7.8 1234 080\r\n"), ProxyMalformed},
+		{"v1 port with sign", v1("PROXY TCP4 1.2.3.4 5.6.7.8 +1234 80\r\n"), ProxyMalformed},
+		{"v1 port not a number", v1("PROXY TCP4 1.2.3.4 5.6.7.8 12a4 80\r\n"), ProxyMalformed},
+		{"v1 TCP4 with IPv6 address", v1("PROXY TCP4 ::1 5.6.7.8 1 2\r\n"), ProxyMalformed},
+		{"v1 TCP6 with IPv4 address", v1("PROXY TCP6 1.2.3.4 ::1 1 2\r\n"), ProxyMalformed},
+		{"v1 IPv4 leading zero", v1("PROXY TCP4 01.2.3.4 5.6.7.8 1 2\r\n"), ProxyMalformed},
+		{"v1 IPv4 octet 256", v1("PROXY TCP4 1.2.3.256 5.6.7.8 1 2\r\n"), ProxyMalformed},
+		{"v1 IPv4 three octets", v1("PROXY TCP4 1.2.3 5.6.7.8 1 2\r\n"), ProxyMalformed},
+		{"v1 IPv6 with zone", v1("PROXY TCP6 fe80::1%eth0 ::1 1 2\r\n"), ProxyMalformed},
+		{"v1 double space", v1("PROXY TCP4  1.2.3.4 5.6.7.8 1 2\r\n"), ProxyMalformed},
+		{"v1 trailing space", v1("PROXY TCP4 1.2.3.4 5.6.7.8 1 2 \r\n"), ProxyMalformed},
+		{"v1 missing port", v1("PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n"), ProxyMalformed},
+		{"v1 extra field", v1("PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n"), ProxyMalformed},
+		{"v1 empty protocol", v1("PROXY \r\n"), ProxyMalformed},
+		{"v1 CR without LF", v1("PROXY TCP4 1.2.3.4\r5.6.7.8 1 2\r\n"), ProxyMalformed},
+		{"v1 LF without CR", v1("PROXY UNKNOWN\n"), ProxyMalformed},
+		{"v1 UDP4", v1("PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n"), ProxyUnsupported},
+		{"v1 UNKNOWN glued", v1("PROXY UNKNOWNX\r\n"), ProxyUnsupported},
+		{"v2 version 1", v2hdr(0x11, 0x11, tcp4), ProxyUnsupported},
+		{"v2 version 3", v2hdr(0x31, 0x11, tcp4), ProxyUnsupported},
+		{"v2 command 2", v2hdr(0x22, 0x11, tcp4), ProxyUnsupported},
+		{"v2 command 15", v2hdr(0x2f, 0x11, tcp4), ProxyUnsupported},
+		{"v2 length 65535 over the limit", over, ProxyTooLong},
+		{"v2 length 1615 over the limit", longV2, ProxyTooLong},
+		{"v2 family 4", v2hdr(0x21, 0x41, tcp4), ProxyUnsupported},
+		{"v2 transport 3", v2hdr(0x21, 0x13, tcp4), ProxyUnsupported},
+		{"v2 TCP4 without transport", v2hdr(0x21, 0x10, tcp4), ProxyUnsupported},
+		{"v2 TCP4 block too short", v2hdr(0x21, 0x11, tcp4[:8]), ProxyMalformed},
+		{"v2 TCP6 with TCP4 block", v2hdr(0x21, 0x21, tcp4), ProxyMalformed},
+		{"v2 UNIX block too short", v2hdr(0x21, 0x31, make([]byte, 108)), ProxyMalformed},
+		{"v2 TLV overflows header", v2hdr(0x21, 0x11, tcp4, []byte{0x02, 0x00, 0x10, 'a'}), ProxyMalformed},
+		{"v2 stray bytes after TLV", v2hdr(0x21, 0x11, tcp4, tlv(0x04, nil), []byte{0x01, 0x00}), ProxyMalformed},
+		{"v2 CRC32C mismatch", crcBad, ProxyMalformed},
+		{"v2 CRC32C of 2 bytes", v2hdr(0x21, 0x11, tcp4, tlv(tlvCRC32C, []byte{0, 0})), ProxyMalformed},
+	}
+}
+
+func reasonOf(err error) ProxyReason {
+	var pe *ProxyError
+	if errors.As(err, &pe) {
+		return pe.Reason
+	}
+	return 0
+}
+
+func TestParseProxyHeader(t *testing.T) {
+	for _, tt := range goodCases() {
+		t.Run(tt.name, func(t *testing.T) {
+			in := append(bytes.Clone(tt.hdr), payload...)
+			h, n, err := ParseProxyHeader(in, ProxyOptions{})
+			if err != nil {
+				t.Fatalf("error: %v", err)
+			}
+			if h != tt.want {
+				t.Errorf("header = %+v, want %+v", h, tt.want)
+			}
+			if n != len(tt.hdr) {
+				t.Errorf("consumed %d bytes, want %d", n, len(tt.hdr))
+			}
+		})
+	}
+	for _, tt := range badCases() {
+		t.Run("bad/"+tt.name, func(t *testing.T) {
+			in := bytes.Clone(tt.in)
+			h, n, err := ParseProxyHeader(in, ProxyOptions{})
+			if err == nil {
+				t.Fatalf("parsed %+v (%d bytes), want a %v error", h, n, tt.want)
+			}
+			if got := reasonOf(err); got != tt.want {
+				t.Errorf("reason %v (%v), want %v", got, err, tt.want)
+			}
+			if n != 0 {
+				t.Errorf("reported %d bytes consumed on error", n)
+			}
+			if !bytes.Equal(in, tt.in) {
+				t.Error("input modified")
+			}
+		})
+	}
+}
+
+func TestParseProxyHeaderMaxV2Length(t *testing.T) {
+	h := v2hdr(0x21, 0x11, inet4("1.2.3.4", "5.6.7.8", 1, 2), tlv(0xE0, make([]byte, 100)))
+	if _, _, err := ParseProxyHeader(h, ProxyOptions{MaxV2Length: 50}); reasonOf(err) != ProxyTooLong {
+		t.Errorf("limit 50: %v, want too long", err)
+	}
+	if _, n, err := ParseProxyHeader(h, ProxyOptions{MaxV2Length: 115}); err != nil || n != len(h) {
+		t.Errorf("limit 115: n=%d, %v", n, err)
+	}
+	big := v2hdr(0x21, 0x11, inet4("1.2.3.4", "5.6.7.8", 1, 2), tlv(0xE0, make([]byte, 60000)))
+	if _, n, err := ParseProxyHeader(big, ProxyOptions{MaxV2Length: 1 << 20}); err != nil || n != len(big) {
+		t.Errorf("limit above 65535: n=%d, %v", n, err)
+	}
+}
+
+func TestCRC32CMatchesKnownVector(t *testing.T) {
+	// RFC 3720 B.4 / the usual check value: CRC-32C("123456789").
+	if got := crc32.Checksum([]byte("123456789"), crc32.MakeTable(crc32.Castagnoli)); got != 0xe3069283 {
+		t.Fatalf("CRC-32C check value %#x", got)
+	}
+}
+
+func TestProxyReasonString(t *testing.T) {
+	for r, want := range map[ProxyReason]string{
+		ProxyMalformed: "malformed", ProxyTooLong: "too_long", ProxyUnsupported: "unsupported",
+		ProxyTimeout: "timeout", ProxyTruncated: "truncated", ProxyReadError: "read_error", 99: "ProxyReason(99)",
+	} {
+		if got := r.String(); got != want {
+			t.Errorf("%d.String() = %q, want %q", uint8(r), got, want)
+		}
+	}
+	err := error(&ProxyError{Reason: ProxyTimeout, Detail: "x", Err: os.ErrDeadlineExceeded})
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !strings.Contains(err.Error(), "timeout: x") {
+		t.Errorf("error %q does not wrap or name its cause", err)
+	}
+}
+
+// tcpPair returns both ends of a loopback TCP connection.
+func tcpPair(t testing.TB) (client, server *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// unixPair returns both ends of a unix stream connection (a listener may be
+// a unix socket path).
+func unixPair(t testing.TB) (client, server *net.UnixConn) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "s")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.UnixConn), s.(*net.UnixConn)
+}
+
+// readRawRemainder reads what is left in the server's socket through a
+// duplicate of its descriptor, as a worker that received it would, until the
+// client's end of stream.
+func readRawRemainder(t *testing.T, sc syscall.Conn) []byte {
+	t.Helper()
+	var f *os.File
+	var err error
+	switch c := sc.(type) {
+	case *net.TCPConn:
+		f, err = c.File()
+	case *net.UnixConn:
+		f, err = c.File()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rest, err := io.ReadAll(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rest
+}
+
+// TestReadProxyHeaderLeavesPayload writes header and payload in one write
+// and checks that exactly the payload is still in the socket afterwards:
+// the property that makes handing the raw descriptor to a worker correct.
+func TestReadProxyHeaderLeavesPayload(t *testing.T) {
+	for _, tt := range goodCases() {
+		t.Run("tcp/"+tt.name, func(t *testing.T) {
+			client, server := tcpPair(t)
+			if _, err := client.Write(append(bytes.Clone(tt.hdr), payload...)); err != nil {
+				t.Fatal(err)
+			}
+			client.CloseWrite()
+			h, err := ReadProxyHeader(context.Background(), server, ProxyOptions{})
+			if err != nil {
+				t.Fatalf("ReadProxyHeader: %v", err)
+			}
+			if h != tt.want {
+				t.Errorf("header = %+v, want %+v", h, tt.want)
+			}
+			if rest := readRawRemainder(t, server); string(rest) != payload {
+				t.Errorf("left in the socket: %q, want %q", rest, payload)
+			}
+		})
+		t.Run("pipe/"+tt.name, func(t *testing.T) {
+			// net.Pipe cannot peek: this is the exact-read path.
+			client, server := net.Pipe()
+			defer server.Close()
+			go func() {
+				client.Write(append(bytes.Clone(tt.hdr), payload...))
+				client.Close()
+			}()
+			h, err := ReadProxyHeader(context.Background(), server, ProxyOptions{})
+			if err != nil {
+				t.Fatalf("ReadProxyHeader: %v", err)
+			}
+			if h != tt.want {
+				t.Errorf("header = %+v, want %+v", h, tt.want)
+			}
+			if rest, _ := io.ReadAll(server); string(rest) != payload {
+				t.Errorf("left in the pipe: %q, want %q", rest, payload)
+			}
+		})
+	}
+	t.Run("unix/v1 TCP4", func(t *testing.T) {
+		client, server := unixPair(t)
+		client.Write([]byte("PROXY TCP4 192.0.2.1 192.0.2.2 1000 80\r\n" + payload))
+		client.CloseWrite()
+		h, err := ReadProxyHeader(context.Background(), server, ProxyOptions{})
+		if err != nil || h.Source != ap("192.0.2.1:1000") {
+			t.Fatalf("ReadProxyHeader = %+v, %v", h, err)
+		}
+		if rest := readRawRemainder(t, server); string(rest) != payload {
+			t.Errorf("left in the socket: %q, want %q", rest, payload)
+		}
+	})
+}
+
+// TestReadProxyHeaderBackToBack sends many headers in a row on one
+// connection: each call must stop exactly at the end of its header for the
+// next one to parse.
+func TestReadProxyHeaderBackToBack(t *testing.T) {
+	client, server := tcpPair(t)
+	cases := goodCases()
+	var all []byte
+	for _, tt := range cases {
+		all = append(all, tt.hdr...)
+	}
+	go func() {
+		client.Write(all)
+		client.CloseWrite()
+	}()
+	for _, tt := range cases {
+		h, err := ReadProxyHeader(context.Background(), server, ProxyOptions{})
+		if err != nil || h != tt.want {
+			t.Fatalf("%s: got %+v, %v; want %+v", tt.name, h, err, tt.want)
+		}
+	}
+	if _, err := ReadProxyHeader(context.Background(), server, ProxyOptions{}); reasonOf(err) != ProxyTruncated {
+		t.Errorf("at end of stream: %v, want truncated", err)
+	}
+}
+
+// TestReadProxyHeaderStream sends 20000 headers back to back while they are
+// read, so that the receive buffer fills and headers straddle segments. It
+// catches a stall seen with a parser that only peeked at an incomplete
+// header: the few bytes left at the tail of a partly read segment kept the
+// receive window at zero, and the rest of the header never came.
+func TestReadProxyHeaderStream(t *testing.T) {
+	client, server := tcpPair(t)
+	hdr := []byte("PROXY TCP4 192.168.0.1 192.168.0.11 56324 443\r\n")
+	const n = 20000
+	go func() {
+		batch := bytes.Repeat(hdr, 64)
+		for sent := 0; sent < n; sent += 64 {
+			if _, err := client.Write(batch[:min(64, n-sent)*len(hdr)]); err != nil {
+				return
+			}
+		}
+	}()
+	for i := range n {
+		if _, err := ReadProxyHeader(context.Background(), server, ProxyOptions{}); err != nil {
+			t.Fatalf("header %d: %v", i, err)
+		}
+	}
+}
+
+func TestReadProxyHeaderRefuses(t *testing.T) {
+	for _, tt := range badCases() {
+		t.Run("tcp/"+tt.name, func(t *testing.T) {
+			client, server := tcpPair(t)
+			client.Write(tt.in)
+			client.CloseWrite()
+			start := time.Now()
+			_, err := ReadProxyHeader(context.Background(), server, ProxyOptions{Timeout: 10 * time.Second})
+			if got := reasonOf(err); got != tt.want {
+				t.Errorf("reason %v (%v), want %v", got, err, tt.want)
+			}
+			// Refusals and end of stream are noticed at once, not at the
+			// deadline.
+			if d := time.Since(start); d > 5*time.Second {
+				t.Errorf("took %v", d)
+			}
+		})
+		t.Run("pipe/"+tt.name, func(t *testing.T) {
+			client, server := net.Pipe()
+			defer server.Close()
+			go func() {
+				client.Write(tt.in)
+				client.Close()
+			}()
+			want := tt.want
+			if len(tt.in) < minHeaderLen {
+				// Without a peek the parser first reads the 15 bytes every
+				// header has, so a shorter input ends the stream first.
+				want = ProxyTruncated
+			}
+			_, err := ReadProxyHeader(context.Background(), server, ProxyOptions{Timeout: 10 * time.Second})
+			if got := reasonOf(err); got != want {
+				t.Errorf("reason %v (%v), want %v", got, err, want)
+			}
+		})
+	}
+}
+
+// TestReadProxyHeaderSlow: a client sends half a header and stalls. The
+// parser must have seen the half (so it really is waiting for more) and must
+// give up with a timeout at the deadline.
+func TestReadProxyHeaderSlow(t *testing.T) {
+	const timeout = 300 * time.Millisecond
+	for _, half := range []string{"PROXY TCP4 192.0.2.1 19", v2Sig[:10], string(v2hdr(0x21, 0x11, inet4("1.2.3.4", "5.6.7.8", 1, 2))[:20])} {
+		t.Run(fmt.Sprintf("tcp %q", half), func(t *testing.T) {
+			client, server := tcpPair(t)
+			if _, err := client.Write([]byte(half)); err != nil {
+				t.Fatal(err)
+			}
+			seen := make(chan int, 1)
+			opts := ProxyOptions{Timeout: timeout, onPeek: func(n int) {
+				select {
+				case seen <- n: // the first peek is the one to check
+				default:
+				}
+			}}
+			start := time.Now()
+			_, err := ReadProxyHeader(context.Background(), server, opts)
+			elapsed := time.Since(start)
+			if reasonOf(err) != ProxyTimeout || !errors.Is(err, os.ErrDeadlineExceeded) {
+				t.Fatalf("error %v, want a timeout", err)
+			}
+			if elapsed < timeout-10*time.Millisecond || elapsed > timeout+2*time.Second {
+				t.Errorf("gave up after %v, deadline was %v", elapsed, timeout)
+			}
+			if len(seen) == 0 || <-seen != len(half) {
+				t.Error("parser never peeked the partial header")
+			}
+		})
+	}
+	t.Run("pipe", func(t *testing.T) {
+		client, server := net.Pipe()
+		defer client.Close()
+		go client.Write([]byte("PROXY TCP4 192.0.2.1 19"))
+		start := time.Now()
+		_, err := ReadProxyHeader(context.Background(), server, ProxyOptions{Timeout: timeout})
+		if reasonOf(err) != ProxyTimeout || time.Since(start) < timeout-10*time.Millisecond {
+			t.Fatalf("after %v: %v, want a timeout", time.Since(start), err)
+		}
+	})
+}
+
+// TestReadProxyHeaderSplit sends a header in two parts, the second only once
+// the parser has peeked the first, so the wait-for-more path is taken every
+// time, not by luck of scheduling.
+func TestReadProxyHeaderSplit(t *testing.T) {
+	for _, tt := range goodCases() {
+		t.Run(tt.name, func(t *testing.T) {
+			client, server := tcpPair(t)
+			cut := len(tt.hdr) / 2
+			client.Write(tt.hdr[:cut])
+			peeked := make(chan struct{})
+			var once bool
+			// A peek sees at most peekSize bytes of a longer first part.
+			opts := ProxyOptions{onPeek: func(n int) {
+				if n == min(cut, peekSize) && !once {
+					once = true
+					close(peeked)
+				}
+			}}
+			go func() {
+				select {
+				case <-peeked:
+				case <-time.After(5 * time.Second):
+				}
+				client.Write(append(bytes.Clone(tt.hdr[cut:]), payload...))
+				client.CloseWrite()
+			}()
+			h, err := ReadProxyHeader(context.Background(), server, opts)
+			if err != nil || h != tt.want {
+				t.Fatalf("got %+v, %v; want %+v", h, err, tt.want)
+			}
+			if !once {
+				t.Error("the parser never saw the first part alone")
+			}
+			if rest := readRawRemainder(t, server); string(rest) != payload {
+				t.Errorf("left in the socket: %q, want %q", rest, payload)
+			}
+		})
+	}
+}
+
+func TestReadProxyHeaderPeerClosesMidHeader(t *testing.T) {
+	client, server := tcpPair(t)
+	peeked := make(chan struct{})
+	var once bool
+	opts := ProxyOptions{Timeout: 10 * time.Second, onPeek: func(int) {
+		if !once {
+			once = true
+			close(peeked)
+		}
+	}}
+	client.Write([]byte("PROXY TCP6 2001:db8::1"))
+	go func() {
+		<-peeked
+		client.CloseWrite()
+	}()
+	start := time.Now()
+	_, err := ReadProxyHeader(context.Background(), server, opts)
+	if reasonOf(err) != ProxyTruncated {
+		t.Fatalf("error %v, want truncated", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("noticed the close only after %v", d)
+	}
+}
+
+func TestReadProxyHeaderContext(t *testing.T) {
+	t.Run("cancel", func(t *testing.T) {
+		client, server := tcpPair(t)
+		client.Write([]byte("PROXY TCP4 "))
+		ctx, cancel := context.WithCancel(context.Background())
+		opts := ProxyOptions{Timeout: 10 * time.Second, onPeek: func(int) { cancel() }}
+		start := time.Now()
+		_, err := ReadProxyHeader(ctx, server, opts)
+		if !errors.Is(err, context.Canceled) || reasonOf(err) != ProxyReadError {
+			t.Fatalf("error %v, want cancellation", err)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Errorf("cancellation took %v", d)
+		}
+	})
+	t.Run("deadline before timeout", func(t *testing.T) {
+		client, server := tcpPair(t)
+		client.Write([]byte("PROXY TCP4 "))
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := ReadProxyHeader(ctx, server, ProxyOptions{Timeout: 10 * time.Second})
+		if reasonOf(err) != ProxyTimeout || time.Since(start) > 5*time.Second {
+			t.Fatalf("after %v: %v, want a timeout near 200ms", time.Since(start), err)
+		}
+	})
+	t.Run("already cancelled", func(t *testing.T) {
+		_, server := tcpPair(t)
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := ReadProxyHeader(ctx, server, ProxyOptions{}); !errors.Is(err, context.Canceled) {
+			t.Fatalf("error %v, want cancellation", err)
+		}
+	})
+}
+
+// TestReadProxyHeaderClearsDeadline: after a header is read the connection
+// has no read deadline left, so a caller that keeps serving it is not cut
+// off by the header timeout.
+func TestReadProxyHeaderClearsDeadline(t *testing.T) {
+	for name, pair := range map[string]func(t *testing.T) (net.Conn, net.Conn){
+		"tcp": func(t *testing.T) (net.Conn, net.Conn) { c, s := tcpPair(t); return c, s },
+		"pipe": func(t *testing.T) (net.Conn, net.Conn) {
+			c, s := net.Pipe()
+			t.Cleanup(func() { c.Close(); s.Close() })
+			return c, s
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			client, server := pair(t)
+			go client.Write([]byte("PROXY UNKNOWN\r\n"))
+			const timeout = 50 * time.Millisecond
+			ctx, cancel := context.WithCancel(context.Background())
+			if _, err := ReadProxyHeader(ctx, server, ProxyOptions{Timeout: timeout}); err != nil {
+				t.Fatal(err)
+			}
+			cancel() // a late cancellation must not touch the deadline either
+			// Waiting out the header timeout is the point of this test.
+			time.Sleep(2 * timeout)
+			go client.Write([]byte("x"))
+			var b [1]byte
+			if _, err := server.Read(b[:]); err != nil {
+				t.Fatalf("read after the header timeout: %v", err)
+			}
+		})
+	}
+}
+
+// TestParseAllocations keeps the buffer parse allocation-free except where
+// the standard library needs a string: netip.ParseAddr, once per v1 IPv6
+// address, and the CRC32C check's zeroed field.
+func TestParseAllocations(t *testing.T) {
+	for _, tt := range goodCases() {
+		want := 0.0
+		switch {
+		case strings.HasPrefix(tt.name, "v1 TCP6"):
+			want = 2
+		case strings.Contains(tt.name, "CRC32C"):
+			want = 1
+		}
+		if got := testing.AllocsPerRun(50, func() { ParseProxyHeader(tt.hdr, ProxyOptions{}) }); got > want {
+			t.Errorf("%s: %v allocations, want at most %v", tt.name, got, want)
+		}
+	}
+}
+
+func FuzzParseProxy(f *testing.F) {
+	for _, tt := range goodCases() {
+		f.Add(append(bytes.Clone(tt.hdr), payload...))
+	}
+	for _, tt := range badCases() {
+		f.Add(tt.in)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		in := bytes.Clone(data)
+		h, n, err := ParseProxyHeader(in, ProxyOptions{})
+		if !bytes.Equal(in, data) {
+			t.Fatal("input modified")
+		}
+		if err != nil {
+			var pe *ProxyError
+			if !errors.As(err, &pe) {
+				t.Fatalf("error %v is not a *ProxyError", err)
+			}
+			switch pe.Reason {
+			case ProxyMalformed, ProxyTooLong, ProxyUnsupported, ProxyTruncated:
+			default:
+				t.Fatalf("buffer parse gave reason %v", pe.Reason)
+			}
+			if n != 0 || h != (ProxyHeader{}) {
+				t.Fatalf("error %v with n=%d, header %+v", err, n, h)
+			}
+			return
+		}
+		if n < minHeaderLen || n > len(data) {
+			t.Fatalf("consumed %d of %d bytes", n, len(data))
+		}
+		if h.Version != 1 && h.Version != 2 {
+			t.Fatalf("version %d", h.Version)
+		}
+		if h.Local != (h.Source == netip.AddrPort{} && h.Dest == netip.AddrPort{}) {
+			t.Fatalf("Local=%v with addresses %v %v", h.Local, h.Source, h.Dest)
+		}
+		if !h.Local && (!h.Source.IsValid() || !h.Dest.IsValid() || h.Source.Addr().Is4() != h.Dest.Addr().Is4()) {
+			t.Fatalf("bad addresses %v %v", h.Source, h.Dest)
+		}
+		if h2, n2, err := ParseProxyHeader(data[:n], ProxyOptions{}); err != nil || h2 != h || n2 != n {
+			t.Fatalf("header alone parses as %+v, %d, %v", h2, n2, err)
+		}
+		// Every proper prefix of a valid header must ask for more bytes,
+		// never refuse it: the peeking reader relies on this.
+		for i := range n {
+			if _, _, err := ParseProxyHeader(data[:i], ProxyOptions{}); reasonOf(err) != ProxyTruncated {
+				t.Fatalf("prefix of %d bytes: %v, want truncated", i, err)
+			}
+		}
+	})
+}
+
+func BenchmarkParseProxyHeader(b *testing.B) {
+	for _, tt := range goodCases() {
+		switch tt.name {
+		case "v1 TCP4", "v1 TCP6", "v1 UNKNOWN short", "v2 PROXY TCP4", "v2 PROXY TCP6", "v2 TCP4 with TLVs", "v2 TCP4 with CRC32C":
+		default:
+			continue
+		}
+		in := append(bytes.Clone(tt.hdr), payload...)
+		b.Run(strings.ReplaceAll(tt.name, " ", "_"), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, err := ParseProxyHeader(in, ProxyOptions{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkReadProxyHeaderLoopback reads headers sent back to back on one
+// loopback TCP connection: the system calls, deadline handling and parse of
+// one ReadProxyHeader, without the cost of accepting a connection.
+func BenchmarkReadProxyHeaderLoopback(b *testing.B) {
+	for _, tt := range goodCases() {
+		if tt.name != "v1 TCP4" && tt.name != "v2 PROXY TCP6" {
+			continue
+		}
+		b.Run(strings.ReplaceAll(tt.name, " ", "_"), func(b *testing.B) {
+			client, server := tcpPair(b)
+			n := b.N
+			go func() {
+				batch := bytes.Repeat(tt.hdr, 64)
+				for sent := 0; sent < n; sent += 64 {
+					k := min(64, n-sent)
+					if _, err := client.Write(batch[:k*len(tt.hdr)]); err != nil {
+						return
+					}
+				}
+			}()
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range n {
+				if _, err := ReadProxyHeader(ctx, server, ProxyOptions{}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
