@@ -2,6 +2,7 @@ package supervisor
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -55,6 +56,9 @@ type Options struct {
 	// StartTimeout bounds the wait for the instances to start before the
 	// supervisor reports ready anyway. Default 90s.
 	StartTimeout time.Duration
+	// Reload delivers a request to re-read the configuration file (SIGHUP):
+	// a changed amount starts or stops instances.
+	Reload <-chan struct{}
 	// Poll is the interval of the full state refresh that backs up the
 	// change signals. Default 5s.
 	Poll time.Duration
@@ -66,8 +70,9 @@ type Supervisor struct {
 	w     *config.Worker
 	log   *slog.Logger
 	disp  *sticky.Dispatcher
-	mu    sync.Mutex
-	state map[int]units.UnitState
+	mu     sync.Mutex
+	amount int // instances wanted; guarded by mu
+	state  map[int]units.UnitState
 	pids  map[int]uint32 // main PID last seen active
 	// excluded marks instances an operator stopped: kept out of dispatch
 	// until something restarts them.
@@ -98,7 +103,7 @@ func New(o Options) (*Supervisor, error) {
 	if o.Emit == nil {
 		o.Emit = events.Write
 	}
-	s := &Supervisor{o: o, w: w, log: o.Log.With("group", o.Group), state: map[int]units.UnitState{}, pids: map[int]uint32{}, excluded: map[int]bool{}}
+	s := &Supervisor{o: o, w: w, log: o.Log.With("group", o.Group), amount: w.Amount, state: map[int]units.UnitState{}, pids: map[int]uint32{}, excluded: map[int]bool{}}
 	if w.Sticky {
 		s.disp = sticky.NewDispatcher(sticky.DispatcherOptions{
 			Path: func(id int) string { return filepath.Join(o.RuntimeDir, o.Group, strconv.Itoa(id)+".sock") },
@@ -132,7 +137,7 @@ func (s *Supervisor) instanceOf(unit string) (int, bool) {
 
 // Run supervises until ctx ends (SIGTERM). It returns nil on a clean stop.
 func (s *Supervisor) Run(ctx context.Context) error {
-	if err := s.writeGroupConfig(); err != nil {
+	if err := s.writeGroupConfig(s.w); err != nil {
 		return err
 	}
 	listeners, err := s.listeners()
@@ -163,6 +168,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 	tick := time.NewTicker(s.o.Poll)
 	defer tick.Stop()
+	// Counters change with every connection: publish them once a second.
+	pub := time.NewTicker(time.Second)
+	defer pub.Stop()
 	var runErr error
 loop:
 	for {
@@ -187,6 +195,10 @@ loop:
 			if err := s.refresh(ctx); err != nil {
 				s.log.Warn("refresh failed", "err", err)
 			}
+		case <-s.o.Reload:
+			s.reconfigure(ctx)
+		case <-pub.C:
+			s.publish()
 		}
 		s.o.Notify("STATUS=" + s.status())
 	}
@@ -236,13 +248,42 @@ func (s *Supervisor) shutdown() {
 	wg.Wait()
 }
 
+// reconfigure re-reads the configuration file and applies a new amount.
+func (s *Supervisor) reconfigure(ctx context.Context) {
+	c, err := config.Load(s.o.Config.File)
+	if err != nil {
+		s.log.Warn("configuration not reloaded", "err", err)
+		return
+	}
+	w := c.Worker(s.o.Group)
+	if w == nil {
+		s.log.Warn("configuration not reloaded: the group is gone", "file", c.File)
+		return
+	}
+	s.mu.Lock()
+	old := s.amount
+	s.amount = w.Amount
+	s.mu.Unlock()
+	if err := s.writeGroupConfig(w); err != nil {
+		s.log.Warn("group config not written", "err", err)
+	}
+	if old != w.Amount {
+		s.log.Info("scaling", "from", old, "to", w.Amount)
+	}
+	s.converge(ctx)
+	if err := s.refresh(ctx); err != nil {
+		s.log.Warn("refresh failed", "err", err)
+	}
+}
+
 // converge starts instances 1..amount and stops any instance above.
 func (s *Supervisor) converge(ctx context.Context) {
 	ctx, cancel := context.WithTimeout(ctx, s.o.StartTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
 	s.mu.Lock()
-	for n := 1; n <= s.w.Amount; n++ {
+	amount := s.amount
+	for n := 1; n <= amount; n++ {
 		delete(s.excluded, n)
 		wg.Add(1)
 		go func(n int) {
@@ -253,7 +294,7 @@ func (s *Supervisor) converge(ctx context.Context) {
 		}(n)
 	}
 	for n, st := range s.state {
-		if n > s.w.Amount && st.ActiveState != "inactive" && st.ActiveState != "failed" {
+		if n > amount && st.ActiveState != "inactive" && st.ActiveState != "failed" {
 			s.excluded[n] = true
 			wg.Add(1)
 			go func(n int) {
@@ -322,7 +363,7 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 	} else if st.JobType == "restart" {
 		delete(s.excluded, n)
 	}
-	in := Member(st) && !s.excluded[n] && n <= s.w.Amount
+	in := Member(st) && !s.excluded[n] && n <= s.amount
 	s.mu.Unlock()
 	if known && prev.ActiveState != st.ActiveState {
 		s.log.Debug("instance state", "instance", n, "state", st.ActiveState, "sub", st.SubState, "job", st.JobType)
@@ -425,8 +466,9 @@ func (s *Supervisor) status() string {
 			up++
 		}
 	}
+	amount := s.amount
 	s.mu.Unlock()
-	msg := fmt.Sprintf("%d/%d instances active", up, s.w.Amount)
+	msg := fmt.Sprintf("%d/%d instances active", up, amount)
 	if s.disp != nil {
 		st := s.disp.Stats()
 		msg += fmt.Sprintf(", %d in dispatch, %d connections handed off, %d sticky misses, %d dropped, %d PROXY errors",
@@ -435,9 +477,42 @@ func (s *Supervisor) status() string {
 	return msg
 }
 
+// DispatchState is what a sticky supervisor publishes in
+// /run/powerhouse/GROUP/dispatch.json for `powerhouse status`.
+type DispatchState struct {
+	HandedOff   uint64         `json:"handed_off"`
+	StickyMiss  uint64         `json:"sticky_misses"`
+	Dropped     uint64         `json:"dropped"`
+	ProxyErrors uint64         `json:"proxy_errors"`
+	PerInstance map[int]uint64 `json:"per_instance"`
+	InDispatch  []int          `json:"in_dispatch"`
+}
+
+// DispatchStatePath is where the supervisor of group publishes its counters.
+func DispatchStatePath(runtimeDir, group string) string {
+	return filepath.Join(runtimeDir, group, "dispatch.json")
+}
+
+func (s *Supervisor) publish() {
+	s.o.Notify("STATUS=" + s.status())
+	if s.disp == nil {
+		return
+	}
+	st := s.disp.Stats()
+	ds := DispatchState{HandedOff: st.HandedOff, StickyMiss: st.StickyMiss, Dropped: st.Dropped,
+		ProxyErrors: st.ProxyErrors, PerInstance: st.PerInstance, InDispatch: s.disp.Up.Snapshot().IDs()}
+	b, err := json.Marshal(ds)
+	if err == nil {
+		_, err = units.WriteFile(DispatchStatePath(s.o.RuntimeDir, s.o.Group), b, 0o644)
+	}
+	if err != nil {
+		s.log.Debug("dispatch state not written", "err", err)
+	}
+}
+
 // writeGroupConfig writes the JSON configuration the workers read.
-func (s *Supervisor) writeGroupConfig() error {
-	b, err := s.w.ConfigJSON()
+func (s *Supervisor) writeGroupConfig(w *config.Worker) error {
+	b, err := w.ConfigJSON()
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,9 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -49,7 +52,20 @@ restarted or killed the workers keep running.`,
 				}
 				defer m.Close()
 				log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level(c.Verbose)}))
+				hup := make(chan os.Signal, 1)
+				signal.Notify(hup, syscall.SIGHUP)
+				defer signal.Stop(hup)
+				reload := make(chan struct{}, 1)
+				go func() {
+					for range hup {
+						select {
+						case reload <- struct{}{}:
+						default:
+						}
+					}
+				}()
 				s, err := supervisor.New(supervisor.Options{
+					Reload:  reload,
 					Config:  c,
 					Group:   args[0],
 					Manager: m,

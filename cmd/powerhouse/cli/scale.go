@@ -1,0 +1,94 @@
+package cli
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"syscall"
+	"time"
+
+	sdbus "github.com/coreos/go-systemd/v22/dbus"
+
+	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/generator"
+	"github.com/powerhouse/powerhouse/units"
+)
+
+func init() {
+	register(&command{
+		name:  "scale",
+		args:  "GROUP N",
+		short: "run N instances of a group from now on (saved in the configuration)",
+		long: `Sets the group's amount to N in the configuration file (only that line
+changes), then asks the group's supervisor to apply it (SIGHUP): it starts
+the missing instances or stops the surplus ones. Stickiness moves only the
+clients of the instances that come or go. Waits until the running
+instances match, at most --timeout.`,
+		flags: func(fs *flag.FlagSet) func(*env, []string) error {
+			mf := addManagerFlags(fs)
+			timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for the instances")
+			return func(e *env, args []string) error {
+				if len(args) != 2 {
+					return usagef("expected GROUP and N")
+				}
+				group := args[0]
+				n, err := strconv.Atoi(args[1])
+				if err != nil || n < 1 || n > config.MaxAmount {
+					return usagef("N must be a number from 1 to %d", config.MaxAmount)
+				}
+				src, err := os.ReadFile(*mf.config)
+				if err != nil {
+					return err
+				}
+				out, err := config.SetAmount(*mf.config, src, group, n)
+				if err != nil {
+					return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse scale: %w", err)}
+				}
+				if _, err := units.WriteFile(*mf.config, out, 0o644); err != nil {
+					return err
+				}
+				m, err := mf.connect(e)
+				if err != nil {
+					return err
+				}
+				defer m.Close()
+				sup := generator.SupervisorService(group)
+				if err := m.Conn().KillUnitWithTarget(e.ctx, sup, sdbus.Main, int32(syscall.SIGHUP)); err != nil {
+					return fmt.Errorf("ask %s to apply: %w", sup, err)
+				}
+				deadline := time.Now().Add(*timeout)
+				for {
+					sts, err := m.States(e.ctx, "powerhouse-"+group+"@*.service")
+					if err != nil {
+						return err
+					}
+					ok := 0
+					extra := 0
+					for _, st := range sts {
+						i, _ := strconv.Atoi(st.Name[len("powerhouse-"+group+"@") : len(st.Name)-len(".service")])
+						active := st.ActiveState == "active" && st.JobType == ""
+						switch {
+						case i >= 1 && i <= n && active:
+							ok++
+						case i > n && st.ActiveState != "inactive" && st.ActiveState != "failed":
+							extra++
+						}
+					}
+					if ok == n && extra == 0 {
+						fmt.Fprintf(e.stderr, "scale %s: %d instances running\n", group, n)
+						return nil
+					}
+					if time.Now().After(deadline) {
+						return fmt.Errorf("scale %s: after %v, %d of %d instances running and %d surplus still up", group, *timeout, ok, n, extra)
+					}
+					select {
+					case <-e.ctx.Done():
+						return e.ctx.Err()
+					case <-time.After(100 * time.Millisecond):
+					}
+				}
+			}
+		},
+	})
+}

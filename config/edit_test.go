@@ -1,0 +1,88 @@
+package config
+
+import (
+	"strings"
+	"testing"
+)
+
+const editSrc = `# house
+title = "x"
+
+[[worker]]
+name = "web"   # the web
+exec = "/w"
+amount = 2     # two
+[worker.config]
+greeting = "hello"   # said first
+list = [
+  1, 2,
+]
+
+[[worker]]
+name = "api"
+exec = "/a"
+
+[prepare]
+exec = "/p"
+`
+
+func TestSetGroupConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name, group, key, arg string
+		wantLine              string
+		wantErr               string
+	}{
+		{"replace string", "web", "greeting", `"hi"`, `greeting = "hi"`, ""},
+		{"bare word", "web", "greeting", `hi`, `greeting = "hi"`, ""},
+		{"new key number", "web", "port", `8080`, `port = 8080`, ""},
+		{"float", "web", "ratio", `0.5`, `ratio = 0.5`, ""},
+		{"object", "web", "limits", `{"a":1,"b":[true,"x"]}`, `limits = { a = 1, b = [true, "x"] }`, ""},
+		{"new table", "api", "mode", `"fast"`, "[worker.config]\nmode = \"fast\"\n\n[prepare]", ""},
+		{"quoted key", "web", "a b", `1`, `"a b" = 1`, ""},
+		{"multi-line value", "web", "list", `[3]`, "", "several lines"},
+		{"null", "web", "greeting", `null`, "", "null"},
+		{"broken json", "web", "greeting", `{"a":`, "", "neither"},
+		{"unknown group", "nope", "k", `1`, "", "no group"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := ParseValue(tc.arg)
+			if err == nil {
+				var out []byte
+				out, err = SetGroupConfig("/c.toml", []byte(editSrc), tc.group, map[string]any{tc.key: v})
+				if err == nil {
+					if tc.wantErr != "" {
+						t.Fatalf("no error, want %q", tc.wantErr)
+					}
+					if !strings.Contains(string(out), tc.wantLine) {
+						t.Errorf("result lacks %q:\n%s", tc.wantLine, out)
+					}
+					if !strings.Contains(string(out), "# house") || !strings.Contains(string(out), "# the web") {
+						t.Errorf("comments lost:\n%s", out)
+					}
+					return
+				}
+			}
+			if tc.wantErr == "" || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("err = %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestSetAmount(t *testing.T) {
+	out, err := SetAmount("/c.toml", []byte(editSrc), "web", 6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(out), "amount = 6") || strings.Count(string(out), "\n") != strings.Count(editSrc, "\n") {
+		t.Errorf("result:\n%s", out)
+	}
+	out, err = SetAmount("/c.toml", []byte(editSrc), "api", 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse("/c.toml", out)
+	if err != nil || c.Worker("api").Amount != 3 || c.Worker("web").Amount != 2 {
+		t.Errorf("after edit: %v %+v", err, c)
+	}
+}
