@@ -1,0 +1,216 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/generator"
+	"github.com/powerhouse/powerhouse/internal/sdbox"
+	"github.com/powerhouse/powerhouse/units"
+)
+
+// bin holds the binaries under test, built once for the package in a
+// directory the boxes can see (the repository, not the host's /tmp, which
+// a box replaces with its own).
+var bin string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		root := repoRoot()
+		dir, err := os.MkdirTemp(filepath.Join(root, "internal", "integration"), ".bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		for _, p := range []struct{ out, pkg string }{{"powerhouse", "./cmd/powerhouse"}, {"hello", "./examples/hello"}} {
+			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, p.out), p.pkg)
+			cmd.Dir = root
+			if out, err := cmd.CombinedOutput(); err != nil {
+				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", p.pkg, err, out)
+				return 1
+			}
+		}
+		bin = dir
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func repoRoot() string {
+	_, f, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(f), "..", "..")
+}
+
+// boxConfig is where the installed configuration lives inside a box.
+const boxConfig = "/etc/powerhouse/powerhouse.toml"
+
+// house is a booted box with a PowerHouse configuration installed.
+type house struct {
+	t      *testing.T
+	box    *sdbox.Box
+	cfgDir string // host side of the box's /etc/powerhouse
+	cfg    *config.Config
+	m      *units.Manager
+}
+
+// demoConfig returns testdata/demo.toml with its worker paths made
+// absolute for the binaries under test.
+func demoConfig(t *testing.T) string {
+	b, err := os.ReadFile(filepath.Join(repoRoot(), "testdata", "demo.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.ReplaceAll(string(b), `"../bin/hello"`, `"`+filepath.Join(bin, "hello")+`"`)
+}
+
+// newHouse boots a box and installs the units generated for cfgText.
+func newHouse(t *testing.T, cfgText string) *house {
+	t.Helper()
+	sdbox.Require(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "powerhouse.toml"), []byte(cfgText), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	b, err := sdbox.Boot(ctx, t, sdbox.Options{
+		Name:  "powerhouse-test",
+		Binds: []sdbox.Bind{{Source: dir, Target: "/etc/powerhouse", Writable: true}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &house{t: t, box: b, cfgDir: dir}
+	h.install()
+	conn, err := b.Manager(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.m = units.NewManager(conn)
+	t.Cleanup(h.m.Close)
+	return h
+}
+
+// install generates the units from the configuration and reloads systemd.
+func (h *house) install() {
+	h.t.Helper()
+	c, err := config.Load(filepath.Join(h.cfgDir, "powerhouse.toml"))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.cfg = c
+	o := generator.Options{Binary: filepath.Join(bin, "powerhouse"), ConfigPath: boxConfig}
+	us, err := generator.Generate(c, o)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	for _, u := range us {
+		if err := os.WriteFile(h.box.Path("/etc/systemd/system/"+u.Name), u.Render(o), 0o644); err != nil {
+			h.t.Fatal(err)
+		}
+	}
+	h.systemctl("daemon-reload")
+}
+
+func (h *house) systemctl(args ...string) string {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := h.box.Systemctl(ctx, args...)
+	if err != nil {
+		h.t.Fatalf("systemctl %s: %v\n%s\njournal:\n%s", strings.Join(args, " "), err, out, h.journal())
+	}
+	return string(out)
+}
+
+// run runs a command inside the box.
+func (h *house) run(name string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := h.box.Run(ctx, name, args...)
+	return string(out), err
+}
+
+// powerhouse runs the powerhouse CLI inside the box.
+func (h *house) powerhouse(args ...string) (string, error) {
+	return h.run(filepath.Join(bin, "powerhouse"), args...)
+}
+
+func (h *house) journal() string {
+	out, _ := h.run("journalctl", "--no-pager", "-n", "150", "-o", "short-monotonic")
+	return out
+}
+
+// show returns one property of a unit.
+func (h *house) show(unit, prop string) string {
+	return strings.TrimSpace(h.systemctl("show", "-p", prop, "--value", unit))
+}
+
+// waitFor polls cond until it holds, failing the test after d.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// client returns an HTTP client whose connections come from src, one new
+// connection per request.
+func client(src string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	return &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true},
+	}
+}
+
+// reply is what examples/hello answers: instance=<g>@<n> pid=<pid> remote=<ip:port>.
+type reply struct{ instance, pid, remote string }
+
+func get(c *http.Client, url string) (reply, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return reply{}, err
+	}
+	defer resp.Body.Close()
+	line, err := bufio.NewReader(resp.Body).ReadString('\n')
+	if err != nil && err != io.EOF {
+		return reply{}, err
+	}
+	if resp.StatusCode != 200 {
+		return reply{}, fmt.Errorf("status %d: %s", resp.StatusCode, line)
+	}
+	var r reply
+	for _, f := range strings.Fields(line) {
+		k, v, _ := strings.Cut(f, "=")
+		switch k {
+		case "instance":
+			r.instance = v
+		case "pid":
+			r.pid = v
+		case "remote":
+			r.remote = v
+		}
+	}
+	if r.instance == "" {
+		return r, fmt.Errorf("unexpected reply %q", line)
+	}
+	return r, nil
+}
