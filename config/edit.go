@@ -326,3 +326,48 @@ func (e *editor) finish(check func(*Worker) error) ([]byte, error) {
 	}
 	return out, nil
 }
+
+// AbsoluteExec returns src with every exec whose program was written as a
+// relative path ("../bin/app", resolved against the file's directory)
+// rewritten as an array of absolute words, so that the file means the same
+// wherever it is copied. Other lines are left as they are.
+func AbsoluteExec(file string, src []byte) ([]byte, error) {
+	here, err := Parse(file, src)
+	if err != nil {
+		return nil, err
+	}
+	// Parsed from the root directory, relative programs resolve
+	// differently: that is how they are told apart.
+	elsewhere, err := Parse("/.powerhouse-probe/x.toml", src)
+	if err != nil {
+		return src, nil
+	}
+	lines := strings.Split(string(src), "\n")
+	loc := newLocator(src)
+	rewrite := func(at string, argv []string) error {
+		n, ok := loc.lines[at]
+		if !ok || !singleLine(lines[n-1]) {
+			return fmt.Errorf("%s:%d: exec with a relative program must be on one line to be installed; make the path absolute", file, n)
+		}
+		words := make([]string, len(argv))
+		for i, w := range argv {
+			words[i] = tomlString(w)
+		}
+		indent := lines[n-1][:len(lines[n-1])-len(strings.TrimLeft(lines[n-1], " \t"))]
+		lines[n-1] = indent + "exec = [" + strings.Join(words, ", ") + "]"
+		return nil
+	}
+	for i := range here.Workers {
+		if here.Workers[i].Exec[0] != elsewhere.Workers[i].Exec[0] {
+			if err := rewrite("worker["+strconv.Itoa(i)+"].exec", here.Workers[i].Exec); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if here.Prepare != nil && here.Prepare.Exec[0] != elsewhere.Prepare.Exec[0] {
+		if err := rewrite("prepare.exec", here.Prepare.Exec); err != nil {
+			return nil, err
+		}
+	}
+	return []byte(strings.Join(lines, "\n")), nil
+}

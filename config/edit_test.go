@@ -86,3 +86,24 @@ func TestSetAmount(t *testing.T) {
 		t.Errorf("after edit: %v %+v", err, c)
 	}
 }
+
+func TestAbsoluteExec(t *testing.T) {
+	src := "[prepare]\nexec = \"./prep 1\"\n[[worker]]\nname = \"w\"\nexec = \"../bin/hello --x 'a b'\"  # the app\n[[worker]]\nname = \"v\"\nexec = \"/abs/v\"\n"
+	out, err := AbsoluteExec("/srv/app/conf/house.toml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse("/etc/powerhouse/powerhouse.toml", out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(c.Workers[0].Exec, "|"); got != "/srv/app/bin/hello|--x|a b" {
+		t.Errorf("worker exec = %q", got)
+	}
+	if got := c.Prepare.Exec[0]; got != "/srv/app/conf/prep" {
+		t.Errorf("prepare exec = %q", got)
+	}
+	if !strings.Contains(string(out), `exec = "/abs/v"`) {
+		t.Errorf("absolute exec was rewritten:\n%s", out)
+	}
+}

@@ -58,6 +58,8 @@ type Options struct {
 	// ConfigPath is the absolute path of the configuration file the
 	// supervisors read.
 	ConfigPath string
+	// User generates units for a user's service manager (systemctl --user).
+	User bool
 }
 
 // Unit is one generated unit file: its name and its directives in order.
@@ -141,9 +143,19 @@ func (g *gen) target() Unit {
 	u.add("Unit", "Wants", strings.Join(wants, " "))
 	// Starting the target returns once every supervisor reported ready.
 	u.add("Unit", "After", strings.Join(wants, " "))
-	u.add("Install", "WantedBy", "multi-user.target")
+	u.add("Install", "WantedBy", g.wantedBy())
 	return Unit{Name: Target, Options: u}
 }
+
+// WantedBy is the target that pulls in the house at boot (or login).
+func (o Options) WantedBy() string {
+	if o.User {
+		return "default.target"
+	}
+	return "multi-user.target"
+}
+
+func (g *gen) wantedBy() string { return g.o.WantedBy() }
 
 func (g *gen) supervisor() Unit {
 	var u opts
@@ -152,8 +164,12 @@ func (g *gen) supervisor() Unit {
 	u.add("Unit", "PartOf", Target)
 	u.add("Service", "Type", "notify")
 	u.add("Service", "NotifyAccess", "main")
-	u.add("Service", "ExecStart", ExecLine([]string{g.o.Binary, "supervise", "--config", g.o.ConfigPath})+" %i")
-	u.add("Service", "ExecReload", ExecLine([]string{g.o.Binary, "reload", "--config", g.o.ConfigPath})+" %i")
+	args := []string{"--config", g.o.ConfigPath}
+	if g.o.User {
+		args = append(args, "--user")
+	}
+	u.add("Service", "ExecStart", ExecLine(append([]string{g.o.Binary, "supervise"}, args...))+" %i")
+	u.add("Service", "ExecReload", ExecLine(append([]string{g.o.Binary, "reload"}, args...))+" %i")
 	u.add("Service", "Restart", "always")
 	u.add("Service", "RestartSec", "500ms")
 	// The group's configuration file for its workers lives here, and must

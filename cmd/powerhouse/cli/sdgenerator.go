@@ -1,0 +1,91 @@
+package cli
+
+import (
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/generator"
+)
+
+func init() {
+	register(&command{
+		name:  "systemd-generator",
+		args:  "NORMAL_DIR [EARLY_DIR LATE_DIR]",
+		short: "(internal) run as a systemd generator: write the house's units at boot and daemon-reload",
+		long: `Installed as /usr/lib/systemd/system-generators/powerhouse-generator (a
+link to powerhouse), systemd runs it at boot and at every daemon-reload. It
+reads ` + config.DefaultPath + ` (or $POWERHOUSE_GENERATOR_CONFIG) and writes
+the units, and the link that makes multi-user.target want powerhouse.target,
+into NORMAL_DIR. Without a configuration it writes nothing. A configuration
+with problems is reported to the kernel log and nothing is written: boot
+goes on without the house. It never talks to D-Bus.`,
+		flags: func(fs *flag.FlagSet) func(*env, []string) error {
+			return func(e *env, args []string) error {
+				if len(args) != 1 && len(args) != 3 {
+					return usagef("expected NORMAL_DIR [EARLY_DIR LATE_DIR]")
+				}
+				log := kmsg(e.stderr)
+				if c, ok := log.(io.Closer); ok {
+					defer c.Close()
+				}
+				if err := runGenerator(args[0]); err != nil {
+					for _, line := range strings.Split(err.Error(), "\n") {
+						fmt.Fprintf(log, "<3>powerhouse-generator: %s\n", line)
+					}
+					return &exitError{code: ExitFailure}
+				}
+				return nil
+			}
+		},
+	})
+}
+
+func runGenerator(dir string) error {
+	path := os.Getenv("POWERHOUSE_GENERATOR_CONFIG")
+	if path == "" {
+		path = config.DefaultPath
+	}
+	if _, err := os.Stat(path); os.IsNotExist(err) {
+		return nil // not installed: nothing to do
+	}
+	c, err := config.Load(path)
+	if err != nil {
+		return err
+	}
+	bin, err := selfPath()
+	if err != nil {
+		return err
+	}
+	o := generator.Options{Binary: bin, ConfigPath: c.File}
+	us, err := generator.Generate(c, o)
+	if err != nil {
+		return err
+	}
+	// Everything is rendered before anything is written: a failure leaves
+	// the output directory as systemd gave it, empty.
+	for _, u := range us {
+		if err := os.WriteFile(filepath.Join(dir, u.Name), u.Render(o), 0o644); err != nil {
+			return err
+		}
+	}
+	wants := filepath.Join(dir, o.WantedBy()+".wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		return err
+	}
+	return os.Symlink(filepath.Join(dir, generator.Target), filepath.Join(wants, generator.Target))
+}
+
+// kmsg returns the kernel log, where generators log (they run before
+// journald), or w when it cannot be opened.
+func kmsg(w io.Writer) io.Writer {
+	f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
+	if err != nil {
+		return w
+	}
+	return f
+}
