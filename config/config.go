@@ -74,6 +74,8 @@ type Worker struct {
 	// NotifyReady says the workers report readiness (READY=1) to systemd.
 	// It defaults to true for cluster groups, false for child groups.
 	NotifyReady bool
+	// Service holds systemd settings for the workers ([worker.service]).
+	Service Service
 	// Config is the group's configuration, passed to workers as JSON.
 	// It is never nil.
 	Config map[string]any
@@ -214,7 +216,7 @@ func displayKey(p string) string { return indexRE.ReplaceAllString(p, "") }
 var (
 	topKeys     = []string{"title", "amount", "verbose", "prepare", "worker"}
 	prepareKeys = []string{"exec"}
-	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "config"}
+	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "service", "config"}
 	listenKeys  = []string{"address", "proxy_protocol", "name"}
 	// NameRE is what a group name may be: it becomes part of unit names
 	// (powerhouse@NAME.service, powerhouse-NAME@.service) and of paths
@@ -341,7 +343,7 @@ func conflicts(a, b Listener) bool {
 
 func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
 	p.unknown(at, m, workerKeys)
-	w := Worker{Title: c.Title, Amount: c.Amount, Reloadable: true, Type: Cluster, Config: map[string]any{}}
+	w := Worker{Title: c.Title, Amount: c.Amount, Reloadable: true, Type: Cluster, Service: defaultService(), Config: map[string]any{}}
 	if v, ok := m["name"]; ok {
 		w.Name = p.text(at+".name", v)
 		switch {
@@ -395,6 +397,9 @@ func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
 	}
 	if v, ok := m["listen"]; ok {
 		w.Listen = p.listeners(at+".listen", v)
+	}
+	if v, ok := m["service"]; ok {
+		w.Service = p.service(at+".service", v)
 	}
 	if v, ok := m["config"]; ok {
 		if t, ok := v.(map[string]any); ok {

@@ -44,7 +44,7 @@ func TestParseGood(t *testing.T) {
 		Workers: []Worker{{
 			Name: "web", Title: "HTTP server",
 			Exec:   []string{"/usr/local/bin/myapp", "serve", "--flag", "two words"},
-			Amount: 4, Reloadable: true, Type: Cluster, Sticky: true, NotifyReady: true,
+			Amount: 4, Reloadable: true, Type: Cluster, Sticky: true, NotifyReady: true, Service: defaultService(),
 			Listen: []Listener{
 				{Name: "0.0.0.0:9999", Network: "tcp", Address: "0.0.0.0:9999"},
 				{Name: "[::]:9999", Network: "tcp", Address: "[::]:9999"},
@@ -54,7 +54,7 @@ func TestParseGood(t *testing.T) {
 			Config: map[string]any{"port": int64(9999), "nested": map[string]any{"a": []any{int64(1), int64(2)}}},
 		}, {
 			Name: "mail", Title: "MyApp", Exec: []string{"/bin/mail-loop", "--every", "5s"},
-			Amount: 3, Reloadable: false, Type: Child, Config: map[string]any{},
+			Amount: 3, Reloadable: false, Type: Child, Service: defaultService(), Config: map[string]any{},
 		}},
 	}
 	if !reflect.DeepEqual(c, want) {
@@ -159,6 +159,13 @@ func TestBad(t *testing.T) {
 		{"listen wrong type", w + "listen = true\n", 4, "worker.listen", "string or a port"},
 		{"proxy not bool", w + "listen = [{ address = 80, proxy_protocol = \"yes\" }]\n", 4, "worker.listen.proxy_protocol", "true or false"},
 		{"config not table", w + "config = 3\n", 4, "worker.config", "must be a table"},
+		{"service unknown key", w + "[worker.service]\nuser = \"x\"\nexec_start_pre = \"/bin/sh\"\n", 6, "worker.service.exec_start_pre", "unknown key"},
+		{"service bad user", w + "[worker.service]\nuser = \"root\\nExecStartPre=/bin/sh\"\n", 5, "worker.service.user", "line break"},
+		{"service bad memory", w + "[worker.service]\nmemory_max = \"lots\"\n", 5, "worker.service.memory_max", "not a size"},
+		{"service bad env name", w + "[worker.service]\nenvironment = { \"A B\" = \"x\" }\n", 5, "worker.service.environment.A B", "not a valid environment"},
+		{"service reserved env", w + "[worker.service]\nenvironment = { LISTEN_FDS = \"3\" }\n", 5, "worker.service.environment.LISTEN_FDS", "set by PowerHouse"},
+		{"service relative path", w + "[worker.service]\nworking_directory = \"srv\"\n", 5, "worker.service.working_directory", "absolute"},
+		{"service protect_system", w + "[worker.service]\nprotect_system = \"maybe\"\n", 5, "worker.service.protect_system", "use"},
 		{"prepare no exec", "[prepare]\n" + w, 1, "prepare", "missing key exec"},
 		{"no worker", "title = \"x\"\n", 0, "", "at least one worker"},
 		{"toml syntax", "title = \n" + w, 1, "", "expected value"},

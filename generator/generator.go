@@ -249,6 +249,12 @@ func (g *gen) worker(w *config.Worker) Unit {
 	if g.c.Prepare != nil {
 		u.add("Service", "EnvironmentFile", "-"+PrepareEnv)
 	}
+	if envs := w.Service.EnvironmentList(); len(envs) > 0 {
+		for i := range envs {
+			envs[i] = Specifiers(envs[i])
+		}
+		u.add("Service", "Environment", EnvLine(envs))
+	}
 	u.add("Service", "ExecStart", ExecLine(w.Exec))
 	switch {
 	case w.Sticky:
@@ -265,7 +271,52 @@ func (g *gen) worker(w *config.Worker) Unit {
 	// SIGTERM to the worker alone, so it can drain; SIGKILL to what is
 	// left after the stop timeout.
 	u.add("Service", "KillMode", "mixed")
+	g.serviceSettings(&u, w.Service)
 	return Unit{Name: WorkerTemplate(w.Name), Options: u}
+}
+
+// serviceSettings writes a group's [worker.service] table: resources and
+// identity first, then the hardening defaults it may relax.
+func (g *gen) serviceSettings(u *opts, s config.Service) {
+	set := func(name, v string) {
+		if v != "" {
+			u.add("Service", name, v)
+		}
+	}
+	set("User", s.User)
+	set("Group", s.Group)
+	set("WorkingDirectory", PathEscape(s.WorkingDirectory))
+	set("MemoryMax", s.MemoryMax)
+	set("CPUQuota", s.CPUQuota) // no specifier expansion in CPUQuota=
+	set("TimeoutStopSec", s.TimeoutStop)
+	if s.TasksMax > 0 {
+		set("TasksMax", fmt.Sprint(s.TasksMax))
+	}
+	if s.LimitNOFILE > 0 {
+		set("LimitNOFILE", fmt.Sprint(s.LimitNOFILE))
+	}
+	// Safe defaults for a network worker; each can be relaxed per group.
+	set("NoNewPrivileges", yesNo(s.NoNewPrivileges))
+	set("ProtectSystem", s.ProtectSystem)
+	set("ProtectHome", s.ProtectHome)
+	set("PrivateTmp", yesNo(s.PrivateTmp))
+	set("PrivateDevices", "yes")
+	set("ProtectKernelTunables", "yes")
+	set("ProtectKernelModules", "yes")
+	set("ProtectKernelLogs", "yes")
+	set("ProtectControlGroups", "yes")
+	set("RestrictSUIDSGID", "yes")
+	set("LockPersonality", "yes")
+	for _, p := range s.ReadWritePaths {
+		set("ReadWritePaths", PathEscape(p))
+	}
+}
+
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 func (g *gen) handoffSocket(w *config.Worker) Unit {

@@ -1,0 +1,165 @@
+package config
+
+import (
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// Service holds the systemd settings a group may set for its workers
+// ([worker.service]). Every value is checked; none is written raw.
+type Service struct {
+	User             string            // User=
+	Group            string            // Group=
+	Environment      map[string]string // Environment=
+	WorkingDirectory string            // WorkingDirectory=
+	MemoryMax        string            // MemoryMax=: bytes with K/M/G/T, a percentage, or "infinity"
+	CPUQuota         string            // CPUQuota=: a percentage ("150%")
+	TimeoutStop      string            // TimeoutStopSec=: "30s", "2min", "500ms", "infinity"
+	TasksMax         int               // TasksMax=; 0: systemd's default
+	LimitNOFILE      int               // LimitNOFILE=; 0: systemd's default
+	// Hardening, on by default; relax it here.
+	ProtectSystem   string   // ProtectSystem=: "strict", "full" (default), "true", "false"
+	ProtectHome     string   // ProtectHome=: "true", "read-only" (default), "tmpfs", "false"
+	PrivateTmp      bool     // PrivateTmp=, default true
+	NoNewPrivileges bool     // NoNewPrivileges=, default true
+	ReadWritePaths  []string // ReadWritePaths=: absolute paths
+}
+
+var serviceKeys = []string{"user", "group", "environment", "working_directory", "memory_max", "cpu_quota",
+	"timeout_stop", "tasks_max", "limit_nofile", "protect_system", "protect_home", "private_tmp",
+	"no_new_privileges", "read_write_paths"}
+
+var (
+	userRE     = regexp.MustCompile(`^([a-z_][a-z0-9_-]{0,30}|[0-9]{1,10})$`)
+	envKeyRE   = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+	memoryRE   = regexp.MustCompile(`^([0-9]+[KMGT]?|[0-9]{1,3}(\.[0-9]+)?%|infinity)$`)
+	quotaRE    = regexp.MustCompile(`^[0-9]{1,5}%$`)
+	timespanRE = regexp.MustCompile(`^([0-9]+(us|ms|s|min|h)?|infinity)$`)
+)
+
+func defaultService() Service {
+	return Service{ProtectSystem: "full", ProtectHome: "read-only", PrivateTmp: true, NoNewPrivileges: true}
+}
+
+func (p *parser) service(at string, v any) Service {
+	s := defaultService()
+	m, ok := v.(map[string]any)
+	if !ok {
+		p.errf(at, "must be a table ([worker.service]), not %s", typeName(v))
+		return s
+	}
+	p.unknown(at, m, serviceKeys)
+	str := func(key string, re *regexp.Regexp, what string) string {
+		v, ok := m[key]
+		if !ok {
+			return ""
+		}
+		s := p.text(at+"."+key, v)
+		if s != "" && re != nil && !re.MatchString(s) {
+			p.errf(at+"."+key, "%q is not %s", s, what)
+			return ""
+		}
+		return s
+	}
+	num := func(key string, max int64) int {
+		v, ok := m[key]
+		if !ok {
+			return 0
+		}
+		n, isInt := v.(int64)
+		if !isInt || n < 1 || n > max {
+			p.errf(at+"."+key, "must be an integer from 1 to %d", max)
+			return 0
+		}
+		return int(n)
+	}
+	s.User = str("user", userRE, "a user name or number")
+	s.Group = str("group", userRE, "a group name or number")
+	s.WorkingDirectory = str("working_directory", nil, "")
+	if d := s.WorkingDirectory; d != "" && (!filepath.IsAbs(d) || filepath.Clean(d) != d) {
+		p.errf(at+".working_directory", "%q must be a clean absolute path", d)
+		s.WorkingDirectory = ""
+	}
+	s.MemoryMax = str("memory_max", memoryRE, `a size such as "512M" or "2G", a percentage, or "infinity"`)
+	s.CPUQuota = str("cpu_quota", quotaRE, `a percentage such as "150%"`)
+	s.TimeoutStop = str("timeout_stop", timespanRE, `a time span such as "30s", "2min" or "infinity"`)
+	s.TasksMax = num("tasks_max", 1<<22)
+	s.LimitNOFILE = num("limit_nofile", 1<<20)
+	if v := str("protect_system", nil, ""); v != "" {
+		if !contains([]string{"strict", "full", "true", "false"}, v) {
+			p.errf(at+".protect_system", "%q: use \"strict\", \"full\", \"true\" or \"false\"", v)
+		} else {
+			s.ProtectSystem = v
+		}
+	}
+	if v := str("protect_home", nil, ""); v != "" {
+		if !contains([]string{"true", "read-only", "tmpfs", "false"}, v) {
+			p.errf(at+".protect_home", "%q: use \"true\", \"read-only\", \"tmpfs\" or \"false\"", v)
+		} else {
+			s.ProtectHome = v
+		}
+	}
+	if v, ok := m["private_tmp"]; ok {
+		s.PrivateTmp = p.boolean(at+".private_tmp", v)
+	}
+	if v, ok := m["no_new_privileges"]; ok {
+		s.NoNewPrivileges = p.boolean(at+".no_new_privileges", v)
+	}
+	if v, ok := m["environment"]; ok {
+		env, isMap := v.(map[string]any)
+		if !isMap {
+			p.errf(at+".environment", "must be a table of strings, not %s", typeName(v))
+		}
+		for k, x := range env {
+			if !envKeyRE.MatchString(k) {
+				p.errf(at+".environment."+k, "%q is not a valid environment variable name", k)
+				continue
+			}
+			if strings.HasPrefix(k, "POWERHOUSE_") || strings.HasPrefix(k, "LISTEN_") || k == "NOTIFY_SOCKET" {
+				p.errf(at+".environment."+k, "%s is set by PowerHouse or systemd", k)
+				continue
+			}
+			val, isStr := x.(string)
+			if !isStr {
+				p.errf(at+".environment."+k, "must be a string, not %s", typeName(x))
+				continue
+			}
+			if bad := badText(val); bad != "" {
+				p.errf(at+".environment."+k, "%s", bad)
+				continue
+			}
+			if s.Environment == nil {
+				s.Environment = map[string]string{}
+			}
+			s.Environment[k] = val
+		}
+	}
+	if v, ok := m["read_write_paths"]; ok {
+		list, isList := v.([]any)
+		if !isList {
+			p.errf(at+".read_write_paths", "must be an array of absolute paths")
+		}
+		for _, x := range list {
+			path, _ := x.(string)
+			if !filepath.IsAbs(path) || filepath.Clean(path) != path || strings.ContainsAny(path, " \"'\\%$") || badText(path) != "" {
+				p.errf(at+".read_write_paths", "%q must be a clean absolute path without spaces, quotes, '\\', '%%' or '$'", path)
+				continue
+			}
+			s.ReadWritePaths = append(s.ReadWritePaths, path)
+		}
+	}
+	return s
+}
+
+// EnvironmentList returns the environment as sorted KEY=VALUE strings.
+func (s Service) EnvironmentList() []string {
+	var out []string
+	for k, v := range s.Environment {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}
+
