@@ -178,7 +178,51 @@ func (g *gen) supervisor() Unit {
 	u.add("Service", "RuntimeDirectoryPreserve", "yes")
 	// Every connection in flight to a worker holds a file descriptor.
 	u.add("Service", "LimitNOFILE", "65536")
+	if !g.o.User {
+		supervisorHardening(&u)
+	}
 	return Unit{Name: SupervisorPrefix + ".service", Options: u}
+}
+
+// supervisorHardening confines the supervisor to what it does: accept on
+// sockets systemd passes, talk to systemd over /run/systemd/private, send
+// descriptors over unix sockets under /run/powerhouse, write journald.
+// It runs as root only because the manager's private socket requires it.
+func supervisorHardening(u *opts) {
+	for _, d := range [][2]string{
+		{"CapabilityBoundingSet", ""},          // no capability: root by uid only
+		{"AmbientCapabilities", ""},            // none handed to anything it runs
+		{"NoNewPrivileges", "yes"},             // no setuid escalation
+		{"PrivateNetwork", "yes"},              // inherited sockets and path-bound unix sockets need no network
+		{"RestrictAddressFamilies", "AF_UNIX"}, // socket(): D-Bus, journald, hand-off; accept() is not socket()
+		{"IPAddressDeny", "any"},               // and no IP traffic of its own
+		{"ProtectSystem", "strict"},            // read-only file system but its RuntimeDirectory
+		{"ProtectHome", "read-only"},           // the configuration or binary may live in a home
+		{"PrivateTmp", "yes"},
+		{"PrivateDevices", "yes"},
+		{"DevicePolicy", "closed"},
+		{"ProtectKernelTunables", "yes"},
+		{"ProtectKernelModules", "yes"},
+		{"ProtectKernelLogs", "yes"},
+		{"ProtectControlGroups", "yes"},
+		{"ProtectClock", "yes"},
+		{"ProtectHostname", "yes"},
+		{"ProtectProc", "invisible"},
+		{"ProcSubset", "pid"},
+		{"RestrictNamespaces", "yes"},
+		{"RestrictRealtime", "yes"},
+		{"RestrictSUIDSGID", "yes"},
+		{"LockPersonality", "yes"},
+		{"MemoryDenyWriteExecute", "yes"}, // Go writes no code at run time
+		{"KeyringMode", "private"},
+		{"UMask", "0022"}, // the group config it writes is read by workers
+		{"SystemCallArchitectures", "native"},
+		{"SystemCallFilter", "@system-service"},
+		{"SystemCallFilter", "~@privileged @resources @mount @swap @reboot @raw-io @module @obsolete @debug @cpu-emulation"},
+		{"SystemCallErrorNumber", "EPERM"},
+	} {
+		u.add("Service", d[0], d[1])
+	}
 }
 
 func (g *gen) prepare() Unit {
