@@ -181,6 +181,29 @@ func client(src string) *http.Client {
 	}
 }
 
+// keepAliveClient reuses its connections (from src).
+func keepAliveClient(src string) *http.Client {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
+	return &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 4},
+	}
+}
+
+// getBody returns the body of a GET.
+func getBody(c *http.Client, url string) (string, error) {
+	resp, err := c.Get(url)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return string(b), fmt.Errorf("status %d", resp.StatusCode)
+	}
+	return string(b), err
+}
+
 // reply is what examples/hello answers: instance=<g>@<n> pid=<pid> remote=<ip:port>.
 type reply struct{ instance, pid, remote string }
 

@@ -48,20 +48,27 @@ type stream struct {
 	stop       chan struct{}
 }
 
-func startStream(addrs []string) *stream {
+func startStream(addrs []string) *stream { return startLoad(webURL, addrs, false) }
+
+// startLoad keeps requests to url flowing from each address, on new
+// connections or on kept-alive ones.
+func startLoad(url string, addrs []string, keepAlive bool) *stream {
 	s := &stream{stop: make(chan struct{}), seen: map[string]map[string]bool{}, pids: map[string]map[string]bool{}}
 	for _, a := range addrs {
 		s.wg.Add(1)
 		go func(a string) {
 			defer s.wg.Done()
 			c := client(a)
+			if keepAlive {
+				c = keepAliveClient(a)
+			}
 			for {
 				select {
 				case <-s.stop:
 					return
 				default:
 				}
-				r, err := get(c, webURL)
+				r, err := get(c, url)
 				s.mu.Lock()
 				if err != nil {
 					s.failed.Add(1)

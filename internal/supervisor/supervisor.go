@@ -347,9 +347,11 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 	}
 	s.mu.Lock()
 	prevPID := s.pids[n]
+	// No main PID (even while systemd still says active: the process is
+	// gone and the state has not caught up) means no process to report.
 	if pid != 0 {
 		s.pids[n] = pid
-	} else if st.ActiveState != "active" && st.ActiveState != "reloading" {
+	} else {
 		delete(s.pids, n)
 	}
 	prev, known := s.state[n]

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -46,7 +47,9 @@ restarted or killed the workers keep running.`,
 				if *user {
 					scope = units.User
 				}
-				m, err := units.Connect(e.ctx, scope)
+				// The connection must outlive SIGTERM (which cancels
+				// e.ctx): stopping the workers is done over it.
+				m, err := units.Connect(context.WithoutCancel(e.ctx), scope)
 				if err != nil {
 					return err
 				}
