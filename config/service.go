@@ -17,6 +17,7 @@ type Service struct {
 	MemoryMax        string            // MemoryMax=: bytes with K/M/G/T, a percentage, or "infinity"
 	CPUQuota         string            // CPUQuota=: a percentage ("150%")
 	TimeoutStop      string            // TimeoutStopSec=: "30s", "2min", "500ms", "infinity"
+	TimeoutStart     string            // TimeoutStartSec=: how long a worker may take to become ready
 	TasksMax         int               // TasksMax=; 0: systemd's default
 	LimitNOFILE      int               // LimitNOFILE=; 0: systemd's default
 	// Hardening, on by default; relax it here.
@@ -28,7 +29,7 @@ type Service struct {
 }
 
 var serviceKeys = []string{"user", "group", "environment", "working_directory", "memory_max", "cpu_quota",
-	"timeout_stop", "tasks_max", "limit_nofile", "protect_system", "protect_home", "private_tmp",
+	"timeout_stop", "timeout_start", "tasks_max", "limit_nofile", "protect_system", "protect_home", "private_tmp",
 	"no_new_privileges", "read_write_paths"}
 
 var (
@@ -85,6 +86,7 @@ func (p *parser) service(at string, v any) Service {
 	s.MemoryMax = str("memory_max", memoryRE, `a size such as "512M" or "2G", a percentage, or "infinity"`)
 	s.CPUQuota = str("cpu_quota", quotaRE, `a percentage such as "150%"`)
 	s.TimeoutStop = str("timeout_stop", timespanRE, `a time span such as "30s", "2min" or "infinity"`)
+	s.TimeoutStart = str("timeout_start", timespanRE, `a time span such as "30s", "2min" or "infinity"`)
 	s.TasksMax = num("tasks_max", 1<<22)
 	s.LimitNOFILE = num("limit_nofile", 1<<20)
 	if v := str("protect_system", nil, ""); v != "" {

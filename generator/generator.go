@@ -333,6 +333,7 @@ func (g *gen) serviceSettings(u *opts, s config.Service) {
 	set("MemoryMax", s.MemoryMax)
 	set("CPUQuota", s.CPUQuota) // no specifier expansion in CPUQuota=
 	set("TimeoutStopSec", s.TimeoutStop)
+	set("TimeoutStartSec", s.TimeoutStart)
 	if s.TasksMax > 0 {
 		set("TasksMax", fmt.Sprint(s.TasksMax))
 	}

@@ -66,14 +66,14 @@ type Options struct {
 
 // Supervisor is one running group supervisor.
 type Supervisor struct {
-	o     Options
-	w     *config.Worker
-	log   *slog.Logger
-	disp  *sticky.Dispatcher
+	o      Options
+	w      *config.Worker
+	log    *slog.Logger
+	disp   *sticky.Dispatcher
 	mu     sync.Mutex
 	amount int // instances wanted; guarded by mu
 	state  map[int]units.UnitState
-	pids  map[int]uint32 // main PID last seen active
+	pids   map[int]uint32 // main PID last seen active
 	// excluded marks instances an operator stopped: kept out of dispatch
 	// until something restarts them.
 	excluded map[int]bool

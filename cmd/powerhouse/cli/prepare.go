@@ -71,4 +71,3 @@ func parseEnvLines(b []byte) ([]byte, error) {
 	}
 	return out.Bytes(), nil
 }
-

@@ -97,4 +97,3 @@ func level(verbose bool) slog.Level {
 	}
 	return slog.LevelInfo
 }
-
