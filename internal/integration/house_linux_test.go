@@ -79,22 +79,29 @@ func demoConfig(t *testing.T) string {
 // newHouse boots a box and installs the units generated for cfgText.
 func newHouse(t *testing.T, cfgText string) *house {
 	t.Helper()
+	h := bootHouse(t, sdbox.Options{})
+	if err := os.WriteFile(filepath.Join(h.cfgDir, "powerhouse.toml"), []byte(cfgText), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.install()
+	return h
+}
+
+// bootHouse boots a box whose /etc/powerhouse is a fresh host directory
+// (never the host's own /etc/powerhouse), with nothing installed.
+func bootHouse(t *testing.T, o sdbox.Options) *house {
+	t.Helper()
 	sdbox.Require(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "powerhouse.toml"), []byte(cfgText), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	b, err := sdbox.Boot(ctx, t, sdbox.Options{
-		Name:  "powerhouse-test",
-		Binds: []sdbox.Bind{{Source: dir, Target: "/etc/powerhouse", Writable: true}},
-	})
+	o.Name = "powerhouse-test"
+	o.Binds = append(o.Binds, sdbox.Bind{Source: dir, Target: "/etc/powerhouse", Writable: true})
+	b, err := sdbox.Boot(ctx, t, o)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := &house{t: t, box: b, cfgDir: dir}
-	h.install()
 	conn, err := b.Manager(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -236,4 +243,11 @@ func get(c *http.Client, url string) (reply, error) {
 		return r, fmt.Errorf("unexpected reply %q", line)
 	}
 	return r, nil
+}
+
+func runEnv(env []string, argv ...string) (string, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
