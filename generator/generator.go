@@ -289,6 +289,11 @@ func (g *gen) worker(w *config.Worker) Unit {
 		"POWERHOUSE_INSTANCE=%i",
 		"POWERHOUSE_CONFIG=" + GroupConfigPath(w.Name),
 	}
+	if d := goDuration(w.Service.TimeoutStop); d != "" {
+		// systemd does not tell a service its stop timeout; the library
+		// drains within it.
+		env = append(env, "POWERHOUSE_STOP_TIMEOUT="+d)
+	}
 	u.add("Service", "Environment", EnvLine(env))
 	if g.c.Prepare != nil {
 		u.add("Service", "EnvironmentFile", "-"+PrepareEnv)
@@ -355,6 +360,20 @@ func (g *gen) serviceSettings(u *opts, s config.Service) {
 	for _, p := range s.ReadWritePaths {
 		set("ReadWritePaths", PathEscape(p))
 	}
+}
+
+// goDuration turns a validated systemd time span ("30s", "2min") into Go
+// duration syntax, or "" for none or infinity.
+func goDuration(span string) string {
+	if span == "" || span == "infinity" {
+		return ""
+	}
+	i := strings.IndexFunc(span, func(r rune) bool { return r < '0' || r > '9' })
+	if i < 0 {
+		return span + "s" // bare numbers are seconds
+	}
+	unit := map[string]string{"us": "us", "ms": "ms", "s": "s", "min": "m", "h": "h"}[span[i:]]
+	return span[:i] + unit
 }
 
 func yesNo(b bool) string {

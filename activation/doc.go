@@ -1,0 +1,128 @@
+// Package activation is the worker side of PowerHouse: it gives a worker
+// process its net.Listener however it was started, tells systemd when it
+// is ready and stopping, and reads the group's configuration.
+//
+// A worker's main is typically:
+//
+//	l, err := activation.Listen()
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	srv := &http.Server{Handler: handler}
+//	if err := activation.Serve(context.Background(), srv, l); err != nil {
+//		log.Fatal(err)
+//	}
+//
+// and runs unchanged under PowerHouse, under systemd-socket-activate, or on
+// a laptop with POWERHOUSE_LISTEN=127.0.0.1:8080.
+//
+// # How a worker is started
+//
+// Listen looks at the sockets systemd passed (LISTEN_FDS, LISTEN_PID,
+// LISTEN_FDNAMES, read with go-systemd's activation package):
+//
+//   - Sticky groups. The instance inherits one AF_UNIX datagram socket,
+//     its hand-off socket. The group's dispatcher accepts every connection
+//     on the public sockets and sends it there as a file descriptor, with a
+//     header naming the public listener and, when the connection came
+//     through PROXY protocol, the original client (docs/handoff.md; package
+//     handoff). Listen returns a *HandoffListener whose Accept returns each
+//     connection as a real *net.TCPConn (or *net.UnixConn), so http.Server,
+//     crypto/tls and type assertions work unchanged. When the header gives
+//     an original client address, the connection is a *Conn that reports
+//     it as RemoteAddr and wraps the socket (Conn.NetConn).
+//   - Shared (non-sticky cluster) groups. The instance inherits the group's
+//     listening sockets and the kernel spreads connections over all
+//     instances. One socket is returned as it is (a *net.TCPListener or
+//     *net.UnixListener); several are merged into one net.Listener.
+//   - Outside systemd. No socket is inherited: Listen listens on the
+//     address the caller gives (ListenConfig.Addr), else on
+//     $POWERHOUSE_LISTEN ("127.0.0.1:8080", ":8080", "/path/to.sock"), and
+//     fails with a clear error when there is neither.
+//
+// # Units
+//
+// For a sticky group "web", instance 2 runs as powerhouse-web@2.service with
+// its hand-off socket from powerhouse-web@2.socket. The parts of the
+// templates the library relies on (the generator writes the full units):
+//
+//	# powerhouse-web@.socket
+//	[Socket]
+//	ListenDatagram=/run/powerhouse/web/%i.sock
+//	SocketMode=0600
+//	FileDescriptorName=handoff
+//
+//	# powerhouse-web@.service
+//	[Unit]
+//	Requires=powerhouse-web@%i.socket
+//	After=powerhouse-web@%i.socket
+//
+//	[Service]
+//	Type=notify
+//	NotifyAccess=main
+//	Environment=POWERHOUSE_GROUP=web POWERHOUSE_INSTANCE=%i POWERHOUSE_CONFIG=/run/powerhouse/web/config.json
+//	ExecStart=/usr/local/bin/myapp serve
+//	Sockets=powerhouse-web@%i.socket
+//	Restart=always
+//	KillMode=mixed
+//	TimeoutStopSec=20s
+//	Environment=POWERHOUSE_STOP_TIMEOUT=20s
+//	# optional: WatchdogSec=10s (Serve then pings every 5s)
+//
+// The instance inherits exactly the hand-off socket (LISTEN_FDS=1,
+// LISTEN_FDNAMES=handoff). Because systemd holds it, connections sent to an
+// instance while it restarts wait in the socket and the next process
+// serves them: HandoffListener.Close never drains it. KillMode=mixed sends
+// SIGTERM to the worker alone, which Serve turns into a graceful shutdown.
+//
+// For a shared (non-sticky cluster) group "api", every instance gets the
+// group's public sockets (powerhouse@api.socket, one ListenStream= per
+// listen address):
+//
+//	# powerhouse-api@.service
+//	[Service]
+//	Type=notify
+//	NotifyAccess=main
+//	Environment=POWERHOUSE_GROUP=api POWERHOUSE_INSTANCE=%i POWERHOUSE_CONFIG=/run/powerhouse/api/config.json
+//	ExecStart=/usr/local/bin/myapi
+//	Sockets=powerhouse@api.socket
+//	Restart=always
+//
+// systemd does not tell a service its TimeoutStopSec; POWERHOUSE_STOP_TIMEOUT
+// (optional, default 30s) does, so that Serve finishes in time.
+//
+// Listen does not care about descriptor names: a unix datagram socket is a
+// hand-off socket and a listening stream socket is shared, whatever
+// LISTEN_FDNAMES says.
+//
+// # Lifecycle
+//
+// Serve runs an http.Server: READY=1 once it accepts, WATCHDOG=1 when the
+// unit has WatchdogSec=, and on SIGTERM STOPPING=1, then a graceful
+// shutdown within the stop timeout ($POWERHOUSE_STOP_TIMEOUT, default 30s,
+// of which 90% is given to in-flight requests). Workers that are not HTTP
+// servers can use go-systemd's daemon package the same way.
+//
+// # Identity and configuration
+//
+// IsWorker, Group and Instance read POWERHOUSE_GROUP and
+// POWERHOUSE_INSTANCE. Config decodes the group's JSON configuration
+// ($POWERHOUSE_CONFIG), and OnReconfigure runs functions after SIGHUP has
+// re-read it. Send writes a worker.message event to the journal for the
+// supervisor.
+//
+// # Package state
+//
+// Listen, Serve, Config and OnReconfigure are conveniences for a process
+// that is one worker. Config, OnReconfigure and Serve share one package
+// default: the ConfigFile for $POWERHOUSE_CONFIG and the SIGHUP handler that
+// reloads it. Callers who want no package state use the types directly:
+// ListenConfig, HandoffListener, ServeConfig (which leaves SIGHUP alone)
+// and ConfigFile (call Reload from your own signal handling).
+//
+// # Platforms
+//
+// The package builds on Unix systems; receiving hand-offs needs Linux.
+// It imports neither D-Bus nor TOML, so workers do not pay for the
+// supervisor's dependencies (a test checks it).
+package activation

@@ -1,0 +1,330 @@
+package handoff
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// dgramPair returns a connected pair of unix datagram sockets, closed at the
+// end of the test.
+func dgramPair(t testing.TB) (send, recv int) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	return fds[0], fds[1]
+}
+
+// tcpPair returns both ends of a real loopback TCP connection.
+func tcpPair(t testing.TB) (client, server *net.TCPConn) {
+	t.Helper()
+	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := ln.AcceptTCP()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+func rawFD(t testing.TB, c syscall.Conn) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd := -1
+	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		t.Fatal(err)
+	}
+	return fd
+}
+
+func openFDs(t testing.TB) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+func sameFile(t testing.TB, a, b int) bool {
+	t.Helper()
+	var sa, sb unix.Stat_t
+	if err := unix.Fstat(a, &sa); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Fstat(b, &sb); err != nil {
+		t.Fatal(err)
+	}
+	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+func TestSendReceive(t *testing.T) {
+	snd, rcv := dgramPair(t)
+	client, server := tcpPair(t)
+	want := docHeader
+	if err := Send(snd, "", &want, rawFD(t, server)); err != nil {
+		t.Fatal(err)
+	}
+	var got Header
+	fd, err := Receive(rcv, &got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if got != want {
+		t.Errorf("header: got %+v, want %+v", got, want)
+	}
+	if !sameFile(t, fd, rawFD(t, server)) {
+		t.Error("received descriptor is not the sent connection")
+	}
+	flags, err := unix.FcntlInt(uintptr(fd), unix.F_GETFD, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flags&unix.FD_CLOEXEC == 0 {
+		t.Error("received descriptor is not close-on-exec")
+	}
+	// Bytes written on the received descriptor reach the client.
+	if _, err := unix.Write(fd, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 2)
+	if _, err := client.Read(b); err != nil || string(b) != "hi" {
+		t.Fatalf("client read %q, %v", b, err)
+	}
+}
+
+func TestSendToPath(t *testing.T) {
+	tests := []struct {
+		name string
+		addr func(t *testing.T) string
+	}{
+		{name: "filesystem", addr: func(t *testing.T) string { return filepath.Join(t.TempDir(), "1.sock") }},
+		{name: "abstract", addr: func(t *testing.T) string { return "@powerhouse-handoff-test-" + strings.ReplaceAll(t.Name(), "/", "-") }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			addr := tt.addr(t)
+			ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: addr, Net: "unixgram"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			snd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer unix.Close(snd)
+			_, server := tcpPair(t)
+			h := Header{Name: "n"}
+			if err := Send(snd, addr, &h, rawFD(t, server)); err != nil {
+				t.Fatal(err)
+			}
+			var got Header
+			fd, err := Receive(rawFD(t, ln), &got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			unix.Close(fd)
+			if got != h {
+				t.Errorf("got %+v", got)
+			}
+		})
+	}
+}
+
+func TestSendErrors(t *testing.T) {
+	snd, _ := dgramPair(t)
+	_, server := tcpPair(t)
+	if err := Send(snd, "", &Header{}, rawFD(t, server)); err == nil {
+		t.Error("empty name: no error")
+	}
+	if err := Send(snd, "", &Header{Name: "n"}, -1); err == nil {
+		t.Error("descriptor -1: no error")
+	}
+	if err := Send(snd, "/"+strings.Repeat("x", 200), &Header{Name: "n"}, rawFD(t, server)); err == nil {
+		t.Error("overlong path: no error")
+	}
+	unconnected, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(unconnected)
+	path := filepath.Join(t.TempDir(), "nobody.sock")
+	err = Send(unconnected, path, &Header{Name: "n"}, rawFD(t, server))
+	if !errors.Is(err, syscall.ENOENT) || !strings.Contains(err.Error(), path) {
+		t.Errorf("send to a missing path: %v, want ENOENT naming the path", err)
+	}
+}
+
+// TestSendFullQueue checks the dispatcher's guarantee: a full receiver
+// queue is an immediate EAGAIN, even on a blocking socket, and sending works
+// again once the receiver has read.
+func TestSendFullQueue(t *testing.T) {
+	snd, rcv := dgramPair(t) // both blocking: MSG_DONTWAIT must do the work
+	_, server := tcpPair(t)
+	h := Header{Name: "n"}
+	var err error
+	sent := 0
+	for ; sent < 10000; sent++ {
+		if err = Send(snd, "", &h, rawFD(t, server)); err != nil {
+			break
+		}
+	}
+	if !errors.Is(err, syscall.EAGAIN) || !errors.Is(err, unix.EAGAIN) {
+		t.Fatalf("after %d sends: err = %v, want EAGAIN", sent, err)
+	}
+	t.Logf("queue full after %d datagrams", sent)
+	var got Header
+	fd, err := Receive(rcv, &got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	if err := Send(snd, "", &h, rawFD(t, server)); err != nil {
+		t.Fatalf("send after one receive: %v", err)
+	}
+	for i := 0; i < sent; i++ {
+		fd, err := Receive(rcv, &got)
+		if err != nil {
+			t.Fatalf("receive %d: %v", i, err)
+		}
+		unix.Close(fd)
+	}
+	if _, err := Receive(rcv, &got); err != unix.EAGAIN {
+		t.Fatalf("empty queue: err = %v, want exactly unix.EAGAIN", err)
+	}
+}
+
+// sendRaw sends an arbitrary datagram, for the cases Send refuses to build.
+func sendRaw(t testing.TB, sock int, payload []byte, fds ...int) {
+	t.Helper()
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	if err := unix.Sendmsg(sock, payload, oob, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestReceiveMalformed(t *testing.T) {
+	good, _ := (&Header{Name: "ok"}).MarshalBinary()
+	badVersion, _ := (&Header{Name: "ok"}).MarshalBinary()
+	badVersion[offVersion] = 2
+	tests := []struct {
+		name    string
+		payload []byte
+		nfds    int
+		want    string
+	}{
+		{name: "no descriptor", payload: good, nfds: 0, want: "no descriptor"},
+		{name: "two descriptors", payload: good, nfds: 2, want: "2 descriptors"},
+		{name: "more than fit", payload: good, nfds: maxRecvFDs + 5, want: "truncated"},
+		{name: "bad header", payload: []byte("GET / HTTP/1.1\r\n"), nfds: 1, want: "magic"},
+		{name: "wrong version", payload: badVersion, nfds: 1, want: "version 2"},
+		{name: "empty payload", payload: nil, nfds: 1, want: "shorter"},
+		{name: "oversized payload", payload: make([]byte, 4096), nfds: 1, want: "longer"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			snd, rcv := dgramPair(t)
+			_, server := tcpPair(t)
+			fds := make([]int, tt.nfds)
+			for i := range fds {
+				fds[i] = rawFD(t, server)
+			}
+			before := openFDs(t)
+			sendRaw(t, snd, tt.payload, fds...)
+			var h Header
+			fd, err := Receive(rcv, &h)
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("Receive = %d, %v; want ErrMalformed", fd, err)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("error %q does not mention %q", err, tt.want)
+			}
+			if fd != -1 {
+				t.Errorf("descriptor %d returned with an error", fd)
+			}
+			if after := openFDs(t); after != before {
+				t.Errorf("open descriptors: %d before, %d after: leaked", before, after)
+			}
+			// The bad datagram is consumed; the next good one comes through.
+			if err := Send(snd, "", &Header{Name: "next"}, rawFD(t, server)); err != nil {
+				t.Fatal(err)
+			}
+			fd, err = Receive(rcv, &h)
+			if err != nil {
+				t.Fatalf("good datagram after a bad one: %v", err)
+			}
+			unix.Close(fd)
+			if h.Name != "next" {
+				t.Errorf("name %q", h.Name)
+			}
+		})
+	}
+}
+
+func TestSendReceiveNoAllocs(t *testing.T) {
+	snd, rcv := dgramPair(t)
+	_, server := tcpPair(t)
+	sfd := rawFD(t, server)
+	h := Header{Name: "0.0.0.0:9999", Source: netip.MustParseAddrPort("[2001:db8::1]:1"), Destination: netip.MustParseAddrPort("[2001:db8::2]:2")}
+	got := Header{Name: h.Name}
+	n := testing.AllocsPerRun(1000, func() {
+		if err := Send(snd, "", &h, sfd); err != nil {
+			t.Fatal(err)
+		}
+		fd, err := Receive(rcv, &got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+	})
+	if n != 0 {
+		t.Errorf("Send+Receive: %v allocations per hand-off, want 0", n)
+	}
+}
+
+// BenchmarkSendReceive is the raw cost of one hand-off: encode, sendmsg,
+// recvmsg, decode and close of the received descriptor.
+func BenchmarkSendReceive(b *testing.B) {
+	snd, rcv := dgramPair(b)
+	_, server := tcpPair(b)
+	sfd := rawFD(b, server)
+	h := docHeader
+	var got Header
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := Send(snd, "", &h, sfd); err != nil {
+			b.Fatal(err)
+		}
+		fd, err := Receive(rcv, &got)
+		if err != nil {
+			b.Fatal(err)
+		}
+		unix.Close(fd)
+	}
+}
