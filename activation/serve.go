@@ -84,8 +84,18 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, l net.Listen
 		go watchdog(ctx, interval/2)
 	}
 
-	rl := &readyListener{Listener: l}
+	rl := &readyListener{Listener: l, closed: make(chan struct{})}
 	defer rl.stopping()
+	// Track connections that have not sent their first request yet: see
+	// drainNew. The caller's ConnState hook keeps working; srv keeps the
+	// wrapper (connection goroutines may still call it after Serve).
+	userHook := srv.ConnState
+	srv.ConnState = func(c net.Conn, st http.ConnState) {
+		rl.track(c, st)
+		if userHook != nil {
+			userHook(c, st)
+		}
+	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(rl) }()
 	select {
@@ -101,6 +111,7 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, l net.Listen
 	// Shutdown closes the listener first, which sends STOPPING=1.
 	sctx, scancel := context.WithTimeout(context.Background(), grace)
 	defer scancel()
+	rl.drainNew(sctx)
 	go func() {
 		select {
 		case <-sigs:
@@ -151,22 +162,139 @@ func (sc *ServeConfig) grace() (time.Duration, error) {
 }
 
 // readyListener sends READY=1 on the first Accept, when the worker really
-// starts taking connections, and STOPPING=1 once it has stopped: after the
-// listener is closed, so that anything that connects after STOPPING=1 is
-// certainly left for the next instance.
+// accepts, STOPPING=1 once it stops accepting, and counts the connections
+// that have not sent a request yet.
 type readyListener struct {
 	net.Listener
-	ready, stop sync.Once
+	ready, stop, closeOnce sync.Once
+	closed                 chan struct{} // the listener is closed: Accept blocks until Close
+
+	mu       sync.Mutex
+	accepted int               // returned by Accept, not yet seen by ConnState
+	fresh    map[net.Conn]bool // in StateNew: no request read yet
+	changed  chan struct{}     // signalled when accepted or fresh shrink
+	shutCh   chan struct{}     // closed by Close
 }
 
 func (r *readyListener) Accept() (net.Conn, error) {
 	r.ready.Do(func() { notify(daemon.SdNotifyReady) })
-	return r.Listener.Accept()
+	select {
+	case <-r.closed:
+		// Stopped accepting before Shutdown: wait for Shutdown's Close,
+		// so that Serve does not return with an error meanwhile.
+		<-r.shut()
+		return nil, &net.OpError{Op: "accept", Net: r.Addr().Network(), Addr: r.Addr(), Err: net.ErrClosed}
+	default:
+	}
+	c, err := r.Listener.Accept()
+	if err == nil {
+		r.mu.Lock()
+		r.accepted++
+		r.mu.Unlock()
+	} else if r.isStopped() {
+		<-r.shut()
+	}
+	return c, err
+}
+
+// shutCh is closed by Close (Shutdown).
+func (r *readyListener) shut() chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.changed == nil {
+		r.changed = make(chan struct{})
+	}
+	if r.shutCh == nil {
+		r.shutCh = make(chan struct{})
+	}
+	return r.shutCh
+}
+
+func (r *readyListener) isStopped() bool {
+	select {
+	case <-r.closed:
+		return true
+	default:
+		return false
+	}
+}
+
+func (r *readyListener) track(c net.Conn, st http.ConnState) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.fresh == nil {
+		r.fresh = map[net.Conn]bool{}
+	}
+	switch st {
+	case http.StateNew:
+		r.accepted--
+		r.fresh[c] = true
+	default:
+		if !r.fresh[c] {
+			return
+		}
+		delete(r.fresh, c)
+	}
+	if r.changed != nil {
+		close(r.changed)
+		r.changed = make(chan struct{})
+	}
+}
+
+// drainNew stops accepting, then waits (at most until ctx ends or
+// freshWait passes) until every accepted connection has sent its first
+// request. net/http's Shutdown closes a connection whose request it reads
+// after shutdown began without answering it, which a client cannot tell
+// from a failure on a new connection; once the request is being handled,
+// Shutdown waits for it.
+func (r *readyListener) drainNew(ctx context.Context) {
+	r.closeListener()
+	deadline := time.NewTimer(freshWait)
+	defer deadline.Stop()
+	for {
+		r.mu.Lock()
+		if r.changed == nil {
+			r.changed = make(chan struct{})
+		}
+		n, ch := r.accepted+len(r.fresh), r.changed
+		r.mu.Unlock()
+		if n <= 0 {
+			return
+		}
+		select {
+		case <-ch:
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// freshWait bounds how long a stopping worker waits for connected clients
+// to send their first request.
+const freshWait = time.Second
+
+// closeListener closes the underlying listener once and reports its error.
+func (r *readyListener) closeListener() (err error) {
+	r.closeOnce.Do(func() {
+		close(r.closed)
+		err = r.Listener.Close()
+		r.stopping()
+	})
+	return err
 }
 
 func (r *readyListener) Close() error {
-	err := r.Listener.Close()
-	r.stopping()
+	err := r.closeListener()
+	sc := r.shut()
+	r.mu.Lock()
+	select {
+	case <-sc:
+	default:
+		close(sc)
+	}
+	r.mu.Unlock()
 	return err
 }
 

@@ -45,6 +45,10 @@ func TestIntegrationReloadUnderLoad(t *testing.T) {
 			kept.finish()
 			if n := fresh.failed.Load() + kept.failed.Load(); n != 0 {
 				t.Errorf("%d requests failed during the reload: %v %v", n, fresh.failures, kept.failures)
+				if os.Getenv("POWERHOUSE_TEST_DEBUG") != "" {
+					j, _ := h.run("journalctl", "--no-pager", "-o", "short-precise", "-u", "powerhouse-"+tc.group+"@*", "-u", "powerhouse@"+tc.group)
+					t.Logf("journal:\n%s", j)
+				}
 			}
 			after := pidsOf(h, tc.group, 4)
 			for i, p := range before {
