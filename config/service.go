@@ -164,4 +164,3 @@ func (s Service) EnvironmentList() []string {
 	sort.Strings(out)
 	return out
 }
-

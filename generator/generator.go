@@ -34,7 +34,9 @@ func PublicSocket(group string) string { return SupervisorPrefix + group + ".soc
 func WorkerTemplate(group string) string { return "powerhouse-" + group + "@.service" }
 
 // WorkerService returns one worker instance: powerhouse-web@3.service.
-func WorkerService(group string, n int) string { return fmt.Sprintf("powerhouse-%s@%d.service", group, n) }
+func WorkerService(group string, n int) string {
+	return fmt.Sprintf("powerhouse-%s@%d.service", group, n)
+}
 
 // HandoffSocketUnit returns the hand-off socket unit of one instance.
 func HandoffSocketUnit(group string, n int) string {

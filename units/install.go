@@ -152,4 +152,3 @@ func writeLink(path, target string) (bool, error) {
 	}
 	return true, nil
 }
-
