@@ -42,9 +42,17 @@ fuzz:
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem ./activation ./sticky ./handoff
 
+# The binary, the systemd generator (a link to it) and the journal catalog.
+# systemd searches $(PREFIX)/lib/systemd/... for both /usr and /usr/local.
+GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators
+CATALOGDIR   ?= $(PREFIX)/lib/systemd/catalog
+
 install: build
-	install -d $(DESTDIR)$(PREFIX)/bin
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(GENERATORDIR) $(DESTDIR)$(CATALOGDIR)
 	install -m 0755 bin/powerhouse $(DESTDIR)$(PREFIX)/bin/powerhouse
+	ln -sfn $(PREFIX)/bin/powerhouse $(DESTDIR)$(GENERATORDIR)/powerhouse-generator
+	install -m 0644 events/powerhouse.catalog $(DESTDIR)$(CATALOGDIR)/powerhouse.catalog
+	@if [ -z "$(DESTDIR)" ] && command -v journalctl >/dev/null; then journalctl --update-catalog || true; fi
 
 clean:
 	rm -rf bin
