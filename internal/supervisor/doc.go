@@ -7,7 +7,7 @@
 // bringing it back (a restart, an automatic restart after a crash: its
 // hand-off socket queues connections meanwhile). It leaves the set as soon
 // as it is being stopped, has failed, or is masked, so only its own clients
-// move. An instance stopped by an operator stays out even if its socket
-// re-activates it to serve connections already queued, until a restart
-// (systemctl restart, a reload, the supervisor's own start) brings it back.
+// move. When a stopped instance comes to rest, the supervisor stops its
+// hand-off socket too, so that connections queued there cannot start it
+// again; `systemctl start powerhouse-GROUP@N` starts both.
 package supervisor

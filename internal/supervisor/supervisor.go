@@ -74,9 +74,6 @@ type Supervisor struct {
 	amount int // instances wanted; guarded by mu
 	state  map[int]units.UnitState
 	pids   map[int]uint32 // main PID last seen active
-	// excluded marks instances an operator stopped: kept out of dispatch
-	// until something restarts them.
-	excluded map[int]bool
 }
 
 // New checks o and returns a supervisor ready to Run.
@@ -103,7 +100,7 @@ func New(o Options) (*Supervisor, error) {
 	if o.Emit == nil {
 		o.Emit = events.Write
 	}
-	s := &Supervisor{o: o, w: w, log: o.Log.With("group", o.Group), amount: w.Amount, state: map[int]units.UnitState{}, pids: map[int]uint32{}, excluded: map[int]bool{}}
+	s := &Supervisor{o: o, w: w, log: o.Log.With("group", o.Group), amount: w.Amount, state: map[int]units.UnitState{}, pids: map[int]uint32{}}
 	if w.Sticky {
 		s.disp = sticky.NewDispatcher(sticky.DispatcherOptions{
 			Path: func(id int) string { return filepath.Join(o.RuntimeDir, o.Group, strconv.Itoa(id)+".sock") },
@@ -284,7 +281,6 @@ func (s *Supervisor) converge(ctx context.Context) {
 	s.mu.Lock()
 	amount := s.amount
 	for n := 1; n <= amount; n++ {
-		delete(s.excluded, n)
 		wg.Add(1)
 		go func(n int) {
 			defer wg.Done()
@@ -295,7 +291,6 @@ func (s *Supervisor) converge(ctx context.Context) {
 	}
 	for n, st := range s.state {
 		if n > amount && st.ActiveState != "inactive" && st.ActiveState != "failed" {
-			s.excluded[n] = true
 			wg.Add(1)
 			go func(n int) {
 				defer wg.Done()
@@ -360,13 +355,21 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 	} else {
 		s.state[n] = st
 	}
-	if Stopping(st) {
-		s.excluded[n] = true
-	} else if st.JobType == "restart" {
-		delete(s.excluded, n)
-	}
-	in := Member(st) && !s.excluded[n] && n <= s.amount
+	in := Member(st) && n <= s.amount
+	// An instance that came to rest with nothing to restart it was
+	// stopped (by an operator, a scale-down, a failure). Its hand-off
+	// socket goes too, or connections still queued there would start it
+	// again behind everybody's back; `systemctl start` brings both back.
+	stopSocket := s.disp != nil && known && prev.ActiveState != "inactive" &&
+		st.ActiveState == "inactive" && st.JobType == ""
 	s.mu.Unlock()
+	if stopSocket {
+		go func() {
+			if err := s.o.Manager.Stop(ctx, generator.HandoffSocketUnit(s.o.Group, n)); err != nil {
+				s.log.Debug("hand-off socket not stopped", "instance", n, "err", err)
+			}
+		}()
+	}
 	if known && prev.ActiveState != st.ActiveState {
 		s.log.Debug("instance state", "instance", n, "state", st.ActiveState, "sub", st.SubState, "job", st.JobType)
 	}
