@@ -251,3 +251,5 @@ func runEnv(env []string, argv ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
+
+func sdboxOptions() sdbox.Options { return sdbox.Options{} }
