@@ -29,10 +29,10 @@ const (
 	lbRounds   = 4
 )
 
-// hostConfig is one host's house: hello, sticky, behind the load balancer.
+// lbHostConfig is one host's house: hello, sticky, behind the load balancer.
 // The group is named after the host so that hello's instance=hosta@2 says
 // which host answered (on real hosts the group would be the same).
-func hostConfig(host, addr string) string {
+func lbHostConfig(host, addr string) string {
 	return fmt.Sprintf(`title = "PowerHouse on %[1]s"
 
 [[worker]]
@@ -62,19 +62,19 @@ func requireHAProxy(t *testing.T) string {
 	return p
 }
 
-// lockedBuffer collects a child's output for failure messages.
-type lockedBuffer struct {
+// haproxyOutput collects a child's output for failure messages.
+type haproxyOutput struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (l *lockedBuffer) Write(p []byte) (int, error) {
+func (l *haproxyOutput) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
 }
 
-func (l *lockedBuffer) String() string {
+func (l *haproxyOutput) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.String()
@@ -82,14 +82,14 @@ func (l *lockedBuffer) String() string {
 
 // startHAProxy runs haproxy with testdata/haproxy.cfg in the foreground on
 // the host side, as a child of the test, until the test ends.
-func startHAProxy(t *testing.T, path string) *lockedBuffer {
+func startHAProxy(t *testing.T, path string) *haproxyOutput {
 	t.Helper()
 	cfg := filepath.Join(repoRoot(), "testdata", "haproxy.cfg")
 	env := append(os.Environ(), "PH_FRONTEND="+lbFrontend, "PH_HOST_A="+lbHostA, "PH_HOST_B="+lbHostB)
 	if out, err := runEnv(env, path, "-c", "-f", cfg); err != nil {
 		t.Fatalf("haproxy -c: %v\n%s", err, out)
 	}
-	out := new(lockedBuffer)
+	out := new(haproxyOutput)
 	cmd := exec.Command(path, "-db", "-f", cfg)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = out, out
@@ -162,8 +162,8 @@ func lbMap(t *testing.T) (map[string]string, error) {
 	return m, nil
 }
 
-// perHost counts the clients of each host and of each instance.
-func perHost(m map[string]string) (hosts, instances map[string]int) {
+// lbPerHost counts the clients of each host and of each instance.
+func lbPerHost(m map[string]string) (hosts, instances map[string]int) {
 	hosts, instances = map[string]int{}, map[string]int{}
 	for _, inst := range m {
 		host, _, _ := strings.Cut(inst, "@")
@@ -182,9 +182,9 @@ func perHost(m map[string]string) (hosts, instances map[string]int) {
 func TestIntegrationHAProxy(t *testing.T) {
 	sdbox.Require(t) // first, so that a run without root says so
 	haproxy := requireHAProxy(t)
-	a := newHouse(t, hostConfig("hosta", lbHostA))
+	a := newHouse(t, lbHostConfig("hosta", lbHostA))
 	a.systemctl("start", "powerhouse.target")
-	b := newHouse(t, hostConfig("hostb", lbHostB))
+	b := newHouse(t, lbHostConfig("hostb", lbHostB))
 	b.systemctl("start", "powerhouse.target")
 	log := startHAProxy(t, haproxy)
 	defer func() {
@@ -210,7 +210,7 @@ func TestIntegrationHAProxy(t *testing.T) {
 				}
 			}
 		}
-		hosts, instances := perHost(first)
+		hosts, instances := lbPerHost(first)
 		t.Logf("%d clients × %d rounds; clients per host: %v; per instance: %v", lbClients, lbRounds, hosts, instances)
 		// Were the dispatchers hashing HAProxy's own address, every
 		// client of a host would land on one instance.
@@ -243,7 +243,7 @@ func TestIntegrationHAProxy(t *testing.T) {
 				failed = append(failed, err)
 				return false
 			}
-			hosts, _ := perHost(after)
+			hosts, _ := lbPerHost(after)
 			return hosts["hostb"] == 0
 		})
 		// hostb's port now refuses connections, and HAProxy retries a
@@ -268,7 +268,7 @@ func TestIntegrationHAProxy(t *testing.T) {
 				t.Errorf("%s reached %s, then %s", addr, after[addr], again[addr])
 			}
 		}
-		_, instances := perHost(after)
+		_, instances := lbPerHost(after)
 		t.Logf("hostb's clients moved within %v, none failed; per instance now: %v",
 			moved.Round(time.Millisecond), instances)
 	})
@@ -277,7 +277,7 @@ func TestIntegrationHAProxy(t *testing.T) {
 		// A new machine with the same configuration: rendezvous scores are
 		// the same on every host and run, so each client finds its old
 		// instance again.
-		b2 := newHouse(t, hostConfig("hostb", lbHostB))
+		b2 := newHouse(t, lbHostConfig("hostb", lbHostB))
 		b2.systemctl("start", "powerhouse.target")
 		var now map[string]string
 		waitFor(t, 10*time.Second, "hostb's clients to come back", func() bool {
@@ -286,7 +286,7 @@ func TestIntegrationHAProxy(t *testing.T) {
 			if err != nil {
 				return false
 			}
-			hosts, _ := perHost(now)
+			hosts, _ := lbPerHost(now)
 			return hosts["hostb"] > 0
 		})
 		// HAProxy marks a server up for all clients at once; one more

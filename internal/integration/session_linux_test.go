@@ -66,11 +66,11 @@ type sessionTally struct {
 	samples map[string]string // outcome -> one body (or error) that had it
 }
 
-// outcome names a reply: "ok"; "404" (no such session here); for a poll,
+// sessionOutcome names a reply: "ok"; "404" (no such session here); for a poll,
 // "204" (timed out: its message went to another instance) or "200 other
 // messages" (earlier rounds' messages that went astray, and not this one);
 // else the status or the error.
-func outcome(resp *http.Response, err error, want string) (string, string) {
+func sessionOutcome(resp *http.Response, err error, want string) (string, string) {
 	if err != nil {
 		return "error", err.Error()
 	}
@@ -142,11 +142,11 @@ func sessionClient(t *testing.T, tally *sessionTally, base, src string, keepAliv
 		go func() {
 			defer close(polled)
 			resp, err := c.Get(base + "/session/" + id + "/poll?timeout=" + pollTimeout)
-			what, body := outcome(resp, err, msg+"\n")
+			what, body := sessionOutcome(resp, err, msg+"\n")
 			tally.add(tally.polls, what, body)
 		}()
 		resp, err := c.Post(base+"/session/"+id+"/send", "text/plain", strings.NewReader(msg))
-		what, body := outcome(resp, err, "")
+		what, body := sessionOutcome(resp, err, "")
 		tally.add(tally.sends, what, body)
 		<-polled
 	}
@@ -168,7 +168,7 @@ func runSessions(t *testing.T, base, pollTimeout string) *sessionTally {
 	return tally
 }
 
-func sorted(m map[string]int) string {
+func sessionSorted(m map[string]int) string {
 	var ks []string
 	for k := range m {
 		ks = append(ks, k)
@@ -181,7 +181,7 @@ func sorted(m map[string]int) string {
 	return strings.TrimSuffix(b.String(), "; ")
 }
 
-func sum(m map[string]int) int {
+func sessionSum(m map[string]int) int {
 	n := 0
 	for _, v := range m {
 		n += v
@@ -212,13 +212,13 @@ func TestIntegrationSession(t *testing.T) {
 		tally := runSessions(t, stickySessionURL, "10s")
 		t.Logf("%d clients × %d rounds in %v; sessions per instance: %s; sends: %s; polls: %s",
 			sessionClients, sessionRounds, time.Since(start).Round(time.Millisecond),
-			sorted(tally.created), sorted(tally.sends), sorted(tally.polls))
+			sessionSorted(tally.created), sessionSorted(tally.sends), sessionSorted(tally.polls))
 		if tally.polls["ok"] != total || tally.sends["ok"] != total {
 			t.Errorf("polls ok %d, sends ok %d, want %d each: polls %s; sends %s; for example %q",
-				tally.polls["ok"], tally.sends["ok"], total, sorted(tally.polls), sorted(tally.sends), tally.samples)
+				tally.polls["ok"], tally.sends["ok"], total, sessionSorted(tally.polls), sessionSorted(tally.sends), tally.samples)
 		}
 		if len(tally.created) != 4 {
-			t.Errorf("sessions were created on %d instances, want all 4: %s", len(tally.created), sorted(tally.created))
+			t.Errorf("sessions were created on %d instances, want all 4: %s", len(tally.created), sessionSorted(tally.created))
 		}
 	})
 
@@ -229,15 +229,17 @@ func TestIntegrationSession(t *testing.T) {
 		tally := runSessions(t, sharedSessionURL, "1s")
 		t.Logf("%d clients × %d rounds in %v; sessions per instance: %s; sends: %s; polls: %s; a 404 said %q",
 			sessionClients, sessionRounds, time.Since(start).Round(time.Millisecond),
-			sorted(tally.created), sorted(tally.sends), sorted(tally.polls), tally.samples["404"])
-		if n := sum(tally.polls) - tally.polls["error"]; n != total {
-			t.Errorf("%d polls answered, want %d: %s; for example %q", n, total, sorted(tally.polls), tally.samples)
+			sessionSorted(tally.created), sessionSorted(tally.sends), sessionSorted(tally.polls), tally.samples["404"])
+		if n := sessionSum(tally.polls) - tally.polls["error"]; n != total {
+			t.Errorf("%d polls answered, want %d: %s; for example %q", n, total, sessionSorted(tally.polls), tally.samples)
 		}
 		if tally.polls["404"] == 0 {
-			t.Errorf("no poll reached an instance without its session: %s", sorted(tally.polls))
+			t.Errorf("no poll reached an instance without its session: %s", sessionSorted(tally.polls))
 		}
-		if tally.polls["ok"] == total {
-			t.Errorf("every poll succeeded without stickiness: the test shows nothing")
+		// With four instances a poll finds its session about one time in
+		// four; demand at least a quarter of failures.
+		if failed := total - tally.polls["ok"]; failed < total/4 {
+			t.Errorf("only %d of %d polls failed without stickiness: %s", failed, total, sessionSorted(tally.polls))
 		}
 		if s := tally.samples["404"]; !strings.HasPrefix(s, "unknown session (this is shared@") {
 			t.Errorf("a 404 said %q, want it to name the instance", s)

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/coreos/go-systemd/v22/journal"
+
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/generator"
 )
@@ -29,14 +31,8 @@ goes on without the house. It never talks to D-Bus.`,
 				if len(args) != 1 && len(args) != 3 {
 					return usagef("expected NORMAL_DIR [EARLY_DIR LATE_DIR]")
 				}
-				log := kmsg(e.stderr)
-				if c, ok := log.(io.Closer); ok {
-					defer c.Close()
-				}
 				if err := runGenerator(args[0]); err != nil {
-					for _, line := range strings.Split(err.Error(), "\n") {
-						fmt.Fprintf(log, "<3>powerhouse-generator: %s\n", line)
-					}
+					logGenerator(e.stderr, err)
 					return &exitError{code: ExitFailure}
 				}
 				return nil
@@ -80,12 +76,25 @@ func runGenerator(dir string) error {
 	return os.Symlink(filepath.Join(dir, generator.Target), filepath.Join(wants, generator.Target))
 }
 
-// kmsg returns the kernel log, where generators log (they run before
-// journald), or w when it cannot be opened.
-func kmsg(w io.Writer) io.Writer {
-	f, err := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0)
-	if err != nil {
-		return w
+// logGenerator reports a generator's problems where a generator can: the
+// kernel log (generators run before journald), else journald itself (a
+// container without /dev/kmsg, after boot), else standard error.
+func logGenerator(stderr io.Writer, err error) {
+	lines := strings.Split(err.Error(), "\n")
+	if f, kerr := os.OpenFile("/dev/kmsg", os.O_WRONLY, 0); kerr == nil {
+		defer f.Close()
+		for _, l := range lines {
+			fmt.Fprintf(f, "<3>powerhouse-generator: %s\n", l)
+		}
+		return
 	}
-	return f
+	if journal.Enabled() {
+		for _, l := range lines {
+			journal.Send("powerhouse-generator: "+l, journal.PriErr, map[string]string{"SYSLOG_IDENTIFIER": "powerhouse-generator"})
+		}
+		return
+	}
+	for _, l := range lines {
+		fmt.Fprintf(stderr, "powerhouse-generator: %s\n", l)
+	}
 }
