@@ -9,7 +9,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # time so that two houses never fight over the demo's loopback ports.
 TESTFLAGS   ?= -race -count=1 -p 1 -timeout 20m
 
-BINARIES := bin/powerhouse bin/hello
+BINARIES := bin/powerhouse bin/hello bin/session
 
 .PHONY: all build test vet fmt-check lint golden fuzz bench demo install clean
 
@@ -19,6 +19,7 @@ build:
 	@mkdir -p bin
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/powerhouse ./cmd/powerhouse
 	$(GO) build -trimpath -o bin/hello ./examples/hello
+	$(GO) build -trimpath -o bin/session ./examples/session
 
 vet:
 	$(GO) vet ./...
