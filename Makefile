@@ -48,6 +48,11 @@ bench: build
 GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators
 CATALOGDIR   ?= $(PREFIX)/lib/systemd/catalog
 
+# The tour: boots a private systemd (needs root); see internal/demo.
+demo: build
+	$(GO) build -trimpath -o bin/powerhouse-demo ./internal/demo
+	bin/powerhouse-demo
+
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(GENERATORDIR) $(DESTDIR)$(CATALOGDIR)
 	install -m 0755 bin/powerhouse $(DESTDIR)$(PREFIX)/bin/powerhouse

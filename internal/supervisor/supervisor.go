@@ -160,6 +160,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if s.disp != nil {
 		go func() { dispatchErr <- s.disp.Serve(dctx, listeners) }()
 	}
+	s.publish()
 	s.o.Notify("READY=1\nSTATUS=" + s.status())
 	s.log.Info("supervisor ready", "instances", s.w.Amount, "sticky", s.w.Sticky)
 

@@ -28,6 +28,8 @@ type GroupStatus struct {
 	Config     map[string]any   `json:"config"`
 	Dispatch   *DispatchStatus  `json:"dispatch,omitempty"`
 	Instances  []InstanceStatus `json:"instances"`
+
+	dispatchKnown bool // the supervisor has published its dispatch set
 }
 
 // UnitStatus is a unit's state as systemd reports it.
@@ -133,7 +135,7 @@ func groupStatus(e *env, m *units.Manager, w *config.Worker) (GroupStatus, error
 	var ds supervisor.DispatchState
 	if w.Sticky {
 		if b, err := os.ReadFile(supervisor.DispatchStatePath(generator.RuntimeDir, w.Name)); err == nil {
-			json.Unmarshal(b, &ds)
+			gs.dispatchKnown = json.Unmarshal(b, &ds) == nil
 		}
 		gs.Dispatch = &DispatchStatus{HandedOff: ds.HandedOff, StickyMiss: ds.StickyMiss, Dropped: ds.Dropped, ProxyErrors: ds.ProxyErrors}
 	}
@@ -188,7 +190,7 @@ func printStatus(e *env, gs []GroupStatus) {
 		if g.Sticky {
 			kind += ", sticky"
 		}
-		fmt.Fprintf(e.stdout, "group %s (%s), %d instances; supervisor %s: %s (%s)", g.Group, kind, g.Amount, g.Supervisor.Unit, g.Supervisor.State, g.Supervisor.SubState)
+		fmt.Fprintf(e.stdout, "group %s (%s), %s; supervisor %s: %s (%s)", g.Group, kind, plural(g.Amount, "instance"), g.Supervisor.Unit, g.Supervisor.State, g.Supervisor.SubState)
 		if g.Supervisor.PID != 0 {
 			fmt.Fprintf(e.stdout, ", pid %d", g.Supervisor.PID)
 		}
@@ -200,7 +202,7 @@ func printStatus(e *env, gs []GroupStatus) {
 		fmt.Fprintln(tw, "  INSTANCE\tSTATE\tPID\tUPTIME\tRESTARTS\tHANDED OFF")
 		for _, in := range g.Instances {
 			state := in.State + " (" + in.SubState + ")"
-			if g.Sticky && in.State == "active" && !in.InDispatch {
+			if g.Sticky && g.dispatchKnown && in.State == "active" && !in.InDispatch {
 				state += ", out of dispatch"
 			}
 			up := "-"
@@ -211,4 +213,11 @@ func printStatus(e *env, gs []GroupStatus) {
 		}
 		tw.Flush()
 	}
+}
+
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
 }

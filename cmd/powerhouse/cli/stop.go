@@ -3,8 +3,11 @@ package cli
 import (
 	"flag"
 	"fmt"
+	"strings"
+	"time"
 
 	"github.com/powerhouse/powerhouse/generator"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 func init() {
@@ -29,7 +32,11 @@ func init() {
 					}
 					defer m.Close()
 					if v.name == "stop" {
-						err = m.Stop(e.ctx, generator.Target)
+						if err = m.Stop(e.ctx, generator.Target); err == nil {
+							// The target is ordered after the groups, so its
+							// own stop job ends first: wait for the rest.
+							err = waitStopped(e, m)
+						}
 					} else {
 						err = m.Start(e.ctx, generator.Target)
 					}
@@ -41,5 +48,33 @@ func init() {
 				}
 			},
 		})
+	}
+}
+
+// waitStopped waits until no unit of the house is active or stopping.
+func waitStopped(e *env, m *units.Manager) error {
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		sts, err := m.States(e.ctx, "powerhouse*")
+		if err != nil {
+			return err
+		}
+		var busy []string
+		for _, st := range sts {
+			if st.ActiveState != "inactive" && st.ActiveState != "failed" {
+				busy = append(busy, st.Name)
+			}
+		}
+		if len(busy) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("still running after 3 minutes: %s", strings.Join(busy, " "))
+		}
+		select {
+		case <-e.ctx.Done():
+			return e.ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
 }
