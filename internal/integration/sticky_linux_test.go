@@ -244,6 +244,11 @@ func TestIntegrationSticky(t *testing.T) {
 				t.Errorf("%s: PID %s, was %s before the supervisor crash", u, got, p)
 			}
 		}
+		// The new supervisor found the workers running: nothing started.
+		newSup := h.show("powerhouse@web.service", "MainPID")
+		if out, _ := h.run("journalctl", "--no-pager", "-o", "cat", "POWERHOUSE_EVENT=worker.start", "_PID="+newSup); strings.Contains(out, "started") {
+			t.Errorf("the restarted supervisor reported running workers as started:\n%s", out)
+		}
 		t.Logf("served %d across the supervisor restart", s.ok.Load())
 	})
 

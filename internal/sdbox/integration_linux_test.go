@@ -496,11 +496,11 @@ func TestIntegrationTeardown(t *testing.T) {
 
 const childEnv = "SDBOX_TEST_CHILD"
 
-// TestIntegrationChildBox is not a test by itself: TestIntegrationKilledOwner
+// TestHelperChildBox is not a test by itself: TestIntegrationKilledOwner
 // runs the test binary with it, to boot a box and be killed.
-func TestIntegrationChildBox(t *testing.T) {
+func TestHelperChildBox(t *testing.T) {
 	if os.Getenv(childEnv) == "" {
-		t.Skip("helper of TestIntegrationKilledOwner")
+		return // only a helper process of TestIntegrationKilledOwner
 	}
 	b, err := Boot(context.Background(), nil, Options{Name: "orphan"})
 	if err != nil {
@@ -513,7 +513,7 @@ func TestIntegrationChildBox(t *testing.T) {
 
 func TestIntegrationKilledOwner(t *testing.T) {
 	Require(t)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestIntegrationChildBox$", "-test.v")
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperChildBox$", "-test.v")
 	cmd.Env = append(os.Environ(), childEnv+"=1")
 	var stderr syncBuffer
 	cmd.Stderr = &stderr

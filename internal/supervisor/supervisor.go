@@ -74,6 +74,7 @@ type Supervisor struct {
 	amount int // instances wanted; guarded by mu
 	state  map[int]units.UnitState
 	pids   map[int]uint32 // main PID last seen active
+	quiet  bool           // record states without reporting events (start-up)
 }
 
 // New checks o and returns a supervisor ready to Run.
@@ -146,8 +147,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		return err
 	}
 	// Learn what runs already (after a supervisor restart the workers kept
-	// running), then make sure instances 1..amount run and no other does.
-	if err := s.refresh(ctx); err != nil {
+	// running: no worker.start for them), then make sure instances
+	// 1..amount run and no other does.
+	s.quiet = true
+	err = s.refresh(ctx)
+	s.quiet = false
+	if err != nil {
 		return err
 	}
 	s.converge(ctx)
@@ -379,7 +384,7 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 	if prevPID != 0 && prevPID != pid {
 		s.stopped(ctx, n, st, prevPID)
 	}
-	if pid != 0 && pid != prevPID {
+	if pid != 0 && pid != prevPID && !s.quiet {
 		s.emit(events.WorkerStart, n, fmt.Sprintf("worker %s@%d started, pid %d", s.o.Group, n, pid), map[string]string{"pid": fmt.Sprint(pid)})
 	}
 	if s.disp == nil {
@@ -424,10 +429,13 @@ func (s *Supervisor) stopped(ctx context.Context, n int, st units.UnitState, pid
 
 func (s *Supervisor) emit(t events.Type, n int, msg string, fields map[string]string) {
 	e := events.Event{Type: t, Group: s.o.Group, Instance: n, Message: msg, Fields: fields}
+	// The journal entry is the event; a plain log line only when there is
+	// no journal to take it.
 	if err := s.o.Emit(e); err != nil {
-		s.log.Debug("event not written", "event", t, "err", err)
+		s.log.Info(msg, "event", string(t))
+		return
 	}
-	s.log.Info(msg, "event", string(t))
+	s.log.Debug(msg, "event", string(t))
 }
 
 // Member reports whether an instance in state st takes connections: it
