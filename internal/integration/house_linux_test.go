@@ -51,7 +51,7 @@ func TestMain(m *testing.M) {
 
 func repoRoot() string {
 	_, f, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(f), "..", "..")
+	return filepath.Clean(filepath.Join(filepath.Dir(f), "..", ".."))
 }
 
 // boxConfig is where the installed configuration lives inside a box.
@@ -96,7 +96,12 @@ func bootHouse(t *testing.T, o sdbox.Options) *house {
 	defer cancel()
 	dir := t.TempDir()
 	o.Name = "powerhouse-test"
-	o.Binds = append(o.Binds, sdbox.Bind{Source: dir, Target: "/etc/powerhouse", Writable: true})
+	o.Binds = append(o.Binds,
+		sdbox.Bind{Source: dir, Target: "/etc/powerhouse", Writable: true},
+		// The repository (binaries, testdata) at its own path, also when
+		// the clone lives under /tmp, which the box replaces.
+		sdbox.Bind{Source: repoRoot(), Target: repoRoot()},
+	)
 	b, err := sdbox.Boot(ctx, t, o)
 	if err != nil {
 		t.Fatal(err)
