@@ -401,6 +401,11 @@ func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
 	if v, ok := m["service"]; ok {
 		w.Service = p.service(at+".service", v)
 	}
+	// A worker installed under /tmp (a checkout there, say) cannot start
+	// with a private /tmp: unless the file asks for it, it gets none.
+	if len(w.Exec) > 0 && !w.Service.privateTmpSet && (UnderTmp(w.Exec[0]) || UnderTmp(w.Service.WorkingDirectory)) {
+		w.Service.PrivateTmp = false
+	}
 	if v, ok := m["config"]; ok {
 		if t, ok := v.(map[string]any); ok {
 			w.Config = p.jsonable(at+".config", t).(map[string]any)

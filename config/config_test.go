@@ -250,3 +250,24 @@ func TestSplitCommand(t *testing.T) {
 		}
 	}
 }
+
+func TestPrivateTmpForProgramsInTmp(t *testing.T) {
+	for _, tc := range []struct {
+		src  string
+		want bool
+	}{
+		{"exec = \"/usr/bin/app\"\n", true},
+		{"exec = \"/tmp/checkout/bin/app\"\n", false},
+		{"exec = \"/var/tmp/app\"\n", false},
+		{"exec = \"/tmp/checkout/bin/app\"\n[worker.service]\nprivate_tmp = true\n", true},
+		{"exec = \"/usr/bin/app\"\n[worker.service]\nworking_directory = \"/tmp/work\"\n", false},
+	} {
+		c, err := Parse("/etc/p.toml", []byte("[[worker]]\nname = \"w\"\n"+tc.src))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := c.Workers[0].Service.PrivateTmp; got != tc.want {
+			t.Errorf("%q: PrivateTmp = %v, want %v", tc.src, got, tc.want)
+		}
+	}
+}

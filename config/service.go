@@ -26,6 +26,14 @@ type Service struct {
 	PrivateTmp      bool     // PrivateTmp=, default true
 	NoNewPrivileges bool     // NoNewPrivileges=, default true
 	ReadWritePaths  []string // ReadWritePaths=: absolute paths
+
+	privateTmpSet bool // private_tmp was written in the file
+}
+
+// UnderTmp reports whether path lies in /tmp or /var/tmp, which
+// PrivateTmp= replaces: a program there could not be started with it.
+func UnderTmp(path string) bool {
+	return strings.HasPrefix(path, "/tmp/") || strings.HasPrefix(path, "/var/tmp/")
 }
 
 var serviceKeys = []string{"user", "group", "environment", "working_directory", "memory_max", "cpu_quota",
@@ -105,6 +113,7 @@ func (p *parser) service(at string, v any) Service {
 	}
 	if v, ok := m["private_tmp"]; ok {
 		s.PrivateTmp = p.boolean(at+".private_tmp", v)
+		s.privateTmpSet = true
 	}
 	if v, ok := m["no_new_privileges"]; ok {
 		s.NoNewPrivileges = p.boolean(at+".no_new_privileges", v)

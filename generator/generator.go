@@ -181,7 +181,7 @@ func (g *gen) supervisor() Unit {
 	// Every connection in flight to a worker holds a file descriptor.
 	u.add("Service", "LimitNOFILE", "65536")
 	if !g.o.User {
-		supervisorHardening(&u)
+		supervisorHardening(&u, !config.UnderTmp(g.o.Binary) && !config.UnderTmp(g.o.ConfigPath))
 	}
 	return Unit{Name: SupervisorPrefix + ".service", Options: u}
 }
@@ -190,7 +190,7 @@ func (g *gen) supervisor() Unit {
 // sockets systemd passes, talk to systemd over /run/systemd/private, send
 // descriptors over unix sockets under /run/powerhouse, write journald.
 // It runs as root only because the manager's private socket requires it.
-func supervisorHardening(u *opts) {
+func supervisorHardening(u *opts, privateTmp bool) {
 	for _, d := range [][2]string{
 		{"CapabilityBoundingSet", ""},          // no capability: root by uid only
 		{"AmbientCapabilities", ""},            // none handed to anything it runs
@@ -200,7 +200,7 @@ func supervisorHardening(u *opts) {
 		{"IPAddressDeny", "any"},               // and no IP traffic of its own
 		{"ProtectSystem", "strict"},            // read-only file system but its RuntimeDirectory
 		{"ProtectHome", "read-only"},           // the configuration or binary may live in a home
-		{"PrivateTmp", "yes"},
+		{"PrivateTmp", yesNo(privateTmp)}, // no when the binary or configuration lives in /tmp
 		{"PrivateDevices", "yes"},
 		{"DevicePolicy", "closed"},
 		{"ProtectKernelTunables", "yes"},
