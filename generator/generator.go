@@ -200,7 +200,7 @@ func supervisorHardening(u *opts, privateTmp bool) {
 		{"IPAddressDeny", "any"},               // and no IP traffic of its own
 		{"ProtectSystem", "strict"},            // read-only file system but its RuntimeDirectory
 		{"ProtectHome", "read-only"},           // the configuration or binary may live in a home
-		{"PrivateTmp", yesNo(privateTmp)}, // no when the binary or configuration lives in /tmp
+		{"PrivateTmp", yesNo(privateTmp)},      // no when the binary or configuration lives in /tmp
 		{"PrivateDevices", "yes"},
 		{"DevicePolicy", "closed"},
 		{"ProtectKernelTunables", "yes"},

@@ -23,6 +23,7 @@ func repoRoot() string {
 // process behind.
 func TestIntegrationDemo(t *testing.T) {
 	sdbox.Require(t)
+	sdbox.Exclusive(t, "powerhouse-ports") // the demo's ports, as internal/integration's houses
 	root, err := filepath.Abs(repoRoot())
 	if err != nil {
 		t.Fatal(err)
@@ -103,9 +104,10 @@ func TestBusyPort(t *testing.T) {
 		}
 		return
 	}
+	sdbox.Exclusive(t, "powerhouse-ports")
 	l, err := net.Listen("tcp", proxyAddr)
 	if err != nil {
-		t.Skipf("cannot hold %s for the test: %v", proxyAddr, err)
+		t.Fatalf("cannot hold %s for the test: %v", proxyAddr, err)
 	}
 	defer l.Close()
 	code := Run(t.Context(), o, &out)

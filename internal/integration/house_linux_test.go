@@ -92,6 +92,9 @@ func newHouse(t *testing.T, cfgText string) *house {
 func bootHouse(t *testing.T, o sdbox.Options) *house {
 	t.Helper()
 	sdbox.Require(t)
+	// Houses bind loopback ports on the host's network: one at a time,
+	// also across packages (internal/demo uses the demo's ports too).
+	sdbox.Exclusive(t, "powerhouse-ports")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	dir := t.TempDir()
