@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -185,12 +186,12 @@ func (d *Dispatcher) acceptLoop(ctx context.Context, name string, f *os.File) er
 	backoff := time.Duration(0)
 	for {
 		var nfd int
-		var sa unix.Sockaddr
+		var peer netip.Addr
 		var aerr error
 		err := rc.Read(func(fd uintptr) bool {
 			// The new descriptor stays blocking: it is the worker's to
 			// configure, and Go's net.FileConn makes it non-blocking.
-			nfd, sa, aerr = unix.Accept4(int(fd), unix.SOCK_CLOEXEC)
+			nfd, peer, aerr = accept(int(fd))
 			return aerr != unix.EAGAIN
 		})
 		if err != nil {
@@ -218,20 +219,31 @@ func (d *Dispatcher) acceptLoop(ctx context.Context, name string, f *os.File) er
 			return fmt.Errorf("dispatch: accept on %s: %w", l.Name, aerr)
 		}
 		backoff = 0
-		order = d.dispatch(nfd, clientAddr(sa), &hdr, order[:0])
+		order = d.dispatch(nfd, peer, &hdr, order[:0])
 	}
 }
 
-// clientAddr is the stickiness key of a peer: its IP address, or the zero
-// address for unix socket peers (they all hash alike).
-func clientAddr(sa unix.Sockaddr) netip.Addr {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrFrom4(a.Addr)
-	case *unix.SockaddrInet6:
-		return netip.AddrFrom16(a.Addr).Unmap()
+// accept takes one connection from the listening socket fd and returns it
+// with the stickiness key of its peer: the IP address, or the zero address
+// for unix socket peers (they all hash alike). It calls accept4(2) itself:
+// x/sys/unix's Accept4 adds a getsockopt per connection (to tell L2TP from
+// TCP) and allocates the address.
+func accept(fd int) (int, netip.Addr, error) {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	nfd, _, e := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(fd), uintptr(unsafe.Pointer(&rsa)), uintptr(unsafe.Pointer(&n)), unix.SOCK_CLOEXEC, 0, 0)
+	if e != 0 {
+		return -1, netip.Addr{}, e
 	}
-	return netip.Addr{}
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		return int(nfd), netip.AddrFrom4(sa.Addr), nil
+	case unix.AF_INET6:
+		sa := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
+		return int(nfd), netip.AddrFrom16(sa.Addr).Unmap(), nil
+	}
+	return int(nfd), netip.Addr{}, nil
 }
 
 // dispatch hands fd to the preferred up instance for key and closes it, or

@@ -285,3 +285,71 @@ func TestDispatchProxy(t *testing.T) {
 	good.Close()
 	waitFor(t, func() bool { return d.Stats().ProxyErrors == 2 })
 }
+
+// BenchmarkDispatch measures the dispatcher's hot path end to end: a
+// client connects over loopback, the dispatcher accepts, picks an
+// instance and hands the descriptor over, a worker receives it. The
+// client's connect and the worker's receive are in the loop too; compare
+// with handoff's BenchmarkSendReceive and a plain loopback accept.
+func BenchmarkDispatch(b *testing.B) {
+	dir := b.TempDir()
+	ws := map[int]*worker{}
+	for id := 1; id <= 2; id++ {
+		p := filepath.Join(dir, strconv.Itoa(id)+".sock")
+		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: p, Net: "unixgram"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer c.Close()
+		ws[id] = &worker{id: id, conn: c}
+	}
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	f, _ := l.(*net.TCPListener).File()
+	addr := l.Addr().String()
+	l.Close()
+	d := NewDispatcher(DispatcherOptions{Path: func(id int) string { return filepath.Join(dir, strconv.Itoa(id)+".sock") }})
+	d.Up.Replace(1, 2)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.Serve(ctx, []Listener{{Name: "public", File: f}})
+	// Workers drain their sockets and close what they get.
+	for _, w := range ws {
+		go func(w *worker) {
+			rc, _ := w.conn.SyscallConn()
+			var h handoff.Header
+			for {
+				err := rc.Read(func(s uintptr) bool {
+					fd, err := handoff.Receive(int(s), &h)
+					if errors.Is(err, unix.EAGAIN) {
+						return false
+					}
+					if err == nil {
+						unix.Close(fd)
+					}
+					return true
+				})
+				if err != nil {
+					return
+				}
+			}
+		}(w)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+	b.StopTimer()
+	waitForB(b, func() bool { return d.Stats().HandedOff >= uint64(b.N) })
+}
+
+func waitForB(b *testing.B, cond func() bool) {
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+}
