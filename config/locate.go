@@ -17,9 +17,6 @@ type locator struct {
 	lines map[string]int
 }
 
-// path formats a key path the way locator stores it: "worker[1].listen".
-func path(parts ...string) string { return strings.Join(parts, ".") }
-
 func newLocator(src []byte) *locator {
 	l := &locator{lines: map[string]int{}}
 	counts := map[string]int{} // array-of-tables name -> entries seen
