@@ -40,8 +40,11 @@ golden:
 fuzz:
 	$(GO) test ./generator -run '^$$' -fuzz FuzzGenerate -fuzztime 60s
 
+# The Go micro-benchmarks, then the side-by-side run against direct
+# SO_REUSEPORT and the peers (~9 min; rewrites docs/BENCHMARKS.md).
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./activation ./sticky ./handoff
+	$(GO) test -run '^$$' -bench . -benchmem ./activation ./handoff ./sticky
+	bench/run.sh
 
 # The binary, the systemd generator (a link to it) and the journal catalog.
 # systemd searches $(PREFIX)/lib/systemd/... for both /usr and /usr/local.
