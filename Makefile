@@ -11,7 +11,7 @@ TESTFLAGS   ?= -race -count=1 -p 1 -timeout 20m
 
 BINARIES := bin/powerhouse bin/hello bin/session
 
-.PHONY: all build test vet fmt-check lint golden fuzz bench demo install clean
+.PHONY: all build test vet fmt-check lint golden fuzz bench bench-go demo install clean
 
 all: build
 
@@ -38,13 +38,17 @@ golden:
 	$(GO) test ./generator -run TestGolden -update
 
 fuzz:
-	$(GO) test ./generator -run '^$$' -fuzz FuzzGenerate -fuzztime 60s
+	$(GO) test ./generator -run '^$$' -fuzz FuzzGenerate -fuzztime 500000x
 
-# The Go micro-benchmarks, then the side-by-side run against direct
-# SO_REUSEPORT and the peers (~9 min; rewrites docs/BENCHMARKS.md).
-bench: build
+# The side-by-side run against direct SO_REUSEPORT and the peers, plus the
+# Go micro-benchmarks (~9 min, root: the peers' setup uses apt and npm);
+# rewrites the results in docs/BENCHMARKS.md. DURATION=8 ROUNDS=6 make bench
+# for longer runs; BENCH_ROWS picks rows.
+bench:
+	bench/run.sh $(BENCH_ROWS)
+
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./activation ./handoff ./sticky
-	bench/run.sh
 
 # The binary, the systemd generator (a link to it) and the journal catalog.
 # systemd searches $(PREFIX)/lib/systemd/... for both /usr and /usr/local.

@@ -77,7 +77,9 @@ func Send(sock int, to string, h *Header, connFD int) error {
 		msg.Name = (*byte)(unsafe.Pointer(&sa))
 		msg.Namelen = n
 	}
-	_, _, e := unix.Syscall(unix.SYS_SENDMSG, uintptr(sock), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
+	// MSG_DONTWAIT: never blocks, so RawSyscall, which spares the runtime
+	// the bookkeeping of a blocking call (and a sysmon wake-up).
+	_, _, e := unix.RawSyscall(unix.SYS_SENDMSG, uintptr(sock), uintptr(unsafe.Pointer(&msg)), unix.MSG_DONTWAIT|unix.MSG_NOSIGNAL)
 	if e != 0 {
 		if to == "" {
 			return fmt.Errorf("handoff: sendmsg: %w", e)

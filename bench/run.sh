@@ -1,0 +1,337 @@
+#!/usr/bin/env bash
+# PowerHouse benchmark: the sticky dispatcher against direct SO_REUSEPORT and
+# the peers of ../shared/bench, on loopback, from many client addresses.
+# Method, results and how to read them: docs/BENCHMARKS.md. `make bench` runs it.
+#   bench/run.sh                        # setup + default rows + extras (~9 min); updates docs/BENCHMARKS.md
+#   bench/run.sh powerhouse-sticky      # a subset of rows ('direct' is always added)
+#   bench/run.sh --list                 # rows (default ones marked *)
+#   bench/run.sh --no-setup ...         # skip the peers' apt/npm setup
+#   bench/run.sh --no-extras ...        # skip 10k-connection RSS, syscall counts, profile, go benchmarks
+# Tunables (env): DURATION=4 ROUNDS=4 WARMUP=1 CLOSE_CONNS=16 KA_CONNS=64 SOURCES=64
+#   REF_EVERY=1 BASE_PORT=18100 READY_TIMEOUT=15 HOLD_CONNS=10000 HOLD_SECONDS=3
+#   UPDATE_DOCS=1 OUT=bench/results/<timestamp> SHARED_BENCH=<repo>/../shared/bench
+set -uo pipefail   # no -e: one broken row must not abort the suite
+B=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$B/.." && pwd)
+W=$B/.work                       # scratch: built binaries, the peers' copy (gitignored)
+SHARED_BENCH=${SHARED_BENCH:-$REPO/../shared/bench}
+
+DURATION=${DURATION:-4}; ROUNDS=${ROUNDS:-4}; WARMUP=${WARMUP:-1}
+CLOSE_CONNS=${CLOSE_CONNS:-16}; KA_CONNS=${KA_CONNS:-64}; SOURCES=${SOURCES:-64}
+REF_EVERY=${REF_EVERY:-1}; BASE_PORT=${BASE_PORT:-18100}; READY_TIMEOUT=${READY_TIMEOUT:-15}
+HOLD_CONNS=${HOLD_CONNS:-10000}; HOLD_SECONDS=${HOLD_SECONDS:-3}; UPDATE_DOCS=${UPDATE_DOCS:-1}
+TARGET=powerhouse-sticky
+DEFAULT_ROWS=(direct powerhouse-sticky node-sticky-session node-socketio-sticky haproxy-source socket-proxyd)
+PEERS=(node-sticky-session node-socketio-sticky haproxy-source socket-proxyd)
+
+all_rows() {   # default rows first, then the optional ones
+  local r f seen=" "
+  for r in "${DEFAULT_ROWS[@]}"; do echo "$r"; seen+="$r "; done
+  for f in "$B"/rows/*.sh; do r=$(basename "$f" .sh); [[ $seen == *" $r "* ]] || echo "$r"; done
+}
+
+setup=1 extras=1 req=()
+while (($#)); do
+  case $1 in
+    --no-setup) setup=0 ;;
+    --no-extras) extras=0 ;;
+    --list) for r in $(all_rows); do [[ " ${DEFAULT_ROWS[*]} " == *" $r "* ]] && echo "$r *" || echo "$r"; done; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -*) echo "unknown option $1" >&2; exit 2 ;;
+    *) req+=("$1") ;;
+  esac; shift
+done
+((${#req[@]})) || req=("${DEFAULT_ROWS[@]}")
+rows=(direct)
+for r in "${req[@]}"; do
+  [[ -f $B/rows/$r.sh ]] || { echo "no such row: $r (see bench/run.sh --list)" >&2; exit 2; }
+  [[ $r == direct || " ${rows[*]} " == *" $r "* ]] || rows+=("$r")
+done
+
+# --- build and setup ---------------------------------------------------------
+mkdir -p "$W/bin"
+echo "bench: building into $W/bin" >&2
+(cd "$REPO" && go build -o "$W/bin/" ./cmd/powerhouse ./examples/hello ./bench/loadgen ./bench/reuseport ./bench/summarize) || exit 1
+export BENCH_BIN=$W/bin BENCH_PEERS=$W/peers
+if [[ -d $SHARED_BENCH ]]; then
+  # A writable copy: the peers' setup installs node_modules and builds into it.
+  mkdir -p "$W/peers" && cp -a "$SHARED_BENCH"/. "$W/peers"/ && chmod -R u+w "$W/peers"
+  if ((setup)); then
+    "$W/peers/setup.sh" || echo "bench: the peers' setup failed; rows that need it will be skipped" >&2
+  fi
+else
+  echo "bench: $SHARED_BENCH not found: peer rows are skipped" >&2
+fi
+command -v curl >/dev/null || { echo "bench: curl is missing (the peers' setup.sh installs it)" >&2; exit 1; }
+
+# A row whose tools are missing is left out with a message, not failed every round.
+row_usable() {
+  case $1 in
+    node-*) command -v node >/dev/null && [[ -d $BENCH_PEERS/node/node_modules ]] ;;
+    haproxy-source) command -v haproxy >/dev/null && [[ -f $BENCH_PEERS/haproxy/source.cfg ]] ;;
+    socket-proxyd) [[ -x /usr/bin/systemd-socket-activate && -x /lib/systemd/systemd-socket-proxyd ]] ;;
+    fdpass-prototype) [[ -x $BENCH_PEERS/bin/fdpass ]] ;;
+    *) true ;;
+  esac
+}
+kept=()
+for r in "${rows[@]}"; do
+  if row_usable "$r"; then kept+=("$r"); else echo "bench: row $r skipped: its tools are not installed (run without --no-setup)" >&2; fi
+done
+rows=("${kept[@]}")
+
+OUT=${OUT:-$B/results/$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$OUT/logs" "$OUT/loadgen" "$OUT/tmp"
+export BENCH_TMP=$OUT/tmp
+RAW=$OUT/raw.tsv
+COLS=(rps p50_ms p99_ms errors requests conns_opened instances sticky_sources pid_cpu_us_per_conn pid_cpu_us_per_req pid_rss_kib err_kinds spread)
+printf 'round\tseq\trow\tworkload\trps\tp50_ms\tp99_ms\terrors\trequests\tconns_opened\tinstances\tsticky_sources\tlead_cpu_us_per_conn\tlead_cpu_us_per_req\tlead_rss_kib\terr_kinds\tspread\n' > "$RAW"
+
+# --- process groups ----------------------------------------------------------
+cur="" ref=""   # lead pid (= pgid) of the running row and of the direct reference
+group_alive() { ps -eo pgid=,stat= | awk -v g="$1" '$1==g && $2 !~ /^Z/ {f=1} END {exit !f}'; }
+stop_row() {
+  local g=$1 i
+  kill -TERM -- "-$g" 2>/dev/null
+  for i in $(seq 50); do group_alive "$g" || break; sleep 0.1; done
+  group_alive "$g" && kill -KILL -- "-$g" 2>/dev/null
+  for i in $(seq 20); do group_alive "$g" || break; sleep 0.1; done
+}
+bgpids=()   # helpers started by the extras (perf, strace, loadgen), ended by pid
+cleanup() {
+  local p
+  for p in "${bgpids[@]}"; do kill -INT "$p" 2>/dev/null; done
+  [[ -n $cur ]] && stop_row "$cur"; [[ -n $ref ]] && stop_row "$ref"
+  cur="" ref=""; rm -rf "$OUT/tmp"
+}
+trap cleanup EXIT
+trap 'echo interrupted >&2; exit 130' INT TERM
+
+# start_row ROW PORT LOG -> sets $cur to the row's lead pid, which is also its
+# process group (setsid); returns 1 if it never answered.
+start_row() {
+  local row=$1 port=$2 log=$3 t pidf=$OUT/tmp/lead.pid
+  rm -f "$pidf"
+  setsid bash -c 'echo $$ > "$0"; exec "$@"' "$pidf" "$B/rows/$row.sh" "$port" > "$log" 2>&1 < /dev/null &
+  for ((t = 0; t < 50; t++)); do [[ -s $pidf ]] && break; sleep 0.02; done
+  cur=$(cat "$pidf" 2>/dev/null); [[ -n $cur ]] || cur=$!
+  for ((t = 0; t < READY_TIMEOUT * 10; t++)); do
+    curl -fs -o /dev/null -m 1 "http://127.0.0.1:$port/" && return 0
+    group_alive "$cur" || break
+    sleep 0.1
+  done
+  return 1
+}
+port_free() { ! ss -Htln "sport = :$1" | grep -q .; }
+
+# loadgen_tsv FILE: the loadgen result line -> the COLS values, tab-separated
+loadgen_tsv() {
+  awk -v cols="${COLS[*]}" 'BEGIN { n = split(cols, c, " ") }
+    /^loadgen / { for (i = 2; i <= NF; i++) { k = $i; sub(/=.*/, "", k); v = $i; sub(/^[^=]*=/, "", v); m[k] = v }; found = 1 }
+    END { for (i = 1; i <= n; i++) printf "%s%s", (i > 1 ? "\t" : ""), (found && (c[i] in m) ? m[c[i]] : "NA"); print "" }' "$1"
+}
+
+# measure ROUND SEQ ROW PORT: both workloads, one raw.tsv line each
+measure() {
+  local round=$1 seq=$2 row=$3 port=$4 w f conns ka vals
+  for w in close ka; do
+    f=$OUT/loadgen/r$round-$(printf %02d "$seq")-$row-$w.txt
+    if [[ $w == close ]]; then conns=$CLOSE_CONNS ka=false; else conns=$KA_CONNS ka=true; fi
+    "$BENCH_BIN/loadgen" -addr "127.0.0.1:$port" -duration "${DURATION}s" -warmup "${WARMUP}s" \
+      -conns "$conns" -sources "$SOURCES" -keepalive=$ka -watch-pid "$cur" -label "$row" > "$f" 2>&1
+    vals=$(loadgen_tsv "$f")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$round" "$seq" "$row" "$w" "$vals" >> "$RAW"
+    awk -F'\t' -v r="$round" -v s="$seq" -v row="$row" -v w="$w" \
+      '{ printf "round %d #%-2d %-22s %-5s %9s req/s  p50 %7s ms  p99 %8s ms  err %s  instances %s  sticky %s  lead-cpu %s us/conn\n", r, s, row, w, $1, $2, $3, $4, $7, $8, $9 }' <<< "$vals" >&2
+  done
+}
+
+machine="nproc=$(nproc), kernel=$(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME"), cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), $(go env GOVERSION), node $(node -v 2>/dev/null || echo none), haproxy $(haproxy -v 2>/dev/null | awk 'NR==1 {print $3}'), $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "$machine" > "$OUT/machine.txt"
+echo "bench: machine: $machine" >&2
+cpustat() { awk '/^cpu / {print $2+$3+$4+$5+$6+$7+$8+$9, $9}' /proc/stat; }   # total, steal (ticks)
+read -r tot0 steal0 < <(cpustat)
+load0=$(cut -d' ' -f1-3 /proc/loadavg)
+awk -v l="${load0%% *}" 'BEGIN {exit !(l > 1)}' &&
+  echo "bench: WARNING: load average $load0 before starting: something else is running, the numbers will be noisy" >&2
+t_start=$(date +%s)
+others=("${rows[@]:1}")
+n=${#others[@]}
+echo "bench: rows: ${rows[*]}; rounds=$ROUNDS duration=${DURATION}s warmup=${WARMUP}s close-conns=$CLOSE_CONNS ka-conns=$KA_CONNS sources=$SOURCES ref-every=$REF_EVERY; out=$OUT" >&2
+
+# --- rounds ------------------------------------------------------------------
+# Each round: the direct reference stays up (idle between its measurements)
+# and is measured first, after every REF_EVERY rows and after the last one;
+# the other rows run one at a time, in an order rotated every round.
+for ((round = 1; round <= ROUNDS; round++)); do
+  block=$(((round - 1) * (n + 1)))
+  ref_port=$((BASE_PORT + block * 10))
+  port_free "$ref_port" || { echo "port $ref_port busy; set BASE_PORT" >&2; exit 1; }
+  if ! start_row direct "$ref_port" "$OUT/logs/direct-r$round.log"; then
+    echo "round $round: reference row 'direct' FAILED to start (see $OUT/logs/direct-r$round.log)" >&2; exit 1
+  fi
+  ref=$cur; cur=""
+  seq=0
+  cur=$ref; measure "$round" $((seq++)) direct "$ref_port"; cur=""
+  for ((k = 0; k < n; k++)); do
+    idx=$(((k + round - 1) % n))
+    row=${others[$idx]}
+    port=$((BASE_PORT + (block + idx + 1) * 10))
+    port_free "$port" || { echo "port $port busy; set BASE_PORT" >&2; exit 1; }
+    log=$OUT/logs/$row-r$round.log
+    if start_row "$row" "$port" "$log"; then
+      measure "$round" $((seq++)) "$row" "$port"
+    else
+      echo "round $round: $row FAILED to start (see $log)" >&2
+      for w in close ka; do
+        printf '%s\t%s\t%s\t%s' "$round" "$seq" "$row" "$w" >> "$RAW"
+        for c in "${COLS[@]}"; do printf '\tNA' >> "$RAW"; done
+        echo >> "$RAW"
+      done
+      ((seq++))
+    fi
+    stop_row "$cur"; cur=""
+    if (((k + 1) % REF_EVERY == 0 || k == n - 1)); then
+      cur=$ref; measure "$round" $((seq++)) direct "$ref_port"; cur=""
+    fi
+  done
+  stop_row "$ref"; ref=""
+done
+read -r tot1 steal1 < <(cpustat)
+steal=$(awk -v a=$((steal1 - steal0)) -v b=$((tot1 - tot0)) 'BEGIN {printf "%.1f%%", b ? 100 * a / b : 0}')
+t_rounds=$(($(date +%s) - t_start))
+load1=$(cut -d' ' -f1-3 /proc/loadavg)
+
+peers=()
+for p in "${PEERS[@]}"; do [[ " ${rows[*]} " == *" $p "* ]] && peers+=("$p"); done
+{
+  echo "Machine: $machine."
+  echo
+  echo "Run: $ROUNDS rounds × (${WARMUP} s warm-up + ${DURATION} s) per workload; new connection per request: $CLOSE_CONNS connections; keep-alive: $KA_CONNS connections; client source addresses 127.0.0.2–127.0.0.$((SOURCES + 1)) ($SOURCES). Rounds took ${t_rounds} s; CPU steal (hypervisor) during them: $steal; load average (1, 5, 15 min) before: $load0; after: $load1, which includes the benchmark's own load."
+  echo
+  "$BENCH_BIN/summarize" -target "$TARGET" -peers "$(IFS=,; echo "${peers[*]}")" "$RAW"
+} > "$OUT/summary.md"
+
+# --- extras: 10k connections, CPU and syscalls per connection, profile -------
+# They measure the dispatcher of `powerhouse run` (the row's lead process).
+xport=$((BASE_PORT + ROUNDS * (n + 1) * 10 + 10))
+if ((extras)); then
+  ex=$OUT/extras; mkdir -p "$ex"
+  {
+    echo
+    echo "### The dispatcher alone"
+    echo
+  } >> "$OUT/summary.md"
+
+  # 1. Resident memory with HOLD_CONNS connections open.
+  if start_row powerhouse-sticky "$xport" "$OUT/logs/hold.log"; then
+    idle_rss=$(awk '/^VmRSS/ {print $2}' "/proc/$cur/status")
+    "$BENCH_BIN/loadgen" -addr "127.0.0.1:$xport" -conns "$HOLD_CONNS" -sources "$SOURCES" \
+      -hold "${HOLD_SECONDS}s" -watch-pid "$cur" -label hold > "$ex/hold.txt" 2>&1
+    stop_row "$cur"; cur=""
+    tail -1 "$OUT/logs/hold.log" > "$ex/hold-dispatcher-stats.txt"
+    awk -v idle="$idle_rss" -v stats="$(cat "$ex/hold-dispatcher-stats.txt")" '/^loadgen mode=hold/ {
+        for (i = 2; i <= NF; i++) { k = $i; sub(/=.*/, "", k); v = $i; sub(/^[^=]*=/, "", v); m[k] = v }
+        printf "- **Resident memory with %s connections open** (%s of %s opened, %s still serving after %s s; spread %s): dispatcher VmRSS **%.1f MiB** (VmHWM %.1f MiB; %.1f MiB idle before), target < 20 MiB: %s. Dispatcher on exit: \"%s\".\n",
+          m["held"], m["held"], m["wanted"], m["still_serving"], "'"$HOLD_SECONDS"'", m["spread"], m["pid_rss_kib"] / 1024, m["pid_hwm_kib"] / 1024, idle / 1024,
+          (m["pid_rss_kib"] / 1024 < 20 && m["held"] == m["wanted"] ? "met" : "**missed**"), stats }' "$ex/hold.txt" >> "$OUT/summary.md"
+  else
+    echo "- 10k connections: powerhouse-sticky FAILED to start (see $OUT/logs/hold.log)" >> "$OUT/summary.md"
+  fi
+
+  # 2. CPU per handed-off connection: from the rounds (median), see the table.
+  cpu_list=$(awk -F'\t' -v t="$TARGET" '$3 == t && $4 == "close" && $13 != "NA" {print $13}' "$RAW" | paste -sd, | sed 's/,/, /g')
+  cpu_med=$(awk -F'\t' -v t="$TARGET" '$3 == t && $4 == "close" && $13 != "NA" {print $13}' "$RAW" | sort -n |
+    awk '{a[NR] = $1} END { if (NR) print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }')
+  [[ -n $cpu_med ]] && echo "- **CPU time per handed-off connection** (dispatcher utime+stime over the measured window ÷ connections opened in it, new-connection workload, one value per round: $cpu_list µs): median **$cpu_med µs**." >> "$OUT/summary.md"
+
+  # 3. Syscalls per connection: perf's syscall tracepoints (exact counts,
+  # little overhead), strace -c (the classic summary, but it slows the
+  # dispatcher, which then finds more connections queued per wake-up), and
+  # a CPU profile (perf record -g), each under the new-connection workload.
+  if start_row powerhouse-sticky "$xport" "$OUT/logs/syscalls.log"; then
+    lead=$cur
+    load() {
+      "$BENCH_BIN/loadgen" -addr "127.0.0.1:$xport" -duration "$((DURATION + 2))s" -warmup 0 \
+        -conns "$CLOSE_CONNS" -sources "$SOURCES" -keepalive=false -watch-pid "$lead" -label "$1" > "$ex/$1-load.txt" 2>&1 &
+      bgpids+=($!); lpid=$!
+      sleep 1
+    }
+    if command -v perf >/dev/null; then
+      evs=raw_syscalls:sys_enter
+      for s in accept4 getsockopt sendmsg close epoll_pwait futex nanosleep sched_yield getpid tgkill rt_sigreturn read write madvise mmap; do evs+=",syscalls:sys_enter_$s"; done
+      load perf-stat
+      perf stat -e "$evs,sched:sched_switch" -e syscalls:sys_exit_accept4 --filter 'ret >= 0' -e syscalls:sys_exit_sendmsg --filter 'ret < 0' \
+        -p "$lead" -o "$ex/perf-stat.txt" -- sleep "$DURATION" 2> "$ex/perf-stat.err"
+      wait "$lpid"
+      load perf-record
+      perf record -F 1999 -g -p "$lead" -o "$ex/perf.data" -- sleep "$DURATION" > /dev/null 2> "$ex/perf-record.err"
+      wait "$lpid"
+      perf report -i "$ex/perf.data" --children --stdio --percent-limit 1 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' > "$ex/profile.txt"
+      perf report -i "$ex/perf.data" --no-children --stdio --percent-limit 1 -g none 2>/dev/null | grep -v '^#' | grep -v '^$' > "$ex/profile-self.txt"
+      rm -f "$ex/perf.data"
+    fi
+    if command -v strace >/dev/null; then
+      load strace
+      strace -c -f -p "$lead" -o "$ex/strace-c.txt" > /dev/null 2>&1 &
+      spid=$!; bgpids+=("$spid")
+      sleep "$DURATION"; kill -INT "$spid"; wait "$spid" 2>/dev/null
+      wait "$lpid"
+    fi
+    stop_row "$cur"; cur=""
+    if [[ -s $ex/perf-stat.txt ]]; then
+      awk '$2 ~ /^((raw_)?syscalls|sched):/ { gsub(",", "", $1); c[$2] = $1 }
+        END {
+          acc = c["syscalls:sys_exit_accept4"]; if (!acc) exit
+          printf "- **Syscalls per handed-off connection** (perf syscall tracepoints on the dispatcher, %d connections accepted in %s s, new-connection workload): **%.2f** in all:", acc, "'"$DURATION"'", c["raw_syscalls:sys_enter"] / acc
+          n = split("accept4 getsockopt sendmsg close epoll_pwait futex nanosleep sched_yield getpid tgkill rt_sigreturn read write madvise mmap", s, " ")
+          for (i = 1; i <= n; i++) { v = c["syscalls:sys_enter_" s[i]]; if (v > 0) printf " %s %.2f,", s[i], v / acc }
+          printf " of which sendmsg failing (queue full) %.3f; context switches (sched_switch) %.2f.\n", c["syscalls:sys_exit_sendmsg"] / acc, c["sched:sched_switch"] / acc
+        }' "$ex/perf-stat.txt" >> "$OUT/summary.md"
+    fi
+    if [[ -s $ex/strace-c.txt ]]; then
+      acc=$(awk '$NF == "accept4" { print (NF == 6 ? $4 - $5 : $4) }' "$ex/strace-c.txt")
+      {
+        echo "- strace -c -f on the dispatcher (slows it: more connections queue per wake-up, so fewer EAGAIN and epoll waits than above)${acc:+, $acc connections accepted}:"
+        echo
+        echo '```'
+        sed -n '1,30p' "$ex/strace-c.txt"
+        echo '```'
+      } >> "$OUT/summary.md"
+    fi
+    if [[ -s $ex/profile.txt ]]; then
+      {
+        echo "- CPU profile of the dispatcher (perf record -g, new-connection workload; % of its samples, including callees; full: extras/profile*.txt):"
+        echo
+        echo '```'
+        grep -E 'sticky\.|handoff\.|Accept4|sys_accept4|sys_sendmsg|unix_dgram_sendmsg|sys_close|__x64_sys_close|epoll_pwait|runtime\.(schedule|findRunnable|netpoll|sysmon|mcall|gcBgMarkWorker)|finish_task_switch|futex|nanosleep' "$ex/profile.txt" | head -30
+        echo '```'
+      } >> "$OUT/summary.md"
+    fi
+  else
+    echo "- syscalls: powerhouse-sticky FAILED to start (see $OUT/logs/syscalls.log)" >> "$OUT/summary.md"
+  fi
+
+  # 4. The worker's cost of receiving one connection (activation) and the
+  # hand-off round trip (handoff), as Go benchmarks.
+  (cd "$REPO" && go test -run '^$' -bench . -benchmem ./activation ./handoff &&
+    go test -run '^$' -bench Dispatch -benchmem ./sticky) > "$ex/go-bench.txt" 2>&1
+  {
+    echo "- Go benchmarks (\`go test -run '^\$' -bench . -benchmem ./activation ./handoff\` and \`-bench Dispatch ./sticky\`):"
+    echo
+    echo '```'
+    grep -E '^(Benchmark|goos|goarch|cpu|pkg)' "$ex/go-bench.txt"
+    echo '```'
+  } >> "$OUT/summary.md"
+fi
+
+cat "$OUT/summary.md"
+echo >&2
+echo "bench: results in $OUT (summary.md, raw.tsv, loadgen/, logs/, extras/)" >&2
+if [[ $UPDATE_DOCS == 1 && -f $REPO/docs/BENCHMARKS.md ]] && grep -q '<!-- bench:results:begin -->' "$REPO/docs/BENCHMARKS.md"; then
+  awk -v f="$OUT/summary.md" '
+    /<!-- bench:results:begin -->/ { print; while ((getline l < f) > 0) print l; skip = 1; next }
+    /<!-- bench:results:end -->/ { skip = 0 }
+    !skip' "$REPO/docs/BENCHMARKS.md" > "$OUT/BENCHMARKS.md.new" && mv "$OUT/BENCHMARKS.md.new" "$REPO/docs/BENCHMARKS.md"
+  echo "bench: docs/BENCHMARKS.md results section updated (UPDATE_DOCS=0 to leave it)" >&2
+fi
