@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/powerhouse/powerhouse/internal/sockettest"
 	"io"
 	"net"
 	"net/http"
@@ -22,6 +23,13 @@ import (
 	"github.com/powerhouse/powerhouse/activation"
 	"github.com/powerhouse/powerhouse/handoff"
 	"golang.org/x/sys/unix"
+)
+
+// Shared socket helpers (internal/sockettest).
+var (
+	tcpPair = sockettest.TCPPair
+	rawFD   = sockettest.RawFD
+	openFDs = sockettest.OpenFDs
 )
 
 // The test binary doubles as the worker process of the tests that need
@@ -295,54 +303,6 @@ func (d *dispatcher) sendRaw(payload []byte, fds ...int) {
 	if err != nil {
 		d.t.Fatalf("send raw datagram: %v", err)
 	}
-}
-
-// tcpPair returns both ends of a real loopback TCP connection.
-func tcpPair(t testing.TB) (client, server *net.TCPConn) {
-	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
-}
-
-func rawFD(t testing.TB, c syscall.Conn) int {
-	t.Helper()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd := -1
-	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
-		t.Fatal(err)
-	}
-	return fd
-}
-
-func openFDs(t testing.TB) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if os.Getenv("DEBUG_FDS") != "" {
-		for _, e := range ents {
-			l, _ := os.Readlink("/proc/self/fd/" + e.Name())
-			t.Logf("fd %s -> %s", e.Name(), l)
-		}
-	}
-	return len(ents)
 }
 
 // readLine reads one line from c with a deadline.

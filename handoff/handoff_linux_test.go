@@ -2,15 +2,23 @@ package handoff
 
 import (
 	"errors"
+	"github.com/powerhouse/powerhouse/internal/sockettest"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 
 	"golang.org/x/sys/unix"
+)
+
+// Shared socket helpers (internal/sockettest).
+var (
+	tcpPair  = sockettest.TCPPair
+	rawFD    = sockettest.RawFD
+	openFDs  = sockettest.OpenFDs
+	sameFile = sockettest.SameFile
 )
 
 // dgramPair returns a connected pair of unix datagram sockets, closed at the
@@ -23,60 +31,6 @@ func dgramPair(t testing.TB) (send, recv int) {
 	}
 	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
 	return fds[0], fds[1]
-}
-
-// tcpPair returns both ends of a real loopback TCP connection.
-func tcpPair(t testing.TB) (client, server *net.TCPConn) {
-	t.Helper()
-	ln, err := net.ListenTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.DialTCP("tcp", nil, ln.Addr().(*net.TCPAddr))
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.AcceptTCP()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
-}
-
-func rawFD(t testing.TB, c syscall.Conn) int {
-	t.Helper()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd := -1
-	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
-		t.Fatal(err)
-	}
-	return fd
-}
-
-func openFDs(t testing.TB) int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(ents)
-}
-
-func sameFile(t testing.TB, a, b int) bool {
-	t.Helper()
-	var sa, sb unix.Stat_t
-	if err := unix.Fstat(a, &sa); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Fstat(b, &sb); err != nil {
-		t.Fatal(err)
-	}
-	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
 }
 
 func TestSendReceive(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/powerhouse/powerhouse/internal/sockettest"
 	"hash/crc32"
 	"io"
 	"net"
@@ -16,6 +17,11 @@ import (
 	"syscall"
 	"testing"
 	"time"
+)
+
+// Shared socket helpers (internal/sockettest).
+var (
+	tcpPair = sockettest.TCPPair
 )
 
 // v2hdr builds a v2 header: signature, ver/cmd, fam/proto, length, body.
@@ -247,26 +253,6 @@ func TestProxyReasonString(t *testing.T) {
 	if !errors.Is(err, os.ErrDeadlineExceeded) || !strings.Contains(err.Error(), "timeout: x") {
 		t.Errorf("error %q does not wrap or name its cause", err)
 	}
-}
-
-// tcpPair returns both ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (client, server *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
 }
 
 // unixPair returns both ends of a unix stream connection (a listener may be

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"github.com/powerhouse/powerhouse/internal/sockettest"
 	"io"
 	"net"
 	"net/http"
@@ -20,6 +21,12 @@ import (
 
 	"github.com/powerhouse/powerhouse/handoff"
 	"golang.org/x/sys/unix"
+)
+
+// Shared socket helpers (internal/sockettest).
+var (
+	tcpPair = sockettest.TCPPair
+	rawFD   = sockettest.RawFD
 )
 
 type syncBuffer struct {
@@ -93,25 +100,6 @@ func (s *sender) handOff(h handoff.Header) net.Conn {
 		s.t.Fatalf("hand-off: %v", err)
 	}
 	return client
-}
-
-func tcpPair(t *testing.T) (net.Conn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s.(*net.TCPConn)
 }
 
 func get(t *testing.T, c net.Conn) string {
@@ -254,15 +242,4 @@ func TestPythonWorker(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("worker still running 10s after SIGTERM (output: %s)", stderr)
 	}
-}
-
-func rawFD(t *testing.T, c syscall.Conn) int {
-	t.Helper()
-	rc, err := c.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd := -1
-	rc.Control(func(u uintptr) { fd = int(u) })
-	return fd
 }
