@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/powerhouse/powerhouse/internal/helloclient"
 	"io"
 	"net"
 	"net/http"
@@ -28,65 +29,14 @@ var demoPorts = []string{proxyAddr, apiAddr, webAddr}
 // (all of 127.0.0.0/8 is local on Linux, and can be bound as a source).
 func clientAddr(i int) string { return fmt.Sprintf("127.0.0.%d", i+2) }
 
-// reply is what examples/hello answers:
-// instance=<group>@<n> pid=<pid> remote=<ip:port>.
-type reply struct{ instance, pid, remote string }
+// The demo asks examples/hello who answered, as the integration tests do.
+type reply = helloclient.Reply
 
-// parseReply parses hello's answer line.
-func parseReply(line string) (reply, error) {
-	var r reply
-	for _, f := range strings.Fields(line) {
-		k, v, _ := strings.Cut(f, "=")
-		switch k {
-		case "instance":
-			r.instance = v
-		case "pid":
-			r.pid = v
-		case "remote":
-			r.remote = v
-		}
-	}
-	if r.instance == "" || r.pid == "" {
-		return r, fmt.Errorf("unexpected answer %q", strings.TrimSpace(line))
-	}
-	return r, nil
-}
-
-// newClient returns an HTTP client whose connections come from the source
-// address src: a new connection per request, or kept-alive ones.
-func newClient(src string, keepAlive bool) *http.Client {
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
-	return &http.Client{
-		Timeout: 10 * time.Second,
-		Transport: &http.Transport{
-			DialContext:         d.DialContext,
-			DisableKeepAlives:   !keepAlive,
-			MaxIdleConnsPerHost: 1,
-		},
-	}
-}
-
-// get asks url and parses hello's answer.
-func get(ctx context.Context, c *http.Client, url string) (reply, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return reply{}, err
-	}
-	resp, err := c.Do(req)
-	if err != nil {
-		return reply{}, err
-	}
-	defer resp.Body.Close()
-	line, err := bufio.NewReader(resp.Body).ReadString('\n')
-	if err != nil && err != io.EOF {
-		return reply{}, err
-	}
-	_, _ = io.Copy(io.Discard, resp.Body) // so that a kept-alive connection is reused
-	if resp.StatusCode != http.StatusOK {
-		return reply{}, fmt.Errorf("status %d: %s", resp.StatusCode, strings.TrimSpace(line))
-	}
-	return parseReply(line)
-}
+var (
+	parseReply = helloclient.Parse
+	newClient  = helloclient.New
+	get        = helloclient.Get
+)
 
 // proxyGet connects from src to the PROXY protocol listener as a load
 // balancer would, says in a PROXY v1 header that the request comes from
@@ -171,7 +121,7 @@ func (l *load) record(addr string, r reply, err error) {
 	if l.seen[addr] == nil {
 		l.seen[addr] = map[string]int{}
 	}
-	l.seen[addr][r.instance]++
+	l.seen[addr][r.Instance]++
 }
 
 // stop ends the load and waits for its clients.

@@ -301,8 +301,8 @@ func (d *demo) stickyScreen(ctx context.Context) error {
 				return fmt.Errorf("request from %s: %w", rows[i].addr, err)
 			}
 			rows[i].asked++
-			rows[i].instances[r.instance]++
-			rows[i].pids[r.pid] = true
+			rows[i].instances[r.Instance]++
+			rows[i].pids[r.PID] = true
 		}
 	}
 	d.block("", stickyTable(rows))
@@ -334,10 +334,10 @@ func (d *demo) stickyScreen(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("PROXY request from %s: %w", lb, err)
 		}
-		d.printf("    via %-10s → instance=%s pid=%s remote=%s", lb, r.instance, r.pid, r.remote)
+		d.printf("    via %-10s → instance=%s pid=%s remote=%s", lb, r.Instance, r.PID, r.Remote)
 		got = append(got, r)
 	}
-	d.check(got[0].instance == got[1].instance && got[0].remote == far && got[1].remote == far,
+	d.check(got[0].Instance == got[1].Instance && got[0].Remote == far && got[1].Remote == far,
 		"the worker sees the original client %s, and it keeps its instance whichever balancer sends it", far)
 	return nil
 }
@@ -466,7 +466,7 @@ func (d *demo) killScreen(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("request from %s: %w", clientAddr(i), err)
 		}
-		if r.instance == inst {
+		if r.Instance == inst {
 			mine = append(mine, clientAddr(i))
 		}
 	}
@@ -538,11 +538,11 @@ func (d *demo) killScreen(ctx context.Context) error {
 	var wrong []string
 	for _, a := range mine {
 		r, err := get(ctx, newClient(a, false), webURL)
-		if err != nil || r.instance != inst || r.pid != strconv.Itoa(int(pid)) {
+		if err != nil || r.Instance != inst || r.PID != strconv.Itoa(int(pid)) {
 			wrong = append(wrong, fmt.Sprintf("%s: %+v %v", a, r, err))
 			continue
 		}
-		d.printf("    %-10s → instance=%s pid=%s", a, r.instance, r.pid)
+		d.printf("    %-10s → instance=%s pid=%s", a, r.Instance, r.PID)
 	}
 	d.check(len(wrong) == 0, "%s's clients are served by the new %s (PID %d)%s", inst, inst, pid, listIf(" — not: ", wrong))
 	return nil

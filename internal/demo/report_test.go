@@ -16,8 +16,8 @@ func TestParseReply(t *testing.T) {
 		want       reply
 		wantErr    bool
 	}{
-		{name: "hello's line", line: "instance=web@2 pid=4242 remote=127.0.0.2:5555\n", want: reply{"web@2", "4242", "127.0.0.2:5555"}},
-		{name: "fields in any order", line: "pid=7 remote=[::1]:1 instance=api@1", want: reply{"api@1", "7", "[::1]:1"}},
+		{name: "hello's line", line: "instance=web@2 pid=4242 remote=127.0.0.2:5555\n", want: reply{Instance: "web@2", PID: "4242", Remote: "127.0.0.2:5555"}},
+		{name: "fields in any order", line: "pid=7 remote=[::1]:1 instance=api@1", want: reply{Instance: "api@1", PID: "7", Remote: "[::1]:1"}},
 		{name: "no instance", line: "pid=7 remote=x", wantErr: true},
 		{name: "an error page", line: "502 Bad Gateway", wantErr: true},
 	} {

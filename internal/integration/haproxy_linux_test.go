@@ -154,10 +154,10 @@ func lbMap(t *testing.T) (map[string]string, error) {
 		if err != nil {
 			return m, fmt.Errorf("client %s: %w", lbAddr(i), err)
 		}
-		if r.remote != local {
-			t.Errorf("client %s: worker %s saw remote=%s", local, r.instance, r.remote)
+		if r.Remote != local {
+			t.Errorf("client %s: worker %s saw remote=%s", local, r.Instance, r.Remote)
 		}
-		m[lbAddr(i)] = r.instance
+		m[lbAddr(i)] = r.Instance
 	}
 	return m, nil
 }

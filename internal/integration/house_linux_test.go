@@ -1,11 +1,10 @@
 package integration
 
 import (
-	"bufio"
 	"context"
 	"fmt"
+	"github.com/powerhouse/powerhouse/internal/helloclient"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -187,23 +186,9 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 // client returns an HTTP client whose connections come from src, one new
-// connection per request.
-func client(src string) *http.Client {
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
-	return &http.Client{
-		Timeout:   10 * time.Second,
-		Transport: &http.Transport{DialContext: d.DialContext, DisableKeepAlives: true},
-	}
-}
-
-// keepAliveClient reuses its connections (from src).
-func keepAliveClient(src string) *http.Client {
-	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
-	return &http.Client{
-		Timeout:   10 * time.Second,
-		Transport: &http.Transport{DialContext: d.DialContext, MaxIdleConnsPerHost: 4},
-	}
-}
+// connection per request; keepAliveClient reuses its connections.
+func client(src string) *http.Client          { return helloclient.New(src, false) }
+func keepAliveClient(src string) *http.Client { return helloclient.New(src, true) }
 
 // getBody returns the body of a GET.
 func getBody(c *http.Client, url string) (string, error) {
@@ -219,38 +204,11 @@ func getBody(c *http.Client, url string) (string, error) {
 	return string(b), err
 }
 
-// reply is what examples/hello answers: instance=<g>@<n> pid=<pid> remote=<ip:port>.
-type reply struct{ instance, pid, remote string }
+// reply is what examples/hello answers.
+type reply = helloclient.Reply
 
 func get(c *http.Client, url string) (reply, error) {
-	resp, err := c.Get(url)
-	if err != nil {
-		return reply{}, err
-	}
-	defer resp.Body.Close()
-	line, err := bufio.NewReader(resp.Body).ReadString('\n')
-	if err != nil && err != io.EOF {
-		return reply{}, err
-	}
-	if resp.StatusCode != 200 {
-		return reply{}, fmt.Errorf("status %d: %s", resp.StatusCode, line)
-	}
-	var r reply
-	for _, f := range strings.Fields(line) {
-		k, v, _ := strings.Cut(f, "=")
-		switch k {
-		case "instance":
-			r.instance = v
-		case "pid":
-			r.pid = v
-		case "remote":
-			r.remote = v
-		}
-	}
-	if r.instance == "" {
-		return r, fmt.Errorf("unexpected reply %q", line)
-	}
-	return r, nil
+	return helloclient.Get(context.Background(), c, url)
 }
 
 func runEnv(env []string, argv ...string) (string, error) {

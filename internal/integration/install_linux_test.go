@@ -66,7 +66,7 @@ func TestIntegrationInstall(t *testing.T) {
 	if got := h.show("powerhouse.target", "ActiveState"); got != "active" {
 		t.Fatalf("powerhouse.target %s after install --now", got)
 	}
-	if r, err := get(client("127.0.0.2"), webURL); err != nil || !strings.HasPrefix(r.instance, "web@") {
+	if r, err := get(client("127.0.0.2"), webURL); err != nil || !strings.HasPrefix(r.Instance, "web@") {
 		t.Fatalf("web after install: %v %+v", err, r)
 	}
 	if got := h.show("powerhouse.target", "UnitFileState"); got != "enabled" {

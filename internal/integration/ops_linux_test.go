@@ -181,7 +181,7 @@ func TestIntegrationSetScaleEvents(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				seen[r.instance] = true
+				seen[r.Instance] = true
 			}
 			if len(seen) != n {
 				t.Errorf("scale %d: clients reached %v", n, seen)

@@ -31,7 +31,7 @@ func stickyMap(t *testing.T, n int) map[string]string {
 		if err != nil {
 			t.Fatalf("client %s: %v", clientAddr(i), err)
 		}
-		m[clientAddr(i)] = r.instance
+		m[clientAddr(i)] = r.Instance
 	}
 	return m
 }
@@ -78,11 +78,11 @@ func startLoad(url string, addrs []string, keepAlive bool) *stream {
 					if s.seen[a] == nil {
 						s.seen[a] = map[string]bool{}
 					}
-					s.seen[a][r.instance] = true
-					if s.pids[r.instance] == nil {
-						s.pids[r.instance] = map[string]bool{}
+					s.seen[a][r.Instance] = true
+					if s.pids[r.Instance] == nil {
+						s.pids[r.Instance] = map[string]bool{}
 					}
-					s.pids[r.instance][r.pid] = true
+					s.pids[r.Instance][r.PID] = true
 				}
 				s.mu.Unlock()
 			}
@@ -139,7 +139,7 @@ func TestIntegrationSticky(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			seen[r.instance] = true
+			seen[r.Instance] = true
 		}
 		if len(seen) == 0 {
 			t.Fatal("no api instance answered")
