@@ -2,11 +2,11 @@ package activation_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"github.com/powerhouse/powerhouse/internal/sockettest"
+	"github.com/powerhouse/powerhouse/internal/syncbuf"
 	"io"
 	"net"
 	"net/http"
@@ -15,7 +15,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -149,26 +148,7 @@ func childSend() int {
 type child struct {
 	cmd    *exec.Cmd
 	stdout *bufio.Reader
-	stderr *syncBuffer
-}
-
-// syncBuffer is a bytes.Buffer that the test can read while exec's
-// goroutine writes the child's stderr into it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	stderr *syncbuf.Buffer
 }
 
 // startChild starts this test binary as the child mode, with files as the
@@ -187,7 +167,7 @@ func startChild(t *testing.T, mode string, files []*os.File, env ...string) *chi
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := &child{cmd: cmd, stdout: bufio.NewReader(out), stderr: new(syncBuffer)}
+	c := &child{cmd: cmd, stdout: bufio.NewReader(out), stderr: new(syncbuf.Buffer)}
 	cmd.Stderr = c.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

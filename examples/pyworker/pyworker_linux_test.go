@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/powerhouse/powerhouse/internal/sockettest"
+	"github.com/powerhouse/powerhouse/internal/syncbuf"
 	"io"
 	"net"
 	"net/http"
@@ -14,7 +15,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,23 +28,6 @@ var (
 	tcpPair = sockettest.TCPPair
 	rawFD   = sockettest.RawFD
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // sender is the dispatcher's side of the hand-off socket.
 type sender struct {
@@ -157,7 +140,7 @@ func TestPythonWorker(t *testing.T) {
 	cmd.ExtraFiles = []*os.File{file}
 	cmd.Env = append(os.Environ(), "LISTEN_FDS=1", "LISTEN_FDNAMES=handoff", "NOTIFY_SOCKET="+notifyPath,
 		"POWERHOUSE_GROUP=py", "POWERHOUSE_INSTANCE=1")
-	stderr := new(syncBuffer)
+	stderr := new(syncbuf.Buffer)
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -1,16 +1,15 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
+	"github.com/powerhouse/powerhouse/internal/syncbuf"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -62,34 +61,16 @@ func requireHAProxy(t *testing.T) string {
 	return p
 }
 
-// haproxyOutput collects a child's output for failure messages.
-type haproxyOutput struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *haproxyOutput) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *haproxyOutput) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // startHAProxy runs haproxy with testdata/haproxy.cfg in the foreground on
 // the host side, as a child of the test, until the test ends.
-func startHAProxy(t *testing.T, path string) *haproxyOutput {
+func startHAProxy(t *testing.T, path string) *syncbuf.Buffer {
 	t.Helper()
 	cfg := filepath.Join(repoRoot(), "testdata", "haproxy.cfg")
 	env := append(os.Environ(), "PH_FRONTEND="+lbFrontend, "PH_HOST_A="+lbHostA, "PH_HOST_B="+lbHostB)
 	if out, err := runEnv(env, path, "-c", "-f", cfg); err != nil {
 		t.Fatalf("haproxy -c: %v\n%s", err, out)
 	}
-	out := new(haproxyOutput)
+	out := new(syncbuf.Buffer)
 	cmd := exec.Command(path, "-db", "-f", cfg)
 	cmd.Env = env
 	cmd.Stdout, cmd.Stderr = out, out

@@ -1,12 +1,12 @@
 package sdbox
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/powerhouse/powerhouse/internal/syncbuf"
 	"maps"
 	"os"
 	"os/exec"
@@ -653,7 +653,7 @@ func (b *Box) start(ctx context.Context, cmd *exec.Cmd) (*Process, error) {
 // box's root, with a minimal environment) and returns its combined output.
 // When ctx is done the command is killed inside the box.
 func (b *Box) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	var out syncBuffer
+	var out syncbuf.Buffer
 	cmd := b.command(name, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	// A daemon left behind by the command keeps the output pipe open: give
@@ -691,25 +691,6 @@ func (b *Box) Start(ctx context.Context, name string, args ...string) (*Process,
 // Systemctl runs systemctl with args inside the box.
 func (b *Box) Systemctl(ctx context.Context, args ...string) ([]byte, error) {
 	return b.Run(ctx, "systemctl", args...)
-}
-
-// syncBuffer is a bytes.Buffer for a writer that os/exec may call from
-// its copying goroutine while Run reads it after Wait.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.Write(p)
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.buf.Bytes())
 }
 
 // Close tears the box down, in this order: the commands entered with Run

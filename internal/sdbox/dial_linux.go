@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/powerhouse/powerhouse/internal/syncbuf"
 	"net"
 	"os"
 	"os/exec"
@@ -71,7 +72,7 @@ func (b *Box) dialInside(ctx context.Context, sock string) (net.Conn, error) {
 	// at exit.
 	cmd.Env = []string{dialEnv + "=" + b.Path(sock), "PATH=" + boxPath, "GORACE=atexit_sleep_ms=0"}
 	cmd.ExtraFiles = []*os.File{theirs}
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	p, err := b.start(ctx, cmd)
 	theirs.Close()

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/powerhouse/powerhouse/internal/syncbuf"
 	"io"
 	"io/fs"
 	"net"
@@ -515,7 +516,7 @@ func TestIntegrationKilledOwner(t *testing.T) {
 	Require(t)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperChildBox$", "-test.v")
 	cmd.Env = append(os.Environ(), childEnv+"=1")
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {
