@@ -21,7 +21,6 @@ import (
 
 	"github.com/powerhouse/powerhouse/activation"
 	"github.com/powerhouse/powerhouse/handoff"
-	"golang.org/x/sys/unix"
 )
 
 // Shared socket helpers (internal/sockettest).
@@ -267,22 +266,7 @@ func (d *dispatcher) send(h handoff.Header, fd int) {
 // sendRaw sends any payload with any descriptors, for malformed cases.
 func (d *dispatcher) sendRaw(payload []byte, fds ...int) {
 	d.t.Helper()
-	d.uc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	var oob []byte
-	if len(fds) > 0 {
-		oob = syscall.UnixRights(fds...)
-	}
-	var serr error
-	err := d.rc.Write(func(s uintptr) bool {
-		serr = unix.Sendmsg(int(s), payload, oob, nil, unix.MSG_DONTWAIT)
-		return !errors.Is(serr, syscall.EAGAIN)
-	})
-	if err == nil {
-		err = serr
-	}
-	if err != nil {
-		d.t.Fatalf("send raw datagram: %v", err)
-	}
+	sockettest.SendDatagram(d.t, d.uc, payload, fds...)
 }
 
 // readLine reads one line from c with a deadline.

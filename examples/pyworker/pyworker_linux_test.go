@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/powerhouse/powerhouse/handoff"
-	"golang.org/x/sys/unix"
 )
 
 // Shared socket helpers (internal/sockettest).
@@ -39,26 +38,7 @@ type sender struct {
 // queue is full.
 func (s *sender) send(payload []byte, fds ...int) {
 	s.t.Helper()
-	rc, err := s.uc.SyscallConn()
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	s.uc.SetWriteDeadline(time.Now().Add(10 * time.Second))
-	var oob []byte
-	if len(fds) > 0 {
-		oob = unix.UnixRights(fds...)
-	}
-	var serr error
-	err = rc.Write(func(fd uintptr) bool {
-		serr = unix.Sendmsg(int(fd), payload, oob, nil, unix.MSG_DONTWAIT)
-		return !errors.Is(serr, syscall.EAGAIN)
-	})
-	if err == nil {
-		err = serr
-	}
-	if err != nil {
-		s.t.Fatalf("send: %v", err)
-	}
+	sockettest.SendDatagram(s.t, s.uc, payload, fds...)
 }
 
 // handOff hands over a fresh loopback TCP connection with header h, as the

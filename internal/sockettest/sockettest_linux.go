@@ -4,10 +4,12 @@
 package sockettest
 
 import (
+	"errors"
 	"net"
 	"os"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -76,4 +78,31 @@ func SameFile(t testing.TB, a, b int) bool {
 		t.Fatal(err)
 	}
 	return sa.Dev == sb.Dev && sa.Ino == sb.Ino
+}
+
+// SendDatagram sends payload with fds (SCM_RIGHTS) on the unix datagram
+// socket c, waiting up to 10 s in the poller while the receiver's queue is
+// full. Tests use it for datagrams the real sender never makes.
+func SendDatagram(t testing.TB, c *net.UnixConn, payload []byte, fds ...int) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	var oob []byte
+	if len(fds) > 0 {
+		oob = unix.UnixRights(fds...)
+	}
+	var serr error
+	err = rc.Write(func(s uintptr) bool {
+		serr = unix.Sendmsg(int(s), payload, oob, nil, unix.MSG_DONTWAIT)
+		return !errors.Is(serr, unix.EAGAIN)
+	})
+	if err == nil {
+		err = serr
+	}
+	if err != nil {
+		t.Fatalf("send datagram: %v", err)
+	}
 }
