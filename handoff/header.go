@@ -88,7 +88,8 @@ func (h *Header) Proxied() bool { return h.Source.IsValid() }
 // dispatcher can encode into one buffer per goroutine.
 //
 // IPv4 addresses go on the wire as IPv4; IPv4-mapped IPv6 addresses are
-// sent as written (family 6). Zones cannot be encoded and are an error.
+// sent as written (family 6). Source and Destination must pass
+// CheckAddrPort (no zone, no unspecified address, no port 0).
 func (h *Header) AppendBinary(b []byte) ([]byte, error) {
 	if err := h.validate(); err != nil {
 		return b, fmt.Errorf("encode hand-off header: %w", err)
@@ -108,7 +109,7 @@ func (h *Header) MarshalBinary() ([]byte, error) {
 // UnmarshalBinary decodes b, which must be exactly one encoded header, into
 // h. Every field is checked: magic, version, unknown flags, family codes,
 // lengths (b must have no bytes left over), the name's content and
-// addresses (no zero port, no unspecified address).
+// addresses (CheckAddrPort: no port 0, no unspecified address).
 //
 // When the decoded name equals h.Name already, h.Name is kept, so a receiver
 // that reuses one Header for every datagram does not allocate for names.
@@ -166,10 +167,10 @@ func (h *Header) validate() error {
 	if err := checkName(h.Name); err != nil {
 		return err
 	}
-	if err := checkAddrPort(h.Source); err != nil {
+	if err := CheckAddrPort(h.Source); err != nil {
 		return fmt.Errorf("source: %w", err)
 	}
-	if err := checkAddrPort(h.Destination); err != nil {
+	if err := CheckAddrPort(h.Destination); err != nil {
 		return fmt.Errorf("destination: %w", err)
 	}
 	return nil
@@ -193,8 +194,26 @@ func checkName[S string | []byte](name S) error {
 	return nil
 }
 
-// checkAddrPort accepts the zero AddrPort (absent) or a usable address.
-func checkAddrPort(ap netip.AddrPort) error {
+// CheckAddrPort reports whether ap can travel in a header as Source or
+// Destination: nil for the zero AddrPort (absent), else an error unless ap
+// is an address a connected TCP endpoint can have. It refuses:
+//
+//   - a port without an address (an invalid Addr with a port);
+//   - an address with a zone, which the format cannot carry;
+//   - an unspecified address: 0.0.0.0, :: and the IPv4-mapped ::ffff:0.0.0.0,
+//     which a receiver that unmaps (as docs/handoff.md advises) reads as
+//     0.0.0.0;
+//   - port 0.
+//
+// Multicast, broadcast, loopback and IPv4-mapped addresses are accepted:
+// they are well formed, the format carries them unchanged, and whoever
+// chose them (a PROXY header's sender) could as well have chosen any other
+// address, so refusing them would protect nothing.
+//
+// AppendBinary and UnmarshalBinary apply exactly this check, and the PROXY
+// protocol parser of package sticky applies it at parse time, so that a
+// header it accepts can always be handed off.
+func CheckAddrPort(ap netip.AddrPort) error {
 	if ap == (netip.AddrPort{}) {
 		return nil
 	}
@@ -204,7 +223,7 @@ func checkAddrPort(ap netip.AddrPort) error {
 		return errors.New("port without address")
 	case a.Zone() != "":
 		return fmt.Errorf("address %s has a zone, which the format cannot carry", a)
-	case a.IsUnspecified():
+	case a.Unmap().IsUnspecified():
 		return fmt.Errorf("unspecified address %s", a)
 	case ap.Port() == 0:
 		return fmt.Errorf("address %s has port 0", a)
@@ -257,7 +276,7 @@ func parseAddrPort(fam byte, b []byte) (netip.AddrPort, []byte, error) {
 	}
 	a, _ := netip.AddrFromSlice(b[:n]) // n is 4 or 16: cannot fail
 	ap := netip.AddrPortFrom(a, binary.BigEndian.Uint16(b[n:]))
-	if err := checkAddrPort(ap); err != nil {
+	if err := CheckAddrPort(ap); err != nil {
 		return netip.AddrPort{}, b, err
 	}
 	return ap, b[n+2:], nil

@@ -114,6 +114,9 @@ func TestEncodeRejects(t *testing.T) {
 		{name: "zone", h: Header{Name: "a", Source: netip.MustParseAddrPort("[fe80::1%eth0]:1")}},
 		{name: "port 0", h: Header{Name: "a", Source: netip.MustParseAddrPort("10.0.0.1:0")}},
 		{name: "unspecified", h: Header{Name: "a", Destination: netip.MustParseAddrPort("0.0.0.0:80")}},
+		{name: "unspecified v6", h: Header{Name: "a", Source: netip.MustParseAddrPort("[::]:80")}},
+		{name: "unspecified v4-mapped", h: Header{Name: "a", Source: netip.MustParseAddrPort("[::ffff:0.0.0.0]:80")}},
+		{name: "port without address", h: Header{Name: "a", Destination: netip.AddrPortFrom(netip.Addr{}, 80)}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -156,6 +159,12 @@ func TestParseRejects(t *testing.T) {
 		{name: "bad UTF-8", b: unhex(t, "50 48 48 4f 01 00 00 00 01 ff"), want: "UTF-8"},
 		{name: "port 0", b: unhex(t, "50 48 48 4f 01 00 04 00 01 0a 00 00 01 00 00 61"), want: "port 0"},
 		{name: "unspecified", b: unhex(t, "50 48 48 4f 01 00 04 00 01 00 00 00 00 00 50 61"), want: "unspecified"},
+		{name: "unspecified v6 destination", b: unhex(t, "50 48 48 4f 01 00 00 06 01"+
+			" 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 50 61"), want: "unspecified"},
+		{name: "unspecified v4-mapped", b: unhex(t, "50 48 48 4f 01 00 06 00 01"+
+			" 00 00 00 00 00 00 00 00 00 00 ff ff 00 00 00 00 00 50 61"), want: "unspecified"},
+		{name: "v6 port 0", b: unhex(t, "50 48 48 4f 01 00 06 00 01"+
+			" 20 01 0d b8 00 00 00 00 00 00 00 00 00 00 00 01 00 00 61"), want: "port 0"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -169,6 +178,57 @@ func TestParseRejects(t *testing.T) {
 			}
 			if h != (Header{Name: "before"}) {
 				t.Errorf("header changed on error: %+v", h)
+			}
+		})
+	}
+}
+
+// TestCheckAddrPort pins the address rule that the encoder, the decoder and
+// the PROXY protocol parser of package sticky share.
+func TestCheckAddrPort(t *testing.T) {
+	tests := []struct {
+		ap   netip.AddrPort
+		want string // in the error text; "" for accepted
+	}{
+		{ap: netip.AddrPort{}},
+		{ap: netip.MustParseAddrPort("192.0.2.1:1")},
+		{ap: netip.MustParseAddrPort("[2001:db8::1]:65535")},
+		{ap: netip.MustParseAddrPort("[::ffff:192.0.2.1]:80")},
+		{ap: netip.MustParseAddrPort("127.0.0.1:80")},
+		{ap: netip.MustParseAddrPort("[::1]:80")},
+		{ap: netip.MustParseAddrPort("255.255.255.255:80")},
+		{ap: netip.MustParseAddrPort("224.0.0.1:80")},
+		{ap: netip.MustParseAddrPort("[ff02::1]:80")},
+		{ap: netip.MustParseAddrPort("[::0.0.0.1]:80")},
+		{ap: netip.MustParseAddrPort("0.0.0.0:80"), want: "unspecified"},
+		{ap: netip.MustParseAddrPort("[::]:80"), want: "unspecified"},
+		{ap: netip.MustParseAddrPort("[::ffff:0.0.0.0]:80"), want: "unspecified"},
+		{ap: netip.MustParseAddrPort("0.0.0.0:0"), want: "unspecified"},
+		{ap: netip.MustParseAddrPort("192.0.2.1:0"), want: "port 0"},
+		{ap: netip.MustParseAddrPort("[2001:db8::1]:0"), want: "port 0"},
+		{ap: netip.MustParseAddrPort("[fe80::1%eth0]:80"), want: "zone"},
+		{ap: netip.AddrPortFrom(netip.Addr{}, 80), want: "without address"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.ap.String(), func(t *testing.T) {
+			err := CheckAddrPort(tt.ap)
+			switch {
+			case tt.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+				t.Fatalf("err = %v, want one mentioning %q", err, tt.want)
+			}
+			// The encoder and the decoder agree with it.
+			h := Header{Name: "a", Source: tt.ap, Flags: FlagProxy}
+			b, err := h.MarshalBinary()
+			if (err == nil) != (tt.want == "") {
+				t.Fatalf("MarshalBinary: %v", err)
+			}
+			if err != nil {
+				return
+			}
+			if got, err := Parse(b); err != nil || got != h {
+				t.Fatalf("Parse = %+v, %v; want %+v", got, err, h)
 			}
 		})
 	}
@@ -198,7 +258,40 @@ func TestNoAllocs(t *testing.T) {
 }
 
 func FuzzParse(f *testing.F) {
-	f.Add(unhex(f, docExample))
+	seeds := []string{
+		docExample,
+		"50 48 48 4f 01 00 00 00 01 61",    // plain, one-byte name
+		"50 48 48 4f 01 01 00 00 02 6c 62", // PROXY LOCAL
+		// IPv6 source, IPv4 destination, name "é".
+		"50 48 48 4f 01 01 06 04 02 20 01 0d b8 00 00 00 00 00 00 00 00 00 00 00 01 9c 40" +
+			" c0 00 02 0a 01 bb c3 a9",
+		// IPv4-mapped source ::ffff:10.0.0.1 port 1, no destination.
+		"50 48 48 4f 01 01 06 00 01 00 00 00 00 00 00 00 00 00 00 ff ff 0a 00 00 01 00 01 61",
+		// Refused: port 0, unspecified (v4, v6, v4-mapped), unknown flag,
+		// family 5, a control character, bad UTF-8, version 2.
+		"50 48 48 4f 01 00 04 00 01 0a 00 00 01 00 00 61",
+		"50 48 48 4f 01 00 04 00 01 00 00 00 00 00 50 61",
+		"50 48 48 4f 01 00 00 06 01 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 50 61",
+		"50 48 48 4f 01 00 06 00 01 00 00 00 00 00 00 00 00 00 00 ff ff 00 00 00 00 00 50 61",
+		"50 48 48 4f 01 02 00 00 01 61",
+		"50 48 48 4f 01 00 05 00 01 61",
+		"50 48 48 4f 01 00 00 00 01 0a",
+		"50 48 48 4f 01 00 00 00 02 c3 28",
+		"50 48 48 4f 02 00 00 00 01 61",
+	}
+	for _, s := range seeds {
+		f.Add(unhex(f, s))
+	}
+	long, err := (&Header{
+		Name:        strings.Repeat("é", MaxNameLen/2) + "x",
+		Source:      netip.MustParseAddrPort("[2001:db8::1]:1"),
+		Destination: netip.MustParseAddrPort("[2001:db8::2]:2"),
+		Flags:       FlagProxy,
+	}).MarshalBinary()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(long)
 	f.Add([]byte("PHHO\x01\x00\x06\x00\x01"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		h, err := Parse(b)
@@ -206,7 +299,18 @@ func FuzzParse(f *testing.F) {
 			if !errors.Is(err, ErrMalformed) {
 				t.Fatalf("error %v does not match ErrMalformed", err)
 			}
+			if h != (Header{}) {
+				t.Fatalf("error %v with a header %+v", err, h)
+			}
 			return
+		}
+		if len(b) > MaxHeaderLen {
+			t.Fatalf("accepted %d bytes, above MaxHeaderLen", len(b))
+		}
+		for _, ap := range []netip.AddrPort{h.Source, h.Destination} {
+			if err := CheckAddrPort(ap); err != nil {
+				t.Fatalf("decoded an address CheckAddrPort refuses: %v", err)
+			}
 		}
 		// Whatever parses must encode back to the same bytes: one header,
 		// one encoding, so nothing ambiguous can slip through.
@@ -216,6 +320,12 @@ func FuzzParse(f *testing.F) {
 		}
 		if !bytes.Equal(again, b) {
 			t.Fatalf("re-encoding differs:\n got % x\nwant % x", again, b)
+		}
+		// And decode to the same header: decode, encode, decode is stable,
+		// also through a Header reused with another name, as receivers do.
+		h2 := Header{Name: "previous"}
+		if err := h2.UnmarshalBinary(again); err != nil || h2 != h {
+			t.Fatalf("second decode: %+v, %v; want %+v", h2, err, h)
 		}
 	})
 }

@@ -72,10 +72,10 @@ def parse_addr(family, b, off):
         raise Malformed("address truncated")
     ip = ipaddress.ip_address(b[off:off + n])
     (port,) = struct.unpack(">H", b[off + n:off + n + 2])
+    if ip.version == 6 and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped  # before the check: ::ffff:0.0.0.0 is unspecified too
     if ip.is_unspecified or port == 0:
         raise Malformed(f"unusable address {ip} port {port}")
-    if ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
     return (ip, port), off + n + 2
 
 
