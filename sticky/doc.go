@@ -48,8 +48,11 @@
 // that fit the header exactly, and a CRC32C TLV, if present, that matches.
 // Other TLVs are skipped. A v1 UNKNOWN line, a v2 LOCAL command, and v2
 // UNSPEC, UDP and AF_UNIX families are accepted as Local: the dispatcher
-// then uses the connection's own peer address. Refusals are *[ProxyError]
-// with a [ProxyReason] to count them by.
+// then uses the connection's own peer address. Addresses must also pass the
+// hand-off's rule, handoff.CheckAddrPort (no port 0, no 0.0.0.0, :: or
+// ::ffff:0.0.0.0), so that every accepted header can be handed off: a bad
+// source refuses the header, a bad destination is dropped from it.
+// Refusals are *[ProxyError] with a [ProxyReason] to count them by.
 //
 // # Limits
 //

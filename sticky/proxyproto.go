@@ -17,6 +17,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/powerhouse/powerhouse/handoff"
 )
 
 // ProxyHeader is what a PROXY protocol header says about a connection.
@@ -34,6 +36,13 @@ type ProxyHeader struct {
 	// Source is the original client's address and port; Dest is the address
 	// and port the client connected to. An IPv6 header may carry an
 	// IPv4-mapped address; it is returned as sent.
+	//
+	// Both follow the hand-off's address rule, handoff.CheckAddrPort, so
+	// that every header accepted here can be handed to a worker: a header
+	// whose source fails it (port 0, 0.0.0.0, ::, ::ffff:0.0.0.0) is refused
+	// as ProxyMalformed, and a destination that fails it is dropped: Dest
+	// is then zero while Source is set, and the worker uses the
+	// connection's own local address, as for a header without one.
 	Source, Dest netip.AddrPort
 }
 
@@ -82,7 +91,8 @@ type ProxyReason uint8
 const (
 	// ProxyMalformed: not a PROXY protocol header, or one that breaks the
 	// grammar (bad address or port, extra spaces, CR without LF, TLVs that
-	// overflow the header, a CRC32C TLV that does not match...).
+	// overflow the header, a CRC32C TLV that does not match...), or whose
+	// source address cannot be handed off (see ProxyHeader.Source).
 	ProxyMalformed ProxyReason = iota + 1
 	// ProxyTooLong: a v1 line without CRLF in its first 107 bytes, or a v2
 	// length above ProxyOptions.MaxV2Length.
@@ -418,8 +428,9 @@ func peerShutdown(fd int) bool {
 // length, then up to the v2 length field and the rest of a v2 header once
 // its length is known; a v1 line is read two bytes at a time (one when the
 // last byte is CR), since while no CRLF has been seen at least those bytes
-// remain.
-func readExact(conn net.Conn, maxV2 int) (ProxyHeader, error) {
+// remain. It needs only an io.Reader, so the fuzz test runs it on a buffer
+// and compares it with the buffer parse.
+func readExact(conn io.Reader, maxV2 int) (ProxyHeader, error) {
 	buf := make([]byte, minHeaderLen, peekSize)
 	if _, err := io.ReadFull(conn, buf); err != nil {
 		return ProxyHeader{}, err
@@ -568,11 +579,27 @@ func parseV1(line []byte) (ProxyHeader, error) {
 	if !ok {
 		return ProxyHeader{}, proxyErr(ProxyMalformed, "v1: bad destination port %q", f[3])
 	}
-	return ProxyHeader{
+	return usable(ProxyHeader{
 		Version: 1,
 		Source:  netip.AddrPortFrom(src, sport),
 		Dest:    netip.AddrPortFrom(dst, dport),
-	}, nil
+	})
+}
+
+// usable applies the hand-off's address rule to the addresses of a parsed
+// header: the dispatcher hands every accepted header to a worker, and an
+// address the encoder refuses would fail there instead, after the header
+// was consumed. A bad source is the header's fault and refuses the
+// connection; a bad destination is only information lost, so the header
+// stands without it.
+func usable(h ProxyHeader) (ProxyHeader, error) {
+	if err := handoff.CheckAddrPort(h.Source); err != nil {
+		return ProxyHeader{}, proxyErr(ProxyMalformed, "v%d: unusable source: %v", h.Version, err)
+	}
+	if handoff.CheckAddrPort(h.Dest) != nil {
+		h.Dest = netip.AddrPort{}
+	}
+	return h, nil
 }
 
 func parseV1Addr(b []byte, is4 bool) (netip.Addr, bool) {
@@ -693,7 +720,7 @@ func parseV2(b []byte) (ProxyHeader, error) {
 		// mode for the valid combinations above".
 		return local, nil
 	}
-	return h, nil
+	return usable(h)
 }
 
 const tlvCRC32C = 0x03

@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"github.com/powerhouse/powerhouse/internal/sockettest"
 	"hash/crc32"
 	"io"
 	"net"
@@ -17,6 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/powerhouse/powerhouse/handoff"
+	"github.com/powerhouse/powerhouse/internal/sockettest"
 )
 
 // Shared socket helpers (internal/sockettest).
@@ -76,8 +78,6 @@ func goodCases() []goodCase {
 			ProxyHeader{Version: 1, Source: ap("192.168.0.1:56324"), Dest: ap("192.168.0.11:443")}},
 		{"v1 TCP4 longest", v1("PROXY TCP4 255.255.255.255 255.255.255.255 65535 65535\r\n"),
 			ProxyHeader{Version: 1, Source: ap("255.255.255.255:65535"), Dest: ap("255.255.255.255:65535")}},
-		{"v1 TCP4 zero ports and addresses", v1("PROXY TCP4 0.0.0.0 0.0.0.0 0 0\r\n"),
-			ProxyHeader{Version: 1, Source: ap("0.0.0.0:0"), Dest: ap("0.0.0.0:0")}},
 		{"v1 TCP6", v1("PROXY TCP6 2001:db8::1 2001:db8::2 40000 8080\r\n"),
 			ProxyHeader{Version: 1, Source: ap("[2001:db8::1]:40000"), Dest: ap("[2001:db8::2]:8080")}},
 		{"v1 TCP6 full form upper case", v1("PROXY TCP6 FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:FFFF:FFFF ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe 65535 1\r\n"),
@@ -183,6 +183,28 @@ func reasonOf(err error) ProxyReason {
 	return 0
 }
 
+// handsOff checks that h, an accepted header, goes through the hand-off as
+// the dispatcher sends it (Dispatcher.proxied builds the hand-off header the
+// same way): it encodes, and decodes to the same addresses.
+func handsOff(t testing.TB, h ProxyHeader) {
+	t.Helper()
+	want := handoff.Header{Name: "lb", Flags: handoff.FlagProxy}
+	if !h.Local {
+		want.Source, want.Destination = h.Source, h.Dest
+	}
+	b, err := want.MarshalBinary()
+	if err != nil {
+		t.Fatalf("accepted header %+v cannot be handed off: %v", h, err)
+	}
+	got, err := handoff.Parse(b)
+	if err != nil {
+		t.Fatalf("hand-off of %+v does not decode: %v", h, err)
+	}
+	if got != want {
+		t.Fatalf("hand-off decodes as %+v, want %+v", got, want)
+	}
+}
+
 func TestParseProxyHeader(t *testing.T) {
 	for _, tt := range goodCases() {
 		t.Run(tt.name, func(t *testing.T) {
@@ -197,6 +219,7 @@ func TestParseProxyHeader(t *testing.T) {
 			if n != len(tt.hdr) {
 				t.Errorf("consumed %d bytes, want %d", n, len(tt.hdr))
 			}
+			handsOff(t, h)
 		})
 	}
 	for _, tt := range badCases() {
@@ -230,6 +253,209 @@ func TestParseProxyHeaderMaxV2Length(t *testing.T) {
 	big := v2hdr(0x21, 0x11, inet4("1.2.3.4", "5.6.7.8", 1, 2), tlv(0xE0, make([]byte, 60000)))
 	if _, n, err := ParseProxyHeader(big, ProxyOptions{MaxV2Length: 1 << 20}); err != nil || n != len(big) {
 		t.Errorf("limit above 65535: n=%d, %v", n, err)
+	}
+}
+
+// addrCase is a well-formed header whose addresses test the hand-off's
+// address rule: refused when its source breaks it, accepted without a
+// destination when only its destination does.
+type addrCase struct {
+	name    string
+	hdr     []byte
+	want    ProxyHeader // when accepted
+	refused bool
+}
+
+func addrCases() []addrCase {
+	v1 := func(s string) []byte { return []byte(s) }
+	v2 := func(fam byte, block []byte) []byte { return v2hdr(0x21, fam, block) }
+	tcp4, tcp6 := byte(0x11), byte(0x21)
+	refused := func(name string, hdr []byte) addrCase {
+		return addrCase{name: "source " + name, hdr: hdr, refused: true}
+	}
+	noDest := func(name string, hdr []byte, v int, src string) addrCase {
+		return addrCase{name: "destination " + name, hdr: hdr, want: ProxyHeader{Version: v, Source: ap(src)}}
+	}
+	return []addrCase{
+		refused("v1 0.0.0.0", v1("PROXY TCP4 0.0.0.0 192.0.2.1 40000 80\r\n")),
+		refused("v1 port 0", v1("PROXY TCP4 203.0.113.9 192.0.2.1 0 80\r\n")),
+		refused("v1 all zero", v1("PROXY TCP4 0.0.0.0 0.0.0.0 0 0\r\n")),
+		refused("v1 ::", v1("PROXY TCP6 :: 2001:db8::1 40000 80\r\n")),
+		refused("v1 ::ffff:0.0.0.0", v1("PROXY TCP6 ::ffff:0.0.0.0 2001:db8::1 40000 80\r\n")),
+		refused("v1 IPv6 port 0", v1("PROXY TCP6 2001:db8::5 2001:db8::1 0 80\r\n")),
+		refused("v2 0.0.0.0", v2(tcp4, inet4("0.0.0.0", "192.0.2.1", 40000, 80))),
+		refused("v2 port 0", v2(tcp4, inet4("203.0.113.9", "192.0.2.1", 0, 80))),
+		refused("v2 ::", v2(tcp6, inet6("::", "2001:db8::1", 40000, 80))),
+		refused("v2 ::ffff:0.0.0.0", v2(tcp6, inet6("::ffff:0.0.0.0", "2001:db8::1", 40000, 80))),
+		refused("v2 IPv6 port 0", v2(tcp6, inet6("2001:db8::5", "2001:db8::1", 0, 80))),
+		refused("v2 with TLV", v2hdr(0x21, tcp4, inet4("0.0.0.0", "192.0.2.1", 1, 80), tlv(0x04, nil))),
+
+		noDest("v1 0.0.0.0", v1("PROXY TCP4 203.0.113.9 0.0.0.0 40000 80\r\n"), 1, "203.0.113.9:40000"),
+		noDest("v1 port 0", v1("PROXY TCP4 203.0.113.9 192.0.2.1 40000 0\r\n"), 1, "203.0.113.9:40000"),
+		noDest("v1 ::", v1("PROXY TCP6 2001:db8::5 :: 40000 80\r\n"), 1, "[2001:db8::5]:40000"),
+		noDest("v1 ::ffff:0.0.0.0", v1("PROXY TCP6 2001:db8::5 ::ffff:0.0.0.0 40000 80\r\n"), 1, "[2001:db8::5]:40000"),
+		noDest("v1 IPv6 port 0", v1("PROXY TCP6 2001:db8::5 2001:db8::1 40000 0\r\n"), 1, "[2001:db8::5]:40000"),
+		noDest("v2 0.0.0.0 port 0", v2(tcp4, inet4("203.0.113.9", "0.0.0.0", 40000, 0)), 2, "203.0.113.9:40000"),
+		noDest("v2 port 0", v2(tcp4, inet4("203.0.113.9", "192.0.2.1", 40000, 0)), 2, "203.0.113.9:40000"),
+		noDest("v2 ::", v2(tcp6, inet6("2001:db8::5", "::", 40000, 80)), 2, "[2001:db8::5]:40000"),
+		noDest("v2 ::ffff:0.0.0.0", v2(tcp6, inet6("2001:db8::5", "::ffff:0.0.0.0", 40000, 80)), 2, "[2001:db8::5]:40000"),
+		noDest("v2 IPv6 port 0", v2(tcp6, inet6("2001:db8::5", "2001:db8::1", 40000, 0)), 2, "[2001:db8::5]:40000"),
+
+		// Accepted as sent: well formed, and the hand-off carries them.
+		{name: "v1 IPv4-mapped", hdr: v1("PROXY TCP6 ::ffff:203.0.113.9 ::ffff:192.0.2.1 40000 80\r\n"),
+			want: ProxyHeader{Version: 1, Source: ap("[::ffff:203.0.113.9]:40000"), Dest: ap("[::ffff:192.0.2.1]:80")}},
+		{name: "v2 IPv4-mapped", hdr: v2(tcp6, inet6("::ffff:203.0.113.9", "::ffff:192.0.2.1", 40000, 80)),
+			want: ProxyHeader{Version: 2, Source: ap("[::ffff:203.0.113.9]:40000"), Dest: ap("[::ffff:192.0.2.1]:80")}},
+		{name: "v2 multicast and loopback", hdr: v2(tcp4, inet4("224.0.0.1", "127.0.0.1", 1, 65535)),
+			want: ProxyHeader{Version: 2, Source: ap("224.0.0.1:1"), Dest: ap("127.0.0.1:65535")}},
+	}
+}
+
+// TestProxyHeaderAddresses: a header whose source address the hand-off
+// cannot carry is refused as malformed at parse time, on every read path;
+// one whose destination it cannot carry is accepted without it; and every
+// accepted header goes through the hand-off encoder and decoder.
+func TestProxyHeaderAddresses(t *testing.T) {
+	check := func(t *testing.T, tt addrCase, h ProxyHeader, err error) {
+		t.Helper()
+		if tt.refused {
+			if reasonOf(err) != ProxyMalformed || !strings.Contains(err.Error(), "source") {
+				t.Fatalf("got %+v, %v; want a malformed-source error", h, err)
+			}
+			return
+		}
+		if err != nil || h != tt.want {
+			t.Fatalf("got %+v, %v; want %+v", h, err, tt.want)
+		}
+		handsOff(t, h)
+	}
+	for _, tt := range addrCases() {
+		t.Run("parse/"+tt.name, func(t *testing.T) {
+			h, _, err := ParseProxyHeader(append(bytes.Clone(tt.hdr), payload...), ProxyOptions{})
+			check(t, tt, h, err)
+		})
+		t.Run("tcp/"+tt.name, func(t *testing.T) {
+			client, server := tcpPair(t)
+			if _, err := client.Write(append(bytes.Clone(tt.hdr), payload...)); err != nil {
+				t.Fatal(err)
+			}
+			h, err := ReadProxyHeader(context.Background(), server, ProxyOptions{})
+			check(t, tt, h, err)
+		})
+		t.Run("pipe/"+tt.name, func(t *testing.T) {
+			client, server := net.Pipe()
+			defer server.Close()
+			go func() {
+				client.Write(append(bytes.Clone(tt.hdr), payload...))
+				client.Close()
+			}()
+			h, err := ReadProxyHeader(context.Background(), server, ProxyOptions{})
+			check(t, tt, h, err)
+		})
+	}
+}
+
+// TestDispatchProxyUnusableAddresses runs a real dispatcher with one
+// instance: a header with an unusable source is refused and counted as a
+// PROXY error, not dropped at the hand-off (which used to fail the encoder,
+// drop the connection and re-dial the instance); one with an unusable
+// destination is handed off without it, with the client's bytes after it.
+func TestDispatchProxyUnusableAddresses(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "1.sock")
+	wk, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wk.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := l.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // f keeps the socket listening
+	d := NewDispatcher(DispatcherOptions{Path: func(int) string { return sock }})
+	d.Up.Replace(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, []Listener{{Name: "lb", Proxy: true, File: f}}) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	dial := func(data string) net.Conn {
+		t.Helper()
+		c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Write([]byte(data)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	waitStats := func(what string, ok func(Stats) bool) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); !ok(d.Stats()); time.Sleep(time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: stats %+v", what, d.Stats())
+			}
+		}
+	}
+
+	for i, hdr := range []string{
+		"PROXY TCP4 0.0.0.0 192.0.2.1 40000 80\r\n",
+		"PROXY TCP4 203.0.113.9 192.0.2.1 0 80\r\n",
+		string(v2hdr(0x21, 0x21, inet6("::", "2001:db8::1", 40000, 80))),
+	} {
+		c := dial(hdr + "GET")
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("%q: connection not closed: %v", hdr, err)
+		}
+		c.Close()
+		waitStats("refused "+hdr, func(s Stats) bool { return s.ProxyErrors == uint64(i+1) })
+	}
+	if s := d.Stats(); s.Dropped != 0 || s.HandedOff != 0 {
+		t.Errorf("after refused headers: %+v, want nothing dropped or handed off", s)
+	}
+
+	c := dial("PROXY TCP4 203.0.113.9 0.0.0.0 40000 0\r\nGET")
+	defer c.Close()
+	rc, err := wk.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var (
+		h    handoff.Header
+		fd   int
+		rerr error
+	)
+	wk.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if err := rc.Read(func(s uintptr) bool {
+		fd, rerr = handoff.Receive(int(s), &h)
+		return !errors.Is(rerr, syscall.EAGAIN)
+	}); err != nil || rerr != nil {
+		t.Fatalf("no hand-off: %v, %v (stats %+v)", err, rerr, d.Stats())
+	}
+	conn := os.NewFile(uintptr(fd), "conn")
+	defer conn.Close()
+	want := handoff.Header{Name: "lb", Flags: handoff.FlagProxy, Source: ap("203.0.113.9:40000")}
+	if h != want {
+		t.Errorf("hand-off header %+v, want %+v", h, want)
+	}
+	buf := make([]byte, 3)
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "GET" {
+		t.Errorf("worker read %q, %v; want the client's bytes", buf, err)
+	}
+	if s := d.Stats(); s.Dropped != 0 || s.HandedOff != 1 || s.ProxyErrors != 3 {
+		t.Errorf("stats %+v, want 1 handed off, 3 PROXY errors, none dropped", s)
 	}
 }
 
@@ -319,6 +545,7 @@ func TestReadProxyHeaderLeavesPayload(t *testing.T) {
 			if h != tt.want {
 				t.Errorf("header = %+v, want %+v", h, tt.want)
 			}
+			handsOff(t, h)
 			if rest := readRawRemainder(t, server); string(rest) != payload {
 				t.Errorf("left in the socket: %q, want %q", rest, payload)
 			}
@@ -639,6 +866,10 @@ func TestParseAllocations(t *testing.T) {
 	}
 }
 
+// FuzzParseProxy parses arbitrary bytes as a PROXY header and holds every
+// accepted header to what the dispatcher needs of it: it is exactly the
+// bytes the exact-read path consumes, and it goes through the hand-off
+// encoder and decoder unchanged.
 func FuzzParseProxy(f *testing.F) {
 	for _, tt := range goodCases() {
 		f.Add(append(bytes.Clone(tt.hdr), payload...))
@@ -646,12 +877,19 @@ func FuzzParseProxy(f *testing.F) {
 	for _, tt := range badCases() {
 		f.Add(tt.in)
 	}
+	for _, tt := range addrCases() {
+		f.Add(tt.hdr)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := bytes.Clone(data)
 		h, n, err := ParseProxyHeader(in, ProxyOptions{})
 		if !bytes.Equal(in, data) {
 			t.Fatal("input modified")
 		}
+		// The exact-read path, which never reads past a header, agrees: it
+		// accepts the same header and leaves exactly the bytes after it.
+		r := bytes.NewReader(data)
+		rh, rerr := readExact(r, defaultProxyMaxV2Length)
 		if err != nil {
 			var pe *ProxyError
 			if !errors.As(err, &pe) {
@@ -665,7 +903,13 @@ func FuzzParseProxy(f *testing.F) {
 			if n != 0 || h != (ProxyHeader{}) {
 				t.Fatalf("error %v with n=%d, header %+v", err, n, h)
 			}
+			if rerr == nil {
+				t.Fatalf("parse refused (%v) what the exact reader accepts as %+v", err, rh)
+			}
 			return
+		}
+		if rerr != nil || rh != h || r.Len() != len(data)-n {
+			t.Fatalf("exact reader: %+v, %v, %d bytes left; parse: %+v, %d of %d bytes", rh, rerr, r.Len(), h, n, len(data))
 		}
 		if n < minHeaderLen || n > len(data) {
 			t.Fatalf("consumed %d of %d bytes", n, len(data))
@@ -673,12 +917,15 @@ func FuzzParseProxy(f *testing.F) {
 		if h.Version != 1 && h.Version != 2 {
 			t.Fatalf("version %d", h.Version)
 		}
+		// Local means no address at all; otherwise there is a source, and a
+		// destination, if kept, of the source's family.
 		if h.Local != (h.Source == netip.AddrPort{} && h.Dest == netip.AddrPort{}) {
 			t.Fatalf("Local=%v with addresses %v %v", h.Local, h.Source, h.Dest)
 		}
-		if !h.Local && (!h.Source.IsValid() || !h.Dest.IsValid() || h.Source.Addr().Is4() != h.Dest.Addr().Is4()) {
+		if !h.Local && (!h.Source.IsValid() || h.Dest.IsValid() && h.Source.Addr().Is4() != h.Dest.Addr().Is4()) {
 			t.Fatalf("bad addresses %v %v", h.Source, h.Dest)
 		}
+		handsOff(t, h)
 		if h2, n2, err := ParseProxyHeader(data[:n], ProxyOptions{}); err != nil || h2 != h || n2 != n {
 			t.Fatalf("header alone parses as %+v, %d, %v", h2, n2, err)
 		}
