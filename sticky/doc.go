@@ -45,7 +45,7 @@
 // zeros, TCP6 addresses in IPv6 text without zones, ports 0-65535 without
 // leading zeros or signs, CRLF and nothing else to end the line; v2 version
 // 2 only, commands LOCAL and PROXY only, defined family bytes only, TLVs
-// that fit the header exactly, and a CRC32C TLV, if present, that matches.
+// that fit the header exactly, and at most one CRC32C TLV, which must match.
 // Other TLVs are skipped. A v1 UNKNOWN line, a v2 LOCAL command, and v2
 // UNSPEC, UDP and AF_UNIX families are accepted as Local: the dispatcher
 // then uses the connection's own peer address. Addresses must also pass the

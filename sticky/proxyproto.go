@@ -91,7 +91,8 @@ type ProxyReason uint8
 const (
 	// ProxyMalformed: not a PROXY protocol header, or one that breaks the
 	// grammar (bad address or port, extra spaces, CR without LF, TLVs that
-	// overflow the header, a CRC32C TLV that does not match...), or whose
+	// overflow the header, a CRC32C TLV that does not match or a second
+	// one...), or whose
 	// source address cannot be handed off (see ProxyHeader.Source).
 	ProxyMalformed ProxyReason = iota + 1
 	// ProxyTooLong: a v1 line without CRLF in its first 107 bytes, or a v2
@@ -728,8 +729,11 @@ const tlvCRC32C = 0x03
 // checkTLVs walks the TLVs from off to the end of the header b and refuses
 // one that overflows the header, as haproxy does. TLVs are otherwise skipped,
 // except that a CRC32C TLV must match: the specification requires a
-// receiver that knows the type to check it.
+// receiver that knows the type to check it. A second CRC32C TLV is refused:
+// each is a pass over the whole header, and a header of crafted matching
+// ones (up to 9362 in 64 KiB) would buy thousands of passes for one sent.
 func checkTLVs(b []byte, off int) error {
+	sawCRC := false
 	for off < len(b) {
 		if len(b)-off < 3 {
 			return proxyErr(ProxyMalformed, "v2: %d stray bytes after the last TLV", len(b)-off)
@@ -741,6 +745,10 @@ func checkTLVs(b []byte, off int) error {
 			return proxyErr(ProxyMalformed, "v2: TLV 0x%02x overflows the header", typ)
 		}
 		if typ == tlvCRC32C {
+			if sawCRC {
+				return proxyErr(ProxyMalformed, "v2: more than one CRC32C TLV")
+			}
+			sawCRC = true
 			if end-start != 4 {
 				return proxyErr(ProxyMalformed, "v2: CRC32C TLV of %d bytes", end-start)
 			}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math/bits"
 	"net"
 	"net/netip"
 	"os"
@@ -457,6 +458,80 @@ func TestDispatchProxyUnusableAddresses(t *testing.T) {
 	if s := d.Stats(); s.Dropped != 0 || s.HandedOff != 1 || s.ProxyErrors != 3 {
 		t.Errorf("stats %+v, want 1 handed off, 3 PROXY errors, none dropped", s)
 	}
+}
+
+// twoValidCRCs returns a v2 header with two CRC32C TLVs that both match.
+// Each checksum covers the other's field, so the values come from a small
+// linear system: CRC32C is affine in the message bits (for a fixed length),
+// so with c the sum of the header with both fields zero, L1(b) what field b
+// adds to the first checksum and L2(a) what field a adds to the second,
+// a = c ^ L1(b) and b = c ^ L2(a), that is (I ^ L1∘L2) a = c ^ L1(c), solved
+// over GF(2) by elimination.
+func twoValidCRCs(t *testing.T) []byte {
+	tab := crc32.MakeTable(crc32.Castagnoli)
+	for sport := uint16(1); sport < 100; sport++ {
+		h := v2hdr(0x21, 0x11, inet4("10.1.2.3", "10.9.9.9", sport, 443),
+			tlv(tlvCRC32C, make([]byte, 4)), tlv(tlvCRC32C, make([]byte, 4)))
+		offA, offB := len(h)-11, len(h)-4
+		sum := func(a, b uint32) uint32 {
+			binary.BigEndian.PutUint32(h[offA:], a)
+			binary.BigEndian.PutUint32(h[offB:], b)
+			return crc32.Checksum(h, tab)
+		}
+		c := sum(0, 0)
+		l1 := func(b uint32) uint32 { return sum(0, b) ^ c }
+		l2 := func(a uint32) uint32 { return sum(a, 0) ^ c }
+		// Columns of I ^ L1∘L2, reduced into a basis keyed by top bit;
+		// combo records which unknown bits make up each basis vector.
+		type vec struct{ v, combo uint32 }
+		var basis [32]vec
+		for i := range 32 {
+			x := vec{v: 1<<i ^ l1(l2(1<<i)), combo: 1 << i}
+			for x.v != 0 {
+				p := 31 - bits.LeadingZeros32(x.v)
+				if basis[p].v == 0 {
+					basis[p] = x
+					break
+				}
+				x.v ^= basis[p].v
+				x.combo ^= basis[p].combo
+			}
+		}
+		r, a := c^l1(c), uint32(0)
+		for p := 31; p >= 0; p-- {
+			if r>>p&1 == 1 && basis[p].v != 0 {
+				r ^= basis[p].v
+				a ^= basis[p].combo
+			}
+		}
+		if r != 0 {
+			continue // singular for this header: try another port
+		}
+		b := c ^ l2(a)
+		sum(a, b)
+		if sum(0, b) != a || sum(a, 0) != b {
+			t.Fatal("solver is wrong")
+		}
+		binary.BigEndian.PutUint32(h[offA:], a)
+		binary.BigEndian.PutUint32(h[offB:], b)
+		return h
+	}
+	t.Fatal("no solvable header")
+	return nil
+}
+
+// TestParseProxyHeaderOneCRC32C: a second CRC32C TLV is refused even when
+// both match. Each is a pass over the whole header, so a header of many
+// crafted matching checksums (up to 9362 in 64 KiB) would cost the
+// receiver thousands of passes for one header sent.
+func TestParseProxyHeaderOneCRC32C(t *testing.T) {
+	h := twoValidCRCs(t)
+	_, _, err := ParseProxyHeader(h, ProxyOptions{})
+	if reasonOf(err) != ProxyMalformed || !strings.Contains(err.Error(), "more than one CRC32C") {
+		t.Fatalf("two matching CRC32C TLVs: %v, want malformed", err)
+	}
+	// A single matching CRC32C TLV stays accepted: "v2 TCP4 with CRC32C"
+	// in goodCases.
 }
 
 func TestCRC32CMatchesKnownVector(t *testing.T) {
