@@ -92,8 +92,8 @@ const (
 	// ProxyMalformed: not a PROXY protocol header, or one that breaks the
 	// grammar (bad address or port, extra spaces, CR without LF, TLVs that
 	// overflow the header, a CRC32C TLV that does not match or a second
-	// one...), or whose
-	// source address cannot be handed off (see ProxyHeader.Source).
+	// one...), or whose source address cannot be handed off (see
+	// ProxyHeader.Source).
 	ProxyMalformed ProxyReason = iota + 1
 	// ProxyTooLong: a v1 line without CRLF in its first 107 bytes, or a v2
 	// length above ProxyOptions.MaxV2Length.
