@@ -194,9 +194,10 @@ func checkName[S string | []byte](name S) error {
 	return nil
 }
 
-// CheckAddrPort reports whether ap can travel in a header as Source or
-// Destination: nil for the zero AddrPort (absent), else an error unless ap
-// is an address a connected TCP endpoint can have. It refuses:
+// CheckAddrPort reports whether ap may travel in a header as Source or
+// Destination: nil for the zero AddrPort (absent) and for an address and
+// port that the format carries and a worker can use as an endpoint. It
+// refuses:
 //
 //   - a port without an address (an invalid Addr with a port);
 //   - an address with a zone, which the format cannot carry;
