@@ -89,9 +89,11 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		return fmt.Errorf("read configuration: %w", err)
 	}
 	abs, _ := filepath.Abs(src)
-	if _, err := config.Parse(abs, data); err != nil {
+	given, err := config.Parse(abs, data)
+	if err != nil {
 		return err
 	}
+	printWarnings(e, given)
 	data, err = config.AbsoluteExec(abs, data)
 	if err != nil {
 		return err
@@ -190,6 +192,8 @@ func affectedGroups(old, c *config.Config, written []string, unitDir string) []s
 		switch {
 		case name == generator.SupervisorPrefix+".service", name == generator.PrepareService:
 			all = true
+		case strings.HasPrefix(name, generator.ProxyPrefix): // before "powerhouse-": "proxy" is no group
+			set[strings.SplitN(strings.TrimPrefix(name, generator.ProxyPrefix), ".", 2)[0]] = true
 		case strings.HasPrefix(name, "powerhouse-"):
 			set[strings.SplitN(strings.TrimPrefix(name, "powerhouse-"), "@", 2)[0]] = true
 		case strings.HasPrefix(name, generator.SupervisorPrefix):
@@ -222,9 +226,25 @@ func applyGroup(e *env, m *units.Manager, old, c *config.Config, g string, writt
 			workerChanged = true
 		}
 	}
-	if sock := filepath.Join(unitDir, generator.PublicSocket(g)); contains(written, sock) {
-		if err := m.Restart(e.ctx, generator.PublicSocket(g)); err != nil {
-			return err
+	// Sockets a listener moved out of (a PROXY listener now has a unit of
+	// its own) are rebound first, in GroupSockets' order, so that the
+	// address is free when the next unit binds it; a socket unit the
+	// group no longer has is stopped.
+	socks := generator.GroupSockets(w)
+	if old != nil {
+		if prev := old.Worker(g); prev != nil {
+			for _, s := range generator.GroupSockets(prev) {
+				if !contains(socks, s) {
+					m.Stop(e.ctx, s)
+				}
+			}
+		}
+	}
+	for _, s := range socks {
+		if contains(written, filepath.Join(unitDir, s)) {
+			if err := m.Restart(e.ctx, s); err != nil {
+				return err
+			}
 		}
 	}
 	if err := m.Restart(e.ctx, generator.SupervisorService(g)); err != nil {
@@ -257,6 +277,7 @@ func stopGroup(e *env, m *units.Manager, g string) {
 		m.Stop(e.ctx, st.Name)
 	}
 	m.Stop(e.ctx, generator.PublicSocket(g))
+	m.Stop(e.ctx, generator.ProxySocket(g))
 }
 
 func init() {
