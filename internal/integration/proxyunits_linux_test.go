@@ -211,3 +211,57 @@ func sortedWords(s string) string {
 	sort.Strings(w)
 	return strings.Join(w, " ")
 }
+
+// TestIntegrationProxyListenerInstall: install --now on a running house
+// applies a PROXY listener added to a group (its address moves out of the
+// group's direct socket unit into the new PROXY unit, which starts, and the
+// supervisor gets both) and removed again (the PROXY unit is stopped and
+// its file removed, the address freed).
+func TestIntegrationProxyListenerInstall(t *testing.T) {
+	h := bootHouse(t, sdbox.Options{})
+	src := h.box.Path("/run/src/house.toml")
+	if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	direct := fmt.Sprintf("[[worker]]\nname = \"web\"\nexec = %q\namount = 2\nsticky = true\nlisten = [\"127.0.0.1:9999\", \"127.0.0.1:9997\"]\n", filepath.Join(bin, "hello"))
+	proxied := strings.Replace(direct, `"127.0.0.1:9997"]`, `{ address = "127.0.0.1:9997", proxy_protocol = true, proxy_from = ["127.0.0.1"] }]`, 1)
+	install := func(cfg string) {
+		t.Helper()
+		if err := os.WriteFile(src, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := h.powerhouse("install", "--now", "/run/src/house.toml"); err != nil {
+			t.Fatalf("install --now: %v\n%s\n%s", err, out, h.journal())
+		}
+	}
+	proxyUnit := generator.ProxySocket("web")
+
+	install(direct)
+	if got := h.show(proxyUnit, "LoadState"); got != "not-found" {
+		t.Errorf("%s LoadState=%s before any PROXY listener", proxyUnit, got)
+	}
+
+	install(proxied)
+	if got := h.show(proxyUnit, "ActiveState"); got != "active" {
+		t.Fatalf("%s %s after install --now added a PROXY listener\n%s", proxyUnit, got, h.journal())
+	}
+	src4 := netip.MustParseAddrPort("198.51.100.4:4000")
+	if got := proxyGet(t, []byte(fmt.Sprintf("PROXY TCP4 %s 127.0.0.1 %d 9997\r\n", src4.Addr(), src4.Port()))); !strings.Contains(got, "remote="+src4.String()) {
+		t.Errorf("PROXY listener after install: worker answered %q", got)
+	}
+	if r, err := get(client("127.0.0.2"), webURL); err != nil || !strings.HasPrefix(r.Remote, "127.0.0.2:") {
+		t.Errorf("direct listener after install: %v %+v", err, r)
+	}
+
+	install(direct)
+	if got := h.show(proxyUnit, "ActiveState"); got != "inactive" {
+		t.Errorf("%s %s after its listener was removed", proxyUnit, got)
+	}
+	if _, err := os.Stat(h.box.Path("/etc/systemd/system/" + proxyUnit)); !os.IsNotExist(err) {
+		t.Errorf("%s still installed: %v", proxyUnit, err)
+	}
+	// 9997 is a direct listener again: a plain HTTP client is served there.
+	if r, err := get(client("127.0.0.3"), "http://"+proxyAddr+"/"); err != nil || !strings.HasPrefix(r.Remote, "127.0.0.3:") {
+		t.Errorf("127.0.0.1:9997 as a direct listener again: %v %+v", err, r)
+	}
+}

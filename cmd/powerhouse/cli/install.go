@@ -226,23 +226,41 @@ func applyGroup(e *env, m *units.Manager, old, c *config.Config, g string, writt
 			workerChanged = true
 		}
 	}
-	// Sockets a listener moved out of (a PROXY listener now has a unit of
-	// its own) are rebound first, in GroupSockets' order, so that the
-	// address is free when the next unit binds it; a socket unit the
-	// group no longer has is stopped.
+	// Socket units whose listeners changed are rebound: these and the ones
+	// the group no longer has are all stopped, so that an address moving
+	// from one unit to another (a listener that became a PROXY one) is
+	// free, then the changed ones are started. systemd refuses to start a
+	// socket unit while its service runs ("already active, refusing"), so
+	// the supervisor stops meanwhile and the restart below starts it
+	// again. Sticky workers keep running; a shared group's workers, which
+	// require the sockets, stop with them and the supervisor starts them.
+	// Connections to the rebound addresses are refused for that moment.
 	socks := generator.GroupSockets(w)
+	var gone []string
 	if old != nil {
 		if prev := old.Worker(g); prev != nil {
 			for _, s := range generator.GroupSockets(prev) {
 				if !contains(socks, s) {
-					m.Stop(e.ctx, s)
+					gone = append(gone, s)
 				}
 			}
 		}
 	}
+	var start []string
 	for _, s := range socks {
 		if contains(written, filepath.Join(unitDir, s)) {
-			if err := m.Restart(e.ctx, s); err != nil {
+			start = append(start, s)
+		}
+	}
+	if len(gone)+len(start) > 0 {
+		if err := m.Stop(e.ctx, generator.SupervisorService(g)); err != nil {
+			return err
+		}
+		for _, s := range append(gone, start...) {
+			m.Stop(e.ctx, s) // a unit never started cannot be stopped: fine
+		}
+		for _, s := range start {
+			if err := m.Start(e.ctx, s); err != nil {
 				return err
 			}
 		}
