@@ -53,6 +53,10 @@ type Config struct {
 	// Prepare is nil when the file has no [prepare] table.
 	Prepare *Prepare
 	Workers []Worker
+	// Warnings are settings the file asks for that generation had to work
+	// around (file:line: key: what and why), in file order. generate,
+	// verify and install print them.
+	Warnings []*Error
 }
 
 // Prepare is the house's hook that runs once before any worker starts.
@@ -94,6 +98,18 @@ type Listener struct {
 	// ProxyProtocol says that clients send a PROXY protocol v1 or v2
 	// header first, whose source address is the client's.
 	ProxyProtocol bool
+	// ProxyFrom lists the peers trusted to send that header (proxy_from):
+	// a single address is a /32 or /128 prefix, IPv4-mapped IPv6 ones are
+	// written as IPv4. It is never empty on a TCP listener with
+	// ProxyProtocol, and always empty otherwise.
+	ProxyFrom []netip.Prefix
+	// SocketUser, SocketGroup and SocketMode own a unix listener's socket
+	// file (SocketUser=, SocketGroup=, SocketMode=): who may connect. ""
+	// means systemd's default (root, and mode 0666). SocketMode is octal
+	// ("0660"); it is required on a unix listener with ProxyProtocol.
+	SocketUser  string
+	SocketGroup string
+	SocketMode  string
 }
 
 // Port returns the TCP port of l, or 0 for a unix socket.
@@ -194,13 +210,21 @@ func Parse(file string, data []byte) (*Config, error) {
 		sort.SliceStable(p.errs, func(i, j int) bool { return p.errs[i].Line < p.errs[j].Line })
 		return nil, p.errs
 	}
+	c.Warnings = p.warns
 	return c, nil
 }
 
 type parser struct {
-	file string
-	loc  *locator
-	errs ErrorList
+	file  string
+	loc   *locator
+	errs  ErrorList
+	warns []*Error
+}
+
+// warnf records something the file asks for that generation works
+// around, with the key at path p.
+func (p *parser) warnf(at, format string, args ...any) {
+	p.warns = append(p.warns, &Error{File: p.file, Line: p.loc.line(at), Key: displayKey(at), Msg: fmt.Sprintf(format, args...)})
 }
 
 // errf records a problem with the key at path p ("worker[0].amount").
@@ -217,7 +241,7 @@ var (
 	topKeys     = []string{"title", "amount", "verbose", "prepare", "worker"}
 	prepareKeys = []string{"exec"}
 	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "service", "config"}
-	listenKeys  = []string{"address", "proxy_protocol", "name"}
+	listenKeys  = []string{"address", "proxy_protocol", "proxy_from", "name", "socket_user", "socket_group", "socket_mode"}
 	// NameRE is what a group name may be: it becomes part of unit names
 	// (powerhouse@NAME.service, powerhouse-NAME@.service) and of paths
 	// (/run/powerhouse/NAME/), so it is limited to characters that need no
@@ -226,7 +250,7 @@ var (
 )
 
 // reserved group names: they would collide with the house's own units.
-var reserved = map[string]bool{"prepare": true}
+var reserved = map[string]bool{"prepare": true, "proxy": true}
 
 func (p *parser) unknown(prefix string, m map[string]any, allowed []string) {
 	keys := make([]string, 0, len(m))
@@ -355,7 +379,7 @@ func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
 			p.errf(at+".name", "%q is not a valid group name: use lower-case letters, digits, '-' and '_', starting with a letter (it becomes part of unit names and paths)", w.Name)
 			w.Name = ""
 		case reserved[w.Name]:
-			p.errf(at+".name", "%q is reserved (powerhouse-%s.service is the house's own unit)", w.Name, w.Name)
+			p.errf(at+".name", "%q is reserved (powerhouse-%s* names the house's own units)", w.Name, w.Name)
 			w.Name = ""
 		}
 	} else {
@@ -401,11 +425,7 @@ func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
 	if v, ok := m["service"]; ok {
 		w.Service = p.service(at+".service", v)
 	}
-	// A worker installed under /tmp (a checkout there, say) cannot start
-	// with a private /tmp: unless the file asks for it, it gets none.
-	if len(w.Exec) > 0 && !w.Service.privateTmpSet && (UnderTmp(w.Exec[0]) || UnderTmp(w.Service.WorkingDirectory)) {
-		w.Service.PrivateTmp = false
-	}
+	p.privateTmp(at, &w)
 	if v, ok := m["config"]; ok {
 		if t, ok := v.(map[string]any); ok {
 			w.Config = p.jsonable(at+".config", t).(map[string]any)
@@ -426,6 +446,70 @@ func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
 	return w
 }
 
+// privateTmp keeps a worker that uses files under /tmp or /var/tmp from
+// starting with PrivateTmp=, which replaces both with empty directories:
+// systemd would fail to find the program, or the program its files.
+//
+//   - The program or working directory there: with private_tmp = true
+//     written in the file the worker could never start, so that is an
+//     error; otherwise PrivateTmp= is turned off, with a warning.
+//   - A path there in any other word of exec (an argument, or inside an
+//     sh -c script): PrivateTmp= is turned off with a warning, unless the
+//     file says private_tmp = true (the path is then meant to be in the
+//     worker's own /tmp, a pid file say).
+func (p *parser) privateTmp(at string, w *Worker) {
+	if len(w.Exec) == 0 || (w.Service.privateTmpSet && !w.Service.PrivateTmp) {
+		return
+	}
+	var where, path string
+	switch {
+	case UnderTmp(w.Exec[0]):
+		where, path = "exec", w.Exec[0]
+	case UnderTmp(w.Service.WorkingDirectory):
+		where, path = "service.working_directory", w.Service.WorkingDirectory
+	}
+	if path != "" {
+		if w.Service.privateTmpSet {
+			p.errf(at+".service.private_tmp", "the worker could not start: %s %s lies under %s, which private_tmp = true hides from it; remove private_tmp or move it out of %[3]s", where, path, tmpRoot(path))
+			return
+		}
+		w.Service.PrivateTmp = false
+		p.warnf(at+"."+where, "%s lies under %s, which a private /tmp would hide: group %s runs with PrivateTmp=no", path, tmpRoot(path), w.Name)
+		return
+	}
+	if w.Service.privateTmpSet {
+		return
+	}
+	for _, word := range w.Exec[1:] {
+		if path := tmpPathIn(word); path != "" {
+			w.Service.PrivateTmp = false
+			p.warnf(at+".exec", "refers to %s under %s, which a private /tmp would hide: group %s runs with PrivateTmp=no (write private_tmp = true in [worker.service] if the path is meant to be in the worker's own /tmp)", path, tmpRoot(path), w.Name)
+			return
+		}
+	}
+}
+
+// tmpWordRE finds an absolute path under /tmp or /var/tmp inside a word:
+// an argument, "--opt=/tmp/x", or a path in an sh -c script.
+var tmpWordRE = regexp.MustCompile(`(?:^|[^A-Za-z0-9_.~/-])((?:/var)?/tmp/[^\s'"\x60;&|<>()$]*)`)
+
+// tmpPathIn returns the first path under /tmp/ or /var/tmp/ written in
+// word, or "".
+func tmpPathIn(word string) string {
+	m := tmpWordRE.FindStringSubmatch(word)
+	if m == nil {
+		return ""
+	}
+	return m[1]
+}
+
+func tmpRoot(path string) string {
+	if strings.HasPrefix(path, "/var/tmp/") {
+		return "/var/tmp"
+	}
+	return "/tmp"
+}
+
 func (p *parser) listeners(at string, v any) []Listener {
 	var items []any
 	switch t := v.(type) {
@@ -443,43 +527,207 @@ func (p *parser) listeners(at string, v any) []Listener {
 	}
 	var out []Listener
 	names := map[string]bool{}
-	for _, it := range items {
+	for i, it := range items {
 		var l Listener
 		var ok bool
+		// Each listener has its own path, so that a problem in one written
+		// on a line of its own is reported there.
+		el := at + "[" + strconv.Itoa(i) + "]"
 		if m, isTable := it.(map[string]any); isTable {
-			p.unknown(at, m, listenKeys)
-			a, has := m["address"]
-			if !has {
-				p.errf(at, "a listener table needs an address key")
+			if l, ok = p.listenerTable(el, m); !ok {
 				continue
 			}
-			if l, ok = p.address(at, a); !ok {
-				continue
-			}
-			if pp, has := m["proxy_protocol"]; has {
-				l.ProxyProtocol = p.boolean(at+".proxy_protocol", pp)
-			}
-			if n, has := m["name"]; has {
-				l.Name = p.text(at+".name", n)
-			}
-		} else if l, ok = p.address(at, it); !ok {
+		} else if l, ok = p.address(el, it); !ok {
 			continue
 		}
 		if l.Name == "" {
 			l.Name = l.Address
 		}
 		if len(l.Name) > 255 {
-			p.errf(at+".name", "listener name longer than 255 bytes")
+			p.errf(el+".name", "listener name longer than 255 bytes")
 			continue
 		}
 		if names[l.Name] {
-			p.errf(at, "listener %q appears twice", l.Name)
+			p.errf(el, "listener %q appears twice", l.Name)
 			continue
 		}
 		names[l.Name] = true
 		out = append(out, l)
 	}
+	p.sameOwnership(at, out)
 	return out
+}
+
+// Bounds of the PROXY trust list.
+const maxProxyFrom = 256
+
+// listenerTable reads a listener written as a table: an address and the
+// keys that only a table can carry.
+func (p *parser) listenerTable(at string, m map[string]any) (Listener, bool) {
+	p.unknown(at, m, listenKeys)
+	a, has := m["address"]
+	if !has {
+		p.errf(at, "a listener table needs an address key")
+		return Listener{}, false
+	}
+	l, ok := p.address(at, a)
+	if !ok {
+		return Listener{}, false
+	}
+	if pp, has := m["proxy_protocol"]; has {
+		l.ProxyProtocol = p.boolean(at+".proxy_protocol", pp)
+	}
+	if n, has := m["name"]; has {
+		l.Name = p.text(at+".name", n)
+	}
+	_, hasFrom := m["proxy_from"]
+	switch {
+	case hasFrom && l.Network == "unix":
+		p.errf(at+".proxy_from", "a unix socket has no peer address to check: say who may connect with socket_user, socket_group and socket_mode instead")
+	case hasFrom && !l.ProxyProtocol:
+		p.errf(at+".proxy_from", "only means something with proxy_protocol = true: add it, or remove proxy_from")
+	case hasFrom:
+		l.ProxyFrom = p.proxyFrom(at+".proxy_from", m["proxy_from"])
+	case l.ProxyProtocol && l.Network == "tcp":
+		// Configurations written before proxy_from existed land here:
+		// any client could choose its source address (and instance).
+		p.errf(at+".proxy_from", "required with proxy_protocol = true (listener %q): list the addresses of your load balancers, e.g. proxy_from = [\"10.0.0.5\"]; only they may then send a PROXY header", l.Address)
+	}
+	for _, k := range []struct {
+		key string
+		to  *string
+		re  *regexp.Regexp
+		use string
+	}{
+		{"socket_user", &l.SocketUser, userRE, "a user name or number"},
+		{"socket_group", &l.SocketGroup, userRE, "a group name or number"},
+		{"socket_mode", &l.SocketMode, socketModeRE, `an octal file mode such as "0660"`},
+	} {
+		v, has := m[k.key]
+		if !has {
+			continue
+		}
+		if l.Network != "unix" {
+			p.errf(at+"."+k.key, "only applies to a unix socket listener: a TCP listener has no socket file")
+			continue
+		}
+		s := p.text(at+"."+k.key, v)
+		if s != "" && !k.re.MatchString(s) {
+			p.errf(at+"."+k.key, "%q is not %s", s, k.use)
+			continue
+		}
+		*k.to = s
+	}
+	if l.SocketMode != "" && len(l.SocketMode) == 3 {
+		l.SocketMode = "0" + l.SocketMode
+	}
+	if l.ProxyProtocol && l.Network == "unix" && l.SocketMode == "" {
+		p.errf(at+".socket_mode", "required with proxy_protocol = true (unix socket %q, which anyone may connect to by default and send a PROXY header): say who may, e.g. socket_group = \"haproxy\", socket_mode = \"0660\"", l.Address)
+	}
+	return l, true
+}
+
+// socketModeRE is a file mode for a socket: permission bits only, octal.
+var socketModeRE = regexp.MustCompile(`^0?[0-7]{3}$`)
+
+// proxyFrom reads the peers trusted to send PROXY headers: IP addresses
+// and CIDR prefixes, IPv4 or IPv6.
+func (p *parser) proxyFrom(at string, v any) []netip.Prefix {
+	list, ok := v.([]any)
+	if !ok {
+		p.errf(at, "must be an array of addresses or CIDR prefixes, e.g. [\"10.0.0.5\", \"192.0.2.0/24\"], not %s", typeName(v))
+		return nil
+	}
+	if len(list) == 0 {
+		p.errf(at, "is empty: list the addresses of your load balancers, e.g. proxy_from = [\"10.0.0.5\"]")
+		return nil
+	}
+	if len(list) > maxProxyFrom {
+		p.errf(at, "has %d entries, more than %d: use CIDR prefixes", len(list), maxProxyFrom)
+		return nil
+	}
+	var out []netip.Prefix
+	seen := map[netip.Prefix]bool{}
+	for _, x := range list {
+		s, isStr := x.(string)
+		if !isStr {
+			p.errf(at, "entries must be strings, not %s", typeName(x))
+			return nil
+		}
+		pf, err := ParseTrusted(s)
+		if err != nil {
+			p.errf(at, "%v", err)
+			continue
+		}
+		if !seen[pf] {
+			seen[pf] = true
+			out = append(out, pf)
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// ParseTrusted parses one proxy_from entry: an address ("192.0.2.7",
+// "2001:db8::7") or a CIDR prefix ("10.0.0.0/8"). Host bits must be zero,
+// zones are refused, IPv4-mapped IPv6 is turned into IPv4 (a dual-stack
+// socket reports IPv4 peers mapped, the kernel's filters see IPv4), and a
+// prefix that takes every address is refused: it would trust anyone.
+func ParseTrusted(s string) (netip.Prefix, error) {
+	if bad := badText(s); bad != "" {
+		return netip.Prefix{}, fmt.Errorf("%q %s", s, bad)
+	}
+	var pf netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		if pf, err = netip.ParsePrefix(s); err != nil {
+			return netip.Prefix{}, fmt.Errorf("%q is not an address or a CIDR prefix such as \"10.0.0.0/8\"", s)
+		}
+		if pf.Masked() != pf {
+			return netip.Prefix{}, fmt.Errorf("%q has bits set after the prefix: write %s for the network, or %s alone for the address", s, pf.Masked(), pf.Addr())
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("%q is not an IP address or a CIDR prefix such as \"10.0.0.0/8\" (no host names or zones)", s)
+		}
+		pf = netip.PrefixFrom(a, a.BitLen())
+	}
+	if a := pf.Addr(); a.Is4In6() && pf.Bits() >= 96 {
+		pf = netip.PrefixFrom(a.Unmap(), pf.Bits()-96)
+	}
+	if pf.Bits() == 0 {
+		return netip.Prefix{}, fmt.Errorf("%q trusts every address, which is what proxy_from exists to prevent: list your load balancers", s)
+	}
+	return pf, nil
+}
+
+// sameOwnership checks that the unix listeners that share a socket unit
+// (the direct ones, and the PROXY ones) ask for the same owner and mode:
+// systemd sets SocketUser=, SocketGroup= and SocketMode= per unit.
+func (p *parser) sameOwnership(at string, ls []Listener) {
+	first := map[bool]*Listener{}
+	for i := range ls {
+		l := &ls[i]
+		if l.Network != "unix" {
+			continue
+		}
+		f := first[l.ProxyProtocol]
+		if f == nil {
+			first[l.ProxyProtocol] = l
+			continue
+		}
+		if f.SocketUser != l.SocketUser || f.SocketGroup != l.SocketGroup || f.SocketMode != l.SocketMode {
+			kind := "without"
+			if l.ProxyProtocol {
+				kind = "with"
+			}
+			p.errf(at, "unix listeners %s and %s (both %s proxy_protocol) share a socket unit and must have the same socket_user, socket_group and socket_mode", f.Address, l.Address, kind)
+			return
+		}
+	}
 }
 
 // address parses one listen address: a port (9999 or "9999"), ":port",

@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"net/netip"
 	"path/filepath"
 	"reflect"
 	"runtime"
@@ -21,7 +22,7 @@ title = "HTTP server"
 exec = "/usr/local/bin/myapp serve --flag 'two words'"
 amount = 4
 sticky = true
-listen = ["0.0.0.0:9999", "[::]:9999", { address = 9000, proxy_protocol = true, name = "lb" }, "/run/app.sock"]
+listen = ["0.0.0.0:9999", "[::]:9999", { address = 9000, proxy_protocol = true, proxy_from = ["10.0.0.0/8", "192.0.2.7", "2001:db8::/32", "::ffff:198.51.100.9"], name = "lb" }, "/run/app.sock"]
 [worker.config]
 port = 9999
 nested = { a = [1, 2] }
@@ -48,7 +49,10 @@ func TestParseGood(t *testing.T) {
 			Listen: []Listener{
 				{Name: "0.0.0.0:9999", Network: "tcp", Address: "0.0.0.0:9999"},
 				{Name: "[::]:9999", Network: "tcp", Address: "[::]:9999"},
-				{Name: "lb", Network: "tcp", Address: ":9000", ProxyProtocol: true},
+				{Name: "lb", Network: "tcp", Address: ":9000", ProxyProtocol: true, ProxyFrom: []netip.Prefix{
+					netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"),
+					netip.MustParsePrefix("2001:db8::/32"), netip.MustParsePrefix("198.51.100.9/32"),
+				}},
 				{Name: "/run/app.sock", Network: "unix", Address: "/run/app.sock"},
 			},
 			Config: map[string]any{"port": int64(9999), "nested": map[string]any{"a": []any{int64(1), int64(2)}}},
@@ -138,6 +142,7 @@ func TestBad(t *testing.T) {
 		{"name with at", "[[worker]]\nname = \"a@b\"\nexec = \"/w\"\n", 2, "worker.name", "not a valid group name"},
 		{"name too long", "[[worker]]\nname = \"" + strings.Repeat("a", 33) + "\"\nexec = \"/w\"\n", 2, "worker.name", "longer than"},
 		{"reserved name", "[[worker]]\nname = \"prepare\"\nexec = \"/w\"\n", 2, "worker.name", "reserved"},
+		{"reserved proxy", "[[worker]]\nname = \"proxy\"\nexec = \"/w\"\n", 2, "worker.name", "reserved (powerhouse-proxy* names the house's own units)"},
 		{"missing name", "[[worker]]\nexec = \"/w\"\n", 1, "worker", "missing key name"},
 		{"missing exec", "[[worker]]\nname = \"w\"\n", 1, "worker", "missing key exec"},
 		{"empty exec", "[[worker]]\nname = \"w\"\nexec = \"\"\n", 3, "worker.exec", "empty"},
@@ -251,23 +256,184 @@ func TestSplitCommand(t *testing.T) {
 	}
 }
 
+// TestPrivateTmpForProgramsInTmp checks that a worker whose command uses
+// a path under /tmp or /var/tmp never runs with a private /tmp that hides
+// it: PrivateTmp= is turned off with a warning naming the key, or, where
+// the file insists on private_tmp = true for the program itself, the
+// configuration is refused.
 func TestPrivateTmpForProgramsInTmp(t *testing.T) {
 	for _, tc := range []struct {
+		name string
 		src  string
 		want bool
+		warn string // the whole warning, "" for none
 	}{
-		{"exec = \"/usr/bin/app\"\n", true},
-		{"exec = \"/tmp/checkout/bin/app\"\n", false},
-		{"exec = \"/var/tmp/app\"\n", false},
-		{"exec = \"/tmp/checkout/bin/app\"\n[worker.service]\nprivate_tmp = true\n", true},
-		{"exec = \"/usr/bin/app\"\n[worker.service]\nworking_directory = \"/tmp/work\"\n", false},
+		{"program elsewhere", "exec = \"/usr/bin/app\"\n", true, ""},
+		{"program in tmp", "exec = \"/tmp/checkout/bin/app\"\n", false,
+			"/etc/p.toml:3: worker.exec: /tmp/checkout/bin/app lies under /tmp, which a private /tmp would hide: group w runs with PrivateTmp=no"},
+		{"program in var tmp", "exec = \"/var/tmp/app\"\n", false,
+			"/etc/p.toml:3: worker.exec: /var/tmp/app lies under /var/tmp, which a private /tmp would hide: group w runs with PrivateTmp=no"},
+		{"explicitly off", "exec = \"/tmp/checkout/bin/app\"\n[worker.service]\nprivate_tmp = false\n", false, ""},
+		{"working directory in tmp", "exec = \"/usr/bin/app\"\n[worker.service]\nworking_directory = \"/tmp/work\"\n", false,
+			"/etc/p.toml:5: worker.service.working_directory: /tmp/work lies under /tmp, which a private /tmp would hide: group w runs with PrivateTmp=no"},
+		{"script argument", "exec = \"/usr/bin/python3 /tmp/app/main.py\"\n", false,
+			"/etc/p.toml:3: worker.exec: refers to /tmp/app/main.py under /tmp, which a private /tmp would hide: group w runs with PrivateTmp=no (write private_tmp = true in [worker.service] if the path is meant to be in the worker's own /tmp)"},
+		{"inside sh -c", "exec = [\"/bin/sh\", \"-c\", \"cd /srv && exec /var/tmp/build/app --x\"]\n", false,
+			"/etc/p.toml:3: worker.exec: refers to /var/tmp/build/app under /var/tmp, which a private /tmp would hide: group w runs with PrivateTmp=no (write private_tmp = true in [worker.service] if the path is meant to be in the worker's own /tmp)"},
+		{"option value", "exec = \"/usr/bin/app --config=/tmp/app.toml\"\n", false,
+			"/etc/p.toml:3: worker.exec: refers to /tmp/app.toml under /tmp, which a private /tmp would hide: group w runs with PrivateTmp=no (write private_tmp = true in [worker.service] if the path is meant to be in the worker's own /tmp)"},
+		{"argument kept private on request", "exec = \"/usr/bin/app --pidfile /tmp/app.pid\"\n[worker.service]\nprivate_tmp = true\n", true, ""},
+		{"tmp itself is scratch space", "exec = \"/usr/bin/app --dir /tmp\"\n", true, ""},
+		{"look-alikes", "exec = \"/usr/bin/app /srv/tmp/x /tmpfoo/y ./tmp/z\"\n", true, ""},
 	} {
-		c, err := Parse("/etc/p.toml", []byte("[[worker]]\nname = \"w\"\n"+tc.src))
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse("/etc/p.toml", []byte("[[worker]]\nname = \"w\"\n"+tc.src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Workers[0].Service.PrivateTmp; got != tc.want {
+				t.Errorf("PrivateTmp = %v, want %v", got, tc.want)
+			}
+			var warns []string
+			for _, w := range c.Warnings {
+				warns = append(warns, w.Error())
+			}
+			if got := strings.Join(warns, "\n"); got != tc.warn {
+				t.Errorf("warnings:\n got %q\nwant %q", got, tc.warn)
+			}
+		})
+	}
+}
+
+// TestPrivateTmpProgramRefused: a program under /tmp with private_tmp =
+// true written in the file could never start ("started but not found").
+func TestPrivateTmpProgramRefused(t *testing.T) {
+	_, err := Parse("/etc/p.toml", []byte("[[worker]]\nname = \"w\"\nexec = \"/tmp/checkout/bin/app\"\n[worker.service]\nprivate_tmp = true\n"))
+	want := "/etc/p.toml:5: worker.service.private_tmp: the worker could not start: exec /tmp/checkout/bin/app lies under /tmp, which private_tmp = true hides from it; remove private_tmp or move it out of /tmp"
+	if err == nil || err.Error() != want {
+		t.Errorf("err:\n got %v\nwant %s", err, want)
+	}
+}
+
+// TestTimeoutZero: systemd reads a zero time span as "no timeout"; the
+// configuration says so, so that nothing takes it for zero seconds.
+func TestTimeoutZero(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"0", "infinity"}, {"0s", "infinity"}, {"00min", "infinity"}, {"0ms", "infinity"},
+		{"infinity", "infinity"}, {"30s", "30s"}, {"10", "10"}, {"100ms", "100ms"},
+	} {
+		c, err := Parse("/etc/p.toml", []byte("[[worker]]\nname = \"w\"\nexec = \"/w\"\n[worker.service]\ntimeout_stop = \""+tc.in+"\"\ntimeout_start = \""+tc.in+"\"\n"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := c.Workers[0].Service.PrivateTmp; got != tc.want {
-			t.Errorf("%q: PrivateTmp = %v, want %v", tc.src, got, tc.want)
+		if s := c.Workers[0].Service; s.TimeoutStop != tc.want || s.TimeoutStart != tc.want {
+			t.Errorf("timeout %q: stop %q start %q, want %q", tc.in, s.TimeoutStop, s.TimeoutStart, tc.want)
 		}
+	}
+}
+
+// TestListenerKeys checks the PROXY trust list and the unix socket
+// ownership keys, good and bad, with each whole message: file, line (the
+// listener's own, in a list written over several lines), key and what to do.
+func TestListenerKeys(t *testing.T) {
+	const head = "[[worker]]\nname = \"web\"\nexec = \"/w\"\nsticky = true\nlisten = [\n  \"127.0.0.1:80\",\n" // listeners from line 7
+	for _, tc := range []struct {
+		name     string
+		listener string // line 7
+		want     []Listener
+		err      string // the whole error, "" when accepted
+	}{
+		{"addresses and prefixes", `{ address = 9000, proxy_protocol = true, proxy_from = ["10.0.0.0/8", "192.0.2.7", "2001:db8::7", "::ffff:10.1.2.3", "::ffff:0:0/104", "10.0.0.0/8"] }`,
+			[]Listener{{Name: ":9000", Network: "tcp", Address: ":9000", ProxyProtocol: true, ProxyFrom: []netip.Prefix{
+				netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::7/128"),
+				netip.MustParsePrefix("10.1.2.3/32"), netip.MustParsePrefix("0.0.0.0/8"),
+			}}}, ""},
+		{"unix PROXY listener owned", `{ address = "/run/lb.sock", proxy_protocol = true, socket_user = "root", socket_group = "haproxy", socket_mode = "660" }`,
+			[]Listener{{Name: "/run/lb.sock", Network: "unix", Address: "/run/lb.sock", ProxyProtocol: true, SocketUser: "root", SocketGroup: "haproxy", SocketMode: "0660"}}, ""},
+		{"direct unix listener owned", `{ address = "/run/app.sock", socket_mode = "0600" }`,
+			[]Listener{{Name: "/run/app.sock", Network: "unix", Address: "/run/app.sock", SocketMode: "0600"}}, ""},
+		{"missing proxy_from (a configuration from before it existed)", `{ address = "10.0.0.1:9000", proxy_protocol = true, name = "lb" }`, nil,
+			`/etc/web.toml:7: worker.listen.proxy_from: required with proxy_protocol = true (listener "10.0.0.1:9000"): list the addresses of your load balancers, e.g. proxy_from = ["10.0.0.5"]; only they may then send a PROXY header`},
+		{"empty", `{ address = 9000, proxy_protocol = true, proxy_from = [] }`, nil,
+			`/etc/web.toml:7: worker.listen.proxy_from: is empty: list the addresses of your load balancers, e.g. proxy_from = ["10.0.0.5"]`},
+		{"not a list", `{ address = 9000, proxy_protocol = true, proxy_from = "10.0.0.5" }`, nil,
+			`/etc/web.toml:7: worker.listen.proxy_from: must be an array of addresses or CIDR prefixes, e.g. ["10.0.0.5", "192.0.2.0/24"], not a string`},
+		{"not strings", `{ address = 9000, proxy_protocol = true, proxy_from = [10] }`, nil,
+			`/etc/web.toml:7: worker.listen.proxy_from: entries must be strings, not an integer`},
+		{"host name", `{ address = 9000, proxy_protocol = true, proxy_from = ["lb.example.com"] }`, nil,
+			`/etc/web.toml:7: worker.listen.proxy_from: "lb.example.com" is not an IP address or a CIDR prefix such as "10.0.0.0/8" (no host names or zones)`},
+		{"zone", `{ address = 9000, proxy_protocol = true, proxy_from = ["fe80::1%eth0"] }`, nil,
+			`/etc/web.toml:7: worker.listen.proxy_from: "fe80::1%eth0" is not an IP address or a CIDR prefix such as "10.0.0.0/8" (no host names or zones)`},
+		{"bad prefix", `{ address = 9000, proxy_protocol = true, proxy_from = ["10.0.0.0/33"] }`, nil,
+			`/etc/web.toml:7: worker.listen.proxy_from: "10.0.0.0/33" is not an address or a CIDR prefix such as "10.0.0.0/8"`},
+		{"host bits", `{ address = 9000, proxy_protocol = true, proxy_from = ["10.0.0.5/8"] }`, nil,
+			`/etc/web.toml:7: worker.listen.proxy_from: "10.0.0.5/8" has bits set after the prefix: write 10.0.0.0/8 for the network, or 10.0.0.5 alone for the address`},
+		{"everyone", `{ address = 9000, proxy_protocol = true, proxy_from = ["::/0"] }`, nil,
+			`/etc/web.toml:7: worker.listen.proxy_from: "::/0" trusts every address, which is what proxy_from exists to prevent: list your load balancers`},
+		{"without proxy_protocol", `{ address = 9000, proxy_from = ["10.0.0.5"] }`, nil,
+			`/etc/web.toml:7: worker.listen.proxy_from: only means something with proxy_protocol = true: add it, or remove proxy_from`},
+		{"on a unix listener", `{ address = "/run/lb.sock", proxy_protocol = true, proxy_from = ["10.0.0.5"], socket_mode = "0660" }`, nil,
+			`/etc/web.toml:7: worker.listen.proxy_from: a unix socket has no peer address to check: say who may connect with socket_user, socket_group and socket_mode instead`},
+		{"unix PROXY listener open to all", `{ address = "/run/lb.sock", proxy_protocol = true }`, nil,
+			`/etc/web.toml:7: worker.listen.socket_mode: required with proxy_protocol = true (unix socket "/run/lb.sock", which anyone may connect to by default and send a PROXY header): say who may, e.g. socket_group = "haproxy", socket_mode = "0660"`},
+		{"socket mode on TCP", `{ address = 9000, socket_mode = "0660" }`, nil,
+			`/etc/web.toml:7: worker.listen.socket_mode: only applies to a unix socket listener: a TCP listener has no socket file`},
+		{"bad socket mode", `{ address = "/run/a.sock", socket_mode = "4777" }`, nil,
+			`/etc/web.toml:7: worker.listen.socket_mode: "4777" is not an octal file mode such as "0660"`},
+		{"bad socket user", `{ address = "/run/a.sock", socket_user = "Root" }`, nil,
+			`/etc/web.toml:7: worker.listen.socket_user: "Root" is not a user name or number`},
+		{"unix listeners of one unit disagree", `"/run/a.sock", { address = "/run/b.sock", socket_mode = "0600" }`, nil,
+			`/etc/web.toml:5: worker.listen: unix listeners /run/a.sock and /run/b.sock (both without proxy_protocol) share a socket unit and must have the same socket_user, socket_group and socket_mode`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := head + "  " + tc.listener + ",\n]\n"
+			c, err := Parse("/etc/web.toml", []byte(src))
+			if tc.err != "" {
+				if err == nil || err.Error() != tc.err {
+					t.Errorf("error:\n got %v\nwant %s", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.Workers[0].Listen[1:]; !reflect.DeepEqual(got, tc.want) {
+				t.Errorf("listeners:\n got %+v\nwant %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestListenerTables: listeners written as [[worker.listen]] tables are
+// read like inline ones, and a problem is reported on the table's line.
+func TestListenerTables(t *testing.T) {
+	src := `[[worker]]
+name = "a"
+exec = "/w"
+listen = [80]
+
+[[worker]]
+name = "web"
+exec = "/w"
+sticky = true
+
+[[worker.listen]]
+address = "127.0.0.1:9999"
+
+[[worker.listen]]
+address = "127.0.0.1:9997"
+proxy_protocol = true
+`
+	_, err := Parse("/etc/web.toml", []byte(src))
+	want := `/etc/web.toml:14: worker.listen.proxy_from: required with proxy_protocol = true (listener "127.0.0.1:9997"): list the addresses of your load balancers, e.g. proxy_from = ["10.0.0.5"]; only they may then send a PROXY header`
+	if err == nil || err.Error() != want {
+		t.Fatalf("error:\n got %v\nwant %s", err, want)
+	}
+	c, err := Parse("/etc/web.toml", []byte(src+"proxy_from = [\"127.0.0.1\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l := c.Workers[1].Listen; len(l) != 2 || !l[1].ProxyProtocol || l[1].ProxyFrom[0] != netip.MustParsePrefix("127.0.0.1/32") {
+		t.Errorf("listeners: %+v", l)
 	}
 }

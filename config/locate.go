@@ -23,7 +23,8 @@ func newLocator(src []byte) *locator {
 	table := ""                // current table path, with indices
 	inMulti := ""              // closing delimiter of a multi-line string
 	depth := 0                 // open brackets/braces of a multi-line value
-	for i, line := range strings.Split(string(src), "\n") {
+	lines := strings.Split(string(src), "\n")
+	for i, line := range lines {
 		n := i + 1
 		if inMulti != "" {
 			if strings.Contains(line, inMulti) {
@@ -40,6 +41,13 @@ func newLocator(src []byte) *locator {
 		case s == "" || s[0] == '#':
 		case strings.HasPrefix(s, "[["):
 			name := headerName(s[2:], "]]")
+			// An array of tables inside the latest entry of another:
+			// [[worker.listen]] is worker[N].listen[M].
+			if dot := strings.IndexByte(name, '.'); dot > 0 {
+				if c, ok := counts[name[:dot]]; ok {
+					name = name[:dot] + "[" + strconv.Itoa(c-1) + "]" + name[dot:]
+				}
+			}
 			idx := counts[name]
 			counts[name] = idx + 1
 			table = name + "[" + strconv.Itoa(idx) + "]"
@@ -64,6 +72,9 @@ func newLocator(src []byte) *locator {
 				full = table + "." + key
 			}
 			l.set(full, n)
+			if strings.HasPrefix(rest, "[") {
+				l.elements(full, lines[i:], len(line)-len(strings.TrimLeft(line, " \t"))+len(s)-len(rest), n)
+			}
 			if m := multiStart(rest); m != "" {
 				inMulti = m
 			} else {
@@ -75,6 +86,65 @@ func newLocator(src []byte) *locator {
 		}
 	}
 	return l
+}
+
+// elements records the line where each element of the array value of key
+// starts (key[0], key[1], ...), so that a problem with one listener of a
+// list written over several lines is reported on its own line. lines[0]
+// holds the value from column col; n is its line number.
+func (l *locator) elements(key string, lines []string, col, n int) {
+	depth, idx := 0, 0
+	inQuote := byte(0)
+	expect := false // the next value at depth 1 starts an element
+	for li, line := range lines {
+		start := 0
+		if li == 0 {
+			start = col
+		}
+		for i := start; i < len(line); i++ {
+			c := line[i]
+			switch {
+			case inQuote != 0:
+				if c == '\\' && inQuote == '"' {
+					i++
+				} else if c == inQuote {
+					inQuote = 0
+				}
+				continue
+			case c == ' ' || c == '\t' || c == '\r':
+				continue
+			case c == '#':
+				i = len(line)
+				continue
+			}
+			if depth == 1 && expect && c != ']' && c != ',' {
+				l.set(key+"["+strconv.Itoa(idx)+"]", n+li)
+				idx++
+				expect = false
+			}
+			switch c {
+			case '"', '\'':
+				inQuote = c
+			case '[', '{':
+				depth++
+				if depth == 1 {
+					expect = true
+				}
+			case ']', '}':
+				depth--
+				if depth == 0 {
+					return
+				}
+			case ',':
+				if depth == 1 {
+					expect = true
+				}
+			}
+		}
+		if inQuote != 0 {
+			return // a multi-line string: give up, lines fall back to key
+		}
+	}
 }
 
 func (l *locator) set(p string, n int) {

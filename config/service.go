@@ -16,7 +16,7 @@ type Service struct {
 	WorkingDirectory string            // WorkingDirectory=
 	MemoryMax        string            // MemoryMax=: bytes with K/M/G/T, a percentage, or "infinity"
 	CPUQuota         string            // CPUQuota=: a percentage ("150%")
-	TimeoutStop      string            // TimeoutStopSec=: "30s", "2min", "500ms", "infinity"
+	TimeoutStop      string            // TimeoutStopSec=: "30s", "2min", "500ms", "infinity" (also for a zero span, which systemd reads so)
 	TimeoutStart     string            // TimeoutStartSec=: how long a worker may take to become ready
 	TasksMax         int               // TasksMax=; 0: systemd's default
 	LimitNOFILE      int               // LimitNOFILE=; 0: systemd's default
@@ -95,6 +95,9 @@ func (p *parser) service(at string, v any) Service {
 	s.CPUQuota = str("cpu_quota", quotaRE, `a percentage such as "150%"`)
 	s.TimeoutStop = str("timeout_stop", timespanRE, `a time span such as "30s", "2min" or "infinity"`)
 	s.TimeoutStart = str("timeout_start", timespanRE, `a time span such as "30s", "2min" or "infinity"`)
+	// systemd reads a zero span as "no timeout": say so, so that nothing
+	// downstream (the workers' drain time) takes it for zero seconds.
+	s.TimeoutStop, s.TimeoutStart = zeroIsInfinity(s.TimeoutStop), zeroIsInfinity(s.TimeoutStart)
 	s.TasksMax = num("tasks_max", 1<<22)
 	s.LimitNOFILE = num("limit_nofile", 1<<20)
 	if v := str("protect_system", nil, ""); v != "" {
@@ -162,6 +165,16 @@ func (p *parser) service(at string, v any) Service {
 		}
 	}
 	return s
+}
+
+// zeroIsInfinity returns "infinity" for a validated time span of zero
+// ("0", "0s", "00min"), which is what systemd makes of it, and span
+// otherwise.
+func zeroIsInfinity(span string) string {
+	if span != "" && strings.Trim(span, "0usminh") == "" {
+		return "infinity"
+	}
+	return span
 }
 
 // EnvironmentList returns the environment as sorted KEY=VALUE strings.

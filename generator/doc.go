@@ -7,8 +7,11 @@
 // # Units
 //
 // powerhouse.target (the house), powerhouse@.service (one supervisor per
-// group), powerhouse@GROUP.socket (a group's public sockets),
-// powerhouse-GROUP@.service (the workers), powerhouse-GROUP@.socket (a
+// group), powerhouse@GROUP.socket (a group's direct listening sockets),
+// powerhouse-proxy@GROUP.socket (its PROXY protocol listeners, with an
+// IPAddressAllow= of their proxy_from and IPAddressDeny=any; Service= is
+// the group's supervisor; see GroupSockets), powerhouse-GROUP@.service
+// (the workers), powerhouse-GROUP@.socket (a
 // sticky group's per-instance hand-off sockets) and
 // powerhouse-prepare.service (the [prepare] hook).
 package generator

@@ -5,8 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"net/netip"
+	"net/url"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/coreos/go-systemd/v22/unit"
 
@@ -27,8 +32,37 @@ const (
 // SupervisorService returns the supervisor unit of group: powerhouse@web.service.
 func SupervisorService(group string) string { return SupervisorPrefix + group + ".service" }
 
-// PublicSocket returns the group's public socket unit: powerhouse@web.socket.
+// PublicSocket returns the socket unit of the group's direct listeners:
+// powerhouse@web.socket, which the supervisor template gets by name.
 func PublicSocket(group string) string { return SupervisorPrefix + group + ".socket" }
+
+// ProxyPrefix starts the names of the units of PROXY listeners.
+const ProxyPrefix = "powerhouse-proxy@"
+
+// ProxySocket returns the socket unit of the group's PROXY protocol
+// listeners: powerhouse-proxy@web.socket, a concrete unit (its address
+// filter is the group's own) whose Service= is the group's supervisor.
+// "proxy" is a reserved group name, so this never names a worker unit.
+func ProxySocket(group string) string { return ProxyPrefix + group + ".socket" }
+
+// GroupSockets returns the socket units that carry w's listeners, direct
+// first: none, one or both of PublicSocket and ProxySocket. Every place
+// that starts, stops or lists a group's sockets goes through it.
+func GroupSockets(w *config.Worker) []string {
+	var direct, proxied bool
+	for _, l := range w.Listen {
+		direct = direct || !l.ProxyProtocol
+		proxied = proxied || l.ProxyProtocol
+	}
+	var out []string
+	if direct {
+		out = append(out, PublicSocket(w.Name))
+	}
+	if proxied {
+		out = append(out, ProxySocket(w.Name))
+	}
+	return out
+}
 
 // WorkerTemplate returns the worker template unit: powerhouse-web@.service.
 func WorkerTemplate(group string) string { return "powerhouse-" + group + "@.service" }
@@ -106,8 +140,11 @@ func Generate(c *config.Config, o Options) ([]Unit, error) {
 	}
 	for i := range c.Workers {
 		w := &c.Workers[i]
-		if len(w.Listen) > 0 {
-			units = append(units, g.publicSocket(w))
+		if u, ok := g.socketUnit(w, false); ok {
+			units = append(units, u)
+		}
+		if u, ok := g.socketUnit(w, true); ok {
+			units = append(units, u)
 		}
 		units = append(units, g.worker(w))
 		if w.Sticky {
@@ -131,15 +168,14 @@ func (s *opts) add(section, name, value string) {
 func (g *gen) target() Unit {
 	var u opts
 	u.add("Unit", "Description", Specifiers(g.c.Title))
-	u.add("Unit", "Documentation", "file://"+PathEscape(g.o.ConfigPath))
+	u.add("Unit", "Documentation", DocumentationURL(g.o.ConfigPath))
 	var wants []string
 	if g.c.Prepare != nil {
 		wants = append(wants, PrepareService)
 	}
-	for _, w := range g.c.Workers {
-		if len(w.Listen) > 0 {
-			wants = append(wants, PublicSocket(w.Name))
-		}
+	for i := range g.c.Workers {
+		w := &g.c.Workers[i]
+		wants = append(wants, GroupSockets(w)...)
 		wants = append(wants, SupervisorService(w.Name))
 	}
 	u.add("Unit", "Wants", strings.Join(wants, " "))
@@ -147,6 +183,15 @@ func (g *gen) target() Unit {
 	u.add("Unit", "After", strings.Join(wants, " "))
 	u.add("Install", "WantedBy", g.wantedBy())
 	return Unit{Name: Target, Options: u}
+}
+
+// DocumentationURL returns the Documentation= value for the configuration
+// at path: a file:// URL whose path is percent-encoded (systemd splits the
+// value at spaces and refuses a URL with characters a URL may not hold, so
+// "/etc/my house.toml" must be written "file:///etc/my%20house.toml"), with
+// the "%" of the encoding doubled, since systemd resolves specifiers there.
+func DocumentationURL(path string) string {
+	return Specifiers((&url.URL{Scheme: "file", Path: path}).String())
 }
 
 // WantedBy is the target that pulls in the house at boot (or login).
@@ -162,7 +207,7 @@ func (g *gen) wantedBy() string { return g.o.WantedBy() }
 func (g *gen) supervisor() Unit {
 	var u opts
 	u.add("Unit", "Description", Specifiers(g.c.Title)+" supervisor of group %i")
-	u.add("Unit", "Documentation", "file://"+PathEscape(g.o.ConfigPath))
+	u.add("Unit", "Documentation", DocumentationURL(g.o.ConfigPath))
 	u.add("Unit", "PartOf", Target)
 	u.add("Service", "Type", "notify")
 	u.add("Service", "NotifyAccess", "main")
@@ -240,28 +285,80 @@ func (g *gen) prepare() Unit {
 	return Unit{Name: PrepareService, Options: u}
 }
 
-func (g *gen) publicSocket(w *config.Worker) Unit {
+// socketUnit returns the socket unit of w's direct listeners (proxied
+// false: PublicSocket) or of its PROXY protocol ones (ProxySocket), and
+// false when w has none of them.
+//
+// PROXY listeners have a unit of their own so that its address filter
+// (IPAddressAllow= the proxy_from ranges, IPAddressDeny=any), applied by
+// systemd to that unit's sockets alone, leaves the direct listeners open
+// to everyone. It is defence in depth: systemd skips it without a BPF
+// firewall, and the supervisor checks the peer itself. Its Service= is the
+// supervisor, which systemd then gives the sockets of both units (it
+// matches them by address, not by order or name).
+func (g *gen) socketUnit(w *config.Worker, proxied bool) (Unit, bool) {
+	var ls []config.Listener
+	for _, l := range w.Listen {
+		if l.ProxyProtocol == proxied {
+			ls = append(ls, l)
+		}
+	}
+	if len(ls) == 0 {
+		return Unit{}, false
+	}
 	var u opts
-	u.add("Unit", "Description", Specifiers(g.c.Title)+" public sockets of group "+w.Name)
+	if proxied {
+		u.add("Unit", "Description", Specifiers(g.c.Title)+" PROXY protocol sockets of group "+w.Name)
+	} else {
+		u.add("Unit", "Description", Specifiers(g.c.Title)+" public sockets of group "+w.Name)
+	}
 	u.add("Unit", "PartOf", Target)
 	v6only := false
-	for _, l := range w.Listen {
+	var unixL *config.Listener
+	var allow []string
+	seen := map[netip.Prefix]bool{}
+	for i, l := range ls {
 		switch {
 		case l.Network == "unix":
 			u.add("Socket", "ListenStream", PathEscape(l.Address))
+			unixL = &ls[i] // config makes them agree on ownership
 		case strings.HasPrefix(l.Address, ":"):
 			u.add("Socket", "ListenStream", l.Address[1:])
 		default:
 			u.add("Socket", "ListenStream", l.Address)
 			v6only = v6only || strings.HasPrefix(l.Address, "[")
 		}
+		for _, pf := range l.ProxyFrom {
+			if !seen[pf] {
+				seen[pf] = true
+				allow = append(allow, pf.String())
+			}
+		}
 	}
 	if v6only {
 		// "[::]:p" must not also take IPv4, or it collides with "0.0.0.0:p".
 		u.add("Socket", "BindIPv6Only", "ipv6-only")
 	}
-	u.add("Socket", "FileDescriptorName", "public")
-	return Unit{Name: PublicSocket(w.Name), Options: u}
+	if unixL != nil {
+		for _, d := range [][2]string{{"SocketUser", unixL.SocketUser}, {"SocketGroup", unixL.SocketGroup}, {"SocketMode", unixL.SocketMode}} {
+			if d[1] != "" {
+				u.add("Socket", d[0], d[1])
+			}
+		}
+	}
+	if !proxied {
+		u.add("Socket", "FileDescriptorName", "public")
+		return Unit{Name: PublicSocket(w.Name), Options: u}, true
+	}
+	u.add("Socket", "FileDescriptorName", "proxy")
+	u.add("Socket", "Service", SupervisorService(w.Name))
+	if len(allow) > 0 {
+		// Only the load balancers may connect, on every TCP listener of
+		// this unit (the union of their proxy_from lists).
+		u.add("Socket", "IPAddressAllow", strings.Join(allow, " "))
+		u.add("Socket", "IPAddressDeny", "any")
+	}
+	return Unit{Name: ProxySocket(w.Name), Options: u}, true
 }
 
 func (g *gen) worker(w *config.Worker) Unit {
@@ -277,8 +374,9 @@ func (g *gen) worker(w *config.Worker) Unit {
 		u.add("Unit", "Requires", "powerhouse-"+w.Name+"@%i.socket")
 		u.add("Unit", "After", "powerhouse-"+w.Name+"@%i.socket")
 	case w.Shares():
-		u.add("Unit", "Requires", PublicSocket(w.Name))
-		u.add("Unit", "After", PublicSocket(w.Name))
+		socks := strings.Join(GroupSockets(w), " ")
+		u.add("Unit", "Requires", socks)
+		u.add("Unit", "After", socks)
 	}
 	if w.Notify() {
 		u.add("Service", "Type", "notify")
@@ -311,7 +409,7 @@ func (g *gen) worker(w *config.Worker) Unit {
 	case w.Sticky:
 		u.add("Service", "Sockets", "powerhouse-"+w.Name+"@%i.socket")
 	case w.Shares():
-		u.add("Service", "Sockets", PublicSocket(w.Name))
+		u.add("Service", "Sockets", strings.Join(GroupSockets(w), " "))
 	}
 	if w.Reloadable {
 		u.add("Service", "Restart", "always")
@@ -364,18 +462,45 @@ func (g *gen) serviceSettings(u *opts, s config.Service) {
 	}
 }
 
+// goForever is what the library is told when systemd never kills a
+// stopping worker (TimeoutStopSec=infinity): the longest Go duration
+// (about 292 years) that time.ParseDuration reads, so that it drains for
+// as long as requests run. Without it the library would assume its
+// default of 30 s and cut them short.
+const goForever = "2562047h"
+
+// goUnits maps systemd's time span units to Go's.
+var goUnits = map[string]struct {
+	name string
+	d    time.Duration
+}{"": {"s", time.Second}, "us": {"us", time.Microsecond}, "ms": {"ms", time.Millisecond},
+	"s": {"s", time.Second}, "min": {"m", time.Minute}, "h": {"h", time.Hour}}
+
 // goDuration turns a validated systemd time span ("30s", "2min") into Go
-// duration syntax, or "" for none or infinity.
+// duration syntax for POWERHOUSE_STOP_TIMEOUT, or "" for none. A span of
+// infinity (config writes zero spans so too), or one longer than a Go
+// duration can hold, gives goForever: "0s" would make the library refuse
+// to start, and a span past the int64 range would not parse.
 func goDuration(span string) string {
-	if span == "" || span == "infinity" {
+	switch span {
+	case "":
 		return ""
+	case "infinity":
+		return goForever
 	}
 	i := strings.IndexFunc(span, func(r rune) bool { return r < '0' || r > '9' })
 	if i < 0 {
-		return span + "s" // bare numbers are seconds
+		i = len(span) // bare numbers are seconds
 	}
-	unit := map[string]string{"us": "us", "ms": "ms", "s": "s", "min": "m", "h": "h"}[span[i:]]
-	return span[:i] + unit
+	u, ok := goUnits[span[i:]]
+	n, err := strconv.ParseUint(span[:i], 10, 63)
+	if err != nil || !ok || n > uint64(math.MaxInt64/int64(u.d)) {
+		return goForever
+	}
+	if n == 0 {
+		return goForever // systemd reads a zero span as infinity
+	}
+	return strconv.FormatUint(n, 10) + u.name
 }
 
 func yesNo(b bool) string {

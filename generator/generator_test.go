@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"flag"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/coreos/go-systemd/v22/unit"
 
@@ -112,7 +114,12 @@ exec = "/p"
 name = "web"
 exec = "/w"
 sticky = true
-listen = [80]
+listen = [80, { address = 8080, proxy_protocol = true, proxy_from = ["10.0.0.5"] }]
+[[worker]]
+name = "lb"
+exec = "/w"
+sticky = true
+listen = [{ address = 82, proxy_protocol = true, proxy_from = ["10.0.0.5"] }]
 [[worker]]
 name = "api"
 exec = "/w"
@@ -134,10 +141,25 @@ exec = "/w"
 		names = append(names, u.Name)
 	}
 	want := "powerhouse.target powerhouse@.service powerhouse-prepare.service " +
-		"powerhouse@web.socket powerhouse-web@.service powerhouse-web@.socket " +
+		"powerhouse@web.socket powerhouse-proxy@web.socket powerhouse-web@.service powerhouse-web@.socket " +
+		"powerhouse-proxy@lb.socket powerhouse-lb@.service powerhouse-lb@.socket " +
 		"powerhouse@api.socket powerhouse-api@.service powerhouse-mail@.service"
 	if got := strings.Join(names, " "); got != want {
 		t.Errorf("units:\n got %s\nwant %s", got, want)
+	}
+	// Every group's socket units, and only those, are wanted by the
+	// target, which is how the supervisor gets their descriptors.
+	for i, w := range c.Workers {
+		if got, want := strings.Join(GroupSockets(&c.Workers[i]), " "), []string{
+			"powerhouse@web.socket powerhouse-proxy@web.socket", "powerhouse-proxy@lb.socket", "powerhouse@api.socket", ""}[i]; got != want {
+			t.Errorf("GroupSockets(%s) = %q, want %q", w.Name, got, want)
+		}
+	}
+	wants := string(us[0].Render(testOpts))
+	for _, u := range []string{"powerhouse-proxy@web.socket", "powerhouse-proxy@lb.socket", "powerhouse@web.socket", "powerhouse@api.socket"} {
+		if !strings.Contains(wants, " "+u+" ") {
+			t.Errorf("the target does not want %s:\n%s", u, wants)
+		}
 	}
 }
 
@@ -231,6 +253,8 @@ func FuzzGenerate(f *testing.F) {
 	}
 	f.Add([]byte("title = \"a\\nb\"\n[[worker]]\nname = \"w\"\nexec = \"/x\"\n"))
 	f.Add([]byte("[[worker]]\nname = \"w\"\nexec = \"/x 'a\\\\' \\\"\"\ntitle = \"]\"\nlisten = [\"/r\"]\n"))
+	f.Add([]byte("[[worker]]\nname = \"w\"\nexec = \"/x /tmp/y\"\nsticky = true\nlisten = [\n  80,\n  { address = 81, proxy_protocol = true, proxy_from = [\"10.0.0.0/8\", \"::1\"] },\n  { address = \"/r\", proxy_protocol = true, socket_mode = \"0660\", socket_group = \"g\" },\n]\n[worker.service]\ntimeout_stop = \"0\"\n"))
+	f.Add([]byte("[[worker]]\nname = \"w\"\nexec = \"/x\"\nsticky = true\n[[worker.listen]]\naddress = 81\nproxy_protocol = true\nproxy_from = [\"192.0.2.7\"]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := config.Parse(testOpts.ConfigPath, data)
 		if err != nil {
@@ -256,4 +280,163 @@ func FuzzGenerate(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestStopTimeout: the drain time the workers are told matches what
+// systemd does with TimeoutStopSec=. A zero span is infinity to systemd:
+// rendered as such, and the library is told to wait (it refuses "0s",
+// which failed every Go worker at start).
+func TestStopTimeout(t *testing.T) {
+	for _, tc := range []struct {
+		span     string
+		unitLine string // TimeoutStopSec= line, "" for none
+		env      string // POWERHOUSE_STOP_TIMEOUT, "" for none
+	}{
+		{"", "", ""},
+		{"20s", "TimeoutStopSec=20s", "20s"},
+		{"2min", "TimeoutStopSec=2min", "2m"},
+		{"500ms", "TimeoutStopSec=500ms", "500ms"},
+		{"45", "TimeoutStopSec=45", "45s"},
+		{"0", "TimeoutStopSec=infinity", goForever},
+		{"0s", "TimeoutStopSec=infinity", goForever},
+		{"infinity", "TimeoutStopSec=infinity", goForever},
+		{"99999999999999999999h", "TimeoutStopSec=99999999999999999999h", goForever},
+		{"3000000h", "TimeoutStopSec=3000000h", goForever},
+	} {
+		t.Run(tc.span, func(t *testing.T) {
+			src := "[[worker]]\nname = \"w\"\nexec = \"/w\"\n"
+			if tc.span != "" {
+				src += "[worker.service]\ntimeout_stop = \"" + tc.span + "\"\n"
+			}
+			c, err := config.Parse(testOpts.ConfigPath, []byte(src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			us, err := Generate(c, testOpts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			text := string(us[len(us)-1].Render(testOpts))
+			var line, env string
+			for _, l := range strings.Split(text, "\n") {
+				if strings.HasPrefix(l, "TimeoutStopSec=") {
+					line = l
+				}
+				if _, v, ok := strings.Cut(l, "POWERHOUSE_STOP_TIMEOUT="); ok {
+					env, _, _ = strings.Cut(v, " ")
+				}
+			}
+			if line != tc.unitLine || env != tc.env {
+				t.Errorf("got %q and POWERHOUSE_STOP_TIMEOUT=%q, want %q and %q", line, env, tc.unitLine, tc.env)
+			}
+			if env != "" {
+				d, err := time.ParseDuration(env)
+				if err != nil || d <= 0 {
+					t.Errorf("POWERHOUSE_STOP_TIMEOUT=%s: the library reads %v, %v: it would refuse to start", env, d, err)
+				}
+			}
+		})
+	}
+}
+
+// docPath is a configuration path with what a file:// URL must encode: a
+// space (systemd splits Documentation= at spaces), a "%" (also a systemd
+// specifier) and non-ASCII.
+const docPath = "/etc/power house/100% été.toml"
+
+// TestDocumentationURL compares the target and supervisor units generated
+// for docPath with testdata/docurl, where Documentation= holds the
+// percent-encoded URL with each "%" doubled for systemd.
+func TestDocumentationURL(t *testing.T) {
+	o := Options{Binary: "/usr/bin/powerhouse", ConfigPath: docPath}
+	c, err := config.Parse(o.ConfigPath, []byte("[[worker]]\nname = \"w\"\nexec = \"/w\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	us, err := Generate(c, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, u := range us[:2] {
+		p := filepath.Join("testdata", "docurl", u.Name)
+		if *update {
+			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, u.Render(o), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		want, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatalf("%v (run go test ./generator -update)", err)
+		}
+		if got := u.Render(o); !bytes.Equal(got, want) {
+			t.Errorf("%s differs from %s (run with -update and review git diff):\n%s", u.Name, p, got)
+		}
+	}
+	const wantURL = "file:///etc/power%%20house/100%%25%%20%%C3%%A9t%%C3%%A9.toml"
+	if got := DocumentationURL(docPath); got != wantURL {
+		t.Errorf("DocumentationURL = %s, want %s", got, wantURL)
+	}
+}
+
+// TestVerifyUnits runs the real systemd-analyze verify on every unit
+// generated from the golden configurations, with a configuration path
+// holding a space: it must report nothing (before the URL was encoded it
+// said "Invalid URL, ignoring" and dropped the link).
+func TestVerifyUnits(t *testing.T) {
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("systemd-analyze not found: apt-get install systemd")
+		}
+		t.Skip("systemd-analyze not found: apt-get install systemd")
+	}
+	files, _ := filepath.Glob("../testdata/config/*.good.toml")
+	for _, f := range files {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The binary must exist for verify; the configuration path is
+			// only written into the units.
+			o := Options{Binary: "/bin/true", ConfigPath: docPath}
+			c, err := config.Parse(o.ConfigPath, data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			us, err := Generate(c, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			args := []string{"verify", "--man=no"}
+			for _, u := range us {
+				if err := os.WriteFile(filepath.Join(dir, u.Name), u.Render(o), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				name := u.Name
+				if strings.HasSuffix(name, "@.service") || strings.HasSuffix(name, "@.socket") {
+					name = strings.Replace(name, "@.", "@1.", 1) // an instance of each template
+				}
+				args = append(args, filepath.Join(dir, name))
+			}
+			cmd := exec.Command(analyze, args...)
+			cmd.Env = append(os.Environ(), "SYSTEMD_UNIT_PATH="+dir+":")
+			out, err := cmd.CombinedOutput()
+			// Programs named in the configurations do not exist here.
+			var findings []string
+			for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+				if l != "" && !strings.Contains(l, " is not executable: No such file or directory") {
+					findings = append(findings, l)
+				}
+			}
+			if len(findings) > 0 {
+				t.Errorf("systemd-analyze verify (%v):\n%s", err, strings.Join(findings, "\n"))
+			}
+		})
+	}
 }

@@ -181,7 +181,9 @@ func (d *demo) unitsScreen(ctx context.Context) error {
 	}
 	d.printf("  In the box's %s (%d files): %s", dir, len(names), strings.Join(names, " "))
 	d.printf("")
-	for _, u := range []string{generator.PublicSocket(group), generator.SupervisorPrefix + ".service", generator.WorkerTemplate(group), "powerhouse-" + group + "@.socket"} {
+	shown := generator.GroupSockets(d.cfg.Worker(group))
+	shown = append(shown, generator.SupervisorPrefix+".service", generator.WorkerTemplate(group), "powerhouse-"+group+"@.socket")
+	for _, u := range shown {
 		b, err := d.box.ReadFile(filepath.Join(dir, u))
 		if err != nil {
 			return fmt.Errorf("units: %w", err)
@@ -192,8 +194,8 @@ func (d *demo) unitsScreen(ctx context.Context) error {
 	want := []string{generator.Target}
 	for _, w := range d.cfg.Workers {
 		want = append(want, generator.SupervisorService(w.Name), generator.WorkerService(w.Name, 1))
-		if w.Type == config.Cluster && len(w.Listen) > 0 {
-			want = append(want, generator.PublicSocket(w.Name))
+		if w.Type == config.Cluster {
+			want = append(want, generator.GroupSockets(&w)...)
 		}
 		if w.Sticky {
 			want = append(want, generator.HandoffSocketUnit(w.Name, 1))

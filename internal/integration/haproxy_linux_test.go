@@ -39,7 +39,7 @@ name   = %[1]q
 exec   = %[2]q
 amount = 3
 sticky = true
-listen = [{ address = %[3]q, proxy_protocol = true, name = "lb" }]
+listen = [{ address = %[3]q, proxy_protocol = true, proxy_from = ["127.0.0.1"], name = "lb" }]
 `, host, filepath.Join(bin, "hello"), addr)
 }
 

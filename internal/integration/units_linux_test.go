@@ -12,15 +12,14 @@ import (
 
 // TestIntegrationUnitsLoad installs the units of testdata/demo.toml in a
 // real systemd: every unit (and an instance of every template) loads with
-// no bad setting, and the public socket units start and bind their ports.
+// no bad setting, and the socket units (direct and PROXY) start and bind
+// their ports.
 func TestIntegrationUnitsLoad(t *testing.T) {
 	h := newHouse(t, demoConfig(t))
 	names := []string{generator.Target}
 	for _, w := range h.cfg.Workers {
 		names = append(names, generator.SupervisorService(w.Name), generator.WorkerService(w.Name, 1), generator.WorkerService(w.Name, w.Amount))
-		if len(w.Listen) > 0 {
-			names = append(names, generator.PublicSocket(w.Name))
-		}
+		names = append(names, generator.GroupSockets(&w)...)
 		if w.Sticky {
 			names = append(names, generator.HandoffSocketUnit(w.Name, 1))
 		}
@@ -39,9 +38,11 @@ func TestIntegrationUnitsLoad(t *testing.T) {
 		if len(w.Listen) == 0 {
 			continue
 		}
-		h.systemctl("start", generator.PublicSocket(w.Name))
-		if got := h.show(generator.PublicSocket(w.Name), "ActiveState"); got != "active" {
-			t.Errorf("%s: %s", generator.PublicSocket(w.Name), got)
+		for _, s := range generator.GroupSockets(&w) {
+			h.systemctl("start", s)
+			if got := h.show(s, "ActiveState"); got != "active" {
+				t.Errorf("%s: %s", s, got)
+			}
 		}
 		for _, l := range w.Listen {
 			c, err := net.DialTimeout("tcp", l.Address, 2*time.Second)

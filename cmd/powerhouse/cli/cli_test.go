@@ -119,3 +119,45 @@ func TestGenerateStdoutMatchesFiles(t *testing.T) {
 		t.Error("an unchanged unit was rewritten")
 	}
 }
+
+// TestProxyFromMigration: a configuration written before proxy_from
+// existed is refused by every verb that generates units, with the line to
+// fix and what to add, and nothing is written.
+func TestProxyFromMigration(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "web.toml")
+	src := "[[worker]]\nname = \"web\"\nexec = \"/w\"\nsticky = true\nlisten = [\n  \"127.0.0.1:9999\",\n  { address = \"10.0.0.1:9000\", proxy_protocol = true, name = \"lb\" },\n]\n"
+	if err := os.WriteFile(p, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	want := p + `:7: worker.listen.proxy_from: required with proxy_protocol = true (listener "10.0.0.1:9000"): list the addresses of your load balancers, e.g. proxy_from = ["10.0.0.5"]; only they may then send a PROXY header` + "\n"
+	root := filepath.Join(dir, "root")
+	for _, args := range [][]string{{"generate", p}, {"generate", "-o", filepath.Join(dir, "units"), p}, {"verify", p}, {"install", "--root", root, "--binary", "/usr/bin/powerhouse", p}} {
+		code, stdout, stderr := run(t, args...)
+		if code != ExitUsage || stdout != "" || stderr != want {
+			t.Errorf("%v: exit %d stdout %q stderr:\n%s\nwant exit 2 and:\n%s", args, code, stdout, stderr, want)
+		}
+	}
+	for _, d := range []string{"units", "root"} {
+		if _, err := os.Stat(filepath.Join(dir, d)); !os.IsNotExist(err) {
+			t.Errorf("%s was written for a refused configuration", d)
+		}
+	}
+}
+
+// TestGenerateWarnings: what generation works around is printed on
+// standard error, the units alone on standard output.
+func TestGenerateWarnings(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "w.toml")
+	if err := os.WriteFile(p, []byte("[[worker]]\nname = \"w\"\nexec = [\"/bin/sh\", \"-c\", \"exec /tmp/build/app\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := run(t, "generate", "--binary", "/usr/bin/powerhouse", p)
+	want := "warning: " + p + ":3: worker.exec: refers to /tmp/build/app under /tmp, which a private /tmp would hide: group w runs with PrivateTmp=no (write private_tmp = true in [worker.service] if the path is meant to be in the worker's own /tmp)\n"
+	if code != 0 || stderr != want {
+		t.Errorf("exit %d stderr:\n%s\nwant 0 and:\n%s", code, stderr, want)
+	}
+	if !strings.Contains(stdout, "\nPrivateTmp=no\n") || strings.Contains(stdout, "warning") {
+		t.Errorf("units:\n%s", stdout)
+	}
+}

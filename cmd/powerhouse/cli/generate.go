@@ -27,6 +27,10 @@ The supervisor units run the powerhouse binary at --binary (default: this
 executable) with the configuration at --config-path (default: CONFIG's
 absolute path). Set both when generating for another machine or a package.
 
+Settings the configuration asks for that the units had to work around (a
+worker under /tmp runs without PrivateTmp=, say) are printed on standard
+error, each as "warning: file:line: key: what and why".
+
 Exit status: 0 on success, 2 for bad arguments or configuration (one
 problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
@@ -41,6 +45,7 @@ problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 				if err != nil {
 					return err
 				}
+				printWarnings(e, c)
 				if *out == "" {
 					for _, u := range us {
 						fmt.Fprintf(e.stdout, "### %s\n", u.Name)
@@ -126,6 +131,14 @@ func selfPath() (string, error) {
 		p = r
 	}
 	return p, nil
+}
+
+// printWarnings prints what generation had to work around in c, one line
+// each, on standard error (standard output may be the units).
+func printWarnings(e *env, c *config.Config) {
+	for _, w := range c.Warnings {
+		fmt.Fprintf(e.stderr, "warning: %s\n", w)
+	}
 }
 
 func isConfigError(err error) bool {

@@ -89,9 +89,11 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		return fmt.Errorf("read configuration: %w", err)
 	}
 	abs, _ := filepath.Abs(src)
-	if _, err := config.Parse(abs, data); err != nil {
+	given, err := config.Parse(abs, data)
+	if err != nil {
 		return err
 	}
+	printWarnings(e, given)
 	data, err = config.AbsoluteExec(abs, data)
 	if err != nil {
 		return err
@@ -190,6 +192,8 @@ func affectedGroups(old, c *config.Config, written []string, unitDir string) []s
 		switch {
 		case name == generator.SupervisorPrefix+".service", name == generator.PrepareService:
 			all = true
+		case strings.HasPrefix(name, generator.ProxyPrefix): // before "powerhouse-": "proxy" is no group
+			set[strings.SplitN(strings.TrimPrefix(name, generator.ProxyPrefix), ".", 2)[0]] = true
 		case strings.HasPrefix(name, "powerhouse-"):
 			set[strings.SplitN(strings.TrimPrefix(name, "powerhouse-"), "@", 2)[0]] = true
 		case strings.HasPrefix(name, generator.SupervisorPrefix):
@@ -222,9 +226,43 @@ func applyGroup(e *env, m *units.Manager, old, c *config.Config, g string, writt
 			workerChanged = true
 		}
 	}
-	if sock := filepath.Join(unitDir, generator.PublicSocket(g)); contains(written, sock) {
-		if err := m.Restart(e.ctx, generator.PublicSocket(g)); err != nil {
+	// Socket units whose listeners changed are rebound: these and the ones
+	// the group no longer has are all stopped, so that an address moving
+	// from one unit to another (a listener that became a PROXY one) is
+	// free, then the changed ones are started. systemd refuses to start a
+	// socket unit while its service runs ("already active, refusing"), so
+	// the supervisor stops meanwhile and the restart below starts it
+	// again. Sticky workers keep running; a shared group's workers, which
+	// require the sockets, stop with them and the supervisor starts them.
+	// Connections to the rebound addresses are refused for that moment.
+	socks := generator.GroupSockets(w)
+	var gone []string
+	if old != nil {
+		if prev := old.Worker(g); prev != nil {
+			for _, s := range generator.GroupSockets(prev) {
+				if !contains(socks, s) {
+					gone = append(gone, s)
+				}
+			}
+		}
+	}
+	var start []string
+	for _, s := range socks {
+		if contains(written, filepath.Join(unitDir, s)) {
+			start = append(start, s)
+		}
+	}
+	if len(gone)+len(start) > 0 {
+		if err := m.Stop(e.ctx, generator.SupervisorService(g)); err != nil {
 			return err
+		}
+		for _, s := range append(gone, start...) {
+			m.Stop(e.ctx, s) // a unit never started cannot be stopped: fine
+		}
+		for _, s := range start {
+			if err := m.Start(e.ctx, s); err != nil {
+				return err
+			}
 		}
 	}
 	if err := m.Restart(e.ctx, generator.SupervisorService(g)); err != nil {
@@ -257,6 +295,7 @@ func stopGroup(e *env, m *units.Manager, g string) {
 		m.Stop(e.ctx, st.Name)
 	}
 	m.Stop(e.ctx, generator.PublicSocket(g))
+	m.Stop(e.ctx, generator.ProxySocket(g))
 }
 
 func init() {

@@ -38,6 +38,7 @@ systemd-analyze reports a finding or cannot run.`,
 				if err != nil {
 					return err
 				}
+				printWarnings(e, c)
 				analyze, err := exec.LookPath("systemd-analyze")
 				if err != nil {
 					fmt.Fprintf(e.stdout, "%s: configuration OK, %d units; systemd-analyze not found, units not verified\n", c.File, len(us))
@@ -76,9 +77,7 @@ func verifyUnits(ctx context.Context, analyze string, c *config.Config, o genera
 	}
 	for _, w := range c.Workers {
 		names = append(names, generator.SupervisorService(w.Name), generator.WorkerService(w.Name, 1))
-		if len(w.Listen) > 0 {
-			names = append(names, generator.PublicSocket(w.Name))
-		}
+		names = append(names, generator.GroupSockets(&w)...)
 		if w.Sticky {
 			names = append(names, generator.HandoffSocketUnit(w.Name, 1))
 		}
