@@ -100,7 +100,9 @@
 // Serve runs an http.Server: READY=1 once it accepts, WATCHDOG=1 when the
 // unit has WatchdogSec=, and on SIGTERM STOPPING=1, then a graceful
 // shutdown within the stop timeout ($POWERHOUSE_STOP_TIMEOUT, default 30s,
-// of which 90% is given to in-flight requests). Workers that are not HTTP
+// of which 90% is given to in-flight requests). An accept error (EMFILE,
+// ENOBUFS, EPROTO, EPERM, ...) never ends it: it backs off (5 ms doubling
+// to 1 s) and accepts again; only a closed listener stops it. Workers that are not HTTP
 // servers can use go-systemd's daemon package the same way.
 //
 // # Identity and configuration
