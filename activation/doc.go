@@ -51,6 +51,7 @@
 //	ListenDatagram=/run/powerhouse/web/%i.sock
 //	SocketMode=0600
 //	FileDescriptorName=handoff
+//	PassCredentials=yes
 //
 //	# powerhouse-web@.service
 //	[Unit]
@@ -61,6 +62,7 @@
 //	Type=notify
 //	NotifyAccess=main
 //	Environment=POWERHOUSE_GROUP=web POWERHOUSE_INSTANCE=%i POWERHOUSE_CONFIG=/run/powerhouse/web/config.json
+//	Environment=POWERHOUSE_SUPERVISOR_UID=0
 //	ExecStart=/usr/local/bin/myapp serve
 //	Sockets=powerhouse-web@%i.socket
 //	Restart=always
@@ -90,6 +92,24 @@
 //
 // systemd does not tell a service its TimeoutStopSec; POWERHOUSE_STOP_TIMEOUT
 // (optional, default 30s) does, so that Serve finishes in time.
+//
+// # Who may hand off
+//
+// Anyone who can write to a hand-off socket could hand a worker a
+// connection. A HandoffListener therefore sets SO_PASSCRED on the socket
+// itself (PassCredentials=yes is defence in depth, not a requirement),
+// reads the sender's credentials with every datagram (SCM_CREDENTIALS) and
+// serves only those sent by the supervisor's uid:
+//
+//   - $POWERHOUSE_SUPERVISOR_UID when set, as the generated unit does (0 in
+//     a system house, the service manager's uid in a user house);
+//   - when unset (outside systemd, powerhouse run, tests), this process's
+//     effective uid and 0.
+//
+// Any other datagram is rejected: its descriptors are closed (the client
+// sees its connection closed), it is counted (HandoffListener.Rejected,
+// Rejected) and logged at most every 10 seconds. A value that is not a
+// user id makes NewHandoffListener, and so Listen, fail.
 //
 // Listen does not care about descriptor names: a unix datagram socket is a
 // hand-off socket and a listening stream socket is shared, whatever
