@@ -111,6 +111,16 @@
 // Rejected) and logged at most every 10 seconds. A value that is not a
 // user id makes NewHandoffListener, and so Listen, fail.
 //
+// # Running out of descriptors
+//
+// Receiving a hand-off installs its descriptor in the worker. At the
+// RLIMIT_NOFILE limit the kernel would drop the connection instead, so a
+// HandoffListener stops receiving while fewer than a margin of descriptors
+// are free (1/64 of the soft limit, at least 8, at most 256): connections
+// wait in the socket systemd holds (and the dispatcher falls back to
+// another instance when the queue is full) until the worker closes some.
+// It logs once per burst of pauses; HandoffListener.Paused counts them.
+//
 // Listen does not care about descriptor names: a unix datagram socket is a
 // hand-off socket and a listening stream socket is shared, whatever
 // LISTEN_FDNAMES says.

@@ -38,6 +38,11 @@ const EnvSupervisorUID = "POWERHOUSE_SUPERVISOR_UID"
 // uid or root. Any other datagram is rejected: counted (Rejected), logged
 // at most every rejectLogEvery, its descriptors closed.
 //
+// Accept does not read a hand-off while the process is within a margin of
+// its descriptor limit (RLIMIT_NOFILE), since the kernel would drop the
+// connection it carries: the datagram waits in the socket until the
+// worker closes connections (see fdGate). Paused counts such pauses.
+//
 // Close stops reading at once and does not drain the socket: datagrams
 // still queued stay with the socket systemd holds, for the next instance.
 // A datagram that an Accept was reading at the very moment of Close is
@@ -47,12 +52,14 @@ type HandoffListener struct {
 	rc      syscall.RawConn
 	recv    func(uintptr) bool // l.receive, bound once: binding it per Accept would allocate
 	senders senders
+	done    chan struct{} // closed by Close: ends a pause
 
 	mu   sync.Mutex // serialises receiving; guards the fields below
 	hdr  handoff.Header
 	fd   int
 	cred handoff.Ucred
 	err  error
+	gate fdGate
 
 	closed     atomic.Bool
 	malformed  atomic.Uint64
@@ -132,7 +139,7 @@ func NewHandoffListener(f *os.File) (*HandoffListener, error) {
 		uc.Close()
 		return nil, fmt.Errorf("activation: hand-off socket %s: setting SO_PASSCRED: %w", f.Name(), errors.Join(err, serr))
 	}
-	l := &HandoffListener{uc: uc, rc: rc, fd: -1, senders: snd}
+	l := &HandoffListener{uc: uc, rc: rc, fd: -1, senders: snd, done: make(chan struct{})}
 	l.recv = l.receive
 	return l, nil
 }
@@ -162,7 +169,7 @@ func (l *HandoffListener) AcceptHandoff() (net.Conn, handoff.Header, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for {
-		if l.closed.Load() {
+		if l.closed.Load() || !l.gate.wait(l.done, l.uc.LocalAddr()) {
 			return nil, handoff.Header{}, l.opError(net.ErrClosed)
 		}
 		if err := l.rc.Read(l.recv); err != nil {
@@ -226,6 +233,7 @@ func (l *HandoffListener) Close() error {
 	if !l.closed.CompareAndSwap(false, true) {
 		return &net.OpError{Op: "close", Net: "unixgram", Addr: l.uc.LocalAddr(), Err: net.ErrClosed}
 	}
+	close(l.done)
 	return l.uc.Close()
 }
 
@@ -252,3 +260,7 @@ func (l *HandoffListener) Rejected() (count uint64, last error) {
 	}
 	return count, last
 }
+
+// Paused returns how many times Accept stopped receiving hand-offs because
+// the process was close to its descriptor limit.
+func (l *HandoffListener) Paused() uint64 { return l.gate.pauses.Load() }

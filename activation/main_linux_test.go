@@ -47,6 +47,8 @@ func TestMain(m *testing.M) {
 		os.Exit(childServe())
 	case "send":
 		os.Exit(childSend())
+	case "fdlimit":
+		os.Exit(childFDLimit())
 	case "sendas":
 		os.Exit(childSendAs())
 	default:
