@@ -36,7 +36,7 @@ const EnvSupervisorUID = "POWERHOUSE_SUPERVISOR_UID"
 // those sent by $POWERHOUSE_SUPERVISOR_UID, or, when that is unset
 // (outside systemd, powerhouse run, tests), by this process's effective
 // uid or root. Any other datagram is rejected: counted (Rejected), logged
-// at most every rejectLogEvery, its descriptors closed.
+// at most every 10 seconds, its descriptors closed.
 //
 // Accept does not read a hand-off while the process is within a margin of
 // its descriptor limit (RLIMIT_NOFILE), since the kernel would drop the

@@ -33,6 +33,7 @@
 //
 // # Platforms
 //
-// The header codec is portable. [Send] and [Receive] need Linux (SCM_RIGHTS
-// with MSG_CMSG_CLOEXEC); elsewhere they return [errors.ErrUnsupported].
+// The header codec is portable. [Send], [Receive] and [ReceiveFrom] need
+// Linux (SCM_RIGHTS with MSG_CMSG_CLOEXEC, SCM_CREDENTIALS); elsewhere they
+// return [errors.ErrUnsupported].
 package handoff
