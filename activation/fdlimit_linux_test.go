@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
 	"sync"
@@ -33,9 +34,20 @@ func childFDLimit() int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	// SIGUSR1 closes the listener, even while Accept is paused.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	go func() {
+		<-usr1
+		l.Close()
+	}()
 	fmt.Println("ready")
 	for {
 		c, err := l.Accept()
+		if errors.Is(err, net.ErrClosed) {
+			fmt.Printf("closed paused=%d\n", l.(*activation.HandoffListener).Paused())
+			return 0
+		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "accept:", err)
 			return 1
@@ -208,4 +220,37 @@ func TestFDLimit(t *testing.T) {
 		t.Errorf("the worker did not log that it resumed (stderr: %s)", ch.stderr)
 	}
 	t.Logf("worker log: %s", ch.stderr)
+}
+
+// TestFDLimitClose: Close ends an Accept that is paused for descriptors.
+func TestFDLimitClose(t *testing.T) {
+	path, _, file := handoffSocket(t)
+	ch := startChild(t, "fdlimit", []*os.File{file}, "FD_LIMIT=64")
+	file.Close()
+	if got := ch.line(t); got != "ready" {
+		t.Fatalf("child: %q", got)
+	}
+	d := dial(t, path)
+	// More held connections than the worker has room for; the queue
+	// takes the rest (10 on a default kernel, so 64 always fit).
+	for i := 0; i < 64 && !strings.Contains(ch.stderr.String(), "not receiving hand-offs"); i++ {
+		c, s := tcpPair(t)
+		c.Write([]byte("h"))
+		d.send(handoff.Header{Name: "x"}, rawFD(t, s))
+		s.Close()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(ch.stderr.String(), "not receiving hand-offs") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the worker did not pause (stderr: %s)", ch.stderr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	ch.cmd.Process.Signal(syscall.SIGUSR1)
+	if got := ch.line(t); got != "closed paused=1" {
+		t.Errorf("child after Close: %q, want closed paused=1", got)
+	}
+	if err := ch.wait(t, 10*time.Second); err != nil {
+		t.Errorf("child: %v (stderr: %s)", err, ch.stderr)
+	}
 }
