@@ -51,6 +51,7 @@
 //	ListenDatagram=/run/powerhouse/web/%i.sock
 //	SocketMode=0600
 //	FileDescriptorName=handoff
+//	PassCredentials=yes
 //
 //	# powerhouse-web@.service
 //	[Unit]
@@ -61,6 +62,7 @@
 //	Type=notify
 //	NotifyAccess=main
 //	Environment=POWERHOUSE_GROUP=web POWERHOUSE_INSTANCE=%i POWERHOUSE_CONFIG=/run/powerhouse/web/config.json
+//	Environment=POWERHOUSE_SUPERVISOR_UID=0
 //	ExecStart=/usr/local/bin/myapp serve
 //	Sockets=powerhouse-web@%i.socket
 //	Restart=always
@@ -91,6 +93,34 @@
 // systemd does not tell a service its TimeoutStopSec; POWERHOUSE_STOP_TIMEOUT
 // (optional, default 30s) does, so that Serve finishes in time.
 //
+// # Who may hand off
+//
+// Anyone who can write to a hand-off socket could hand a worker a
+// connection. A HandoffListener therefore sets SO_PASSCRED on the socket
+// itself (PassCredentials=yes is defence in depth, not a requirement),
+// reads the sender's credentials with every datagram (SCM_CREDENTIALS) and
+// serves only those sent by the supervisor's uid:
+//
+//   - $POWERHOUSE_SUPERVISOR_UID when set, as the generated unit does (0 in
+//     a system house, the service manager's uid in a user house);
+//   - when unset (outside systemd, powerhouse run, tests), this process's
+//     effective uid and 0.
+//
+// Any other datagram is rejected: its descriptors are closed (the client
+// sees its connection closed), it is counted (HandoffListener.Rejected,
+// Rejected) and logged at most every 10 seconds. A value that is not a
+// user id makes NewHandoffListener, and so Listen, fail.
+//
+// # Running out of descriptors
+//
+// Receiving a hand-off installs its descriptor in the worker. At the
+// RLIMIT_NOFILE limit the kernel would drop the connection instead, so a
+// HandoffListener stops receiving while fewer than a margin of descriptors
+// are free (1/64 of the soft limit, at least 8, at most 256): connections
+// wait in the socket systemd holds (and the dispatcher falls back to
+// another instance when the queue is full) until the worker closes some.
+// It logs once per burst of pauses; HandoffListener.Paused counts them.
+//
 // Listen does not care about descriptor names: a unix datagram socket is a
 // hand-off socket and a listening stream socket is shared, whatever
 // LISTEN_FDNAMES says.
@@ -100,7 +130,9 @@
 // Serve runs an http.Server: READY=1 once it accepts, WATCHDOG=1 when the
 // unit has WatchdogSec=, and on SIGTERM STOPPING=1, then a graceful
 // shutdown within the stop timeout ($POWERHOUSE_STOP_TIMEOUT, default 30s,
-// of which 90% is given to in-flight requests). Workers that are not HTTP
+// of which 90% is given to in-flight requests). An accept error (EMFILE,
+// ENOBUFS, EPROTO, EPERM, ...) never ends it: it backs off (5 ms doubling
+// to 1 s) and accepts again; only a closed listener stops it. Workers that are not HTTP
 // servers can use go-systemd's daemon package the same way.
 //
 // # Identity and configuration

@@ -132,3 +132,13 @@ func ExampleMalformed() {
 		log.Printf("%d hand-offs dropped, last: %v", n, last)
 	}
 }
+
+func ExampleRejected() {
+	l, err := activation.Listen()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if n, last := activation.Rejected(l); n > 0 {
+		log.Printf("%d hand-offs from strangers refused, last: %v", n, last)
+	}
+}

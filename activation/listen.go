@@ -136,6 +136,16 @@ func Malformed(l net.Listener) (count uint64, last error) {
 	return 0, nil
 }
 
+// Rejected returns how many hand-offs l refused because their sender was
+// not the supervisor, and why the last one was: l is what Listen returned.
+// It is 0, nil for listeners that do not receive hand-offs.
+func Rejected(l net.Listener) (count uint64, last error) {
+	if r, ok := l.(interface{ Rejected() (uint64, error) }); ok {
+		return r.Rejected()
+	}
+	return 0, nil
+}
+
 // sockopt reads an integer SOL_SOCKET option through SyscallConn, which,
 // unlike File.Fd, leaves the descriptor's blocking mode alone.
 func sockopt(f *os.File, opt int) (int, error) {

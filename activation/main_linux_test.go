@@ -47,6 +47,10 @@ func TestMain(m *testing.M) {
 		os.Exit(childServe())
 	case "send":
 		os.Exit(childSend())
+	case "fdlimit":
+		os.Exit(childFDLimit())
+	case "sendas":
+		os.Exit(childSendAs())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
 		os.Exit(2)

@@ -98,3 +98,17 @@ func (m *multiListener) Malformed() (count uint64, last error) {
 	}
 	return count, last
 }
+
+// Rejected sums the rejection counts of the hand-off listeners among ls.
+func (m *multiListener) Rejected() (count uint64, last error) {
+	for _, l := range m.ls {
+		if h, ok := l.(*HandoffListener); ok {
+			n, e := h.Rejected()
+			count += n
+			if e != nil {
+				last = e
+			}
+		}
+	}
+	return count, last
+}

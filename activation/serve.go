@@ -56,6 +56,12 @@ func Serve(ctx context.Context, srv *http.Server, l net.Listener) error {
 //     connections and waits for in-flight requests, for at most 90% of the
 //     stop timeout. A second SIGTERM or SIGINT cuts the wait short.
 //
+// An error from l.Accept other than a closed listener (EMFILE, ENOBUFS,
+// EPROTO, EPERM, a hand-off socket's recvmsg error, ...) never ends
+// serving: Serve logs it (at most every 10 s while it lasts), backs off
+// from 5 ms doubling up to 1 s, and accepts again. Only a listener closed
+// under it (an error matching net.ErrClosed) makes srv stop by itself.
+//
 // It returns nil after a clean shutdown. When requests outlive the wait,
 // their connections are closed and the error wraps
 // context.DeadlineExceeded (context.Canceled after a second signal). If srv
@@ -186,15 +192,62 @@ func (r *readyListener) Accept() (net.Conn, error) {
 		return nil, &net.OpError{Op: "accept", Net: r.Addr().Network(), Addr: r.Addr(), Err: net.ErrClosed}
 	default:
 	}
-	c, err := r.Listener.Accept()
-	if err == nil {
-		r.mu.Lock()
-		r.accepted++
-		r.mu.Unlock()
-	} else if r.isStopped() {
-		<-r.shut()
+	var delay time.Duration
+	var failures int
+	var logged time.Time
+	for {
+		c, err := r.Listener.Accept()
+		if err == nil {
+			if failures > 0 {
+				log.Printf("activation: accepting again after %d failed accepts", failures)
+			}
+			r.mu.Lock()
+			r.accepted++
+			r.mu.Unlock()
+			return c, nil
+		}
+		if r.isStopped() {
+			<-r.shut()
+			return nil, err
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return nil, err // closed under us: only this ends serving
+		}
+		// Anything else is taken as passing: EMFILE, ENFILE, ENOBUFS,
+		// ENOMEM, ECONNABORTED, EPROTO, EPERM (a firewall hook), EINTR, a
+		// timeout, or a hand-off socket's recvmsg error. net/http would
+		// return on those it does not call Temporary, ending the worker;
+		// here it backs off as net/http does for the others and goes on.
+		delay = acceptBackoff(delay)
+		failures++
+		if now := time.Now(); logged.IsZero() || now.Sub(logged) >= acceptLogEvery {
+			logged = now
+			log.Printf("activation: accept: %v; retrying in %v (%d failures in a row)", err, delay, failures)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-r.closed:
+			t.Stop()
+			<-r.shut()
+			return nil, err
+		}
 	}
-	return c, err
+}
+
+// Accept errors back off like net/http's: 5 ms, doubling up to 1 s. The
+// log says so at most every acceptLogEvery while it lasts.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+	acceptLogEvery   = 10 * time.Second
+)
+
+func acceptBackoff(prev time.Duration) time.Duration {
+	if prev == 0 {
+		return acceptBackoffMin
+	}
+	return min(2*prev, acceptBackoffMax)
 }
 
 // shutCh is closed by Close (Shutdown).

@@ -21,7 +21,10 @@
 // [syscall.EAGAIN] (and unix.EAGAIN, the same value), so one slow worker
 // cannot stall the dispatcher.
 //
-// The worker calls [Receive] when the socket is readable. It returns the
+// The worker calls [ReceiveFrom] (or [Receive], which does not report the
+// sender) when the socket is readable. ReceiveFrom also returns the
+// sender's credentials (SCM_CREDENTIALS; the socket needs SO_PASSCRED), so
+// that the worker serves hand-offs from its supervisor alone. It returns the
 // descriptor and the decoded header, or an error matching [ErrMalformed]
 // after closing every descriptor the datagram brought: a datagram with no
 // descriptor or several, a truncated payload or control message, a bad magic,
@@ -30,6 +33,7 @@
 //
 // # Platforms
 //
-// The header codec is portable. [Send] and [Receive] need Linux (SCM_RIGHTS
-// with MSG_CMSG_CLOEXEC); elsewhere they return [errors.ErrUnsupported].
+// The header codec is portable. [Send], [Receive] and [ReceiveFrom] need
+// Linux (SCM_RIGHTS with MSG_CMSG_CLOEXEC, SCM_CREDENTIALS); elsewhere they
+// return [errors.ErrUnsupported].
 package handoff

@@ -44,19 +44,28 @@ func ExampleSend() {
 
 // The worker's side, for a loop that does its own polling; package
 // activation wraps this in a net.Listener.
-func ExampleReceive() {
+func ExampleReceiveFrom() {
 	const handoffFD = 3 // LISTEN_FDS=1
+	// The kernel then reports who sent each datagram.
+	if err := unix.SetsockoptInt(handoffFD, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		log.Fatal(err)
+	}
+	const supervisorUID = 0 // $POWERHOUSE_SUPERVISOR_UID
 	var h handoff.Header
 	for {
-		fd, err := handoff.Receive(handoffFD, &h)
+		fd, cred, err := handoff.ReceiveFrom(handoffFD, &h)
 		switch {
 		case err == unix.EAGAIN:
 			// wait until descriptor 3 is readable, then loop
 			return
-		case errors.Is(err, handoff.ErrMalformed):
+		case errors.Is(err, handoff.ErrMalformed), errors.Is(err, handoff.ErrNoCredentials):
 			continue // already closed and consumed; count it
 		case err != nil:
 			log.Fatal(err)
+		}
+		if cred.Uid != supervisorUID {
+			unix.Close(fd) // not the supervisor: refuse, count, log
+			continue
 		}
 		log.Printf("connection %d from listener %s, client %v", fd, h.Name, h.Source)
 		unix.Close(fd)

@@ -3,6 +3,7 @@
 package handoff
 
 import (
+	"errors"
 	"fmt"
 	"unsafe"
 
@@ -24,11 +25,19 @@ type rightsMsg struct {
 	_   [4]byte // CMSG_SPACE padding on 64-bit platforms
 }
 
-// recvOOB is Receive's control buffer, aligned for cmsghdr: one header and
-// maxRecvFDs descriptors (a multiple of 8 bytes, so CMSG_SPACE == CMSG_LEN).
+// credSpace is CMSG_SPACE(sizeof(struct ucred)): one SCM_CREDENTIALS
+// message, which the kernel writes before the SCM_RIGHTS one whenever
+// SO_PASSCRED is set on the socket.
+const credSpace = unix.SizeofCmsghdr + (unix.SizeofUcred+7)&^7
+
+// recvOOB is Receive's control buffer, aligned for cmsghdr: room for the
+// credentials and then one header with maxRecvFDs descriptors (a multiple
+// of 8 bytes, so CMSG_SPACE == CMSG_LEN). Without the room for the
+// credentials, a socket with SO_PASSCRED would leave too little for the
+// descriptors: the kernel would set MSG_CTRUNC and close the connection.
 type recvOOB struct {
 	_ [0]unix.Cmsghdr
-	b [unix.SizeofCmsghdr + 4*maxRecvFDs]byte
+	b [credSpace + unix.SizeofCmsghdr + 4*maxRecvFDs]byte
 }
 
 // Send sends one hand-off datagram on sock, an AF_UNIX SOCK_DGRAM socket:
@@ -118,7 +127,42 @@ func fillSockaddr(sa *unix.RawSockaddrUnix, path string) (uint32, error) {
 // descriptor that came with it and returns an error matching ErrMalformed;
 // the datagram is consumed and the next one can be read. Other errors come
 // from recvmsg.
+//
+// Receive does not look at who sent the datagram; a worker should use
+// ReceiveFrom, which does.
 func Receive(sock int, h *Header) (connFD int, err error) {
+	connFD, _, _, err = receive(sock, h)
+	return connFD, err
+}
+
+// ReceiveFrom is Receive that also returns the sender's credentials, which
+// the caller checks before serving the connection (a worker accepts
+// hand-offs from its supervisor's uid only). sock must have SO_PASSCRED
+// set (unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_PASSCRED, 1), or
+// PassCredentials=yes in the .socket unit).
+//
+// A datagram without credentials is rejected like a malformed one (its
+// descriptors closed, the datagram consumed) with an error matching
+// ErrNoCredentials. For a malformed datagram, cred still holds its sender
+// when the kernel reported one, so that the caller can tell a broken
+// supervisor from a stranger. Like Receive it does not allocate unless it
+// fails, and returns exactly unix.EAGAIN when nothing is queued.
+func ReceiveFrom(sock int, h *Header) (connFD int, cred Ucred, err error) {
+	connFD, cred, ok, err := receive(sock, h)
+	if !ok && (err == nil || errors.Is(err, ErrMalformed)) {
+		// A datagram was read (and a malformed one's descriptors closed):
+		// without credentials it is rejected whatever else is wrong.
+		if connFD >= 0 {
+			unix.Close(connFD)
+		}
+		return -1, Ucred{}, fmt.Errorf("handoff: receive: %w", ErrNoCredentials)
+	}
+	return connFD, cred, err
+}
+
+// receive is Receive and ReceiveFrom: hasCred says whether the datagram
+// carried SCM_CREDENTIALS.
+func receive(sock int, h *Header) (connFD int, cred Ucred, hasCred bool, err error) {
 	var buf [MaxHeaderLen + 1]byte // one spare byte: a longer payload sets MSG_TRUNC
 	var oob recvOOB
 	iov := unix.Iovec{Base: &buf[0]}
@@ -136,16 +180,16 @@ func Receive(sock int, h *Header) (connFD int, err error) {
 			continue
 		}
 		if e == unix.EAGAIN {
-			return -1, unix.EAGAIN
+			return -1, cred, false, unix.EAGAIN
 		}
 		if e != 0 {
-			return -1, fmt.Errorf("handoff: recvmsg: %w", e)
+			return -1, cred, false, fmt.Errorf("handoff: recvmsg: %w", e)
 		}
 		break
 	}
 
 	var fds [maxRecvFDs]int32
-	nfds := collectRights(oob.b[:msg.Controllen], fds[:])
+	nfds := parseControl(oob.b[:msg.Controllen], fds[:], &cred, &hasCred)
 	kept := min(nfds, len(fds))
 	var bad error
 	switch {
@@ -166,17 +210,17 @@ func Receive(sock int, h *Header) (connFD int, err error) {
 		for _, fd := range fds[:kept] {
 			unix.Close(int(fd))
 		}
-		return -1, fmt.Errorf("handoff: receive: %w", bad)
+		return -1, cred, hasCred, fmt.Errorf("handoff: receive: %w", bad)
 	}
-	return int(fds[0]), nil
+	return int(fds[0]), cred, hasCred, nil
 }
 
-// collectRights stores the descriptors of every SCM_RIGHTS message in oob
-// into fds and returns how many there were. Descriptors beyond len(fds)
-// are closed at once, so that none can leak whatever the buffer sizes.
-// Other control messages (such as credentials, should someone enable
-// SO_PASSCRED) carry no descriptor and are skipped.
-func collectRights(oob []byte, fds []int32) int {
+// parseControl stores the descriptors of every SCM_RIGHTS message in oob
+// into fds and returns how many there were, and the SCM_CREDENTIALS
+// message, if any, into cred and hasCred. Descriptors beyond len(fds) are
+// closed at once, so that none can leak whatever the buffer sizes. Other
+// control messages carry no descriptor and are skipped.
+func parseControl(oob []byte, fds []int32, cred *Ucred, hasCred *bool) int {
 	n := 0
 	hdrLen := unix.CmsgLen(0)
 	for off := 0; off+hdrLen <= len(oob); {
@@ -185,8 +229,9 @@ func collectRights(oob []byte, fds []int32) int {
 		if l < hdrLen || off+l > len(oob) {
 			break // the kernel never writes this; stop rather than read garbage
 		}
-		if h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS {
-			data := oob[off+hdrLen : off+l]
+		data := oob[off+hdrLen : off+l]
+		switch {
+		case h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_RIGHTS:
 			for i := 0; i+4 <= len(data); i += 4 {
 				fd := *(*int32)(unsafe.Pointer(&data[i]))
 				if n < len(fds) {
@@ -196,6 +241,10 @@ func collectRights(oob []byte, fds []int32) int {
 				}
 				n++
 			}
+		case h.Level == unix.SOL_SOCKET && h.Type == unix.SCM_CREDENTIALS && len(data) >= unix.SizeofUcred:
+			uc := (*unix.Ucred)(unsafe.Pointer(&data[0]))
+			*cred = Ucred{Pid: uc.Pid, Uid: uc.Uid, Gid: uc.Gid}
+			*hasCred = true
 		}
 		off += unix.CmsgSpace(l - hdrLen)
 	}

@@ -2,13 +2,17 @@ package handoff
 
 import (
 	"errors"
+	"fmt"
 	"github.com/powerhouse/powerhouse/internal/sockettest"
+	"io"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -195,49 +199,146 @@ func TestReceiveMalformed(t *testing.T) {
 	}{
 		{name: "no descriptor", payload: good, nfds: 0, want: "no descriptor"},
 		{name: "two descriptors", payload: good, nfds: 2, want: "2 descriptors"},
-		{name: "more than fit", payload: good, nfds: maxRecvFDs + 5, want: "truncated"},
+		{name: "more than fit", payload: good, nfds: maxRecvFDs + 10, want: "truncated"},
 		{name: "bad header", payload: []byte("GET / HTTP/1.1\r\n"), nfds: 1, want: "magic"},
 		{name: "wrong version", payload: badVersion, nfds: 1, want: "version 2"},
 		{name: "empty payload", payload: nil, nfds: 1, want: "shorter"},
 		{name: "oversized payload", payload: make([]byte, 4096), nfds: 1, want: "longer"},
 	}
+	// Each case runs with Receive and with ReceiveFrom on a socket with
+	// SO_PASSCRED, whose credentials take room in the control buffer.
 	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			snd, rcv := dgramPair(t)
-			_, server := tcpPair(t)
-			fds := make([]int, tt.nfds)
-			for i := range fds {
-				fds[i] = rawFD(t, server)
-			}
-			before := openFDs(t)
-			sendRaw(t, snd, tt.payload, fds...)
-			var h Header
-			fd, err := Receive(rcv, &h)
-			if !errors.Is(err, ErrMalformed) {
-				t.Fatalf("Receive = %d, %v; want ErrMalformed", fd, err)
-			}
-			if !strings.Contains(err.Error(), tt.want) {
-				t.Errorf("error %q does not mention %q", err, tt.want)
-			}
-			if fd != -1 {
-				t.Errorf("descriptor %d returned with an error", fd)
-			}
-			if after := openFDs(t); after != before {
-				t.Errorf("open descriptors: %d before, %d after: leaked", before, after)
-			}
-			// The bad datagram is consumed; the next good one comes through.
-			if err := Send(snd, "", &Header{Name: "next"}, rawFD(t, server)); err != nil {
-				t.Fatal(err)
-			}
-			fd, err = Receive(rcv, &h)
-			if err != nil {
-				t.Fatalf("good datagram after a bad one: %v", err)
-			}
-			unix.Close(fd)
-			if h.Name != "next" {
-				t.Errorf("name %q", h.Name)
-			}
-		})
+		for _, from := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s/from=%v", tt.name, from), func(t *testing.T) {
+				snd, rcv := dgramPair(t)
+				if from {
+					passCred(t, rcv)
+				}
+				_, server := tcpPair(t)
+				fds := make([]int, tt.nfds)
+				for i := range fds {
+					fds[i] = rawFD(t, server)
+				}
+				before := openFDs(t)
+				sendRaw(t, snd, tt.payload, fds...)
+				var h Header
+				var fd int
+				var err error
+				if from {
+					var cred Ucred
+					fd, cred, err = ReceiveFrom(rcv, &h)
+					if cred.Pid != int32(os.Getpid()) {
+						t.Errorf("credentials of a malformed datagram: %+v, want pid %d", cred, os.Getpid())
+					}
+				} else {
+					fd, err = Receive(rcv, &h)
+				}
+				if !errors.Is(err, ErrMalformed) {
+					t.Fatalf("Receive = %d, %v; want ErrMalformed", fd, err)
+				}
+				if !strings.Contains(err.Error(), tt.want) {
+					t.Errorf("error %q does not mention %q", err, tt.want)
+				}
+				if fd != -1 {
+					t.Errorf("descriptor %d returned with an error", fd)
+				}
+				if after := openFDs(t); after != before {
+					t.Errorf("open descriptors: %d before, %d after: leaked", before, after)
+				}
+				// The bad datagram is consumed; the next good one comes through.
+				if err := Send(snd, "", &Header{Name: "next"}, rawFD(t, server)); err != nil {
+					t.Fatal(err)
+				}
+				fd, err = Receive(rcv, &h)
+				if err != nil {
+					t.Fatalf("good datagram after a bad one: %v", err)
+				}
+				unix.Close(fd)
+				if h.Name != "next" {
+					t.Errorf("name %q", h.Name)
+				}
+			})
+		}
+	}
+}
+
+// passCred sets SO_PASSCRED on sock, as the worker library does.
+func passCred(t testing.TB, sock int) {
+	t.Helper()
+	if err := unix.SetsockoptInt(sock, unix.SOL_SOCKET, unix.SO_PASSCRED, 1); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestReceiveFrom checks that the sender's credentials come with the
+// connection, and that the control buffer has room for them and for the
+// most descriptors Receive recognises: with too small a buffer the kernel
+// sets MSG_CTRUNC and discards the connection itself.
+func TestReceiveFrom(t *testing.T) {
+	snd, rcv := dgramPair(t)
+	passCred(t, rcv)
+	_, server := tcpPair(t)
+	want := Ucred{Pid: int32(os.Getpid()), Uid: uint32(os.Geteuid()), Gid: uint32(os.Getegid())}
+
+	if err := Send(snd, "", &docHeader, rawFD(t, server)); err != nil {
+		t.Fatal(err)
+	}
+	var h Header
+	fd, cred, err := ReceiveFrom(rcv, &h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fd)
+	if cred != want {
+		t.Errorf("credentials %+v, want %+v", cred, want)
+	}
+	if h != docHeader {
+		t.Errorf("header %+v, want %+v", h, docHeader)
+	}
+
+	// maxRecvFDs descriptors and the credentials both fit: the datagram is
+	// refused for its count, not for a truncation.
+	fds := make([]int, maxRecvFDs)
+	for i := range fds {
+		fds[i] = rawFD(t, server)
+	}
+	good, _ := docHeader.MarshalBinary()
+	before := openFDs(t)
+	sendRaw(t, snd, good, fds...)
+	_, cred, err = ReceiveFrom(rcv, &h)
+	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), fmt.Sprintf("%d descriptors, want 1", maxRecvFDs)) {
+		t.Errorf("%d descriptors with credentials: %v; want ErrMalformed naming the count", maxRecvFDs, err)
+	}
+	if cred != want {
+		t.Errorf("credentials %+v, want %+v", cred, want)
+	}
+	if after := openFDs(t); after != before {
+		t.Errorf("open descriptors: %d before, %d after: leaked", before, after)
+	}
+}
+
+// TestReceiveFromNoCredentials: without SO_PASSCRED no credentials come,
+// and ReceiveFrom refuses the datagram rather than guess, closing the
+// connection.
+func TestReceiveFromNoCredentials(t *testing.T) {
+	snd, rcv := dgramPair(t)
+	client, server := tcpPair(t)
+	if err := Send(snd, "", &docHeader, rawFD(t, server)); err != nil {
+		t.Fatal(err)
+	}
+	server.Close() // the kernel's reference in the datagram is the last one
+	before := openFDs(t)
+	var h Header
+	fd, _, err := ReceiveFrom(rcv, &h)
+	if !errors.Is(err, ErrNoCredentials) || fd != -1 {
+		t.Fatalf("ReceiveFrom = %d, %v; want -1, ErrNoCredentials", fd, err)
+	}
+	if after := openFDs(t); after != before {
+		t.Errorf("open descriptors: %d before, %d after: leaked", before, after)
+	}
+	client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := client.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("client read %d, %v; want EOF (connection closed)", n, err)
 	}
 }
 
@@ -260,6 +361,23 @@ func TestSendReceiveNoAllocs(t *testing.T) {
 	if n != 0 {
 		t.Errorf("Send+Receive: %v allocations per hand-off, want 0", n)
 	}
+	passCred(t, rcv)
+	n = testing.AllocsPerRun(1000, func() {
+		if err := Send(snd, "", &h, sfd); err != nil {
+			t.Fatal(err)
+		}
+		fd, _, err := ReceiveFrom(rcv, &got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+	})
+	if n != 0 {
+		t.Errorf("Send+ReceiveFrom: %v allocations per hand-off, want 0", n)
+	}
+	if _, _, err := ReceiveFrom(rcv, &got); err != unix.EAGAIN {
+		t.Errorf("ReceiveFrom on an empty queue: %v, want exactly unix.EAGAIN", err)
+	}
 }
 
 // BenchmarkSendReceive is the raw cost of one hand-off: encode, sendmsg,
@@ -276,6 +394,28 @@ func BenchmarkSendReceive(b *testing.B) {
 			b.Fatal(err)
 		}
 		fd, err := Receive(rcv, &got)
+		if err != nil {
+			b.Fatal(err)
+		}
+		unix.Close(fd)
+	}
+}
+
+// BenchmarkSendReceiveFrom is BenchmarkSendReceive with the sender's
+// credentials (SO_PASSCRED), as workers receive.
+func BenchmarkSendReceiveFrom(b *testing.B) {
+	snd, rcv := dgramPair(b)
+	passCred(b, rcv)
+	_, server := tcpPair(b)
+	sfd := rawFD(b, server)
+	h := docHeader
+	var got Header
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := Send(snd, "", &h, sfd); err != nil {
+			b.Fatal(err)
+		}
+		fd, _, err := ReceiveFrom(rcv, &got)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -17,3 +17,9 @@ func Send(sock int, to string, h *Header, connFD int) error {
 func Receive(sock int, h *Header) (connFD int, err error) {
 	return -1, fmt.Errorf("handoff: receive: %w", errors.ErrUnsupported)
 }
+
+// ReceiveFrom needs Linux; here it returns an error matching
+// errors.ErrUnsupported.
+func ReceiveFrom(sock int, h *Header) (connFD int, cred Ucred, err error) {
+	return -1, Ucred{}, fmt.Errorf("handoff: receive: %w", errors.ErrUnsupported)
+}

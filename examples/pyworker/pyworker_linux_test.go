@@ -2,6 +2,7 @@ package pyworker
 
 import (
 	"bufio"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"github.com/powerhouse/powerhouse/internal/sockettest"
@@ -14,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -161,6 +163,15 @@ func TestPythonWorker(t *testing.T) {
 	s2.Close()
 	s3.Close()
 
+	// A hand-off from another user (nobody), its request already sent:
+	// the worker must close it unanswered and go on.
+	var stranger net.Conn
+	if os.Geteuid() == 0 {
+		stranger = handOffAs(t, py, path, 65534, good)
+	} else {
+		t.Log("not root: the hand-off from another user is not tried (run the tests as root)")
+	}
+
 	pid := cmd.Process.Pid
 	plain := s.handOff(handoff.Header{Name: "0.0.0.0:9999"})
 	if got, want := get(t, plain), fmt.Sprintf("instance=py@1 pid=%d remote=%s\n", pid, plain.LocalAddr()); got != want {
@@ -184,6 +195,16 @@ func TestPythonWorker(t *testing.T) {
 		t.Errorf("PROXY v6:\n got %q\nwant %q", got, want)
 	}
 
+	if stranger != nil {
+		// Closed with the request unread: a reset rather than EOF.
+		stranger.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if n, err := stranger.Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("hand-off from uid 65534: read %d, %v; want the connection closed unanswered", n, err)
+		}
+		if !strings.Contains(stderr.String(), "rejected hand-off from uid 65534") {
+			t.Errorf("the rejected hand-off is not reported (output: %s)", stderr)
+		}
+	}
 	expectEOF(t, c1, "wrong version")
 	expectEOF(t, c2, "two descriptors, first")
 	expectEOF(t, c3, "two descriptors, second")
@@ -205,4 +226,42 @@ func TestPythonWorker(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("worker still running 10s after SIGTERM (output: %s)", stderr)
 	}
+}
+
+// handOffAs hands off a fresh loopback connection to the hand-off socket
+// at path as user uid: python3, started as root with a socket this process
+// connected (descriptor 3) and the connection (descriptor 4), drops to uid
+// and sends. The client's end is returned
+// with a GET request already written, so that a worker serving it would
+// answer.
+func handOffAs(t *testing.T, py, path string, uid int, header []byte) net.Conn {
+	t.Helper()
+	client, server := tcpPair(t)
+	defer server.Close()
+	fmt.Fprintf(client, "GET / HTTP/1.1\r\nHost: py\r\n\r\n")
+	sock, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sock.Close()
+	sf, err := sock.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sf.Close()
+	cf, err := server.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cf.Close()
+	const script = `import os, socket, sys
+uid = int(sys.argv[1])
+os.setgroups([]); os.setgid(uid); os.setuid(uid)
+socket.send_fds(socket.socket(fileno=3), [bytes.fromhex(sys.argv[2])], [4])`
+	cmd := exec.Command(py, "-c", script, strconv.Itoa(uid), hex.EncodeToString(header))
+	cmd.ExtraFiles = []*os.File{sf, cf}
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("send as uid %d: %v: %s", uid, err, out)
+	}
+	return client
 }

@@ -9,14 +9,19 @@ and answers each HTTP request with one line, like examples/hello:
     instance=<group>@<n> pid=<pid> remote=<client ip:port>
 
 where the client is the original one from the PROXY protocol header when the
-dispatcher read one. Malformed datagrams are counted, their descriptors
-closed, and never stop the loop. On SIGTERM it stops reading without
-draining the socket: what is still queued stays for the next instance.
+dispatcher read one. Only the supervisor may hand off: the worker sets
+SO_PASSCRED on the socket and serves datagrams whose sender uid
+(SCM_CREDENTIALS) is $POWERHOUSE_SUPERVISOR_UID, or, when that is unset, its
+own euid or root. Malformed and rejected datagrams are counted, their
+descriptors closed, and never stop the loop. On SIGTERM it stops reading
+without draining the socket: what is still queued stays for the next
+instance.
 
 It serves one connection at a time, to stay short; a real worker would hand
 each connection to a thread or an event loop.
 """
 
+import array
 import ipaddress
 import os
 import select
@@ -24,6 +29,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 
 MAGIC = b"PHHO"
 VERSION = 1
@@ -33,10 +39,30 @@ MAX_HEADER = 300  # 9 + 2 * (16 + 2) + 255
 MAX_FDS = 16  # room to see (and close) a few extra descriptors
 ADDR_LEN = {0: 0, 4: 4, 6: 16}  # family code -> address bytes
 SD_LISTEN_FDS_START = 3
+UCRED = struct.Struct("=iII")  # struct ucred: pid, uid, gid
+# The credentials come first in the control data, then the descriptors:
+# room for both, or the kernel truncates the descriptors (MSG_CTRUNC) and
+# the connection is lost.
+ANC_SIZE = socket.CMSG_SPACE(UCRED.size) + socket.CMSG_SPACE(MAX_FDS * 4)
+REJECT_LOG_EVERY = 10.0  # seconds: a stranger must not flood the log
 
 
 class Malformed(Exception):
     """A datagram that is not a valid hand-off."""
+
+
+class Rejected(Exception):
+    """A datagram from a sender that is not the supervisor."""
+
+
+def supervisor_uids():
+    """The uids whose hand-offs are served."""
+    v = os.environ.get("POWERHOUSE_SUPERVISOR_UID", "")
+    if not v:
+        return {os.geteuid(), 0}
+    if not v.isdigit() or int(v) >= 0xFFFFFFFF:
+        sys.exit(f"worker.py: POWERHOUSE_SUPERVISOR_UID={v!r}: want a numeric user id")
+    return {int(v)}
 
 
 def listen_fds():
@@ -104,13 +130,29 @@ def parse_header(b):
     return name, src, dst
 
 
-def receive(hsock):
+def receive(hsock, allowed):
     """Receive one hand-off: (connection socket, name, source).
 
-    Raises Malformed after closing every descriptor the datagram brought.
+    Raises Rejected or Malformed after closing every descriptor the
+    datagram brought.
     """
-    msg, fds, flags, _ = socket.recv_fds(hsock, MAX_HEADER + 1, MAX_FDS, socket.MSG_CMSG_CLOEXEC)
+    msg, anc, flags, _ = hsock.recvmsg(MAX_HEADER + 1, ANC_SIZE, socket.MSG_CMSG_CLOEXEC)
+    fds = array.array("i")
+    cred = None
+    for level, typ, data in anc:
+        if level != socket.SOL_SOCKET:
+            continue
+        if typ == socket.SCM_RIGHTS:
+            fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+        elif typ == socket.SCM_CREDENTIALS and len(data) >= UCRED.size:
+            cred = UCRED.unpack(data[:UCRED.size])
+    fds = list(fds)
     try:
+        if cred is None:
+            raise Rejected("hand-off without credentials (SO_PASSCRED not set?)")
+        pid, uid, _gid = cred
+        if uid not in allowed:
+            raise Rejected(f"hand-off from uid {uid} (pid {pid}), not the supervisor's")
         if flags & socket.MSG_CTRUNC:
             raise Malformed("control data truncated (too many descriptors)")
         if flags & socket.MSG_TRUNC:
@@ -131,7 +173,7 @@ def receive(hsock):
             conn.close()
             raise Malformed(str(e)) from None
         return conn, name, src
-    except Malformed:
+    except (Malformed, Rejected):
         for fd in fds:
             os.close(fd)
         raise
@@ -189,6 +231,11 @@ def main():
     # loop reads a datagram only when it will serve it, and SIGTERM never
     # interrupts a connection in hand.
     hsock.setblocking(False)
+    # The kernel attaches the sender's credentials to every datagram: only
+    # the supervisor may hand off. The option is the socket's, shared with
+    # systemd and the next instance, which want it too.
+    hsock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    allowed = supervisor_uids()
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     signal.set_wakeup_fd(wake_w)
@@ -199,7 +246,8 @@ def main():
     instance = os.environ.get("POWERHOUSE_INSTANCE") or "0"
     line_prefix = f"instance={group}@{instance} pid={os.getpid()} remote="
 
-    malformed = 0
+    malformed = rejected = 0
+    reject_logged = None
     sd_notify("READY=1")
     while not stopping:
         readable, _, _ = select.select([hsock, wake_r], [], [])
@@ -210,8 +258,15 @@ def main():
         if hsock not in readable:
             continue
         try:
-            conn, _name, src = receive(hsock)
+            conn, _name, src = receive(hsock, allowed)
         except BlockingIOError:
+            continue
+        except Rejected as e:
+            rejected += 1
+            now = time.monotonic()
+            if reject_logged is None or now - reject_logged >= REJECT_LOG_EVERY:
+                reject_logged = now
+                print(f"worker.py: rejected {e} ({rejected} so far)", file=sys.stderr, flush=True)
             continue
         except Malformed as e:
             malformed += 1

@@ -1,0 +1,138 @@
+package activation_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/powerhouse/powerhouse/activation"
+)
+
+// failingListener returns queued errors from Accept before accepting on
+// the real listener it wraps. It is a seam for errors a real socket
+// produces only under conditions a test cannot arrange safely (a full
+// system file table, a firewall hook answering EPERM, a kernel out of
+// buffers); what follows them is a real TCP accept.
+type failingListener struct {
+	net.Listener
+	mu   sync.Mutex
+	errs []error
+}
+
+func (l *failingListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	if len(l.errs) > 0 {
+		err := l.errs[0]
+		l.errs = l.errs[1:]
+		l.mu.Unlock()
+		return nil, err
+	}
+	l.mu.Unlock()
+	return l.Listener.Accept()
+}
+
+func (l *failingListener) left() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.errs)
+}
+
+// acceptError is err as net.TCPListener.Accept reports it.
+func acceptError(err error) error {
+	return &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", err)}
+}
+
+// TestServeAcceptErrors: every accept error but a closed listener backs off
+// and serving goes on. net/http alone returns from Serve on the errors it
+// does not call Temporary (EPROTO, EPERM, ENOBUFS, ENOMEM), ending the
+// worker.
+func TestServeAcceptErrors(t *testing.T) {
+	t.Setenv("NOTIFY_SOCKET", "")
+	t.Setenv("WATCHDOG_USEC", "")
+	for _, tt := range []struct {
+		name string
+		err  error
+	}{
+		{"EMFILE", syscall.EMFILE},
+		{"ENFILE", syscall.ENFILE},
+		{"ENOBUFS", syscall.ENOBUFS},
+		{"ENOMEM", syscall.ENOMEM},
+		{"ECONNABORTED", syscall.ECONNABORTED},
+		{"EPROTO", syscall.EPROTO},
+		{"EPERM", syscall.EPERM},
+		{"EINTR", syscall.EINTR},
+		{"timeout", os.ErrDeadlineExceeded},
+		{"hand-off recvmsg", errors.New("handoff: recvmsg: no buffer space available")},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			real, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			fl := &failingListener{Listener: real, errs: []error{acceptError(tt.err), acceptError(tt.err), acceptError(tt.err)}}
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := make(chan error, 1)
+			go func() {
+				done <- (&activation.ServeConfig{}).Serve(ctx, &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					io.WriteString(w, "ok")
+				})}, fl)
+			}()
+			client := &http.Client{Timeout: 10 * time.Second}
+			defer client.CloseIdleConnections()
+			resp, err := client.Get("http://" + real.Addr().String())
+			if err != nil {
+				select {
+				case serr := <-done:
+					t.Fatalf("GET: %v; Serve returned: %v", err, serr)
+				default:
+					t.Fatalf("GET: %v", err)
+				}
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) != "ok" {
+				t.Errorf("GET: %q", b)
+			}
+			if n := fl.left(); n != 0 {
+				t.Errorf("%d queued errors not returned", n)
+			}
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Serve after cancel: %v, want nil", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("Serve did not return after cancel")
+			}
+		})
+	}
+
+	// A listener closed under Serve ends it, with an error saying so.
+	t.Run("closed", func(t *testing.T) {
+		real, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fl := &failingListener{Listener: real, errs: []error{acceptError(syscall.EPROTO)}}
+		real.Close()
+		done := make(chan error, 1)
+		go func() { done <- (&activation.ServeConfig{}).Serve(context.Background(), &http.Server{}, fl) }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, net.ErrClosed) {
+				t.Errorf("Serve on a closed listener: %v, want net.ErrClosed", err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Serve did not return on a closed listener")
+		}
+	})
+}

@@ -1,0 +1,185 @@
+package integration
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/powerhouse/powerhouse/handoff"
+	"github.com/powerhouse/powerhouse/internal/sockettest"
+)
+
+// TestIntegrationFDLimit: a sticky worker (examples/hello) runs under
+// systemd with LimitNOFILE=64 and its hand-off socket held by a socket
+// unit; the test is its dispatcher. It hands over 60 connections that the
+// worker holds (a POST whose body never comes) and then 500 requests. The
+// worker cannot hold 60: it stops receiving while it is short of
+// descriptors, the rest wait in the socket systemd holds (the test waits
+// on the full queue, as the dispatcher does before falling back), and once
+// the 60 are closed every one of the 500 is answered. A worker that kept
+// reading would have the kernel drop the connections it has no descriptor
+// for (MSG_CTRUNC). The worker does not get PassCredentials=yes: it sets
+// SO_PASSCRED itself.
+func TestIntegrationFDLimit(t *testing.T) {
+	const holds, requests = 60, 500
+	h := bootHouse(t, sdboxOptions())
+	// Abstract: the box shares the host's network namespace, so the test
+	// reaches the socket by name.
+	addr := fmt.Sprintf("@powerhouse-fdlimit-%d", os.Getpid())
+	socket := fmt.Sprintf("[Socket]\nListenDatagram=%s\nFileDescriptorName=handoff\n", addr)
+	service := fmt.Sprintf(`[Unit]
+Requires=fdlimit.socket
+After=fdlimit.socket
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart=%s
+Sockets=fdlimit.socket
+LimitNOFILE=64
+Environment=POWERHOUSE_GROUP=fd POWERHOUSE_INSTANCE=1
+`, filepath.Join(bin, "hello"))
+	for name, text := range map[string]string{"fdlimit.socket": socket, "fdlimit.service": service} {
+		if err := h.box.WriteFile("/run/systemd/system/"+name, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.systemctl("daemon-reload")
+	h.systemctl("start", "fdlimit.service")
+
+	uc, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+
+	var holdClients, reqClients []net.Conn
+	var servers []*net.TCPConn
+	for i := 0; i < holds+requests; i++ {
+		c, s := sockettest.TCPPair(t)
+		req := "GET / HTTP/1.1\r\nHost: fd\r\nConnection: close\r\n\r\n"
+		if i < holds {
+			req = "POST /message HTTP/1.1\r\nHost: fd\r\nContent-Length: 4096\r\n\r\n"
+			holdClients = append(holdClients, c)
+		} else {
+			reqClients = append(reqClients, c)
+		}
+		if _, err := io.WriteString(c, req); err != nil {
+			t.Fatal(err)
+		}
+		servers = append(servers, s)
+	}
+
+	// A held connection closed before the test closes it was dropped.
+	var released atomic.Bool
+	var lost atomic.Int32
+	lostCh := make(chan struct{}, 1)
+	var watchers sync.WaitGroup
+	for _, c := range holdClients {
+		watchers.Add(1)
+		go func() {
+			defer watchers.Done()
+			c.SetReadDeadline(time.Now().Add(2 * time.Minute))
+			c.Read(make([]byte, 1)) // the worker answers nothing before the body
+			if !released.Load() {
+				lost.Add(1)
+				select {
+				case lostCh <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
+
+	blocked := make(chan struct{}, 1)
+	sent := make(chan error, 1)
+	go func() {
+		rc, err := uc.SyscallConn()
+		if err != nil {
+			sent <- err
+			return
+		}
+		uc.SetWriteDeadline(time.Now().Add(2 * time.Minute))
+		hdr := handoff.Header{Name: "0.0.0.0:9999"}
+		for i, s := range servers {
+			src, _ := s.SyscallConn()
+			var serr error
+			err := rc.Write(func(sock uintptr) bool {
+				src.Control(func(fd uintptr) { serr = handoff.Send(int(sock), "", &hdr, int(fd)) })
+				if errors.Is(serr, syscall.EAGAIN) {
+					select {
+					case blocked <- struct{}{}:
+					default:
+					}
+					return false
+				}
+				return true
+			})
+			if err == nil {
+				err = serr
+			}
+			if err != nil {
+				sent <- fmt.Errorf("hand-off %d: %w", i, err)
+				return
+			}
+			s.Close()
+		}
+		sent <- nil
+	}()
+
+	// The worker fills up: the queue behind it fills (with the guard), or
+	// it drops connections (without), or, unexpectedly, takes them all.
+	var sendErr error
+	senderDone := false
+	select {
+	case <-blocked:
+	case <-lostCh:
+	case sendErr = <-sent:
+		senderDone = true
+	case <-time.After(time.Minute):
+		t.Fatalf("the dispatcher neither blocked nor finished in a minute\njournal:\n%s", h.journal())
+	}
+	if n := lost.Load(); n > 0 {
+		t.Errorf("%d of %d held connections were closed by the worker at its descriptor limit", n, holds)
+	}
+
+	released.Store(true)
+	for _, c := range holdClients {
+		c.Close()
+	}
+	watchers.Wait()
+
+	var failed []string
+	for i, c := range reqClients {
+		c.SetReadDeadline(time.Now().Add(time.Minute))
+		b, err := io.ReadAll(c)
+		if !strings.HasPrefix(string(b), "HTTP/1.1 200 ") || !strings.Contains(string(b), "instance=fd@1") {
+			failed = append(failed, fmt.Sprintf("#%d: %q, %v", i, b, err))
+		}
+	}
+	if len(failed) > 0 {
+		t.Errorf("%d of %d requests not answered, first: %s", len(failed), requests, failed[0])
+	}
+	if !senderDone {
+		sendErr = <-sent
+	}
+	if sendErr != nil {
+		t.Errorf("dispatcher: %v", sendErr)
+	}
+	journal, _ := h.run("journalctl", "--no-pager", "-u", "fdlimit.service", "-o", "cat")
+	if !strings.Contains(journal, "not receiving hand-offs") || !strings.Contains(journal, "receiving hand-offs again") {
+		t.Errorf("the worker did not log its pause and resume:\n%s", journal)
+	}
+	if t.Failed() {
+		t.Logf("journal:\n%s", h.journal())
+	}
+}
