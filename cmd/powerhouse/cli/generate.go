@@ -27,6 +27,9 @@ The supervisor units run the powerhouse binary at --binary (default: this
 executable) with the configuration at --config-path (default: CONFIG's
 absolute path). Set both when generating for another machine or a package.
 
+On standard error, one line per group says how ` + "`powerhouse set`" + ` will deliver a
+changed [worker.config] to its running workers (see reload_signal).
+
 Exit status: 0 on success, 2 for bad arguments or configuration (one
 problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
@@ -41,6 +44,9 @@ problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 				if err != nil {
 					return err
 				}
+				for i := range c.Workers {
+					fmt.Fprintf(e.stderr, "generate: group %s: %s\n", c.Workers[i].Name, setDelivery(&c.Workers[i]))
+				}
 				if *out == "" {
 					for _, u := range us {
 						fmt.Fprintf(e.stdout, "### %s\n", u.Name)
@@ -52,7 +58,7 @@ problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 					return fmt.Errorf("create %s: %w", *out, err)
 				}
 				for _, u := range us {
-					if _, err := units.WriteFile(filepath.Join(*out, u.Name), u.Render(o), 0o644); err != nil {
+					if _, err := units.WriteFile(filepath.Join(*out, u.Name), u.Render(o), units.Public); err != nil {
 						return err
 					}
 				}
