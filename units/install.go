@@ -102,12 +102,26 @@ func (t Tree) Apply(files []File) (Result, error) {
 	for _, p := range old.Adopted {
 		wasAdopted[p] = true
 	}
-	owned := map[string]bool{}
-	var adopted []string
+	// Check every path before writing any, so that a link planted
+	// anywhere leaves the installation as it was, not half-written.
 	for _, f := range files {
 		if err := t.checkPath(f.Path); err != nil {
 			return r, fmt.Errorf("install: %w", err)
 		}
+		dir, name := path.Split(f.Path)
+		dfd, err := t.openDir(rfd, dir, true)
+		if err != nil {
+			return r, fmt.Errorf("install: %w", err)
+		}
+		link := isLink(dfd, name)
+		unix.Close(dfd)
+		if link && f.Link == "" {
+			return r, fmt.Errorf("install: write %s: is a symbolic link: refusing to write through it (remove it if it is meant to go)", t.show(f.Path))
+		}
+	}
+	owned := map[string]bool{}
+	var adopted []string
+	for _, f := range files {
 		owned[f.Path] = true
 		dir, name := path.Split(f.Path)
 		dfd, err := t.openDir(rfd, dir, true)

@@ -211,11 +211,16 @@ func TestApplyRefusesPlantedLinks(t *testing.T) {
 			if err := tc.plant(e); err != nil {
 				t.Fatal(err)
 			}
-			_, err := e.tree.Apply([]File{{Path: tc.path, Data: []byte("written"), Perm: Public}})
+			// The planted path last: nothing at all is written.
+			first := "/etc/systemd/system/first.service"
+			_, err := e.tree.Apply([]File{{Path: first, Data: []byte("x"), Perm: Public}, {Path: tc.path, Data: []byte("written"), Perm: Public}})
 			if err == nil || !strings.Contains(err.Error(), "symbolic link") {
 				t.Errorf("apply: %v, want an error naming the symbolic link", err)
 			}
 			e.checkIntact(t)
+			if _, err := os.Lstat(filepath.Join(e.root, first)); err == nil {
+				t.Errorf("%s written before the link was found: a half-done installation", first)
+			}
 			if _, err := os.Lstat(filepath.Join(e.base, "outside/new")); err == nil {
 				t.Error("a file was created through a dangling link")
 			}

@@ -89,7 +89,15 @@ Idempotent: files whose content is unchanged are not touched, and a second
 run with the same configuration reports no change. Units of groups that
 are gone are removed. Every write is atomic. --root DIR writes the same
 tree under DIR and talks to no systemd (packaging, images). Workers given
-by a relative path in CONFIG are written with absolute paths.`,
+by a relative path in CONFIG are written with absolute paths.
+
+Nothing is written outside the configuration's directory and the unit
+directory, and no symbolic link in the target tree is followed: a link at
+a unit's path or as a directory on the way is an error. The configuration
+copy may hold secrets: it is created 0600; a file already there keeps its
+mode, owner and group, but not what it granted others. A configuration
+already in place before the first install (CONFIG is the installed path)
+is adopted: uninstall leaves it.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			user := fs.Bool("user", false, "install for the calling user's service manager")
 			root := fs.String("root", "", "write under `DIR` and talk to no systemd")
@@ -300,7 +308,11 @@ func init() {
 		long: `Stops powerhouse.target (every group's supervisor and workers), removes the
 files listed in the installation manifest (the configuration copy, the
 units, the enablement link) and nothing else, and asks systemd to reload.
---root DIR removes them under DIR and talks to no systemd.`,
+A configuration that was in place before install is left, and said so.
+The manifest is checked first: an entry outside the installation's
+directories, with "..", relative, or behind a symbolic link is refused and
+nothing is removed. --root DIR removes them under DIR and talks to no
+systemd.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			user := fs.Bool("user", false, "uninstall from the calling user's service manager")
 			root := fs.String("root", "", "remove under `DIR` and talk to no systemd")
