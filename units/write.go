@@ -132,8 +132,15 @@ func writeAt(dfd int, name, display string, data []byte, perm Perm) (changed boo
 		err = unix.Fchmod(tfd, mode)
 	}
 	if err == nil && (uid >= 0 || gid >= 0) {
-		if err = unix.Fchown(tfd, uid, gid); err != nil {
-			err = chownError(gid, err)
+		// Only when the new file's owner or group is not already the
+		// one wanted: chown needs a privilege (CAP_CHOWN, or membership
+		// in the group) and a system call that a hardened writer may
+		// lack, and a root-owned rewrite by root needs neither.
+		var st unix.Stat_t
+		if err = unix.Fstat(tfd, &st); err == nil && ((uid >= 0 && uint32(uid) != st.Uid) || (gid >= 0 && uint32(gid) != st.Gid)) {
+			if err = unix.Fchown(tfd, uid, gid); err != nil {
+				err = chownError(gid, err)
+			}
 		}
 	}
 	if err == nil {
@@ -153,7 +160,7 @@ func writeAt(dfd int, name, display string, data []byte, perm Perm) (changed boo
 
 func chownError(gid int, err error) error {
 	if errors.Is(err, unix.EPERM) {
-		return fmt.Errorf("cannot give it group %d (%w): the members of that group (the workers) could not read it; the writer needs CAP_CHOWN or membership in the group", gid, err)
+		return fmt.Errorf("cannot give it group %d (%w): the members of that group (the workers) could not read it; the writer needs CAP_CHOWN or membership in the group, and fchown allowed by its system call filter (SystemCallFilter=@chown)", gid, err)
 	}
 	return fmt.Errorf("set group %d: %w", gid, err)
 }

@@ -31,6 +31,8 @@ amount = 2
 sticky = true
 listen = ["127.0.0.1:9994"]
 public_config = ["level"]
+[worker.service]
+group = "root"
 `, python, py)
 	h := newHouse(t, cfg)
 	h.systemctl("start", "powerhouse.target")
@@ -44,7 +46,10 @@ public_config = ["level"]
 			return true
 		}
 	}
-	waitFor(t, 20*time.Second, "2 py workers", running("py", 2))
+	if !waitUntil(20*time.Second, running("py", 2)) {
+		j := h.journal()
+		t.Fatalf("the 2 py workers did not start; journal:\n%s", j)
+	}
 	waitFor(t, 20*time.Second, "4 web workers", running("web", 4))
 
 	t.Run("rolling restart without reload_signal", func(t *testing.T) {
@@ -86,8 +91,18 @@ public_config = ["level"]
 		if err != nil || !strings.Contains(string(b), `"password": "s3cret"`) {
 			t.Errorf("config.json: %v\n%s", err, b)
 		}
-		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm()&0o007 != 0 {
-			t.Errorf("config.json mode %v (%v): readable by others", fi.Mode(), err)
+		// 0640 with the workers' group (root here: the supervisor's
+		// hardening lets it give a file no other group yet): a member of
+		// it reads the file, another user does not.
+		if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o640 {
+			t.Errorf("config.json: %v, mode %v; want 0640", err, fi.Mode())
+		}
+		const inBox = "/run/powerhouse/py/config.json"
+		if out, err := h.run("setpriv", "--reuid=nobody", "--regid=root", "--clear-groups", "cat", inBox); err != nil || !strings.Contains(out, "s3cret") {
+			t.Errorf("a member of the workers' group cannot read config.json: %v\n%s", err, out)
+		}
+		if out, err := h.run("setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat", inBox); err == nil || strings.Contains(out, "s3cret") {
+			t.Errorf("a user outside the workers' group reads config.json: %v\n%s", err, out)
 		}
 		j, _ := h.run("journalctl", "--no-pager", "-o", "json", "POWERHOUSE_EVENT=master.reconfigure", "POWERHOUSE_GROUP=py")
 		if !strings.Contains(j, `"POWERHOUSE_KEYS":"level,password"`) || !strings.Contains(j, `"POWERHOUSE_VALUES":"{\"level\":3}"`) {
@@ -115,6 +130,18 @@ public_config = ["level"]
 			t.Errorf("web workers restarted: %v -> %v", before, after)
 		}
 	})
+}
+
+// waitUntil polls cond until it holds or d passes, and says which.
+func waitUntil(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return true
 }
 
 func findPython() (string, error) {
