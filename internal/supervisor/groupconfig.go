@@ -22,8 +22,10 @@ const DefaultWorkerGroup = "powerhouse"
 // that they read it and no other user does. When that group cannot be
 // given (EPERM: the writer has neither CAP_CHOWN nor membership), it
 // fails, naming the file: workers that cannot read their configuration
-// must not start as if all were well. readers says who can read it, for
-// the log.
+// must not start as if all were well. A writer that is not root (the
+// supervisor of a user's own house) with no user or group asked for
+// keeps the file its own, 0600: its workers run as the same user. readers
+// says who can read it, for the log.
 func WriteGroupConfig(runtimeDir string, w *config.Worker) (readers string, err error) {
 	b, err := w.ConfigJSON()
 	if err != nil {
@@ -36,6 +38,10 @@ func WriteGroupConfig(runtimeDir string, w *config.Worker) (readers string, err 
 	perm := units.Secret
 	gid, name, err := WorkerGroup(w.Service)
 	switch {
+	case os.Geteuid() != 0 && w.Service.User == "" && w.Service.Group == "":
+		// A user's own house (systemd --user): its workers run as this
+		// user, who owns the file.
+		readers = "this user only (workers of a user's house run as the user)"
 	case errors.Is(err, errNoDefaultGroup):
 		// No such group on this system, so no worker runs as it
 		// (systemd would refuse to start one): root's alone.

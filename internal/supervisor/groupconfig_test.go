@@ -100,6 +100,10 @@ func TestWriteGroupConfigEPERM(t *testing.T) {
 		w := &config.Worker{Name: "web", Service: config.Service{Group: "4242"}, Config: map[string]any{}}
 		_, err := WriteGroupConfig(dir, w)
 		io.WriteString(os.Stdout, "RESULT: "+strings.ReplaceAll(errString(err), "\n", " ")+"\n")
+		// A user's own house: no group asked for, the user's file.
+		w = &config.Worker{Name: "user", Config: map[string]any{}}
+		_, err = WriteGroupConfig(dir, w)
+		io.WriteString(os.Stdout, "USER: "+errString(err)+"\n")
 		return
 	}
 	if os.Geteuid() != 0 {
@@ -148,6 +152,9 @@ func TestWriteGroupConfigEPERM(t *testing.T) {
 	}
 	if _, err := os.Stat(p); err == nil {
 		t.Errorf("%s was written although its group could not be set", p)
+	}
+	if fi, err := os.Stat(filepath.Join(run, "user", "config.json")); err != nil || fi.Mode().Perm() != 0o600 || !strings.Contains(string(out), "USER: <nil>") {
+		t.Errorf("a user's own house: %v %v, want its config.json written 0600\n%s", fi, err, out)
 	}
 }
 
