@@ -39,6 +39,7 @@ golden:
 
 fuzz:
 	$(GO) test ./generator -run '^$$' -fuzz FuzzGenerate -fuzztime 500000x
+	$(GO) test ./units -run '^$$' -fuzz FuzzManifest -fuzztime 60s
 
 # The side-by-side run against direct SO_REUSEPORT and the peers, plus the
 # Go micro-benchmarks (~9 min, root: the peers' setup uses apt and npm);

@@ -83,6 +83,12 @@ type Worker struct {
 	// Config is the group's configuration, passed to workers as JSON.
 	// It is never nil.
 	Config map[string]any
+	// ReloadSignal is how the workers take a new configuration: "" (they
+	// are restarted one at a time) or ReloadSIGHUP (reload_signal).
+	ReloadSignal string
+	// PublicConfig lists the Config keys whose values may appear in the
+	// journal (public_config); the others are secrets.
+	PublicConfig []string
 }
 
 // Listener is one public listening socket of a group.
@@ -240,7 +246,7 @@ func displayKey(p string) string { return indexRE.ReplaceAllString(p, "") }
 var (
 	topKeys     = []string{"title", "amount", "verbose", "prepare", "worker"}
 	prepareKeys = []string{"exec"}
-	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "service", "config"}
+	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "service", "config", "reload_signal", "public_config"}
 	listenKeys  = []string{"address", "proxy_protocol", "proxy_from", "name", "socket_user", "socket_group", "socket_mode"}
 	// NameRE is what a group name may be: it becomes part of unit names
 	// (powerhouse@NAME.service, powerhouse-NAME@.service) and of paths
@@ -432,6 +438,12 @@ func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
 		} else {
 			p.errf(at+".config", "must be a table ([worker.config]), not %s", typeName(v))
 		}
+	}
+	if v, ok := m["reload_signal"]; ok {
+		w.ReloadSignal = p.reloadSignal(at+".reload_signal", v)
+	}
+	if v, ok := m["public_config"]; ok {
+		w.PublicConfig = p.publicConfig(at+".public_config", v)
 	}
 	switch {
 	case w.Type == Child && len(w.Listen) > 0:

@@ -67,7 +67,10 @@ type Event struct {
 	// Message is the human-readable line (MESSAGE=).
 	Message string `json:"message"`
 	// Fields are the details, without the POWERHOUSE_ prefix, lower case:
-	// "exit_code", "signal", "reason", "pid", "config", ...
+	// "exit_code", "signal", "reason", "pid", "keys", ... They are written
+	// to the journal, which many may read: never a configuration value
+	// (master.reconfigure carries the keys changed, and values only of
+	// the keys a group's public_config names).
 	Fields map[string]string `json:"fields,omitempty"`
 }
 

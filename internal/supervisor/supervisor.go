@@ -517,25 +517,22 @@ func (s *Supervisor) publish() {
 		ProxyErrors: st.ProxyErrors, PerInstance: st.PerInstance, InDispatch: s.disp.Up.Snapshot().IDs()}
 	b, err := json.Marshal(ds)
 	if err == nil {
-		_, err = units.WriteFile(DispatchStatePath(s.o.RuntimeDir, s.o.Group), b, 0o644)
+		_, err = units.WriteFile(DispatchStatePath(s.o.RuntimeDir, s.o.Group), b, units.Public)
 	}
 	if err != nil {
 		s.log.Debug("dispatch state not written", "err", err)
 	}
 }
 
-// writeGroupConfig writes the JSON configuration the workers read.
+// writeGroupConfig writes the JSON configuration the workers read, for
+// their group's eyes only (WriteGroupConfig).
 func (s *Supervisor) writeGroupConfig(w *config.Worker) error {
-	b, err := w.ConfigJSON()
+	readers, err := WriteGroupConfig(s.o.RuntimeDir, w)
 	if err != nil {
-		return err
-	}
-	dir := filepath.Join(s.o.RuntimeDir, s.o.Group)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("supervise: %w", err)
 	}
-	_, err = units.WriteFile(filepath.Join(dir, "config.json"), b, 0o644)
-	return err
+	s.log.Debug("group config written", "readers", readers)
+	return nil
 }
 
 // listeners turns the inherited sockets into named dispatcher listeners,

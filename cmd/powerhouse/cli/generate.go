@@ -31,6 +31,9 @@ Settings the configuration asks for that the units had to work around (a
 worker under /tmp runs without PrivateTmp=, say) are printed on standard
 error, each as "warning: file:line: key: what and why".
 
+On standard error, one line per group says how ` + "`powerhouse set`" + ` will deliver a
+changed [worker.config] to its running workers (see reload_signal).
+
 Exit status: 0 on success, 2 for bad arguments or configuration (one
 problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
@@ -46,6 +49,9 @@ problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 					return err
 				}
 				printWarnings(e, c)
+				for i := range c.Workers {
+					fmt.Fprintf(e.stderr, "generate: group %s: %s\n", c.Workers[i].Name, setDelivery(&c.Workers[i]))
+				}
 				if *out == "" {
 					for _, u := range us {
 						fmt.Fprintf(e.stdout, "### %s\n", u.Name)
@@ -57,7 +63,7 @@ problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 					return fmt.Errorf("create %s: %w", *out, err)
 				}
 				for _, u := range us {
-					if _, err := units.WriteFile(filepath.Join(*out, u.Name), u.Render(o), 0o644); err != nil {
+					if _, err := units.WriteFile(filepath.Join(*out, u.Name), u.Render(o), units.Public); err != nil {
 						return err
 					}
 				}

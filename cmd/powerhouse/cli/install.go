@@ -21,7 +21,15 @@ type layout struct {
 	user                                     bool
 }
 
-func newLayout(user bool) (layout, error) {
+// tree is the installation's place under root: it writes in the
+// configuration's directory and the unit directory, nowhere else.
+func (l layout) tree(root string) units.Tree {
+	return units.Tree{Root: root, Manifest: l.manifest, Dirs: []string{filepath.Dir(l.configPath), l.unitDir}}
+}
+
+// newLayout returns the paths of a system installation, or of the
+// calling user's (--user). root is --root.
+func newLayout(user bool, root string) (layout, error) {
 	if !user {
 		return layout{
 			configPath: config.DefaultPath,
@@ -35,13 +43,35 @@ func newLayout(user bool) (layout, error) {
 		return layout{}, fmt.Errorf("--user: %w", err)
 	}
 	cfg := filepath.Join(home, ".config")
+	phDir, unitDir := filepath.Join(cfg, "powerhouse"), filepath.Join(cfg, "systemd", "user")
+	if root == "" {
+		// The user's own links (~/.config kept in a dotfiles checkout)
+		// are the user's choice: resolved here, once, so that the
+		// installation, which follows no link, writes where they lead.
+		phDir, unitDir = resolveExisting(phDir), resolveExisting(unitDir)
+	}
 	return layout{
-		configPath: filepath.Join(cfg, "powerhouse", "powerhouse.toml"),
-		unitDir:    filepath.Join(cfg, "systemd", "user"),
-		manifest:   filepath.Join(cfg, "powerhouse", ".installed.json"),
-		wantsLink:  filepath.Join(cfg, "systemd", "user", "default.target.wants", generator.Target),
+		configPath: filepath.Join(phDir, "powerhouse.toml"),
+		unitDir:    unitDir,
+		manifest:   filepath.Join(phDir, ".installed.json"),
+		wantsLink:  filepath.Join(unitDir, "default.target.wants", generator.Target),
 		user:       true,
 	}, nil
+}
+
+// resolveExisting resolves the symbolic links in the longest existing
+// prefix of the absolute path p.
+func resolveExisting(p string) string {
+	rest := ""
+	for dir := p; ; dir = filepath.Dir(dir) {
+		if r, err := filepath.EvalSymlinks(dir); err == nil {
+			return filepath.Join(r, rest)
+		}
+		if dir == "/" || dir == "." {
+			return p
+		}
+		rest = filepath.Join(filepath.Base(dir), rest)
+	}
 }
 
 func init() {
@@ -59,7 +89,15 @@ Idempotent: files whose content is unchanged are not touched, and a second
 run with the same configuration reports no change. Units of groups that
 are gone are removed. Every write is atomic. --root DIR writes the same
 tree under DIR and talks to no systemd (packaging, images). Workers given
-by a relative path in CONFIG are written with absolute paths.`,
+by a relative path in CONFIG are written with absolute paths.
+
+Nothing is written outside the configuration's directory and the unit
+directory, and no symbolic link in the target tree is followed: a link at
+a unit's path or as a directory on the way is an error. The configuration
+copy may hold secrets: it is created 0600; a file already there keeps its
+mode, owner and group, but not what it granted others. A configuration
+already in place before the first install (CONFIG is the installed path)
+is adopted: uninstall leaves it.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			user := fs.Bool("user", false, "install for the calling user's service manager")
 			root := fs.String("root", "", "write under `DIR` and talk to no systemd")
@@ -80,7 +118,7 @@ by a relative path in CONFIG are written with absolute paths.`,
 }
 
 func install(e *env, src, root, binary string, user, now bool) error {
-	lay, err := newLayout(user)
+	lay, err := newLayout(user, root)
 	if err != nil {
 		return err
 	}
@@ -116,9 +154,13 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	if b, err := os.ReadFile(filepath.Join(root, lay.configPath)); err == nil {
 		old, _ = config.Parse(lay.configPath, b)
 	}
-	files := []units.File{{Path: lay.configPath, Data: data, Mode: 0o644}}
+	// The configuration may hold secrets (its [worker.config] is the
+	// workers' credentials): root's alone. A configuration the operator
+	// wrote in place before the first install is adopted: uninstall
+	// leaves it.
+	files := []units.File{{Path: lay.configPath, Data: data, Perm: units.Secret, Adopt: true}}
 	for _, u := range us {
-		files = append(files, units.File{Path: filepath.Join(lay.unitDir, u.Name), Data: u.Render(o), Mode: 0o644})
+		files = append(files, units.File{Path: filepath.Join(lay.unitDir, u.Name), Data: u.Render(o), Perm: units.Public})
 	}
 	files = append(files, units.File{Path: lay.wantsLink, Link: filepath.Join(lay.unitDir, generator.Target)})
 
@@ -142,7 +184,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 			}
 		}
 	}
-	res, err := units.Apply(root, lay.manifest, files)
+	res, err := lay.tree(root).Apply(files)
 	if err != nil {
 		return err
 	}
@@ -305,7 +347,11 @@ func init() {
 		long: `Stops powerhouse.target (every group's supervisor and workers), removes the
 files listed in the installation manifest (the configuration copy, the
 units, the enablement link) and nothing else, and asks systemd to reload.
---root DIR removes them under DIR and talks to no systemd.`,
+A configuration that was in place before install is left, and said so.
+The manifest is checked first: an entry outside the installation's
+directories, with "..", relative, or behind a symbolic link is refused and
+nothing is removed. --root DIR removes them under DIR and talks to no
+systemd.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			user := fs.Bool("user", false, "uninstall from the calling user's service manager")
 			root := fs.String("root", "", "remove under `DIR` and talk to no systemd")
@@ -313,11 +359,12 @@ units, the enablement link) and nothing else, and asks systemd to reload.
 				if len(args) > 0 {
 					return usagef("takes no arguments")
 				}
-				lay, err := newLayout(*user)
+				lay, err := newLayout(*user, *root)
 				if err != nil {
 					return err
 				}
-				if !units.Installed(*root, lay.manifest) {
+				tree := lay.tree(*root)
+				if !tree.Installed() {
 					fmt.Fprintln(e.stdout, "uninstall: nothing installed")
 					return nil
 				}
@@ -344,9 +391,12 @@ units, the enablement link) and nothing else, and asks systemd to reload.
 						}
 					}
 				}
-				removed, err := units.Uninstall(*root, lay.manifest)
-				for _, p := range removed {
+				res, err := tree.Uninstall()
+				for _, p := range res.Removed {
 					fmt.Fprintf(e.stdout, "uninstall: removed %s\n", filepath.Join(*root, p))
+				}
+				for _, p := range res.Kept {
+					fmt.Fprintf(e.stdout, "uninstall: left %s: it was there before install (remove it yourself if it should go)\n", filepath.Join(*root, p))
 				}
 				if err != nil {
 					return err

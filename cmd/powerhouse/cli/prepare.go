@@ -40,7 +40,7 @@ line, fails the hook and writes nothing, and the workers do not start.`,
 				if err != nil {
 					return fmt.Errorf("prepare command %s: %w", args[0], err)
 				}
-				if _, err := units.WriteFile(*out, env, 0o644); err != nil {
+				if _, err := units.WriteFile(*out, env, units.Secret); err != nil {
 					return err
 				}
 				return nil

@@ -57,20 +57,30 @@ every reloadable group is reloaded. Groups with reloadable = false refuse.`,
 				}
 				defer m.Close()
 				for _, w := range groups {
-					for n := 1; n <= w.Amount; n++ {
-						unit := generator.WorkerService(w.Name, n)
-						fmt.Fprintf(e.stderr, "reload %s: restarting %s (%d/%d)\n", w.Name, unit, n, w.Amount)
-						if err := m.Restart(e.ctx, unit); err != nil {
-							return fmt.Errorf("group %s: instance %d (%s) did not become ready: %w", w.Name, n, unit, err)
-						}
-						// Best effort: outside systemd there is no journal.
-						_ = events.Write(events.Event{Type: events.WorkerReload, Group: w.Name, Instance: n,
-							Message: fmt.Sprintf("worker %s@%d reloaded", w.Name, n)})
+					if err := rollingRestart(e, m, "reload", w); err != nil {
+						return err
 					}
-					fmt.Fprintf(e.stderr, "reload %s: %d instances restarted\n", w.Name, w.Amount)
 				}
 				return nil
 			}
 		},
 	})
+}
+
+// rollingRestart restarts a group's instances one at a time, each once
+// the previous one is ready again (reload, and set without
+// reload_signal). verb prefixes the progress lines.
+func rollingRestart(e *env, m *units.Manager, verb string, w *config.Worker) error {
+	for n := 1; n <= w.Amount; n++ {
+		unit := generator.WorkerService(w.Name, n)
+		fmt.Fprintf(e.stderr, "%s %s: restarting %s (%d/%d)\n", verb, w.Name, unit, n, w.Amount)
+		if err := m.Restart(e.ctx, unit); err != nil {
+			return fmt.Errorf("group %s: instance %d (%s) did not become ready: %w", w.Name, n, unit, err)
+		}
+		// Best effort: outside systemd there is no journal.
+		_ = events.Write(events.Event{Type: events.WorkerReload, Group: w.Name, Instance: n,
+			Message: fmt.Sprintf("worker %s@%d reloaded", w.Name, n)})
+	}
+	fmt.Fprintf(e.stderr, "%s %s: %d instances restarted\n", verb, w.Name, w.Amount)
+	return nil
 }

@@ -45,7 +45,7 @@ instances match, at most --timeout.`,
 				if err != nil {
 					return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse scale: %w", err)}
 				}
-				if _, err := units.WriteFile(*mf.config, out, 0o644); err != nil {
+				if _, err := units.WriteFile(*mf.config, out, configPerm); err != nil {
 					return err
 				}
 				m, err := mf.connect(e)

@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strings"
@@ -13,6 +16,7 @@ import (
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/events"
 	"github.com/powerhouse/powerhouse/generator"
+	"github.com/powerhouse/powerhouse/internal/supervisor"
 	"github.com/powerhouse/powerhouse/units"
 )
 
@@ -25,9 +29,21 @@ func init() {
 (42, true, "text", [1,2], {"a":1}); a bare word is a string. The
 configuration file is edited in place (only the lines concerned; comments
 stay), validated, and written atomically; then the group's JSON config is
-rewritten and the running workers get SIGHUP (the activation library
-re-reads it and runs OnReconfigure), without a restart. The change is
-logged as master.reconfigure. A bad key or value changes nothing.`,
+rewritten (mode 0640, group of the workers) and delivered to the running
+workers: a group with reload_signal = "SIGHUP" gets SIGHUP (the activation
+library re-reads it and runs OnReconfigure), without a restart; any other
+group is restarted one instance at a time, each once the previous is ready
+(as powerhouse reload), since SIGHUP ends a worker that does not handle it.
+A group with reloadable = false and no reload_signal is not restarted: its
+workers read the new configuration when they next start. The command says
+which happened. The change is logged as master.reconfigure with the keys
+changed; values only for keys listed in the group's public_config. A bad
+key or value changes nothing.
+
+A command line is visible to every local user (ps) and is recorded with
+each journal entry the command writes (_CMDLINE): give a secret as KEY=-
+and its VALUE on standard input (at most 64 KiB; one final newline is
+dropped), e.g.  powerhouse set web password=- < secret.json`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			mf := addManagerFlags(fs)
 			return func(e *env, args []string) error {
@@ -36,6 +52,7 @@ logged as master.reconfigure. A bad key or value changes nothing.`,
 				}
 				group := args[0]
 				values := map[string]any{}
+				stdinUsed := false
 				for _, a := range args[1:] {
 					k, v, ok := strings.Cut(a, "=")
 					if !ok {
@@ -43,6 +60,16 @@ logged as master.reconfigure. A bad key or value changes nothing.`,
 					}
 					if err := config.ValidKey(k); err != nil {
 						return usagef("%v", err)
+					}
+					if v == "-" {
+						if stdinUsed {
+							return usagef("only one KEY=- can read its value from standard input")
+						}
+						stdinUsed = true
+						var err error
+						if v, err = readValue(os.Stdin); err != nil {
+							return usagef("%s: %v", k, err)
+						}
 					}
 					val, err := config.ParseValue(v)
 					if err != nil {
@@ -70,17 +97,11 @@ logged as master.reconfigure. A bad key or value changes nothing.`,
 					return err
 				}
 				w := nc.Worker(group)
-				if _, err := units.WriteFile(*mf.config, out, 0o644); err != nil {
+				if _, err := units.WriteFile(*mf.config, out, configPerm); err != nil {
 					return err
 				}
-				js, err := w.ConfigJSON()
+				readers, err := supervisor.WriteGroupConfig(generator.RuntimeDir, w)
 				if err != nil {
-					return err
-				}
-				if err := os.MkdirAll(generator.RuntimeDir+"/"+group, 0o755); err != nil {
-					return err
-				}
-				if _, err := units.WriteFile(generator.GroupConfigPath(group), js, 0o644); err != nil {
 					return err
 				}
 				m, err := mf.connect(e)
@@ -88,30 +109,115 @@ logged as master.reconfigure. A bad key or value changes nothing.`,
 					return err
 				}
 				defer m.Close()
-				sts, err := m.States(e.ctx, "powerhouse-"+group+"@*.service")
+				how, err := deliver(e, m, w)
 				if err != nil {
 					return err
 				}
-				n := 0
-				for _, st := range sts {
-					if st.ActiveState == "active" || st.ActiveState == "reloading" {
-						if err := m.Conn().KillUnitWithTarget(e.ctx, st.Name, sdbus.Main, int32(syscall.SIGHUP)); err != nil {
-							return fmt.Errorf("deliver to %s: %w", st.Name, err)
-						}
-						n++
-					}
-				}
-				keys := make([]string, 0, len(values))
-				for k := range values {
-					keys = append(keys, k)
-				}
-				sort.Strings(keys)
-				_ = events.Write(events.Event{Type: events.MasterReconfigure, Group: group,
-					Message: fmt.Sprintf("group %s reconfigured: %s", group, strings.Join(keys, ", ")),
-					Fields:  map[string]string{"keys": strings.Join(keys, ","), "config": string(js)}})
-				fmt.Fprintf(e.stderr, "set %s: %s saved in %s, delivered to %d running workers\n", group, strings.Join(keys, ", "), *mf.config, n)
+				ev := reconfigureEvent(w, values, how)
+				_ = events.Write(ev)
+				fmt.Fprintf(e.stderr, "set %s: %s saved in %s; %s readable by %s; %s\n",
+					group, strings.ReplaceAll(ev.Fields["keys"], ",", ", "), *mf.config, generator.GroupConfigPath(group), readers, how)
 				return nil
 			}
 		},
 	})
+}
+
+// configPerm is how set and scale rewrite the configuration file: root's
+// alone when new, and an existing file keeps the mode and group the
+// operator gave it (but never stays readable by others).
+var configPerm = units.Perm{Mode: 0o600, Keep: true}
+
+// deliver brings the group's running workers to their new configuration,
+// the way its reload_signal says, and says what it did: SIGHUP to every
+// running instance for workers that handle it; otherwise a rolling
+// restart, because SIGHUP ends a process that does not handle it.
+func deliver(e *env, m *units.Manager, w *config.Worker) (string, error) {
+	sts, err := m.States(e.ctx, "powerhouse-"+w.Name+"@*.service")
+	if err != nil {
+		return "", err
+	}
+	running := 0
+	for _, st := range sts {
+		if st.ActiveState == "active" || st.ActiveState == "reloading" {
+			running++
+		}
+	}
+	switch {
+	case running == 0:
+		return "no worker running: they read it when they start", nil
+	case w.ReloadSignal == config.ReloadSIGHUP:
+		n := 0
+		for _, st := range sts {
+			if st.ActiveState == "active" || st.ActiveState == "reloading" {
+				if err := m.Conn().KillUnitWithTarget(e.ctx, st.Name, sdbus.Main, int32(syscall.SIGHUP)); err != nil {
+					return "", fmt.Errorf("deliver to %s: %w", st.Name, err)
+				}
+				n++
+			}
+		}
+		return fmt.Sprintf("sent SIGHUP to %d running workers (reload_signal = \"SIGHUP\"), which re-read it without a restart", n), nil
+	case !w.Reloadable:
+		return fmt.Sprintf("%d running workers keep the old configuration until they restart (no reload_signal, and reloadable = false forbids a rolling restart)", running), nil
+	}
+	if err := rollingRestart(e, m, "set", w); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("restarted the %d instances one at a time (no reload_signal: the workers may not handle SIGHUP)", w.Amount), nil
+}
+
+// reconfigureEvent is the master.reconfigure event for values set in w:
+// the keys changed and how they were delivered; the values stay out of
+// the journal (they may be secrets) but for the keys w's public_config
+// names, given as a JSON object in the "values" field.
+func reconfigureEvent(w *config.Worker, values map[string]any, how string) events.Event {
+	keys := make([]string, 0, len(values))
+	public := map[string]any{}
+	for k := range values {
+		keys = append(keys, k)
+		if w.Public(k) {
+			public[k] = values[k]
+		}
+	}
+	sort.Strings(keys)
+	fields := map[string]string{"keys": strings.Join(keys, ","), "delivery": how}
+	if len(public) > 0 {
+		b, _ := json.Marshal(public)
+		fields["values"] = string(b)
+	}
+	return events.Event{Type: events.MasterReconfigure, Group: w.Name,
+		Message: fmt.Sprintf("group %s reconfigured: %s (%s)", w.Name, strings.Join(keys, ", "), how),
+		Fields:  fields}
+}
+
+// setDelivery says how set delivers a new configuration to w's workers,
+// for generate's output.
+func setDelivery(w *config.Worker) string {
+	switch {
+	case w.ReloadSignal == config.ReloadSIGHUP:
+		return "powerhouse set sends SIGHUP (reload_signal = \"SIGHUP\"): the workers re-read their configuration without a restart"
+	case !w.Reloadable:
+		return "powerhouse set changes the configuration for the next start only (no reload_signal, reloadable = false)"
+	}
+	return "powerhouse set restarts the instances one at a time (no reload_signal; set reload_signal = \"SIGHUP\" if the workers re-read their configuration on SIGHUP, as Go workers using the activation library do)"
+}
+
+// maxStdinValue bounds a value read from standard input.
+const maxStdinValue = 64 << 10
+
+// readValue reads a value given as KEY=- from r: bounded, one final
+// newline dropped.
+func readValue(r io.Reader) (string, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxStdinValue+1))
+	if err != nil {
+		return "", fmt.Errorf("read the value from standard input: %w", err)
+	}
+	if len(b) > maxStdinValue {
+		return "", fmt.Errorf("the value on standard input is longer than %d bytes", maxStdinValue)
+	}
+	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if s == "" {
+		return "", errors.New("no value on standard input")
+	}
+	return s, nil
 }

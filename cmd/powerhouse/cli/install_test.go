@@ -1,0 +1,120 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/powerhouse/powerhouse/config"
+)
+
+const tinyConfig = "[[worker]]\nname = \"w\"\nexec = \"/bin/true\"\n[worker.config]\npassword = \"s3cret\"\n"
+
+// TestInstallRootModesAndAdoption: the installed configuration (it may
+// hold secrets) is root's alone; a mode the operator gave it survives a
+// reinstall; a configuration written in place before install is left by
+// uninstall, which says so.
+func TestInstallRootModesAndAdoption(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		inPlace   os.FileMode // 0: the configuration is installed from elsewhere
+		wantMode  os.FileMode
+		wantKept  bool
+		reinstall string // content installed a second time, from elsewhere
+	}{
+		{name: "fresh", wantMode: 0o600},
+		{name: "fresh, reinstalled changed", wantMode: 0o600, reinstall: tinyConfig + "amount = 2\n"},
+		{name: "written in place 0640", inPlace: 0o640, wantMode: 0o640, wantKept: true},
+		{name: "written in place 0640, reinstalled changed", inPlace: 0o640, wantMode: 0o640, wantKept: true, reinstall: strings.Replace(tinyConfig, "s3cret", "other", 1)},
+		{name: "written in place world-readable", inPlace: 0o644, wantMode: 0o640, wantKept: true, reinstall: strings.Replace(tinyConfig, "s3cret", "other", 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			installed := filepath.Join(root, config.DefaultPath)
+			src := filepath.Join(t.TempDir(), "p.toml")
+			if tc.inPlace != 0 {
+				src = installed
+				os.MkdirAll(filepath.Dir(installed), 0o755)
+			}
+			if err := os.WriteFile(src, []byte(tinyConfig), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if tc.inPlace != 0 {
+				os.Chmod(src, tc.inPlace)
+			}
+			if code, _, stderr := run(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", src); code != 0 {
+				t.Fatalf("install: %d %s", code, stderr)
+			}
+			if tc.reinstall != "" {
+				other := filepath.Join(t.TempDir(), "q.toml")
+				os.WriteFile(other, []byte(tc.reinstall), 0o644)
+				if code, _, stderr := run(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", other); code != 0 {
+					t.Fatalf("reinstall: %d %s", code, stderr)
+				}
+			}
+			fi, err := os.Stat(installed)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fi.Mode().Perm() != tc.wantMode {
+				t.Errorf("installed configuration mode %o, want %o", fi.Mode().Perm(), tc.wantMode)
+			}
+			code, stdout, stderr := run(t, "uninstall", "--root", root)
+			if code != 0 {
+				t.Fatalf("uninstall: %d %s", code, stderr)
+			}
+			_, err = os.Stat(installed)
+			if kept := err == nil; kept != tc.wantKept {
+				t.Errorf("configuration kept = %v after uninstall, want %v\n%s", kept, tc.wantKept, stdout)
+			}
+			if said := strings.Contains(stdout, "uninstall: left "+installed+": it was there before install"); said != tc.wantKept {
+				t.Errorf("uninstall output (says it left the configuration: %v, want %v):\n%s", said, tc.wantKept, stdout)
+			}
+			if _, err := os.Stat(filepath.Join(root, "etc/systemd/system/powerhouse.target")); err == nil {
+				t.Error("uninstall left the units")
+			}
+		})
+	}
+}
+
+// TestPrepareEnvIsSecret: the prepare hook's output (credentials, ports)
+// is written 0600: systemd reads it as root, nobody else needs to.
+func TestPrepareEnvIsSecret(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "prepare.env")
+	if code, _, stderr := run(t, "prepare", "--output", out, "--", "/bin/sh", "-c", "echo TOKEN=s3cret"); code != 0 {
+		t.Fatalf("prepare: %d %s", code, stderr)
+	}
+	fi, err := os.Stat(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("prepare.env mode %o, want 600", fi.Mode().Perm())
+	}
+}
+
+// TestReconfigureEventKeepsValuesOut: master.reconfigure names the keys
+// changed; only the values of public_config keys reach the journal.
+func TestReconfigureEventKeepsValuesOut(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		public     []string
+		wantValues string // the "values" field; "" for none
+	}{
+		{name: "nothing public"},
+		{name: "port public", public: []string{"port"}, wantValues: `{"port":8080}`},
+		{name: "public key not set", public: []string{"mode"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := &config.Worker{Name: "web", PublicConfig: tc.public}
+			ev := reconfigureEvent(w, map[string]any{"password": "s3cret", "port": int64(8080)}, "sent SIGHUP")
+			if ev.Fields["keys"] != "password,port" || ev.Fields["values"] != tc.wantValues {
+				t.Errorf("fields %v; want keys password,port and values %q", ev.Fields, tc.wantValues)
+			}
+			if s := ev.String() + ev.Message; strings.Contains(s, "s3cret") || (tc.wantValues == "" && strings.Contains(s, "8080")) {
+				t.Errorf("a value reached the event: %s / %s", ev.Message, ev.String())
+			}
+		})
+	}
+}
