@@ -26,6 +26,9 @@ the same content are left untouched.
 The supervisor units run the powerhouse binary at --binary (default: this
 executable) with the configuration at --config-path (default: CONFIG's
 absolute path). Set both when generating for another machine or a package.
+Workers run as the system user "powerhouse" unless [worker.service] names
+another; a group that runs as root because it asks for it is said so on
+standard error.
 
 Exit status: 0 on success, 2 for bad arguments or configuration (one
 problem per line, as file:line: key: what is wrong), 1 otherwise.`,
@@ -40,6 +43,9 @@ problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 				us, err := generator.Generate(c, o)
 				if err != nil {
 					return err
+				}
+				for _, n := range generator.Notes(c, o) {
+					fmt.Fprintf(e.stderr, "generate: %s\n", n)
 				}
 				if *out == "" {
 					for _, u := range us {

@@ -52,7 +52,10 @@ func init() {
 		long: `Validates CONFIG (default: the installed ` + config.DefaultPath + `), copies
 it to ` + config.DefaultPath + ` (--user: ~/.config/powerhouse/), writes the
 generated units to /etc/systemd/system (--user: ~/.config/systemd/user),
-enables powerhouse.target and asks systemd to reload. --now also starts the
+enables powerhouse.target and asks systemd to reload. System scope: writes
+` + units.SysusersPath + ` and runs systemd-sysusers, which creates
+the static user and group "powerhouse" workers run as by default (under
+--root, only when DIR has an /etc/passwd). Uninstall leaves the user. --now also starts the
 house, or, when it runs, restarts or reloads only the groups that changed.
 
 Idempotent: files whose content is unchanged are not touched, and a second
@@ -119,6 +122,13 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		files = append(files, units.File{Path: filepath.Join(lay.unitDir, u.Name), Data: u.Render(o), Mode: 0o644})
 	}
 	files = append(files, units.File{Path: lay.wantsLink, Link: filepath.Join(lay.unitDir, generator.Target)})
+	if !user {
+		// The workers' default user; user managers run workers as their user.
+		files = append(files, units.File{Path: units.SysusersPath, Data: units.Sysusers, Mode: 0o644})
+	}
+	for _, n := range generator.Notes(c, o) {
+		fmt.Fprintf(e.stderr, "install: %s\n", n)
+	}
 
 	var m *units.Manager
 	if root == "" {
@@ -152,6 +162,13 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	}
 	for _, p := range res.Removed {
 		fmt.Fprintf(e.stdout, "install: removed %s\n", filepath.Join(root, p))
+	}
+	if !user {
+		if ok, err := units.ApplySysusers(e.ctx, root); err != nil {
+			return err
+		} else if !ok {
+			fmt.Fprintf(e.stdout, "install: %s has no /etc/passwd: systemd-sysusers creates user %s at its first boot\n", root, config.DefaultUser)
+		}
 	}
 	if m == nil {
 		return nil
