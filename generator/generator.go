@@ -478,6 +478,9 @@ func Notes(c *config.Config, o Options) []string {
 			out = append(out, fmt.Sprintf("group %s runs as root because the configuration asks for it (user = %q)", w.Name, w.Service.User))
 		case w.Service.Group == "root" || w.Service.Group == "0":
 			out = append(out, fmt.Sprintf("group %s runs with group root because the configuration asks for it (group = %q)", w.Name, w.Service.Group))
+		case !o.User && w.Service.User != "" && w.Service.Group == "":
+			// The supervisor can give config.json only to a group it is in.
+			out = append(out, fmt.Sprintf("group %s: user = %q without group: set group too, or its workers cannot read %s", w.Name, w.Service.User, GroupConfigPath(w.Name)))
 		}
 	}
 	return out

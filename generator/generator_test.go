@@ -291,7 +291,7 @@ func TestWorkerIdentity(t *testing.T) {
 		{name: "default", wantUser: "powerhouse", wantGroup: "powerhouse", wantSupp: "powerhouse"},
 		{name: "default group only", service: `group = "web"`, wantUser: "powerhouse", wantGroup: "web", wantSupp: "web"},
 		{name: "own user and group", service: "user = \"www-data\"\ngroup = \"www-data\"", wantUser: "www-data", wantGroup: "www-data", wantSupp: "www-data"},
-		{name: "own user, its group", service: `user = "www-data"`, wantUser: "www-data"},
+		{name: "own user, its group", service: `user = "www-data"`, wantUser: "www-data", wantNote: `user = "www-data" without group: set group too`},
 		{name: "root asked for", service: `user = "root"`, wantUser: "root", wantNote: "group w runs as root because the configuration asks for it"},
 		{name: "uid 0 asked for", service: `user = "0"`, wantUser: "0", wantNote: "group w runs as root"},
 		{name: "group root asked for", service: `group = "root"`, wantUser: "powerhouse", wantGroup: "root", wantNote: "group w runs with group root"},
