@@ -51,22 +51,28 @@ bench:
 bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem ./activation ./handoff ./sticky
 
-# The binary, the systemd generator (a link to it) and the journal catalog.
-# systemd searches $(PREFIX)/lib/systemd/... for both /usr and /usr/local.
+# The binary, the systemd generator (a link to it), the journal catalog and
+# the sysusers.d file of the workers' user "powerhouse". systemd searches
+# $(PREFIX)/lib/... for both /usr and /usr/local.
 GENERATORDIR ?= $(PREFIX)/lib/systemd/system-generators
 CATALOGDIR   ?= $(PREFIX)/lib/systemd/catalog
+SYSUSERSDIR  ?= $(PREFIX)/lib/sysusers.d
 
 # The tour: boots a private systemd (needs root); see internal/demo.
 demo: build
 	$(GO) build -trimpath -o bin/powerhouse-demo ./internal/demo
 	bin/powerhouse-demo
 
+# With DESTDIR (a package), the user is created when the package is
+# installed or, at the latest, by systemd-sysusers.service at boot.
 install: build
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(GENERATORDIR) $(DESTDIR)$(CATALOGDIR)
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(GENERATORDIR) $(DESTDIR)$(CATALOGDIR) $(DESTDIR)$(SYSUSERSDIR)
 	install -m 0755 bin/powerhouse $(DESTDIR)$(PREFIX)/bin/powerhouse
 	ln -sfn $(PREFIX)/bin/powerhouse $(DESTDIR)$(GENERATORDIR)/powerhouse-generator
 	install -m 0644 events/powerhouse.catalog $(DESTDIR)$(CATALOGDIR)/powerhouse.catalog
+	install -m 0644 units/sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/powerhouse.conf
 	@if [ -z "$(DESTDIR)" ] && command -v journalctl >/dev/null; then journalctl --update-catalog || true; fi
+	@if [ -z "$(DESTDIR)" ] && command -v systemd-sysusers >/dev/null; then systemd-sysusers $(SYSUSERSDIR)/powerhouse.conf; fi
 
 clean:
 	rm -rf bin

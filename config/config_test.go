@@ -171,6 +171,8 @@ func TestBad(t *testing.T) {
 		{"service reserved env", w + "[worker.service]\nenvironment = { LISTEN_FDS = \"3\" }\n", 5, "worker.service.environment.LISTEN_FDS", "set by PowerHouse"},
 		{"service relative path", w + "[worker.service]\nworking_directory = \"srv\"\n", 5, "worker.service.working_directory", "absolute"},
 		{"service protect_system", w + "[worker.service]\nprotect_system = \"maybe\"\n", 5, "worker.service.protect_system", "use"},
+		{"service proc_subset", w + "[worker.service]\nproc_subset = \"some\"\n", 5, "worker.service.proc_subset", "use"},
+		{"service w^x not bool", w + "[worker.service]\nmemory_deny_write_execute = \"no\"\n", 5, "worker.service.memory_deny_write_execute", "true or false"},
 		{"prepare no exec", "[prepare]\n" + w, 1, "prepare", "missing key exec"},
 		{"no worker", "title = \"x\"\n", 0, "", "at least one worker"},
 		{"toml syntax", "title = \n" + w, 1, "", "expected value"},

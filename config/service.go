@@ -10,8 +10,11 @@ import (
 // Service holds the systemd settings a group may set for its workers
 // ([worker.service]). Every value is checked; none is written raw.
 type Service struct {
-	User             string            // User=
-	Group            string            // Group=
+	// User= and Group=. Empty: the generator's default, the static system
+	// user and group "powerhouse" (DefaultUser) in system scope, the
+	// manager's own user in user scope. "root" must be asked for.
+	User             string
+	Group            string
 	Environment      map[string]string // Environment=
 	WorkingDirectory string            // WorkingDirectory=
 	MemoryMax        string            // MemoryMax=: bytes with K/M/G/T, a percentage, or "infinity"
@@ -26,9 +29,21 @@ type Service struct {
 	PrivateTmp      bool     // PrivateTmp=, default true
 	NoNewPrivileges bool     // NoNewPrivileges=, default true
 	ReadWritePaths  []string // ReadWritePaths=: absolute paths
+	// MemoryDenyWriteExecute=, default true; a JIT (Node, the JVM, PyPy,
+	// LuaJIT) needs memory that is writable and executable: false.
+	MemoryDenyWriteExecute bool
+	// ProcSubset=: "pid" (default: /proc shows processes only) or "all"
+	// for a worker that reads /proc/cpuinfo, /proc/meminfo or /proc/stat
+	// (Node's os.cpus(), some metrics libraries).
+	ProcSubset string
 
 	privateTmpSet bool // private_tmp was written in the file
 }
+
+// DefaultUser is the static system user and group workers run as in
+// system scope unless [worker.service] names another; install creates it
+// with systemd-sysusers (see units.Sysusers).
+const DefaultUser = "powerhouse"
 
 // UnderTmp reports whether path lies in /tmp or /var/tmp, which
 // PrivateTmp= replaces: a program there could not be started with it.
@@ -38,7 +53,7 @@ func UnderTmp(path string) bool {
 
 var serviceKeys = []string{"user", "group", "environment", "working_directory", "memory_max", "cpu_quota",
 	"timeout_stop", "timeout_start", "tasks_max", "limit_nofile", "protect_system", "protect_home", "private_tmp",
-	"no_new_privileges", "read_write_paths"}
+	"no_new_privileges", "read_write_paths", "memory_deny_write_execute", "proc_subset"}
 
 var (
 	userRE     = regexp.MustCompile(`^([a-z_][a-z0-9_-]{0,30}|[0-9]{1,10})$`)
@@ -49,7 +64,8 @@ var (
 )
 
 func defaultService() Service {
-	return Service{ProtectSystem: "full", ProtectHome: "read-only", PrivateTmp: true, NoNewPrivileges: true}
+	return Service{ProtectSystem: "full", ProtectHome: "read-only", PrivateTmp: true, NoNewPrivileges: true,
+		MemoryDenyWriteExecute: true, ProcSubset: "pid"}
 }
 
 func (p *parser) service(at string, v any) Service {
@@ -120,6 +136,16 @@ func (p *parser) service(at string, v any) Service {
 	}
 	if v, ok := m["no_new_privileges"]; ok {
 		s.NoNewPrivileges = p.boolean(at+".no_new_privileges", v)
+	}
+	if v, ok := m["memory_deny_write_execute"]; ok {
+		s.MemoryDenyWriteExecute = p.boolean(at+".memory_deny_write_execute", v)
+	}
+	if v := str("proc_subset", nil, ""); v != "" {
+		if !contains([]string{"pid", "all"}, v) {
+			p.errf(at+".proc_subset", "%q: use \"pid\" or \"all\"", v)
+		} else {
+			s.ProcSubset = v
+		}
 	}
 	if v, ok := m["environment"]; ok {
 		env, isMap := v.(map[string]any)

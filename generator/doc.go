@@ -14,4 +14,16 @@
 // (the workers), powerhouse-GROUP@.socket (a
 // sticky group's per-instance hand-off sockets) and
 // powerhouse-prepare.service (the [prepare] hook).
+//
+// # Users
+//
+// In system scope workers run as the static user and group powerhouse
+// (config.DefaultUser, created by units.Sysusers) unless their
+// [worker.service] names another, with no capability and a system call
+// filter (exposure 1.5 in systemd-analyze security). The supervisor runs
+// as root without capabilities and is a member of every worker group
+// (WorkerGroup), so that it can give each group's config.json to that
+// group without CAP_CHOWN. Hand-off sockets are root's and 0600, with
+// PassCredentials=yes; sticky workers learn the supervisor's uid from
+// POWERHOUSE_SUPERVISOR_UID. In user scope no unit sets User= or Group=.
 package generator

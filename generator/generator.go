@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -20,12 +21,15 @@ import (
 
 // Unit names and paths shared by the generator, the supervisor and the CLI.
 const (
-	Target            = "powerhouse.target"
-	SupervisorPrefix  = "powerhouse@"
-	PrepareService    = "powerhouse-prepare.service"
-	RuntimeDir        = "/run/powerhouse"
-	PrepareEnv        = RuntimeDir + "/prepare.env"
-	HandoffFDName     = "handoff"
+	Target           = "powerhouse.target"
+	SupervisorPrefix = "powerhouse@"
+	PrepareService   = "powerhouse-prepare.service"
+	RuntimeDir       = "/run/powerhouse"
+	PrepareEnv       = RuntimeDir + "/prepare.env"
+	HandoffFDName    = "handoff"
+	// SupervisorUIDEnv, set on sticky workers, is the uid the library
+	// accepts hand-off datagrams from.
+	SupervisorUIDEnv  = "POWERHOUSE_SUPERVISOR_UID"
 	DefaultBinaryPath = "/usr/bin/powerhouse"
 )
 
@@ -226,7 +230,7 @@ func (g *gen) supervisor() Unit {
 	// Every connection in flight to a worker holds a file descriptor.
 	u.add("Service", "LimitNOFILE", "65536")
 	if !g.o.User {
-		supervisorHardening(&u, !config.UnderTmp(g.o.Binary) && !config.UnderTmp(g.o.ConfigPath))
+		supervisorHardening(&u, !config.UnderTmp(g.o.Binary) && !config.UnderTmp(g.o.ConfigPath), g.workerGroups())
 	}
 	return Unit{Name: SupervisorPrefix + ".service", Options: u}
 }
@@ -234,8 +238,20 @@ func (g *gen) supervisor() Unit {
 // supervisorHardening confines the supervisor to what it does: accept on
 // sockets systemd passes, talk to systemd over /run/systemd/private, send
 // descriptors over unix sockets under /run/powerhouse, write journald.
-// It runs as root only because the manager's private socket requires it.
-func supervisorHardening(u *opts, privateTmp bool) {
+// It runs as root only because the manager's private socket requires it,
+// and without any capability: root by uid alone.
+//
+// groups are the groups the house's workers run as. The supervisor is a
+// member of each (SupplementaryGroups=), so that it can give the group's
+// config.json, which it owns, to the workers' group: the owner of a file
+// may chown(2) it to any group it belongs to without CAP_CHOWN. That keeps
+// CapabilityBoundingSet= empty. The template serves every group, so each
+// supervisor is a member of every group's group: all run the same binary
+// as the same uid, and each can write only its own RuntimeDirectory.
+func supervisorHardening(u *opts, privateTmp bool, groups []string) {
+	if len(groups) > 0 {
+		u.add("Service", "SupplementaryGroups", strings.Join(groups, " "))
+	}
 	for _, d := range [][2]string{
 		{"CapabilityBoundingSet", ""},          // no capability: root by uid only
 		{"AmbientCapabilities", ""},            // none handed to anything it runs
@@ -266,6 +282,9 @@ func supervisorHardening(u *opts, privateTmp bool) {
 		{"SystemCallArchitectures", "native"},
 		{"SystemCallFilter", "@system-service"},
 		{"SystemCallFilter", "~@privileged @resources @mount @swap @reboot @raw-io @module @obsolete @debug @cpu-emulation"},
+		// fchown(2) back from @privileged: config.json goes to the
+		// workers' group (see above); without CAP_CHOWN it can go nowhere else.
+		{"SystemCallFilter", "@chown"},
 		{"SystemCallErrorNumber", "EPERM"},
 	} {
 		u.add("Service", d[0], d[1])
@@ -389,6 +408,16 @@ func (g *gen) worker(w *config.Worker) Unit {
 		"POWERHOUSE_INSTANCE=%i",
 		"POWERHOUSE_CONFIG=" + GroupConfigPath(w.Name),
 	}
+	if w.Sticky {
+		// The uid the library accepts hand-offs from (SCM_CREDENTIALS on
+		// every datagram): the supervisor's. %U is the uid of the manager
+		// running the unit, whatever User= says (systemd.unit(5), 252).
+		uid := "0"
+		if g.o.User {
+			uid = "%U"
+		}
+		env = append(env, SupervisorUIDEnv+"="+uid)
+	}
 	if d := goDuration(w.Service.TimeoutStop); d != "" {
 		// systemd does not tell a service its stop timeout; the library
 		// drains within it.
@@ -432,8 +461,9 @@ func (g *gen) serviceSettings(u *opts, s config.Service) {
 			u.add("Service", name, v)
 		}
 	}
-	set("User", s.User)
-	set("Group", s.Group)
+	user, group := identity(s, g.o)
+	set("User", user)
+	set("Group", group)
 	set("WorkingDirectory", PathEscape(s.WorkingDirectory))
 	set("MemoryMax", s.MemoryMax)
 	set("CPUQuota", s.CPUQuota) // no specifier expansion in CPUQuota=
@@ -450,13 +480,36 @@ func (g *gen) serviceSettings(u *opts, s config.Service) {
 	set("ProtectSystem", s.ProtectSystem)
 	set("ProtectHome", s.ProtectHome)
 	set("PrivateTmp", yesNo(s.PrivateTmp))
-	set("PrivateDevices", "yes")
-	set("ProtectKernelTunables", "yes")
-	set("ProtectKernelModules", "yes")
-	set("ProtectKernelLogs", "yes")
-	set("ProtectControlGroups", "yes")
-	set("RestrictSUIDSGID", "yes")
-	set("LockPersonality", "yes")
+	set("MemoryDenyWriteExecute", yesNo(s.MemoryDenyWriteExecute)) // no: a JIT
+	set("ProcSubset", s.ProcSubset)
+	// Always on: what a network server that accepts on inherited sockets,
+	// dials out and reads its files never needs. A worker running as
+	// root (because the configuration asks for it) gets them too.
+	for _, d := range [][2]string{
+		{"CapabilityBoundingSet", ""}, // no capability, even as root
+		{"AmbientCapabilities", ""},
+		{"PrivateDevices", "yes"},
+		{"ProtectKernelTunables", "yes"},
+		{"ProtectKernelModules", "yes"},
+		{"ProtectKernelLogs", "yes"},
+		{"ProtectControlGroups", "yes"},
+		{"ProtectClock", "yes"},
+		{"ProtectHostname", "yes"},
+		{"ProtectProc", "invisible"}, // other users' processes are not there
+		{"RestrictNamespaces", "yes"},
+		{"RestrictRealtime", "yes"},
+		{"RestrictSUIDSGID", "yes"},
+		{"RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"},
+		{"LockPersonality", "yes"},
+		{"RemoveIPC", "yes"},
+		{"KeyringMode", "private"},
+		{"SystemCallArchitectures", "native"},
+		{"SystemCallFilter", "@system-service"},
+		{"SystemCallFilter", "~@privileged"}, // @resources stays: Go and others raise RLIMIT_NOFILE at start
+		{"SystemCallErrorNumber", "EPERM"},
+	} {
+		u.add("Service", d[0], d[1])
+	}
 	for _, p := range s.ReadWritePaths {
 		set("ReadWritePaths", PathEscape(p))
 	}
@@ -475,6 +528,78 @@ var goUnits = map[string]struct {
 	d    time.Duration
 }{"": {"s", time.Second}, "us": {"us", time.Microsecond}, "ms": {"ms", time.Millisecond},
 	"s": {"s", time.Second}, "min": {"m", time.Minute}, "h": {"h", time.Hour}}
+
+// identity returns the User= and Group= of a group's workers: in system
+// scope the configuration's, or by default the static user and group
+// config.DefaultUser; in user scope none: the manager's own user.
+func identity(s config.Service, o Options) (user, group string) {
+	if o.User {
+		// A user manager cannot change user or group (see Notes).
+		return "", ""
+	}
+	if s.User != "" {
+		return s.User, s.Group
+	}
+	group = s.Group
+	if group == "" {
+		group = config.DefaultUser
+	}
+	return config.DefaultUser, group
+}
+
+// WorkerGroup returns the group name a group's workers run as in system
+// scope, which the supervisor is a member of and gives the group's
+// config.json to; "" when it is root's (user "root" or group "root"
+// asked for), or not known from the configuration (a user without a
+// group: that user's primary group), or in user scope (the manager's
+// user runs everything).
+func WorkerGroup(w *config.Worker, o Options) string {
+	if o.User {
+		return ""
+	}
+	user, group := identity(w.Service, o)
+	if user == "root" || user == "0" || group == "root" || group == "0" {
+		return ""
+	}
+	return group
+}
+
+// workerGroups lists, sorted and once each, the groups of the house's
+// workers (see WorkerGroup).
+func (g *gen) workerGroups() []string {
+	seen := map[string]bool{}
+	var out []string
+	for i := range g.c.Workers {
+		if grp := WorkerGroup(&g.c.Workers[i], g.o); grp != "" && !seen[grp] {
+			seen[grp] = true
+			out = append(out, grp)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Notes are what an operator should know about the generated units that
+// is no error: groups whose workers run as root because the configuration
+// asks for it, and a user or group the user manager cannot apply.
+// generate and install print them.
+func Notes(c *config.Config, o Options) []string {
+	var out []string
+	for _, w := range c.Workers {
+		switch {
+		case o.User && (w.Service.User != "" || w.Service.Group != ""):
+			out = append(out, fmt.Sprintf("group %s: [worker.service] user and group are ignored for a user manager, whose workers run as its own user", w.Name))
+		case w.Service.User == "root" || w.Service.User == "0":
+			out = append(out, fmt.Sprintf("group %s runs as root because the configuration asks for it (user = %q)", w.Name, w.Service.User))
+		case w.Service.Group == "root" || w.Service.Group == "0":
+			out = append(out, fmt.Sprintf("group %s runs with group root because the configuration asks for it (group = %q)", w.Name, w.Service.Group))
+		case !o.User && w.Service.User != "" && w.Service.Group == "":
+			// The supervisor can give config.json only to a group it is in.
+			out = append(out, fmt.Sprintf("group %s: user = %q without group: set group too, or its workers cannot read %s", w.Name, w.Service.User, GroupConfigPath(w.Name)))
+		}
+	}
+	return out
+}
 
 // goDuration turns a validated systemd time span ("30s", "2min") into Go
 // duration syntax for POWERHOUSE_STOP_TIMEOUT, or "" for none. A span of
@@ -515,9 +640,18 @@ func (g *gen) handoffSocket(w *config.Worker) Unit {
 	u.add("Unit", "Description", Specifiers(g.c.Title)+" hand-off socket of "+w.Name+" #%i")
 	u.add("Unit", "PartOf", Target)
 	u.add("Socket", "ListenDatagram", RuntimeDir+"/"+w.Name+"/%i.sock")
-	// Only the supervisor (root, or the house's user) may hand connections in.
+	// Only the supervisor (root, or the house's user) may hand connections
+	// in: the file is root's (the manager's user's) and 0600; the worker,
+	// another user, receives on the descriptor systemd passes it.
 	u.add("Socket", "SocketMode", "0600")
-	u.add("Socket", "DirectoryMode", "0750")
+	// The directory also holds config.json, which the workers read (0640,
+	// their group): they must be able to enter it. Listing it shows
+	// nothing but instance numbers.
+	u.add("Socket", "DirectoryMode", "0755")
+	// Every datagram carries its sender's credentials (SCM_CREDENTIALS),
+	// which the library checks against POWERHOUSE_SUPERVISOR_UID: a
+	// datagram socket has no peer, so SO_PEERCRED cannot tell.
+	u.add("Socket", "PassCredentials", "yes")
 	u.add("Socket", "FileDescriptorName", HandoffFDName)
 	u.add("Socket", "RemoveOnStop", "yes")
 	return Unit{Name: "powerhouse-" + w.Name + "@.socket", Options: u}

@@ -440,3 +440,169 @@ func TestVerifyUnits(t *testing.T) {
 		})
 	}
 }
+
+// directives returns the values of name in section of the unit named
+// unitName among us.
+func directives(us []Unit, unitName, section, name string) []string {
+	var out []string
+	for _, u := range us {
+		if u.Name != unitName {
+			continue
+		}
+		for _, o := range u.Options {
+			if o.Section == section && o.Name == name {
+				out = append(out, o.Value)
+			}
+		}
+	}
+	return out
+}
+
+// TestWorkerIdentity: workers run as the static user powerhouse unless
+// the configuration names another; under --user they get no User=; the
+// supervisor joins the workers' groups (to give them config.json without
+// CAP_CHOWN); a group that asks for root is said so.
+func TestWorkerIdentity(t *testing.T) {
+	for _, tc := range []struct {
+		name, service string
+		user          bool
+		wantUser      string // "" for no User=
+		wantGroup     string
+		wantSupp      string // the supervisor's SupplementaryGroups=
+		wantNote      string // a substring of the notes, "" for none
+	}{
+		{name: "default", wantUser: "powerhouse", wantGroup: "powerhouse", wantSupp: "powerhouse"},
+		{name: "default group only", service: `group = "web"`, wantUser: "powerhouse", wantGroup: "web", wantSupp: "web"},
+		{name: "own user and group", service: "user = \"www-data\"\ngroup = \"www-data\"", wantUser: "www-data", wantGroup: "www-data", wantSupp: "www-data"},
+		{name: "own user, its group", service: `user = "www-data"`, wantUser: "www-data", wantNote: `user = "www-data" without group: set group too`},
+		{name: "root asked for", service: `user = "root"`, wantUser: "root", wantNote: "group w runs as root because the configuration asks for it"},
+		{name: "uid 0 asked for", service: `user = "0"`, wantUser: "0", wantNote: "group w runs as root"},
+		{name: "group root asked for", service: `group = "root"`, wantUser: "powerhouse", wantGroup: "root", wantNote: "group w runs with group root"},
+		{name: "user manager", user: true},
+		{name: "user manager, a user asked for", service: `user = "www-data"`, user: true, wantNote: "ignored for a user manager"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := "[[worker]]\nname = \"w\"\nexec = \"/w\"\nlisten = [80]\nsticky = true\n[worker.service]\n" + tc.service + "\n"
+			c, err := config.Parse(testOpts.ConfigPath, []byte(src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			o := testOpts
+			o.User = tc.user
+			us, err := Generate(c, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			one := func(unitName, section, name string) string {
+				return strings.Join(directives(us, unitName, section, name), "|")
+			}
+			if got := one(WorkerTemplate("w"), "Service", "User"); got != tc.wantUser {
+				t.Errorf("User=%q, want %q", got, tc.wantUser)
+			}
+			if got := one(WorkerTemplate("w"), "Service", "Group"); got != tc.wantGroup {
+				t.Errorf("Group=%q, want %q", got, tc.wantGroup)
+			}
+			if got := one(SupervisorPrefix+".service", "Service", "SupplementaryGroups"); got != tc.wantSupp {
+				t.Errorf("supervisor SupplementaryGroups=%q, want %q", got, tc.wantSupp)
+			}
+			if got := WorkerGroup(&c.Workers[0], o); got != tc.wantSupp {
+				t.Errorf("WorkerGroup=%q, want %q", got, tc.wantSupp)
+			}
+			notes := strings.Join(Notes(c, o), "\n")
+			if (tc.wantNote == "") != (notes == "") || !strings.Contains(notes, tc.wantNote) {
+				t.Errorf("notes %q, want %q", notes, tc.wantNote)
+			}
+			// The hand-off: only the supervisor's uid, credentials on every datagram.
+			uid := "POWERHOUSE_SUPERVISOR_UID=0"
+			if tc.user {
+				uid = "POWERHOUSE_SUPERVISOR_UID=%U"
+			}
+			if env := one(WorkerTemplate("w"), "Service", "Environment"); !strings.Contains(" "+env+" ", " "+uid+" ") {
+				t.Errorf("worker Environment=%q lacks %s", env, uid)
+			}
+			sock := "powerhouse-w@.socket"
+			if got := one(sock, "Socket", "PassCredentials") + " " + one(sock, "Socket", "SocketMode"); got != "yes 0600" {
+				t.Errorf("hand-off socket PassCredentials and SocketMode: %q, want \"yes 0600\"", got)
+			}
+		})
+	}
+}
+
+// TestSupervisorGroupsOnce: the supervisor template serves every group and
+// joins each worker group once, in a stable order.
+func TestSupervisorGroupsOnce(t *testing.T) {
+	c, err := config.Parse(testOpts.ConfigPath, []byte(`
+[[worker]]
+name = "a"
+exec = "/w"
+[worker.service]
+group = "zeta"
+[[worker]]
+name = "b"
+exec = "/w"
+[[worker]]
+name = "c"
+exec = "/w"
+[[worker]]
+name = "d"
+exec = "/w"
+[worker.service]
+user = "root"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	us, err := Generate(c, testOpts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(directives(us, SupervisorPrefix+".service", "Service", "SupplementaryGroups"), "|"); got != "powerhouse zeta" {
+		t.Errorf("SupplementaryGroups=%q, want \"powerhouse zeta\"", got)
+	}
+	if got := directives(us, WorkerTemplate("b"), "Service", "Environment"); strings.Contains(strings.Join(got, " "), "SUPERVISOR_UID") {
+		t.Errorf("a group that is not sticky gets POWERHOUSE_SUPERVISOR_UID: %q", got)
+	}
+}
+
+// TestWorkerHardeningRelaxable: the worker hardening that breaks some
+// runtimes can be relaxed per group, and the rest is always there.
+func TestWorkerHardeningRelaxable(t *testing.T) {
+	for _, tc := range []struct {
+		name, service    string
+		wantWX, wantProc string
+	}{
+		{name: "defaults", wantWX: "yes", wantProc: "pid"},
+		{name: "a JIT", service: "memory_deny_write_execute = false", wantWX: "no", wantProc: "pid"},
+		{name: "reads /proc/cpuinfo", service: `proc_subset = "all"`, wantWX: "yes", wantProc: "all"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := config.Parse(testOpts.ConfigPath, []byte("[[worker]]\nname = \"n\"\nexec = \"/node\"\n[worker.service]\n"+tc.service+"\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			us, err := Generate(c, testOpts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := WorkerTemplate("n")
+			if got := strings.Join(directives(us, w, "Service", "MemoryDenyWriteExecute"), "|"); got != tc.wantWX {
+				t.Errorf("MemoryDenyWriteExecute=%q, want %q", got, tc.wantWX)
+			}
+			if got := strings.Join(directives(us, w, "Service", "ProcSubset"), "|"); got != tc.wantProc {
+				t.Errorf("ProcSubset=%q, want %q", got, tc.wantProc)
+			}
+			for _, d := range [][2]string{
+				{"CapabilityBoundingSet", ""},
+				{"SystemCallFilter", "@system-service"},
+				{"SystemCallArchitectures", "native"},
+				{"RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"},
+				{"RestrictNamespaces", "yes"},
+				{"ProtectProc", "invisible"},
+			} {
+				if got := directives(us, w, "Service", d[0]); len(got) == 0 || got[0] != d[1] {
+					t.Errorf("%s=%q, want %q", d[0], got, d[1])
+				}
+			}
+		})
+	}
+}

@@ -30,6 +30,10 @@ func TestIntegrationDemo(t *testing.T) {
 	}
 	// In the repository, not in the host's /tmp: the box has its own.
 	dir, err := os.MkdirTemp(filepath.Join(root, "internal", "demo"), ".bin-")
+	if err == nil {
+		// MkdirTemp makes it 0700: the workers' user powerhouse must enter it.
+		err = os.Chmod(dir, 0o755)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}

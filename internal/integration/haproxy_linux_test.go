@@ -40,7 +40,7 @@ exec   = %[2]q
 amount = 3
 sticky = true
 listen = [{ address = %[3]q, proxy_protocol = true, proxy_from = ["127.0.0.1"], name = "lb" }]
-`, host, filepath.Join(bin, "hello"), addr)
+`, host, filepath.Join(boxBin, "hello"), addr)
 }
 
 // requireHAProxy returns haproxy's path; without it the test is skipped,

@@ -21,14 +21,23 @@ import (
 )
 
 // bin holds the binaries under test, built once for the package in a
-// directory the boxes can see (the repository, not the host's /tmp, which
-// a box replaces with its own).
+// host directory; every box sees it, read-only, at boxBin.
 var bin string
+
+// boxBin is where the binaries are inside a box: under the box's own /run,
+// whose directories are 0755, so that workers running as the unprivileged
+// user powerhouse reach them wherever the clone lives (a 0700 /tmp/tmp.X
+// or /root): paths on the host are not the workers' concern.
+const boxBin = "/run/powerhouse-test-bin"
 
 func TestMain(m *testing.M) {
 	code := func() int {
 		root := repoRoot()
-		dir, err := os.MkdirTemp(filepath.Join(root, "internal", "integration"), ".bin-")
+		dir, err := os.MkdirTemp("", "powerhouse-it-bin-")
+		if err == nil {
+			// MkdirTemp makes it 0700; the workers' user must enter it.
+			err = os.Chmod(dir, 0o755)
+		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
@@ -53,6 +62,10 @@ func repoRoot() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(f), "..", ".."))
 }
 
+// boxOut is a directory in every house where workers, which run as the
+// unprivileged user powerhouse, can leave what a test reads back.
+const boxOut = "/run/powerhouse-test-out"
+
 // boxConfig is where the installed configuration lives inside a box.
 const boxConfig = "/etc/powerhouse/powerhouse.toml"
 
@@ -72,7 +85,7 @@ func demoConfig(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return strings.ReplaceAll(string(b), `"../bin/hello"`, `"`+filepath.Join(bin, "hello")+`"`)
+	return strings.ReplaceAll(string(b), `"../bin/hello"`, `"`+filepath.Join(boxBin, "hello")+`"`)
 }
 
 // newHouse boots a box and installs the units generated for cfgText.
@@ -98,8 +111,11 @@ func bootHouse(t *testing.T, o sdbox.Options) *house {
 	defer cancel()
 	dir := t.TempDir()
 	o.Name = "powerhouse-test"
+	// The workers' default user, in the box's private /etc.
+	o.Sysusers = units.Sysusers
 	o.Binds = append(o.Binds,
 		sdbox.Bind{Source: dir, Target: "/etc/powerhouse", Writable: true},
+		sdbox.Bind{Source: bin, Target: boxBin},
 		// The repository (binaries, testdata) at its own path, also when
 		// the clone lives under /tmp, which the box replaces.
 		sdbox.Bind{Source: repoRoot(), Target: repoRoot()},
@@ -109,6 +125,12 @@ func bootHouse(t *testing.T, o sdbox.Options) *house {
 		t.Fatal(err)
 	}
 	h := &house{t: t, box: b, cfgDir: dir}
+	if err := os.Mkdir(b.Path(boxOut), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(b.Path(boxOut), 0o1777); err != nil { // not subject to the umask
+		t.Fatal(err)
+	}
 	conn, err := b.Manager(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -126,7 +148,7 @@ func (h *house) install() {
 		h.t.Fatal(err)
 	}
 	h.cfg = c
-	o := generator.Options{Binary: filepath.Join(bin, "powerhouse"), ConfigPath: boxConfig}
+	o := generator.Options{Binary: filepath.Join(boxBin, "powerhouse"), ConfigPath: boxConfig}
 	us, err := generator.Generate(c, o)
 	if err != nil {
 		h.t.Fatal(err)
@@ -160,7 +182,7 @@ func (h *house) run(name string, args ...string) (string, error) {
 
 // powerhouse runs the powerhouse CLI inside the box.
 func (h *house) powerhouse(args ...string) (string, error) {
-	return h.run(filepath.Join(bin, "powerhouse"), args...)
+	return h.run(filepath.Join(boxBin, "powerhouse"), args...)
 }
 
 func (h *house) journal() string {

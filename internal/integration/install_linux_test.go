@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"io/fs"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/powerhouse/powerhouse/internal/sdbox"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // tree lists the files under dir (host side) with their modification times.
@@ -49,7 +51,7 @@ func TestIntegrationInstall(t *testing.T) {
 	before := tree(t, unitDir)
 	src := h.box.Path("/run/src/demo.toml")
 	os.MkdirAll(filepath.Dir(src), 0o755)
-	cfg := strings.ReplaceAll(demoConfig(t), filepath.Join(bin, "hello"), "../hello-bin/hello")
+	cfg := strings.ReplaceAll(demoConfig(t), filepath.Join(boxBin, "hello"), "../hello-bin/hello")
 	if err := os.WriteFile(src, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -127,7 +129,8 @@ func TestIntegrationInstall(t *testing.T) {
 // configuration makes no unit appear and the box keeps running.
 func TestIntegrationGenerator(t *testing.T) {
 	gens := t.TempDir()
-	if err := os.Symlink(filepath.Join(bin, "powerhouse"), filepath.Join(gens, "powerhouse-generator")); err != nil {
+	// The link resolves inside the box.
+	if err := os.Symlink(filepath.Join(boxBin, "powerhouse"), filepath.Join(gens, "powerhouse-generator")); err != nil {
 		t.Fatal(err)
 	}
 	h := bootHouse(t, sdbox.Options{Generators: gens})
@@ -190,7 +193,7 @@ func TestIntegrationPrepare(t *testing.T) {
 name = "w"
 type = "child"
 amount = 2
-exec = ["/bin/sh", "-c", "echo \"$PORT\" > /run/port-$POWERHOUSE_INSTANCE; exec sleep 600"]
+exec = ["/bin/sh", "-c", "echo \"$PORT\" > ` + boxOut + `/port-$POWERHOUSE_INSTANCE; exec sleep 600"]
 [worker.service]
 private_tmp = false
 `
@@ -198,7 +201,7 @@ private_tmp = false
 		h := newHouse(t, "[prepare]\nexec = [\"/bin/sh\", \"-c\", \"echo PORT=8123; echo '# comment'; echo NAME='a b'\"]\n"+worker)
 		h.systemctl("start", "powerhouse.target")
 		for i := 1; i <= 2; i++ {
-			p := h.box.Path(fmt.Sprintf("/run/port-%d", i))
+			p := h.box.Path(fmt.Sprintf("%s/port-%d", boxOut, i))
 			waitFor(t, 10*time.Second, p, func() bool { b, _ := os.ReadFile(p); return strings.TrimSpace(string(b)) == "8123" })
 		}
 	})
@@ -222,22 +225,54 @@ private_tmp = false
 
 var exposureRE = regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+)`)
 
-// TestIntegrationSecurity: systemd-analyze security scores the supervisor.
+// TestIntegrationSecurity: systemd-analyze security scores the supervisor
+// (at most 2.0) and a worker (at most 3.0, running as the static user
+// powerhouse), and both still serve.
 func TestIntegrationSecurity(t *testing.T) {
 	h := newHouse(t, demoConfig(t))
 	h.systemctl("start", "powerhouse.target")
-	out, _ := h.run("systemd-analyze", "security", "--no-pager", "powerhouse@web.service")
-	m := exposureRE.FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("no exposure level in:\n%s", out)
+	for _, tc := range []struct {
+		unit string
+		max  float64
+	}{
+		{"powerhouse@web.service", 2.0},
+		{"powerhouse-web@1.service", 3.0},
+	} {
+		out, _ := h.run("systemd-analyze", "security", "--no-pager", tc.unit)
+		m := exposureRE.FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no exposure level in:\n%s", out)
+		}
+		score, _ := strconv.ParseFloat(m[1], 64)
+		if score > tc.max {
+			t.Errorf("%s exposure %.1f, want <= %.1f:\n%s", tc.unit, score, tc.max, out)
+		}
+		t.Logf("%s exposure %.1f", tc.unit, score)
 	}
-	score, _ := strconv.ParseFloat(m[1], 64)
-	if score > 2.0 {
-		t.Errorf("supervisor exposure %.1f, want <= 2.0:\n%s", score, out)
+	if got := h.show("powerhouse-web@1.service", "User"); got != "powerhouse" {
+		t.Errorf("worker User=%q, want powerhouse", got)
 	}
-	t.Logf("powerhouse@web.service exposure %.1f", score)
+	if pid := h.show("powerhouse-web@1.service", "MainPID"); pid != "0" {
+		st, err := h.run("stat", "-c", "%u", "/proc/"+pid)
+		id, _ := h.run("id", "-u", "powerhouse")
+		if err != nil || strings.TrimSpace(st) != strings.TrimSpace(id) || strings.TrimSpace(st) == "0" {
+			t.Errorf("worker process runs as uid %q (%v), want powerhouse's %q", st, err, id)
+		}
+	}
+	// The workers' user enters the group's runtime directory (config.json
+	// is there), and may not write the hand-off socket.
+	asWorker := []string{"setpriv", "--reuid=powerhouse", "--regid=powerhouse", "--init-groups", "--"}
+	if out, err := h.run(asWorker[0], append(asWorker[1:], "test", "-x", "/run/powerhouse/web")...); err != nil {
+		t.Errorf("user powerhouse cannot enter /run/powerhouse/web: %v %s", err, out)
+	}
+	if out, err := h.run(asWorker[0], append(asWorker[1:], "test", "-w", "/run/powerhouse/web/1.sock")...); err == nil {
+		t.Errorf("user powerhouse may write the hand-off socket /run/powerhouse/web/1.sock %s", out)
+	}
+	if got := h.show("powerhouse-web@1.socket", "PassCredentials"); got != "yes" {
+		t.Errorf("hand-off socket PassCredentials=%s, want yes", got)
+	}
 	if _, err := get(client("127.0.0.2"), webURL); err != nil {
-		t.Errorf("the hardened supervisor does not dispatch: %v", err)
+		t.Errorf("the hardened supervisor and workers do not serve: %v", err)
 	}
 }
 
@@ -280,5 +315,44 @@ func TestInstallUserRoot(t *testing.T) {
 		if info, err := os.Lstat(filepath.Join(root, p)); err == nil && !info.IsDir() {
 			t.Errorf("uninstall left %s", p)
 		}
+	}
+}
+
+// TestIntegrationInstallSysusers: install writes the sysusers.d file and
+// creates the workers' user with systemd-sysusers, under --root too when
+// the root has a user database, and only says so when it has none. It runs
+// in a box: systemd-sysusers never runs on the host.
+func TestIntegrationInstallSysusers(t *testing.T) {
+	h := bootHouse(t, sdbox.Options{})
+	cfg := h.box.Path("/run/src/house.toml")
+	os.MkdirAll(filepath.Dir(cfg), 0o755)
+	if err := os.WriteFile(cfg, []byte(demoConfig(t)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// An image: a user database without the user.
+	os.MkdirAll(h.box.Path("/run/image/etc"), 0o755)
+	if err := os.WriteFile(h.box.Path("/run/image/etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(h.box.Path("/run/image/etc/group"), []byte("root:x:0:\n"), 0o644)
+	out, err := h.powerhouse("install", "--root", "/run/image", "/run/src/house.toml")
+	if err != nil {
+		t.Fatalf("install --root: %v\n%s", err, out)
+	}
+	if b, err := os.ReadFile(h.box.Path("/run/image" + units.SysusersPath)); err != nil || !bytes.Equal(b, units.Sysusers) {
+		t.Errorf("%s under the root: %q, %v", units.SysusersPath, b, err)
+	}
+	for _, f := range []string{"passwd", "group"} {
+		if b, _ := os.ReadFile(h.box.Path("/run/image/etc/" + f)); !strings.Contains(string(b), "\npowerhouse:") {
+			t.Errorf("the image's /etc/%s lacks powerhouse:\n%s", f, b)
+		}
+	}
+	// A package tree: no user database, none made up.
+	out, err = h.powerhouse("install", "--root", "/run/package", "/run/src/house.toml")
+	if err != nil || !strings.Contains(out, "systemd-sysusers creates user powerhouse at its first boot") {
+		t.Errorf("install into a tree without /etc/passwd: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(h.box.Path("/run/package/etc/passwd")); err == nil {
+		t.Error("install made up an /etc/passwd in a package tree")
 	}
 }

@@ -1,14 +1,19 @@
 package integration
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // TestMakeInstall: make install honours PREFIX and DESTDIR and installs the
-// binary, the generator link and the journal catalog.
+// binary, the generator link, the journal catalog and the sysusers.d file
+// (the same bytes install writes). With DESTDIR it runs no
+// systemd-sysusers: the host's user database is left alone.
 func TestMakeInstall(t *testing.T) {
 	if _, err := exec.LookPath("make"); err != nil {
 		t.Skip("make not installed")
@@ -27,5 +32,11 @@ func TestMakeInstall(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dest, "usr/lib/systemd/catalog/powerhouse.catalog")); err != nil {
 		t.Errorf("catalog: %v", err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dest, "usr/lib/sysusers.d/powerhouse.conf")); err != nil || !bytes.Equal(b, units.Sysusers) {
+		t.Errorf("sysusers.d file: %q, %v; want %q", b, err, units.Sysusers)
+	}
+	if _, err := os.Stat(filepath.Join(dest, "etc")); err == nil {
+		t.Errorf("make install with DESTDIR wrote %s/etc (systemd-sysusers ran?)", dest)
 	}
 }

@@ -71,7 +71,7 @@ func TestIntegrationReloadUnderLoad(t *testing.T) {
 // TestIntegrationReloadNeverReady: an instance that does not become ready
 // fails the reload, which names it; the others keep their processes.
 func TestIntegrationReloadNeverReady(t *testing.T) {
-	hello := filepath.Join(bin, "hello")
+	hello := filepath.Join(boxBin, "hello")
 	cfg := fmt.Sprintf(`
 [[worker]]
 name = "slow"

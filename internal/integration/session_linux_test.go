@@ -54,7 +54,8 @@ func sessionConfig(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return strings.ReplaceAll(string(b), `"../bin/session"`, `"`+sessionBinary(t)+`"`)
+	sessionBinary(t)
+	return strings.ReplaceAll(string(b), `"../bin/session"`, `"`+filepath.Join(boxBin, "session")+`"`)
 }
 
 // sessionTally counts what the clients of one group saw.

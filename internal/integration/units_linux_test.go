@@ -65,13 +65,13 @@ name = "echo"
 type = "child"
 reloadable = false
 amount = 1
-exec = ["/bin/sh", "-c", 'for a; do printf "%s\n" "$a"; done > /run/argv', "sh", ` + tomlList(words) + `]
+exec = ["/bin/sh", "-c", 'for a; do printf "%s\n" "$a"; done > ` + boxOut + `/argv', "sh", ` + tomlList(words) + `]
 `
 	h := newHouse(t, cfg)
 	h.systemctl("start", generator.WorkerService("echo", 1))
 	var got []byte
 	waitFor(t, 10*time.Second, "the worker to write its arguments", func() bool {
-		b, err := os.ReadFile(h.box.Path("/run/argv"))
+		b, err := os.ReadFile(h.box.Path(boxOut + "/argv"))
 		got = b
 		return err == nil && strings.Count(string(b), "\n") >= len(words)
 	})

@@ -52,6 +52,13 @@ type Options struct {
 	// StopTimeout bounds the clean power-off in Close; the box is then
 	// killed. Default 10s.
 	StopTimeout time.Duration
+
+	// Sysusers is sysusers.d(5) text (such as units.Sysusers) that
+	// systemd-sysusers applies to the box's private /etc before systemd
+	// starts, so that units can run as the users it declares. The users
+	// exist in the box alone: its /etc is an overlay whose writes go to a
+	// tmpfs, checked before systemd-sysusers runs.
+	Sysusers []byte
 }
 
 // Bind makes a host path visible inside a box.
@@ -80,6 +87,18 @@ const (
 
 	consoleLimit = 1 << 20 // bytes of the console kept by the harness
 )
+
+// sysusersLines returns the configuration lines of a sysusers.d text,
+// without blank lines and comments, for systemd-sysusers --inline.
+func sysusersLines(text []byte) []string {
+	var out []string
+	for _, l := range strings.Split(string(text), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
 
 var validName = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
 
@@ -203,6 +222,7 @@ func boot(ctx context.Context, opts Options) (_ *Box, err error) {
 		HostDev:     hostDev,
 		Binds:       binds,
 		Generators:  opts.Generators != "",
+		Sysusers:    sysusersLines(opts.Sysusers),
 	})
 	archive, err := runArchive(masks(unitDirs), hasBus())
 	if err != nil {

@@ -47,6 +47,9 @@
 //     /etc/systemd/system and /dev are tmpfs and not the host's (by device
 //     number), that /etc and /var are overlays, that /proc/sys is
 //     read-only and that tmpfiles is masked, and refuses to go on otherwise;
+//   - with Options.Sysusers, runs systemd-sysusers --inline on its lines:
+//     the users (a test's units may run as "powerhouse") land in the
+//     private /etc overlay only, never in the host's user database;
 //   - execs /lib/systemd/systemd --system --unit=sdbox.target with a clean
 //     environment holding container=NAME (systemd then knows it is in a
 //     container: no swap units, no swapoff and no read-only remount of the

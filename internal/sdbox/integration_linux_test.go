@@ -2,6 +2,7 @@ package sdbox
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -173,6 +174,53 @@ func TestIntegrationPrivateFileSystems(t *testing.T) {
 	}
 	if got, err := os.ReadFile(hostMarker); err != nil || string(got) != "host\n" {
 		t.Errorf("host marker after the box: %q, %v", got, err)
+	}
+}
+
+// TestIntegrationSysusers: Options.Sysusers creates a user in the box, a
+// unit runs as it, and the host's user database never learns of it.
+func TestIntegrationSysusers(t *testing.T) {
+	name := "sdbox-" + randomWord(t)[:8]
+	hostPasswd, err := os.ReadFile("/etc/passwd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostGroup, _ := os.ReadFile("/etc/group")
+	b := bootBox(t, Options{Sysusers: []byte("u " + name + " - \"sdbox probe\" - -\n")})
+	if out, err := b.Run(t.Context(), "getent", "passwd", name); err != nil || !strings.HasPrefix(string(out), name+":") {
+		t.Fatalf("getent passwd %s in the box: %q, %v", name, out, err)
+	}
+	// The user writes where it may: a runtime directory made its own.
+	unit := "[Service]\nType=oneshot\nUser=" + name + "\nRuntimeDirectory=sdbox-whoami\nRuntimeDirectoryPreserve=yes\n" +
+		"ExecStart=/bin/sh -c 'id -un > /run/sdbox-whoami/name'\n"
+	if err := b.WriteFile("/run/systemd/system/sdbox-whoami.service", []byte(unit), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, b, "systemctl", "daemon-reload")
+	run(t, b, "systemctl", "start", "sdbox-whoami.service")
+	if got, err := b.ReadFile("/run/sdbox-whoami/name"); err != nil || strings.TrimSpace(string(got)) != name {
+		t.Errorf("the unit ran as %q (%v), want %s", got, err, name)
+	}
+	check := func(when string) {
+		for _, f := range []string{"/etc/passwd", "/etc/group", "/etc/shadow", "/etc/gshadow"} {
+			if data, err := os.ReadFile(f); err == nil && strings.Contains(string(data), name+":") {
+				t.Errorf("%s: the host's %s holds the box's user %s", when, f, name)
+			}
+		}
+		if out, err := exec.Command("getent", "passwd", name).CombinedOutput(); err == nil {
+			t.Errorf("%s: getent passwd %s on the host: %s", when, name, out)
+		}
+	}
+	check("box running")
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	check("box closed")
+	if now, _ := os.ReadFile("/etc/passwd"); !bytes.Equal(now, hostPasswd) {
+		t.Error("the host's /etc/passwd changed while the box ran")
+	}
+	if now, _ := os.ReadFile("/etc/group"); !bytes.Equal(now, hostGroup) {
+		t.Error("the host's /etc/group changed while the box ran")
 	}
 }
 

@@ -32,7 +32,8 @@ type scriptParams struct {
 	Symlinks    map[string]string // symbolic links in /sys/fs/cgroup
 	HostDev     map[string]uint64 // box path -> st_dev of the same path on the host (safety gate)
 	Binds       []resolvedBind
-	Generators  bool // bind at boxGenDir is the generator directory
+	Generators  bool     // bind at boxGenDir is the generator directory
+	Sysusers    []string // sysusers.d lines applied to the private /etc
 }
 
 type resolvedBind struct {
@@ -166,6 +167,14 @@ func buildScript(p scriptParams) (stage1, stage2 string) {
 	}
 	w("[ ! -w /proc/sys/kernel/hostname ] || fail '/proc/sys is writable'")
 	w("[ -L /run/systemd/system/systemd-tmpfiles-setup.service ] || fail 'tmpfiles is not masked'")
+	if len(p.Sysusers) > 0 {
+		w("# Users for the box's units, in the private /etc only (checked above).")
+		args := make([]string, len(p.Sysusers))
+		for i, l := range p.Sysusers {
+			args[i] = shellQuote(l)
+		}
+		w("systemd-sysusers --inline %s", strings.Join(args, " "))
+	}
 	gen := boxEmptyDir
 	if p.Generators {
 		gen = boxGenDir

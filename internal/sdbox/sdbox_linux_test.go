@@ -231,6 +231,27 @@ func TestBuildScriptSafetyGate(t *testing.T) {
 	}
 }
 
+// TestBuildScriptSysusersAfterGate: systemd-sysusers writes /etc/passwd,
+// so it may only run once the gate has checked that /etc is the box's
+// overlay; and its lines reach it quoted, one argument each.
+func TestBuildScriptSysusersAfterGate(t *testing.T) {
+	_, stage2 := buildScript(scriptParams{
+		Name:      "gate",
+		MachineID: "0123456789abcdef0123456789abcdef",
+		Sysusers:  sysusersLines([]byte("# comment\n\nu probe - \"it's a probe\" - -\ng extra -\n")),
+	})
+	gate := strings.Index(stage2, "private /etc overlayfs")
+	sysusers := strings.Index(stage2, "systemd-sysusers --inline 'u probe - \"it'\\''s a probe\" - -' 'g extra -'\n")
+	exec := strings.Index(stage2, "exec env -i")
+	if gate < 0 || sysusers < gate || exec < sysusers {
+		t.Errorf("want the /etc gate (%d) before systemd-sysusers (%d) before exec (%d):\n%s", gate, sysusers, exec, stage2)
+	}
+	_, none := buildScript(scriptParams{Name: "gate", MachineID: "0123456789abcdef0123456789abcdef"})
+	if strings.Contains(none, "systemd-sysusers") {
+		t.Error("systemd-sysusers runs though no sysusers lines were given")
+	}
+}
+
 func TestResolveBinds(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "f")

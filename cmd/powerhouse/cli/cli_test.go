@@ -161,3 +161,28 @@ func TestGenerateWarnings(t *testing.T) {
 		t.Errorf("units:\n%s", stdout)
 	}
 }
+
+// TestGenerateSaysRoot: a group that runs as root because its
+// configuration asks for it is named on standard error; the default
+// (the user powerhouse) is not worth a word.
+func TestGenerateSaysRoot(t *testing.T) {
+	for _, tc := range []struct{ name, service, want string }{
+		{"root", "[worker.service]\nuser = \"root\"\n", "generate: group web runs as root because the configuration asks for it"},
+		{"default user", "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "p.toml")
+			os.WriteFile(p, []byte("[[worker]]\nname = \"web\"\nexec = \"/bin/w\"\n"+tc.service), 0o644)
+			code, stdout, stderr := run(t, "generate", "--binary", "/usr/bin/powerhouse", p)
+			if code != 0 {
+				t.Fatalf("exit %d: %s", code, stderr)
+			}
+			if tc.want == "" && strings.Contains(stderr, "root") || !strings.Contains(stderr, tc.want) {
+				t.Errorf("stderr %q, want %q", stderr, tc.want)
+			}
+			if strings.Contains(stdout, "runs as root") {
+				t.Error("the note is mixed into the units on standard output")
+			}
+		})
+	}
+}

@@ -26,6 +26,9 @@ the same content are left untouched.
 The supervisor units run the powerhouse binary at --binary (default: this
 executable) with the configuration at --config-path (default: CONFIG's
 absolute path). Set both when generating for another machine or a package.
+Workers run as the system user "powerhouse" unless [worker.service] names
+another; a group that runs as root because it asks for it is said so on
+standard error.
 
 Settings the configuration asks for that the units had to work around (a
 worker under /tmp runs without PrivateTmp=, say) are printed on standard
@@ -51,6 +54,9 @@ problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 				printWarnings(e, c)
 				for i := range c.Workers {
 					fmt.Fprintf(e.stderr, "generate: group %s: %s\n", c.Workers[i].Name, setDelivery(&c.Workers[i]))
+				}
+				for _, n := range generator.Notes(c, o) {
+					fmt.Fprintf(e.stderr, "generate: %s\n", n)
 				}
 				if *out == "" {
 					for _, u := range us {

@@ -22,9 +22,14 @@ type layout struct {
 }
 
 // tree is the installation's place under root: it writes in the
-// configuration's directory and the unit directory, nowhere else.
+// configuration's directory and the unit directory, and in system scope
+// the sysusers.d directory, nowhere else.
 func (l layout) tree(root string) units.Tree {
-	return units.Tree{Root: root, Manifest: l.manifest, Dirs: []string{filepath.Dir(l.configPath), l.unitDir}}
+	dirs := []string{filepath.Dir(l.configPath), l.unitDir}
+	if !l.user {
+		dirs = append(dirs, filepath.Dir(units.SysusersPath))
+	}
+	return units.Tree{Root: root, Manifest: l.manifest, Dirs: dirs}
 }
 
 // newLayout returns the paths of a system installation, or of the
@@ -82,7 +87,10 @@ func init() {
 		long: `Validates CONFIG (default: the installed ` + config.DefaultPath + `), copies
 it to ` + config.DefaultPath + ` (--user: ~/.config/powerhouse/), writes the
 generated units to /etc/systemd/system (--user: ~/.config/systemd/user),
-enables powerhouse.target and asks systemd to reload. --now also starts the
+enables powerhouse.target and asks systemd to reload. System scope: writes
+` + units.SysusersPath + ` and runs systemd-sysusers, which creates
+the static user and group "powerhouse" workers run as by default (under
+--root, only when DIR has an /etc/passwd). Uninstall leaves the user. --now also starts the
 house, or, when it runs, restarts or reloads only the groups that changed.
 
 Idempotent: files whose content is unchanged are not touched, and a second
@@ -163,6 +171,13 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		files = append(files, units.File{Path: filepath.Join(lay.unitDir, u.Name), Data: u.Render(o), Perm: units.Public})
 	}
 	files = append(files, units.File{Path: lay.wantsLink, Link: filepath.Join(lay.unitDir, generator.Target)})
+	if !user {
+		// The workers' default user; user managers run workers as their user.
+		files = append(files, units.File{Path: units.SysusersPath, Data: units.Sysusers, Perm: units.Public})
+	}
+	for _, n := range generator.Notes(c, o) {
+		fmt.Fprintf(e.stderr, "install: %s\n", n)
+	}
 
 	var m *units.Manager
 	if root == "" {
@@ -196,6 +211,13 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	}
 	for _, p := range res.Removed {
 		fmt.Fprintf(e.stdout, "install: removed %s\n", filepath.Join(root, p))
+	}
+	if !user {
+		if ok, err := units.ApplySysusers(e.ctx, root); err != nil {
+			return err
+		} else if !ok {
+			fmt.Fprintf(e.stdout, "install: %s has no /etc/passwd: systemd-sysusers creates user %s at its first boot\n", root, config.DefaultUser)
+		}
 	}
 	if m == nil {
 		return nil
