@@ -85,6 +85,12 @@ type manifest struct {
 // removed, and the manifest records what is owned now.
 func (t Tree) Apply(files []File) (Result, error) {
 	var r Result
+	if t.Root != "" {
+		// A package or image tree may not exist yet: the caller chose it.
+		if err := os.MkdirAll(t.Root, 0o755); err != nil {
+			return r, fmt.Errorf("install: %w", err)
+		}
+	}
 	rfd, err := t.openRoot()
 	if err != nil {
 		return r, fmt.Errorf("install: %w", err)

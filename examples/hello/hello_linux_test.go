@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -287,6 +288,18 @@ func TestSystemdSocketActivateSticky(t *testing.T) {
 		}
 		return client
 	}
+
+	// The first datagram starts hello, so it was sent before the library
+	// set SO_PASSCRED on the socket (systemd-socket-activate has no
+	// PassCredentials=): it carries no credentials and is refused, its
+	// connection closed. Once the client sees that, every later datagram
+	// carries them.
+	primer := send(handoff.Header{Name: "0.0.0.0:9999"})
+	primer.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if n, err := primer.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("a hand-off without credentials: read %d bytes, %v; want it closed (EOF)", n, err)
+	}
+	primer.Close()
 
 	c := send(handoff.Header{
 		Name:        "0.0.0.0:9999",

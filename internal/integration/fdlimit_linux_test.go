@@ -47,7 +47,7 @@ ExecStart=%s
 Sockets=fdlimit.socket
 LimitNOFILE=64
 Environment=POWERHOUSE_GROUP=fd POWERHOUSE_INSTANCE=1
-`, filepath.Join(bin, "hello"))
+`, filepath.Join(boxBin, "hello"))
 	for name, text := range map[string]string{"fdlimit.socket": socket, "fdlimit.service": service} {
 		if err := h.box.WriteFile("/run/systemd/system/"+name, []byte(text), 0o644); err != nil {
 			t.Fatal(err)

@@ -33,7 +33,7 @@ listen = [
 ]
 [worker.service]
 timeout_stop = "0"
-`, filepath.Join(bin, "hello"), proxyAddr)
+`, filepath.Join(boxBin, "hello"), proxyAddr)
 }
 
 // TestIntegrationProxyUnits runs a house whose group has a direct and a
@@ -64,7 +64,7 @@ func TestIntegrationProxyUnits(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.cfg = c
-	o := generator.Options{Binary: filepath.Join(bin, "powerhouse"), ConfigPath: cfgPath}
+	o := generator.Options{Binary: filepath.Join(boxBin, "powerhouse"), ConfigPath: cfgPath}
 	us, err := generator.Generate(c, o)
 	if err != nil {
 		t.Fatal(err)
@@ -199,7 +199,7 @@ func TestIntegrationProxyUnits(t *testing.T) {
 				t.Errorf("%s Documentation=%s, want %s", u, got, want)
 			}
 		}
-		out, err := h.powerhouse("verify", "--binary", filepath.Join(bin, "powerhouse"), cfgPath)
+		out, err := h.powerhouse("verify", "--binary", filepath.Join(boxBin, "powerhouse"), cfgPath)
 		if err != nil || !strings.Contains(out, "OK") || strings.Contains(out, "Invalid URL") {
 			t.Errorf("powerhouse verify: %v\n%s", err, out)
 		}
@@ -223,7 +223,7 @@ func TestIntegrationProxyListenerInstall(t *testing.T) {
 	if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	direct := fmt.Sprintf("[[worker]]\nname = \"web\"\nexec = %q\namount = 2\nsticky = true\nlisten = [\"127.0.0.1:9999\", \"127.0.0.1:9997\"]\n", filepath.Join(bin, "hello"))
+	direct := fmt.Sprintf("[[worker]]\nname = \"web\"\nexec = %q\namount = 2\nsticky = true\nlisten = [\"127.0.0.1:9999\", \"127.0.0.1:9997\"]\n", filepath.Join(boxBin, "hello"))
 	proxied := strings.Replace(direct, `"127.0.0.1:9997"]`, `{ address = "127.0.0.1:9997", proxy_protocol = true, proxy_from = ["127.0.0.1"] }]`, 1)
 	install := func(cfg string) {
 		t.Helper()

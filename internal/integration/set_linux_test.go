@@ -56,7 +56,7 @@ group = "root"
 		before := pidsOf(h, "py", 2)
 		// The secret on standard input: a command line is recorded with
 		// every journal entry the command writes.
-		out, err := h.run("/bin/sh", "-c", `printf '"s3cret"\n' | "$0" set --config "$1" py password=- level=3`, filepath.Join(bin, "powerhouse"), boxConfig)
+		out, err := h.run("/bin/sh", "-c", `printf '"s3cret"\n' | "$0" set --config "$1" py password=- level=3`, filepath.Join(boxBin, "powerhouse"), boxConfig)
 		if err != nil {
 			t.Fatalf("set: %v\n%s\n%s", err, out, h.journal())
 		}
