@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/powerhouse/powerhouse/handoff"
+	"github.com/powerhouse/powerhouse/internal/sockettest"
 )
 
 // serveWith runs d on ls until the test ends, when Serve must return nil.
@@ -691,4 +693,95 @@ func TestDispatchProxyBudgetPerPeer(t *testing.T) {
 	if s := d.Stats(); s.ProxyBusy != budget+16-budget/4 {
 		t.Errorf("stats %+v, want %d connections of the slow peer refused", s, budget+16-budget/4)
 	}
+}
+
+// TestDispatchConnLifetime: sends on an instance's hand-off socket take no
+// lock, so its descriptor is reference-counted: while senders run, the
+// socket is dropped and re-dialled again and again, and no send ever
+// finds its descriptor closed (EBADF) or reused (ENOTSOCK, or a datagram
+// on another socket), and no descriptor is left open.
+func TestDispatchConnLifetime(t *testing.T) {
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 1)
+	d := newTestDispatcher(dir, DispatcherOptions{}, 1)
+	_, server := sockettest.TCPPair(t)
+	conn := sockettest.RawFD(t, server)
+	in := d.inst(1)
+	base := sockettest.OpenFDs(t)
+
+	// The worker drains its socket all along.
+	stop := make(chan struct{})
+	var got atomic.Int64
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		var h handoff.Header
+		for {
+			fd, err := handoff.Receive(ws[1].fd, &h)
+			if err == nil {
+				unix.Close(fd)
+				got.Add(1)
+				continue
+			}
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			unix.Poll([]unix.PollFd{{Fd: int32(ws[1].fd), Events: unix.POLLIN}}, 10)
+		}
+	}()
+	var nsent atomic.Int64
+	var wg sync.WaitGroup
+	h := handoff.Header{Name: "public"}
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 2000 {
+				// What the dispatcher's sends do, without their
+				// re-dial on errors: the worker's socket stays, so
+				// any error but a full queue is a descriptor used
+				// after its close.
+				ic, err := d.conn(in)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				err = handoff.Send(ic.fd, "", &h, conn)
+				ic.release()
+				switch {
+				case err == nil:
+					nsent.Add(1)
+				case !errors.Is(err, unix.EAGAIN):
+					t.Errorf("send: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	var senders atomic.Bool
+	dropped := make(chan struct{})
+	go func() {
+		defer close(dropped)
+		for !senders.Load() {
+			if ic := in.conn.Load(); ic != nil {
+				d.drop(in, ic)
+			}
+			runtime.Gosched()
+		}
+	}()
+	wg.Wait()
+	senders.Store(true)
+	<-dropped
+	if ic := in.conn.Load(); ic != nil {
+		d.drop(in, ic)
+	}
+	waitFor(t, func() bool { return got.Load() == nsent.Load() })
+	close(stop)
+	<-drained
+	if n := sockettest.OpenFDs(t); n != base {
+		t.Errorf("%d descriptors open, %d before", n, base)
+	}
+	t.Logf("%d hand-offs, %d re-dials", nsent.Load(), d.Stats().Redials)
 }
