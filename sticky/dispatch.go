@@ -713,7 +713,9 @@ func (d *Dispatcher) place(w *waiting) {
 		d.queueFull.Add(1)
 	}
 	d.dropped.Add(1)
-	d.warn("every instance's hand-off queue is full or unreachable: connection closed", "preferred", w.order[0], "err", last)
+	if !d.stopped.Load() { // else Serve ended: closing what waits is expected
+		d.warn("every instance's hand-off queue is full or unreachable: connection closed", "preferred", w.order[0], "err", last)
+	}
 	unix.Close(w.fd)
 }
 
