@@ -2,6 +2,7 @@ package sticky
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +27,15 @@ type Listener struct {
 	Name string
 	// Proxy says that clients send a PROXY protocol header first.
 	Proxy bool
+	// ProxyFrom lists the peers trusted to send a PROXY header on a Proxy
+	// TCP listener (a single address is a /32 or /128 prefix). A peer
+	// outside the list is closed as soon as it is accepted, before any of
+	// its bytes is read, and counted in Stats.ProxyUntrusted. It is
+	// required: Serve refuses a Proxy TCP listener with an empty list, and
+	// a list on a listener without Proxy. Unix-socket listeners ignore it:
+	// their peers have no address, and the socket file's permissions say
+	// who may connect.
+	ProxyFrom []netip.Prefix
 	// File is the listening socket (TCP or unix stream), as systemd
 	// passes it. Serve takes it over and closes it.
 	File *os.File
@@ -36,15 +46,26 @@ type Listener struct {
 type DispatcherOptions struct {
 	// Path returns the hand-off socket of instance id. Required.
 	Path func(id int) string
-	// QueueWait is how long a connection waits for a full hand-off queue of
-	// its preferred instance before it goes to the next one (a sticky
-	// miss). Default 200ms: about the time a worker takes to restart.
+	// QueueWait is how long a connection waits for room in the hand-off
+	// queue of an instance before it goes to the next one in its order (a
+	// sticky miss). Default 200ms: about the time a worker takes to
+	// restart.
 	QueueWait time.Duration
+	// MaxQueued bounds, per instance, the connections the dispatcher holds
+	// while that instance's hand-off queue is full; a connection that finds
+	// the bound reached goes to the next instance at once. Default 1024.
+	MaxQueued int
 	// Proxy tunes PROXY protocol header reading.
 	Proxy ProxyOptions
 	// MaxPendingProxy bounds connections whose PROXY header is still being
-	// read; more are closed at once. Default 4096.
+	// read, over all peers; more are closed at once. Default 4096.
 	MaxPendingProxy int
+	// MaxPendingProxyPerPeer bounds them per peer address, so that one
+	// trusted peer holding many slow connections cannot spend the budget
+	// of another. Default MaxPendingProxy/4: up to three peers may
+	// misbehave before a fourth is short. Unix-socket peers have no
+	// address and share MaxPendingProxy alone.
+	MaxPendingProxyPerPeer int
 	// Log receives rate-limited warnings. Default: slog.Default().
 	Log *slog.Logger
 }
@@ -56,6 +77,30 @@ type Stats struct {
 	Dropped     uint64         // closed because no instance could take them
 	ProxyErrors uint64         // closed because of a bad, slow or missing PROXY header
 	PerInstance map[int]uint64 // HandedOff by instance
+
+	// Queued is, by instance, how many connections wait now in the
+	// dispatcher for room in that instance's hand-off queue (instances
+	// with none are left out).
+	Queued map[int]int
+	// QueueFull counts the times a connection left an instance for the
+	// next one because that instance's queue stayed full for QueueWait or
+	// the dispatcher already held MaxQueued connections for it.
+	QueueFull uint64
+	// SendErrors counts connections closed because their own hand-off
+	// failed (a header that cannot be encoded, EMSGSIZE, ENOBUFS, ...);
+	// the instance's hand-off socket is kept.
+	SendErrors uint64
+	// Redials counts hand-off sockets re-connected because the instance's
+	// socket went away (it was re-created or stopped).
+	Redials uint64
+	// AcceptErrors counts failed accept calls; each is retried.
+	AcceptErrors uint64
+	// ProxyUntrusted counts PROXY connections closed at accept because
+	// their peer is outside the listener's ProxyFrom.
+	ProxyUntrusted uint64
+	// ProxyBusy counts PROXY connections closed at accept because their
+	// peer's (or the dispatcher's) pending-header budget was spent.
+	ProxyBusy uint64
 }
 
 // Dispatcher hands accepted connections to worker instances chosen by
@@ -65,13 +110,26 @@ type Dispatcher struct {
 	// changes it as instances come and go.
 	Up Instances
 
-	opts    DispatcherOptions
-	mu      sync.Mutex // guards dialling into conns
-	conns   sync.Map   // id -> *instConn
-	pending chan struct{}
+	opts  DispatcherOptions
+	insts sync.Map // id -> *inst
 
-	handedOff, miss, dropped, proxyErrs atomic.Uint64
-	perInst                             sync.Map // id -> *atomic.Uint64
+	budget proxyBudget
+
+	// wake is an eventfd, readable once Serve ends, that the drainers
+	// poll beside their instance's socket; stopped says the same to code
+	// that does not poll. Both are set by Serve.
+	wake     int
+	stopped  atomic.Bool
+	drainers sync.WaitGroup
+
+	handedOff, miss, dropped, proxyErrs     atomic.Uint64
+	queueFull, sendErrs, redials, acceptErr atomic.Uint64
+	proxyUntrusted, proxyBusy               atomic.Uint64
+
+	// testAccept, when set, replaces the accept(2) call of the plain accept
+	// loop. Only tests set it, to produce errors the kernel cannot be made
+	// to return on demand (EPROTO, EPERM from a firewall hook, ...).
+	testAccept func(fd int) (int, netip.Addr, error)
 
 	logMu   sync.Mutex
 	lastLog time.Time
@@ -83,13 +141,20 @@ func NewDispatcher(o DispatcherOptions) *Dispatcher {
 	if o.QueueWait <= 0 {
 		o.QueueWait = 200 * time.Millisecond
 	}
+	if o.MaxQueued <= 0 {
+		o.MaxQueued = 1024
+	}
 	if o.MaxPendingProxy <= 0 {
 		o.MaxPendingProxy = 4096
+	}
+	if o.MaxPendingProxyPerPeer <= 0 {
+		o.MaxPendingProxyPerPeer = max(1, o.MaxPendingProxy/4)
 	}
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	d := &Dispatcher{opts: o, pending: make(chan struct{}, o.MaxPendingProxy)}
+	d := &Dispatcher{opts: o, wake: -1}
+	d.budget = proxyBudget{max: o.MaxPendingProxy, perPeer: o.MaxPendingProxyPerPeer, byPeer: map[netip.Addr]int{}}
 	d.Up.Replace()
 	return d
 }
@@ -99,58 +164,122 @@ func (d *Dispatcher) Stats() Stats {
 	s := Stats{
 		HandedOff: d.handedOff.Load(), StickyMiss: d.miss.Load(),
 		Dropped: d.dropped.Load(), ProxyErrors: d.proxyErrs.Load(),
-		PerInstance: map[int]uint64{},
+		PerInstance: map[int]uint64{}, Queued: map[int]int{},
+		QueueFull: d.queueFull.Load(), SendErrors: d.sendErrs.Load(),
+		Redials: d.redials.Load(), AcceptErrors: d.acceptErr.Load(),
+		ProxyUntrusted: d.proxyUntrusted.Load(), ProxyBusy: d.proxyBusy.Load(),
 	}
-	d.perInst.Range(func(k, v any) bool {
-		s.PerInstance[k.(int)] = v.(*atomic.Uint64).Load()
+	d.insts.Range(func(k, v any) bool {
+		in := v.(*inst)
+		if n := in.handed.Load(); n > 0 {
+			s.PerInstance[k.(int)] = n
+		}
+		if n := in.nAll.Load(); n > 0 {
+			s.Queued[k.(int)] = int(n)
+		}
 		return true
 	})
 	return s
 }
 
 // Serve accepts on every listener until ctx ends or a listener fails, and
-// dispatches each connection. It closes the listeners when it returns.
+// dispatches each connection. It closes the listeners when it returns, and
+// the connections still waiting for room in a hand-off queue. Call it once.
 func (d *Dispatcher) Serve(ctx context.Context, ls []Listener) error {
 	if len(ls) == 0 {
 		return errors.New("dispatch: no listener")
 	}
+	wake, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		for _, l := range ls {
+			l.File.Close()
+		}
+		return fmt.Errorf("dispatch: eventfd: %w", err)
+	}
+	d.wake = wake
+	ctx, cancel := context.WithCancel(ctx)
+	var proxied sync.WaitGroup
 	errc := make(chan error, len(ls))
 	var closers []io.Closer
-	for _, l := range ls {
-		c, run, err := d.prepare(l)
-		if err != nil {
-			for _, c := range closers {
-				c.Close()
+	// shutdown stops the loops, then the header readers, then the
+	// drainers: in that order nothing can dispatch after the hand-off
+	// sockets are closed. It returns the first loop error, if any.
+	shutdown := func(waited int) error {
+		cancel()
+		for _, c := range closers {
+			c.Close()
+		}
+		var err error
+		for range len(closers) - waited {
+			if e := <-errc; err == nil {
+				err = e
 			}
+		}
+		proxied.Wait()
+		d.stop()
+		return err
+	}
+	for i, l := range ls {
+		c, run, err := d.prepare(l, &proxied)
+		if err != nil {
+			for _, l := range ls[i+1:] {
+				l.File.Close()
+			}
+			shutdown(0)
 			return err
 		}
 		closers = append(closers, c)
 		go func() { errc <- run(ctx) }()
 	}
-	var err error
 	select {
 	case <-ctx.Done():
+		return shutdown(0)
 	case err = <-errc:
+		if e := shutdown(1); err == nil {
+			err = e
+		}
+		return err
 	}
-	for _, c := range closers {
-		c.Close()
-	}
-	for range ls[1:] {
-		<-errc
-	}
-	d.conns.Range(func(k, v any) bool { v.(*instConn).c.Close(); return true })
-	return err
+}
+
+// stop ends the drainers (they close what they hold) and the hand-off
+// sockets, once no accept loop or header reader can dispatch any more.
+func (d *Dispatcher) stop() {
+	d.stopped.Store(true)
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	unix.Write(d.wake, one[:]) // never read: stays readable for every drainer
+	d.drainers.Wait()
+	d.insts.Range(func(_, v any) bool {
+		in := v.(*inst)
+		if ic := in.conn.Load(); ic != nil && in.conn.CompareAndSwap(ic, nil) {
+			ic.release()
+		}
+		return true
+	})
+	unix.Close(d.wake)
 }
 
 // prepare readies one listener: what to close to stop it, and its loop.
-func (d *Dispatcher) prepare(l Listener) (io.Closer, func(context.Context) error, error) {
+func (d *Dispatcher) prepare(l Listener, proxied *sync.WaitGroup) (io.Closer, func(context.Context) error, error) {
 	defer l.File.Close()
+	if !l.Proxy && len(l.ProxyFrom) > 0 {
+		return nil, nil, fmt.Errorf("dispatch: listener %s: ProxyFrom is set but the listener does not read PROXY headers", l.Name)
+	}
 	if l.Proxy {
 		nl, err := net.FileListener(l.File)
 		if err != nil {
 			return nil, nil, fmt.Errorf("dispatch: listener %s: %w", l.Name, err)
 		}
-		return nl, func(ctx context.Context) error { return d.acceptProxied(ctx, l.Name, nl) }, nil
+		var trust []netip.Prefix
+		if _, isUnix := nl.(*net.UnixListener); !isUnix {
+			trust, err = trustList(l.ProxyFrom)
+			if err != nil {
+				nl.Close()
+				return nil, nil, fmt.Errorf("dispatch: listener %s: %w", l.Name, err)
+			}
+		}
+		return nl, func(ctx context.Context) error { return d.acceptProxied(ctx, l.Name, trust, nl, proxied) }, nil
 	}
 	// The plain path accepts with accept4(2) on the raw descriptor, through
 	// the runtime poller: no net.Conn is made for a connection that only
@@ -175,15 +304,110 @@ func (d *Dispatcher) prepare(l Listener) (io.Closer, func(context.Context) error
 	return f, func(ctx context.Context) error { return d.acceptLoop(ctx, l.Name, f) }, nil
 }
 
+// trustList validates a TCP PROXY listener's allow-list and returns it in
+// the form peers are compared with: masked, and IPv4-mapped IPv6 prefixes
+// as IPv4 (accepted peers are unmapped).
+func trustList(ps []netip.Prefix) ([]netip.Prefix, error) {
+	if len(ps) == 0 {
+		return nil, errors.New("PROXY listener with no trusted peer: any client could choose its address and so its instance; list the load balancers' addresses in ProxyFrom (proxy_from)")
+	}
+	out := make([]netip.Prefix, 0, len(ps))
+	for _, p := range ps {
+		if !p.IsValid() {
+			return nil, fmt.Errorf("invalid trusted PROXY prefix %q", p)
+		}
+		if a := p.Addr(); a.Is4In6() {
+			if p.Bits() < 96 {
+				return nil, fmt.Errorf("trusted PROXY prefix %s: an IPv4-mapped prefix needs at least 96 bits", p)
+			}
+			p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+		}
+		out = append(out, netip.PrefixFrom(p.Addr().WithZone(""), p.Bits()).Masked())
+	}
+	return out, nil
+}
+
+func trusted(trust []netip.Prefix, a netip.Addr) bool {
+	a = a.Unmap().WithZone("")
+	for _, p := range trust {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// acceptNext is what an accept loop does after an error.
+type acceptNext int
+
+const (
+	acceptAgain   acceptNext = iota // that connection failed: accept the next at once
+	acceptBackoff                   // a condition that lasts: wait, then accept again
+	acceptEnd                       // the listener is unusable
+)
+
+// acceptAction classifies an accept error. Linux reports a connection's
+// pending network error from accept ("treat them like EAGAIN by
+// retrying", accept(2)): the connection is consumed, the next one may be
+// fine. Resource shortages (EMFILE, ENFILE, ENOBUFS, ENOMEM), EPERM from a
+// firewall or LSM hook (which fails before dequeuing, so retrying at once
+// would spin) and errors not known here last a while: back off. Only a
+// descriptor that is not a listening socket ends the loop; a closed one is
+// told apart by the callers (os.ErrClosed, net.ErrClosed).
+func acceptAction(err error) acceptNext {
+	var e syscall.Errno
+	if !errors.As(err, &e) {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return acceptAgain
+		}
+		return acceptBackoff
+	}
+	switch e {
+	case unix.ECONNABORTED, unix.EINTR, unix.EPROTO, unix.ENETDOWN, unix.ENOPROTOOPT,
+		unix.EHOSTDOWN, unix.ENONET, unix.EHOSTUNREACH, unix.EOPNOTSUPP, unix.ENETUNREACH,
+		unix.ETIMEDOUT, unix.ECONNRESET:
+		return acceptAgain
+	case unix.EBADF, unix.ENOTSOCK, unix.EINVAL, unix.EFAULT:
+		return acceptEnd
+	}
+	return acceptBackoff
+}
+
+// acceptFailed counts and handles one accept error: it returns an error
+// to end the loop with, or nil after waiting as the error asks. backoff is
+// the loop's state, doubled from 5ms to 1s while errors that last go on.
+func (d *Dispatcher) acceptFailed(ctx context.Context, name string, aerr error, backoff *time.Duration) error {
+	d.acceptErr.Add(1)
+	switch acceptAction(aerr) {
+	case acceptAgain:
+		return nil
+	case acceptEnd:
+		return fmt.Errorf("dispatch: accept on %s: %w", name, aerr)
+	}
+	*backoff = min(max(2**backoff, 5*time.Millisecond), time.Second)
+	d.warn("accept failed, backing off", "listener", name, "err", aerr, "backoff", *backoff)
+	t := time.NewTimer(*backoff)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
 func (d *Dispatcher) acceptLoop(ctx context.Context, name string, f *os.File) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("dispatch: listener %s: %w", name, err)
 	}
-	l := Listener{Name: name}
-	hdr := handoff.Header{Name: l.Name}
+	hdr := handoff.Header{Name: name}
 	var order []int
 	backoff := time.Duration(0)
+	acc := accept
+	if d.testAccept != nil {
+		acc = d.testAccept
+	}
 	for {
 		var nfd int
 		var peer netip.Addr
@@ -191,32 +415,23 @@ func (d *Dispatcher) acceptLoop(ctx context.Context, name string, f *os.File) er
 		err := rc.Read(func(fd uintptr) bool {
 			// The new descriptor stays blocking: it is the worker's to
 			// configure, and Go's net.FileConn makes it non-blocking.
-			nfd, peer, aerr = accept(int(fd))
+			nfd, peer, aerr = acc(int(fd))
 			return aerr != unix.EAGAIN
 		})
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("dispatch: accept on %s: %w", l.Name, err)
+			return fmt.Errorf("dispatch: accept on %s: %w", name, err)
 		}
 		if aerr != nil {
-			switch aerr {
-			case unix.ECONNABORTED, unix.EINTR:
-				continue
-			case unix.EMFILE, unix.ENFILE, unix.ENOBUFS, unix.ENOMEM:
-				// Out of descriptors: back off as net/http does, and let
-				// the kernel queue connections meanwhile.
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				d.warn("accept failed, backing off", "listener", l.Name, "err", aerr, "backoff", backoff)
-				select {
-				case <-time.After(backoff):
-				case <-ctx.Done():
-					return nil
-				}
-				continue
+			if err := d.acceptFailed(ctx, name, aerr, &backoff); err != nil {
+				return err
 			}
-			return fmt.Errorf("dispatch: accept on %s: %w", l.Name, aerr)
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
 		}
 		backoff = 0
 		order = d.dispatch(nfd, peer, &hdr, order[:0])
@@ -249,9 +464,178 @@ func accept(fd int) (int, netip.Addr, error) {
 	return int(nfd), netip.Addr{}, nil
 }
 
-// dispatch hands fd to the preferred up instance for key and closes it, or
-// leaves that to a slow path when the preferred queue is full. order is
-// scratch space, returned for reuse.
+// inst is the dispatcher's state for one instance: its hand-off socket,
+// the connections waiting for room in its queue, its counter. Created on
+// first use and kept (instances are numbered 1..amount).
+type inst struct {
+	id     int
+	conn   atomic.Pointer[instConn] // nil until dialled, and after a drop
+	dialMu sync.Mutex               // one dial at a time
+
+	// Connections waiting for room: own prefer this instance, fallback
+	// come from another whose queue stayed full. Own ones go first, so a
+	// stalled instance's backlog never delays the clients of the instance
+	// it falls back to by more than that instance's kernel queue. nOwn
+	// and nAll mirror the lengths for the lock-free paths: a connection
+	// never overtakes others of its kind waiting for the same instance.
+	nOwn, nAll    atomic.Int32
+	mu            sync.Mutex // guards own, fallback and draining
+	own, fallback []*waiting
+	draining      bool
+
+	handed atomic.Uint64
+}
+
+// waiting is a connection the dispatcher holds until an instance has
+// room: it will go to order[idx], or the next ones after their deadline.
+type waiting struct {
+	fd       int
+	h        handoff.Header
+	order    []int
+	idx      int
+	deadline time.Time
+}
+
+// instConn is a unix datagram socket connected to one instance's hand-off
+// socket. Connected, so the kernel resolves the path once, and so that
+// writability (poll) reports room in that instance's queue.
+//
+// Sends use the raw descriptor with MSG_DONTWAIT and take no lock: the
+// descriptor is reference-counted instead, so a concurrent drop (the
+// instance's socket went away) never makes a send write to a closed or
+// reused descriptor. inst.conn holds one reference, each user another;
+// the last release closes the descriptor.
+type instConn struct {
+	fd   int
+	refs atomic.Int32
+}
+
+func (ic *instConn) acquire() bool {
+	for {
+		n := ic.refs.Load()
+		if n == 0 {
+			return false
+		}
+		if ic.refs.CompareAndSwap(n, n+1) {
+			return true
+		}
+	}
+}
+
+func (ic *instConn) release() {
+	if ic.refs.Add(-1) == 0 {
+		unix.Close(ic.fd)
+	}
+}
+
+func (d *Dispatcher) inst(id int) *inst {
+	if v, ok := d.insts.Load(id); ok {
+		return v.(*inst)
+	}
+	v, _ := d.insts.LoadOrStore(id, &inst{id: id})
+	return v.(*inst)
+}
+
+// conn returns in's hand-off socket, dialling it if needed, with a
+// reference the caller releases.
+func (d *Dispatcher) conn(in *inst) (*instConn, error) {
+	if ic := in.conn.Load(); ic != nil && ic.acquire() {
+		return ic, nil
+	}
+	in.dialMu.Lock()
+	defer in.dialMu.Unlock()
+	if ic := in.conn.Load(); ic != nil && ic.acquire() {
+		return ic, nil
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dispatch: hand-off socket: %w", err)
+	}
+	path := d.opts.Path(in.id)
+	// connect(2) on a unix datagram socket never blocks.
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("dispatch: connect %s: %w", path, err)
+	}
+	ic := &instConn{fd: fd}
+	ic.refs.Store(2) // in.conn's and the caller's
+	in.conn.Store(ic)
+	return ic, nil
+}
+
+// drop forgets in's hand-off socket ic (the instance's socket went away:
+// its socket unit was restarted or stopped), so the next send dials again.
+func (d *Dispatcher) drop(in *inst, ic *instConn) {
+	if in.conn.CompareAndSwap(ic, nil) {
+		d.redials.Add(1)
+		ic.release()
+	}
+}
+
+// sendResult is what one hand-off attempt came to.
+type sendResult int
+
+const (
+	sent   sendResult = iota
+	busy              // the instance's queue is full (EAGAIN)
+	gone              // the instance's socket is not there: try another
+	failed            // this connection cannot be handed off: close it
+)
+
+// classify tells errors that mean the instance's socket is gone (re-dial,
+// then try another instance) from a full queue and from errors of this
+// one connection, which must not cost the instance its socket.
+func classify(err error) sendResult {
+	if err == nil {
+		return sent
+	}
+	var e syscall.Errno
+	if !errors.As(err, &e) {
+		return failed // the header could not be encoded
+	}
+	switch e {
+	case unix.EAGAIN:
+		return busy
+	case unix.ECONNREFUSED, unix.ENOENT, unix.ENOTCONN, unix.EPIPE, unix.EBADF,
+		unix.ECONNRESET, unix.EDESTADDRREQ, unix.ENOTSOCK, unix.EPROTOTYPE:
+		return gone
+	}
+	// EMSGSIZE, ENOBUFS, ENOMEM, ETOOMANYREFS (too many descriptors in
+	// flight for this user), EPERM from an LSM, ...
+	return failed
+}
+
+// trySend makes one non-blocking hand-off attempt to in, re-dialling once
+// if its socket is gone.
+func (d *Dispatcher) trySend(in *inst, h *handoff.Header, fd int) (sendResult, error) {
+	var err error
+	for range 2 {
+		var ic *instConn
+		ic, err = d.conn(in)
+		if err != nil {
+			return gone, err
+		}
+		for {
+			err = handoff.Send(ic.fd, "", h, fd)
+			if !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		r := classify(err)
+		if r != gone {
+			ic.release()
+			return r, err
+		}
+		d.drop(in, ic)
+		ic.release()
+	}
+	return gone, err
+}
+
+// dispatch hands fd to the preferred up instance for key and closes it;
+// when that instance's queue is full it leaves fd waiting for room (a
+// drainer goroutine owns it then) or goes on in order. It never blocks.
+// order is scratch space, returned for reuse.
 func (d *Dispatcher) dispatch(fd int, key netip.Addr, h *handoff.Header, order []int) []int {
 	order = d.Up.Order(key, order)
 	if len(order) == 0 {
@@ -260,183 +644,304 @@ func (d *Dispatcher) dispatch(fd int, key netip.Addr, h *handoff.Header, order [
 		unix.Close(fd)
 		return order
 	}
-	err := d.send(order[0], h, fd)
-	if err == nil {
-		d.count(order[0])
-		// The worker holds the connection now: this close never blocks.
-		unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
-		return order
+	in := d.inst(order[0])
+	full := in.nOwn.Load() > 0 // others wait for it already: no overtaking
+	if !full {
+		if ic := in.conn.Load(); ic != nil && ic.acquire() {
+			err := handoff.Send(ic.fd, "", h, fd)
+			ic.release()
+			if err == nil {
+				d.handed(in, false)
+				// The worker holds the connection now: this close never blocks.
+				unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
+				return order
+			}
+			full = errors.Is(err, unix.EAGAIN)
+		}
 	}
-	// The preferred instance is busy or gone: wait for it a little in a
-	// goroutine, so the accept loop goes on with other clients.
-	hc := *h
-	o := append([]int(nil), order...)
-	go d.slow(fd, &hc, o, err)
+	// The preferred instance is busy, not dialled yet or gone: wait for
+	// room in its queue (a drainer goroutine owns fd then), or go on in
+	// order. Nothing here blocks the accept loop.
+	w := &waiting{fd: fd, h: *h, order: append([]int(nil), order...)}
+	if full {
+		if d.enqueue(in, w) {
+			return order
+		}
+		d.queueFull.Add(1)
+		w.idx = 1
+	}
+	d.place(w)
 	return order
 }
 
-// slow tries the preferred instance again for QueueWait, then the others in
-// order, then waits once more on each before dropping the connection.
-func (d *Dispatcher) slow(fd int, h *handoff.Header, order []int, first error) {
-	defer unix.Close(fd)
-	if errors.Is(first, unix.EAGAIN) {
-		if d.sendWait(order[0], h, fd, d.opts.QueueWait) == nil {
-			d.count(order[0])
-			return
-		}
+func (d *Dispatcher) handed(in *inst, miss bool) {
+	d.handedOff.Add(1)
+	in.handed.Add(1)
+	if miss {
+		d.miss.Add(1)
 	}
-	for _, id := range order[1:] {
-		if d.send(id, h, fd) == nil {
-			d.count(id)
-			d.miss.Add(1)
-			return
+}
+
+// place hands w to the first instance from w.idx on that takes it now, or
+// queues it for the first one whose queue is full, without blocking.
+func (d *Dispatcher) place(w *waiting) {
+	var last error
+	for ; w.idx < len(w.order); w.idx++ {
+		in := d.inst(w.order[w.idx])
+		behind := in.nOwn.Load()
+		if w.idx > 0 {
+			behind = in.nAll.Load()
 		}
-	}
-	for _, id := range order {
-		if d.sendWait(id, h, fd, d.opts.QueueWait) == nil {
-			d.count(id)
-			if id != order[0] {
-				d.miss.Add(1)
+		if behind == 0 {
+			r, err := d.trySend(in, &w.h, w.fd)
+			switch r {
+			case sent:
+				d.handed(in, w.idx > 0)
+				unix.Close(w.fd)
+				return
+			case failed:
+				d.sendFailed(w, in.id, err)
+				return
+			case gone:
+				last = err
+				continue
 			}
+		}
+		if d.enqueue(in, w) {
 			return
 		}
+		d.queueFull.Add(1)
 	}
 	d.dropped.Add(1)
-	d.warn("every instance's hand-off queue is full or unreachable: connection closed", "preferred", order[0], "err", first)
+	if !d.stopped.Load() { // else Serve ended: closing what waits is expected
+		d.warn("every instance's hand-off queue is full or unreachable: connection closed", "preferred", w.order[0], "err", last)
+	}
+	unix.Close(w.fd)
 }
 
-func (d *Dispatcher) count(id int) {
-	d.handedOff.Add(1)
-	v, ok := d.perInst.Load(id)
-	if !ok {
-		v, _ = d.perInst.LoadOrStore(id, new(atomic.Uint64))
-	}
-	v.(*atomic.Uint64).Add(1)
+func (d *Dispatcher) sendFailed(w *waiting, id int, err error) {
+	d.sendErrs.Add(1)
+	d.warn("hand-off of one connection failed: connection closed", "instance", id, "listener", w.h.Name, "err", err)
+	unix.Close(w.fd)
 }
 
-// instConn is a unix datagram socket connected to one instance's hand-off
-// socket. Connected, so the kernel resolves the path once, and so that
-// writability (poll) reports room in that instance's queue.
-type instConn struct {
-	c  *net.UnixConn
-	rc syscall.RawConn
+// enqueue queues w for in, starting in's drainer if needed. It reports
+// false when in already holds MaxQueued connections or Serve has ended.
+func (d *Dispatcher) enqueue(in *inst, w *waiting) bool {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if len(in.own)+len(in.fallback) >= d.opts.MaxQueued || d.stopped.Load() {
+		return false
+	}
+	w.deadline = time.Now().Add(d.opts.QueueWait)
+	if w.idx == 0 {
+		in.own = append(in.own, w)
+		in.nOwn.Add(1)
+	} else {
+		in.fallback = append(in.fallback, w)
+	}
+	in.nAll.Add(1)
+	if !in.draining {
+		in.draining = true
+		d.drainers.Add(1)
+		go d.drain(in)
+	}
+	return true
 }
 
-// try makes one non-blocking send through the runtime's descriptor
-// reference, so a concurrent drop can never make it write to a closed or
-// reused descriptor.
-func (ic *instConn) try(h *handoff.Header, fd int) error {
-	var serr error
-	if err := ic.rc.Write(func(s uintptr) bool {
-		serr = handoff.Send(int(s), "", h, fd)
-		return true
-	}); err != nil {
-		return err
+// pop removes the head of in's own (or fallback) queue; in.mu is held.
+// Only the drainer removes, and only heads.
+func (in *inst) pop(own bool) *waiting {
+	q := &in.fallback
+	if own {
+		q = &in.own
+		in.nOwn.Add(-1)
 	}
-	return serr
+	in.nAll.Add(-1)
+	w := (*q)[0]
+	(*q)[0] = nil
+	*q = (*q)[1:]
+	return w
 }
 
-func (d *Dispatcher) conn(id int) (*instConn, error) {
-	if v, ok := d.conns.Load(id); ok {
-		return v.(*instConn), nil
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if v, ok := d.conns.Load(id); ok {
-		return v.(*instConn), nil
-	}
-	path := d.opts.Path(id)
-	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		return nil, err
-	}
-	rc, err := c.SyscallConn()
-	if err != nil {
-		c.Close()
-		return nil, err
-	}
-	ic := &instConn{c: c, rc: rc}
-	d.conns.Store(id, ic)
-	return ic, nil
-}
-
-// drop forgets the connection to id (its socket went away: the instance's
-// socket unit was restarted or stopped), so the next send dials again.
-func (d *Dispatcher) drop(id int, ic *instConn) {
-	if d.conns.CompareAndDelete(id, ic) {
-		ic.c.Close()
-	}
-}
-
-// send makes one non-blocking attempt.
-func (d *Dispatcher) send(id int, h *handoff.Header, fd int) error {
-	ic, err := d.conn(id)
-	if err != nil {
-		return err
-	}
-	err = ic.try(h, fd)
-	if err != nil && !errors.Is(err, unix.EAGAIN) {
-		d.drop(id, ic)
-		// Reconnect once: the socket may have been re-created.
-		if ic, err = d.conn(id); err == nil {
-			err = ic.try(h, fd)
+// drain hands in's waiting connections over, own ones first, as its
+// queue makes room, waiting for writability without any lock; a
+// connection that waited QueueWait goes on to its next instance. It
+// returns when nothing waits, or after closing what waits once Serve has
+// ended.
+func (d *Dispatcher) drain(in *inst) {
+	defer d.drainers.Done()
+	for {
+		in.mu.Lock()
+		if len(in.own)+len(in.fallback) == 0 || d.stopped.Load() {
+			for _, w := range append(in.own, in.fallback...) {
+				d.dropped.Add(1)
+				unix.Close(w.fd)
+			}
+			in.own, in.fallback = nil, nil
+			in.nOwn.Store(0)
+			in.nAll.Store(0)
+			in.draining = false
+			in.mu.Unlock()
+			return
+		}
+		now := time.Now()
+		var expired *waiting
+		switch {
+		case len(in.own) > 0 && !now.Before(in.own[0].deadline):
+			expired = in.pop(true)
+		case len(in.fallback) > 0 && !now.Before(in.fallback[0].deadline):
+			expired = in.pop(false)
+		}
+		if expired != nil {
+			in.mu.Unlock()
+			d.queueFull.Add(1)
+			expired.idx++
+			d.place(expired)
+			continue
+		}
+		var w *waiting
+		own := len(in.own) > 0
+		deadline := time.Time{}
+		if own {
+			w = in.own[0]
+			deadline = w.deadline
+		}
+		if len(in.fallback) > 0 {
+			if w == nil {
+				w = in.fallback[0]
+			}
+			if deadline.IsZero() || in.fallback[0].deadline.Before(deadline) {
+				deadline = in.fallback[0].deadline
+			}
+		}
+		in.mu.Unlock()
+		r, err := d.trySend(in, &w.h, w.fd)
+		if r == busy {
+			d.waitRoom(in, deadline)
+			continue
+		}
+		in.mu.Lock()
+		in.pop(own)
+		in.mu.Unlock()
+		switch r {
+		case sent:
+			d.handed(in, w.idx > 0)
+			unix.Close(w.fd)
+		case failed:
+			d.sendFailed(w, in.id, err)
+		default: // in's socket is gone
+			w.idx++
+			d.place(w)
 		}
 	}
-	return err
 }
 
-// sendWait waits up to wait for room in id's queue.
-func (d *Dispatcher) sendWait(id int, h *handoff.Header, fd int, wait time.Duration) error {
-	ic, err := d.conn(id)
+// waitRoom waits until in's hand-off socket is writable (its queue has
+// room, or the peer is gone and a send will say so), deadline passes or
+// Serve ends.
+func (d *Dispatcher) waitRoom(in *inst, deadline time.Time) {
+	ic, err := d.conn(in)
 	if err != nil {
-		return err
+		return // trySend will report it
 	}
-	ic.c.SetWriteDeadline(time.Now().Add(wait))
-	var serr error
-	err = ic.rc.Write(func(s uintptr) bool {
-		serr = handoff.Send(int(s), "", h, fd)
-		return !errors.Is(serr, unix.EAGAIN)
-	})
-	if err != nil {
-		return err
+	defer ic.release()
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return
+		}
+		fds := [2]unix.PollFd{{Fd: int32(ic.fd), Events: unix.POLLOUT}, {Fd: int32(d.wake), Events: unix.POLLIN}}
+		// Round up: a poll that ends a little early would spin.
+		n, err := unix.Poll(fds[:], int((left+time.Millisecond-1)/time.Millisecond))
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil || n > 0 {
+			return
+		}
 	}
-	return serr
 }
 
-// acceptProxied accepts connections whose first bytes are a PROXY header:
-// each header is read in its own goroutine, under a deadline, so a slow
-// client never holds up the others.
-func (d *Dispatcher) acceptProxied(ctx context.Context, name string, nl net.Listener) error {
-	l := Listener{Name: name}
+// proxyBudget bounds the connections whose PROXY header is being read: in
+// all, and per peer address. Per address rather than per ProxyFrom entry:
+// an entry may be a whole subnet of load balancers, and one of them must
+// not spend its siblings' share.
+type proxyBudget struct {
+	mu           sync.Mutex
+	total        int
+	max, perPeer int
+	byPeer       map[netip.Addr]int
+}
+
+// take reserves one slot for peer; the zero address (unix-socket peers,
+// which cannot be told apart) is bounded by the total alone.
+func (b *proxyBudget) take(peer netip.Addr) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.total >= b.max {
+		return false
+	}
+	if peer.IsValid() {
+		if b.byPeer[peer] >= b.perPeer {
+			return false
+		}
+		b.byPeer[peer]++
+	}
+	b.total++
+	return true
+}
+
+func (b *proxyBudget) give(peer netip.Addr) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.total--
+	if peer.IsValid() {
+		if b.byPeer[peer] <= 1 {
+			delete(b.byPeer, peer)
+		} else {
+			b.byPeer[peer]--
+		}
+	}
+}
+
+// acceptProxied accepts connections whose first bytes are a PROXY header.
+// A peer outside trust (nil for unix sockets: no check) is closed before
+// any byte is read; each header is then read in its own goroutine, under
+// a deadline and within its peer's budget, so a slow client never holds up
+// the others.
+func (d *Dispatcher) acceptProxied(ctx context.Context, name string, trust []netip.Prefix, nl net.Listener, proxied *sync.WaitGroup) error {
+	backoff := time.Duration(0)
 	for {
 		c, err := nl.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
-			}
-			d.warn("accept failed", "listener", l.Name, "err", err)
-			select {
-			case <-time.After(50 * time.Millisecond):
-			case <-ctx.Done():
-				return nil
+			if err := d.acceptFailed(ctx, name, err, &backoff); err != nil {
+				return err
 			}
 			continue
 		}
-		select {
-		case d.pending <- struct{}{}:
-		default:
-			d.proxyErrs.Add(1)
-			d.warn("too many connections waiting for their PROXY header: connection closed", "listener", l.Name)
+		backoff = 0
+		peer := peerAddr(c)
+		if trust != nil && !trusted(trust, peer) {
+			d.proxyUntrusted.Add(1)
+			d.warn("PROXY header from an untrusted peer refused: connection closed before reading", "listener", name, "peer", peer)
 			c.Close()
 			continue
 		}
+		if !d.budget.take(peer) {
+			d.proxyBusy.Add(1)
+			d.warn("too many connections of this peer waiting for their PROXY header: connection closed", "listener", name, "peer", peer)
+			c.Close()
+			continue
+		}
+		proxied.Add(1)
 		go func() {
-			defer func() { <-d.pending }()
-			d.proxied(ctx, l.Name, c)
+			defer proxied.Done()
+			defer d.budget.give(peer)
+			d.proxied(ctx, name, c)
 		}()
 	}
 }
@@ -472,10 +977,12 @@ func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn) {
 	})
 }
 
+// peerAddr returns c's peer IP address, unmapped and without zone, or the
+// zero address for a unix socket.
 func peerAddr(c net.Conn) netip.Addr {
 	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		ap := a.AddrPort()
-		return ap.Addr().Unmap()
+		return ap.Addr().Unmap().WithZone("")
 	}
 	return netip.Addr{}
 }

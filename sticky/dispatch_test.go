@@ -96,7 +96,11 @@ func startDispatcher(t *testing.T, dir string, proxy bool, ids ...int) (*Dispatc
 	}
 	addr := l.Addr().String()
 	l.Close() // the duplicate in f keeps the socket listening
-	go func() { done <- d.Serve(ctx, []Listener{{Name: "public", Proxy: proxy, File: f}}) }()
+	ln := Listener{Name: "public", Proxy: proxy, File: f}
+	if proxy {
+		ln.ProxyFrom = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	}
+	go func() { done <- d.Serve(ctx, []Listener{ln}) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -160,9 +164,9 @@ func TestDispatchSticky(t *testing.T) {
 	}
 }
 
-// TestDispatchFallback: when the preferred instance's queue stays full the
-// connection goes to the next instance in rendezvous order, counted as a
-// sticky miss; the accept loop keeps serving other clients meanwhile.
+// TestDispatchFallback: when the preferred instance's queue stays full for
+// QueueWait the connection goes to the next instance in rendezvous order,
+// counted as a sticky miss.
 func TestDispatchFallback(t *testing.T) {
 	dir := t.TempDir()
 	ws := newWorkers(t, dir, 2)
@@ -170,44 +174,69 @@ func TestDispatchFallback(t *testing.T) {
 	src := "127.0.0.7"
 	order := d.Up.Order(netip.MustParseAddr(src), nil)
 	first, second := order[0], order[1]
-	// Fill the preferred queue: the kernel takes max_dgram_qlen + 1.
-	var clients []net.Conn
-	for !d.queueFull(t, first) {
-		clients = append(clients, dialFrom(t, src, addr))
-		waitFor(t, func() bool { return d.Stats().HandedOff == uint64(len(clients)) || d.Stats().StickyMiss > 0 })
-	}
-	_ = clients
-	// The next connection from the same client overflows to the other one.
+	filled := fillQueue(t, sockPath(dir, first))
 	c := dialFrom(t, src, addr)
 	defer c.Close()
-	ws[second].receive(t)
+	h, wc := ws[second].receive(t)
+	wc.Close()
+	if h.Name != "public" {
+		t.Errorf("instance %d got %+v", second, h)
+	}
 	waitFor(t, func() bool { return d.Stats().StickyMiss == 1 })
-	// Drain the preferred instance: everything queued there is intact.
-	for i := 0; i < len(clients)-1; i++ {
-		_, wc := ws[first].receive(t)
-		wc.Close()
+	if s := d.Stats(); s.QueueFull != 1 || s.HandedOff != 1 || len(s.Queued) != 0 {
+		t.Errorf("stats %+v, want one queue-full fallback and nothing queued", s)
+	}
+	// The preferred instance's queue holds the test's datagrams alone.
+	ws[first].discard(t, filled)
+	if ws[first].pending() {
+		t.Error("the preferred instance got the connection too")
 	}
 }
 
-// queueFull reports whether instance id's hand-off queue is full, by
-// trying a send of a harmless descriptor... it sends a real datagram, so
-// callers only use it to fill a queue.
-func (d *Dispatcher) queueFull(t *testing.T, id int) bool {
-	ic, err := d.conn(id)
+// sockPath is the hand-off socket of instance id in dir, as newWorkers
+// makes them.
+func sockPath(dir string, id int) string { return filepath.Join(dir, strconv.Itoa(id)+".sock") }
+
+// fillQueue fills the kernel queue of the hand-off socket at path with
+// hand-offs from a socket of the test's own, as a worker that stopped
+// reading would leave it, and returns how many it took.
+func fillQueue(t *testing.T, path string) int {
+	t.Helper()
+	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var full bool
-	ic.rc.Write(func(s uintptr) bool {
-		var buf [1]byte
-		// A zero-length probe would be queued; instead ask poll.
-		fds := []unix.PollFd{{Fd: int32(s), Events: unix.POLLOUT}}
-		n, _ := unix.Poll(fds, 0)
-		full = n == 0
-		_ = buf
-		return true
-	})
-	return full
+	t.Cleanup(func() { unix.Close(s) })
+	if err := unix.Connect(s, &unix.SockaddrUnix{Name: path}); err != nil {
+		t.Fatal(err)
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(pair[0]); unix.Close(pair[1]) })
+	h := handoff.Header{Name: "filler"}
+	for n := 0; ; n++ {
+		err := handoff.Send(s, "", &h, pair[0])
+		if errors.Is(err, unix.EAGAIN) {
+			return n
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// discard receives n hand-offs the test queued with fillQueue.
+func (w *worker) discard(t *testing.T, n int) {
+	t.Helper()
+	for range n {
+		h, c := w.receive(t)
+		c.Close()
+		if h.Name != "filler" {
+			t.Errorf("worker %d: got %+v among the fillers", w.id, h)
+		}
+	}
 }
 
 func waitFor(t *testing.T, cond func() bool) {

@@ -29,6 +29,36 @@
 // can choose many source addresses can therefore choose its instance too;
 // this is stickiness, not isolation.
 //
+// # Hand-off and back-pressure
+//
+// [Dispatcher] accepts with accept4(2) and hands each connection to its
+// instance with one non-blocking sendmsg(2) (MSG_DONTWAIT) on a unix
+// datagram socket connected to that instance's hand-off socket. The send
+// takes no lock: the socket's descriptor is reference-counted, so an
+// instance whose socket is re-created or stopped (and so re-dialled or
+// dropped) never makes a concurrent send write to a closed or reused
+// descriptor. The accept loop never waits.
+//
+// When an instance's kernel queue is full (a slow or stopped worker), the
+// connection waits in the dispatcher, in a queue per instance bounded by
+// DispatcherOptions.MaxQueued, while a goroutine of that instance polls
+// its socket for room and hands waiting connections over in order. A
+// connection that waited DispatcherOptions.QueueWait, or found the bound
+// reached, goes on to the next instance in its rendezvous order (a sticky
+// miss); an instance serves its own clients before those that fall back to
+// it, so one stalled instance delays no other instance's clients.
+//
+// Send errors are classified: EAGAIN is a full queue; errors that mean the
+// instance's socket is gone (ECONNREFUSED, ENOTCONN, EPIPE, ...) re-dial it
+// once and then try the next instance; any other error (a header that
+// cannot be encoded, EMSGSIZE, ENOBUFS, ...) belongs to that connection
+// alone: it is closed and counted (Stats.SendErrors), and the instance
+// keeps its socket. Accept errors never end the accept loop, except a
+// descriptor that is not a listening socket: a connection's own error
+// (ECONNABORTED, EPROTO, ...) is skipped at once, others (EMFILE, ENFILE,
+// ENOBUFS, ENOMEM, EPERM, ...) back off from 5 ms to 1 s. Warnings are
+// logged at most once a second, with a count of those suppressed.
+//
 // # PROXY protocol
 //
 // On a listener marked proxy_protocol = true, [ReadProxyHeader] reads a
@@ -70,6 +100,16 @@
 //     datagram sockets, and the end of a partial header is detected with
 //     poll(POLLRDHUP).
 //   - The specification forbids guessing whether a header is present: a
-//     listener either always expects one or never does, and should only be
-//     reachable by trusted proxies.
+//     listener either always expects one or never does, and only trusted
+//     proxies may send it. [Listener].ProxyFrom lists them (required for a
+//     TCP listener); any other peer is closed as soon as it is accepted,
+//     before a byte is read, and counted (Stats.ProxyUntrusted).
+//     IPv4-mapped peers of a dual-stack socket match IPv4 prefixes. A
+//     unix-socket listener has no peer address: its file permissions
+//     decide who may connect.
+//   - Connections whose header is still being read are bounded by
+//     DispatcherOptions.MaxPendingProxy in all and MaxPendingProxyPerPeer
+//     per peer address, so one trusted peer's slow connections cannot
+//     refuse another's; over-budget connections are closed and counted
+//     (Stats.ProxyBusy).
 package sticky

@@ -3,7 +3,6 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -487,6 +486,13 @@ func (s *Supervisor) status() string {
 		st := s.disp.Stats()
 		msg += fmt.Sprintf(", %d in dispatch, %d connections handed off, %d sticky misses, %d dropped, %d PROXY errors",
 			s.disp.Up.Len(), st.HandedOff, st.StickyMiss, st.Dropped, st.ProxyErrors)
+		queued := 0
+		for _, n := range st.Queued {
+			queued += n
+		}
+		if queued > 0 {
+			msg += fmt.Sprintf(", %d waiting for a full hand-off queue", queued)
+		}
 	}
 	return msg
 }
@@ -500,6 +506,14 @@ type DispatchState struct {
 	ProxyErrors uint64         `json:"proxy_errors"`
 	PerInstance map[int]uint64 `json:"per_instance"`
 	InDispatch  []int          `json:"in_dispatch"`
+	// The counters of sticky.Stats of the same names.
+	Queued         map[int]int `json:"queued"`
+	QueueFull      uint64      `json:"queue_full"`
+	SendErrors     uint64      `json:"send_errors"`
+	Redials        uint64      `json:"redials"`
+	AcceptErrors   uint64      `json:"accept_errors"`
+	ProxyUntrusted uint64      `json:"proxy_untrusted"`
+	ProxyBusy      uint64      `json:"proxy_busy"`
 }
 
 // DispatchStatePath is where the supervisor of group publishes its counters.
@@ -514,7 +528,9 @@ func (s *Supervisor) publish() {
 	}
 	st := s.disp.Stats()
 	ds := DispatchState{HandedOff: st.HandedOff, StickyMiss: st.StickyMiss, Dropped: st.Dropped,
-		ProxyErrors: st.ProxyErrors, PerInstance: st.PerInstance, InDispatch: s.disp.Up.Snapshot().IDs()}
+		ProxyErrors: st.ProxyErrors, PerInstance: st.PerInstance, InDispatch: s.disp.Up.Snapshot().IDs(),
+		Queued: st.Queued, QueueFull: st.QueueFull, SendErrors: st.SendErrors, Redials: st.Redials,
+		AcceptErrors: st.AcceptErrors, ProxyUntrusted: st.ProxyUntrusted, ProxyBusy: st.ProxyBusy}
 	b, err := json.Marshal(ds)
 	if err == nil {
 		_, err = units.WriteFile(DispatchStatePath(s.o.RuntimeDir, s.o.Group), b, units.Public)
@@ -556,10 +572,10 @@ func (s *Supervisor) listeners() ([]sticky.Listener, error) {
 		if !ok {
 			return nil, fmt.Errorf("supervise: inherited socket %s matches no listen address of group %s", a, s.o.Group)
 		}
-		out = append(out, sticky.Listener{Name: cfg.Name, Proxy: cfg.ProxyProtocol, File: f})
+		out = append(out, sticky.Listener{Name: cfg.Name, Proxy: cfg.ProxyProtocol, ProxyFrom: cfg.ProxyFrom, File: f})
 	}
 	if len(out) == 0 {
-		return nil, errors.New("supervise: sticky group got no listening socket from systemd (is powerhouse@" + s.o.Group + ".socket running?)")
+		return nil, fmt.Errorf("supervise: sticky group got no listening socket from systemd (is %s running?)", strings.Join(generator.GroupSockets(s.w), " or "))
 	}
 	return out, nil
 }

@@ -52,6 +52,7 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown flag", []string{"generate", "--nope"}, "flag provided but not defined"},
 		{"two configs", []string{"generate", "a", "b"}, "at most one CONFIG"},
 		{"version args", []string{"version", "x"}, "takes no arguments"},
+		{"bad proxy-from", []string{"run", "--proxy", "127.0.0.1:0", "--proxy-from", "10.0.0.0/8,nope", "--", "true"}, `--proxy-from "nope": not a CIDR prefix or an IP address`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, errOut := run(t, tc.args...)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -34,12 +35,16 @@ systemd would (LISTEN_FDS=1, LISTEN_FDNAMES=handoff), listens on every
 the client's address, exactly as a sticky group's supervisor does. It is
 the same dispatcher, without units, D-Bus or journald: for a laptop, a
 demo or a benchmark. --proxy ADDR listens for clients that send a PROXY
-protocol header. Instances are not restarted; when one exits, run stops
+protocol header; only peers in --proxy-from (default: loopback,
+127.0.0.0/8 and ::1) may connect there, any other is closed before a byte
+is read. Instances are not restarted; when one exits, run stops
 them all and exits. SIGINT or SIGTERM stops them too.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			var listen, proxy listFlag
 			fs.Var(&listen, "listen", "accept on `ADDR` (host:port or :port); repeatable")
 			fs.Var(&proxy, "proxy", "accept PROXY protocol clients on `ADDR`; repeatable")
+			var from listFlag
+			fs.Var(&from, "proxy-from", "trust PROXY headers from `PREFIX` (a CIDR or one address) only; repeatable (default 127.0.0.0/8 and ::1)")
 			n := fs.Int("instances", 2, "number of instances")
 			return func(e *env, args []string) error {
 				if len(args) == 0 {
@@ -51,13 +56,41 @@ them all and exits. SIGINT or SIGTERM stops them too.`,
 				if *n < 1 || *n > 1024 {
 					return usagef("--instances must be from 1 to 1024")
 				}
-				return runHouse(e, listen, proxy, *n, args)
+				trust, err := parseProxyFrom(from)
+				if err != nil {
+					return usagef("%v", err)
+				}
+				return runHouse(e, listen, proxy, trust, *n, args)
 			}
 		},
 	})
 }
 
-func runHouse(e *env, listen, proxy []string, n int, argv []string) error {
+// parseProxyFrom turns --proxy-from values into prefixes: a CIDR, or one
+// address (a /32 or /128). None means loopback.
+func parseProxyFrom(vs []string) ([]netip.Prefix, error) {
+	if len(vs) == 0 {
+		vs = []string{"127.0.0.0/8", "::1"}
+	}
+	var out []netip.Prefix
+	for _, v := range vs {
+		for _, f := range strings.Split(v, ",") {
+			f = strings.TrimSpace(f)
+			if p, err := netip.ParsePrefix(f); err == nil {
+				out = append(out, p.Masked())
+				continue
+			}
+			a, err := netip.ParseAddr(f)
+			if err != nil {
+				return nil, fmt.Errorf("--proxy-from %q: not a CIDR prefix or an IP address", f)
+			}
+			out = append(out, netip.PrefixFrom(a, a.BitLen()))
+		}
+	}
+	return out, nil
+}
+
+func runHouse(e *env, listen, proxy []string, trust []netip.Prefix, n int, argv []string) error {
 	dir, err := os.MkdirTemp("", "powerhouse-run-")
 	if err != nil {
 		return err
@@ -75,7 +108,11 @@ func runHouse(e *env, listen, proxy []string, n int, argv []string) error {
 			if err != nil {
 				return err
 			}
-			ls = append(ls, sticky.Listener{Name: a, Proxy: i == 1, File: f})
+			sl := sticky.Listener{Name: a, Proxy: i == 1, File: f}
+			if sl.Proxy {
+				sl.ProxyFrom = trust
+			}
+			ls = append(ls, sl)
 		}
 	}
 	ctx, cancel := context.WithCancel(e.ctx)
@@ -130,8 +167,8 @@ func runHouse(e *env, listen, proxy []string, n int, argv []string) error {
 	fmt.Fprintf(e.stderr, "powerhouse run: %d instances of %s, listening on %s\n", n, argv[0], strings.Join(append(listen, proxy...), " "))
 	err = d.Serve(ctx, ls)
 	s := d.Stats()
-	fmt.Fprintf(e.stderr, "powerhouse run: %d connections handed off, %d sticky misses, %d dropped, %d PROXY errors\n",
-		s.HandedOff, s.StickyMiss, s.Dropped, s.ProxyErrors)
+	fmt.Fprintf(e.stderr, "powerhouse run: %d connections handed off, %d sticky misses, %d dropped, %d PROXY errors, %d untrusted PROXY peers\n",
+		s.HandedOff, s.StickyMiss, s.Dropped, s.ProxyErrors, s.ProxyUntrusted)
 	if err == nil && e.ctx.Err() == nil {
 		err = errors.New("an instance exited")
 	}

@@ -42,10 +42,16 @@ type UnitStatus struct {
 
 // DispatchStatus are a sticky group's counters since its supervisor started.
 type DispatchStatus struct {
-	HandedOff   uint64 `json:"handed_off"`
-	StickyMiss  uint64 `json:"sticky_misses"`
-	Dropped     uint64 `json:"dropped"`
-	ProxyErrors uint64 `json:"proxy_errors"`
+	HandedOff      uint64 `json:"handed_off"`
+	StickyMiss     uint64 `json:"sticky_misses"`
+	Dropped        uint64 `json:"dropped"`
+	ProxyErrors    uint64 `json:"proxy_errors"`
+	QueueFull      uint64 `json:"queue_full"`
+	SendErrors     uint64 `json:"send_errors"`
+	Redials        uint64 `json:"redials"`
+	AcceptErrors   uint64 `json:"accept_errors"`
+	ProxyUntrusted uint64 `json:"proxy_untrusted"`
+	ProxyBusy      uint64 `json:"proxy_busy"`
 }
 
 // InstanceStatus is one worker instance.
@@ -55,6 +61,7 @@ type InstanceStatus struct {
 	UptimeSeconds float64 `json:"uptime_seconds"` // since it became active; 0 when not active
 	Restarts      uint32  `json:"restarts"`       // systemd's NRestarts
 	HandedOff     uint64  `json:"handed_off"`     // connections dispatched to it (sticky groups)
+	Queued        int     `json:"queued"`         // connections waiting now for room in its hand-off queue (sticky groups)
 	InDispatch    bool    `json:"in_dispatch"`    // receives new connections (sticky groups)
 }
 
@@ -137,7 +144,9 @@ func groupStatus(e *env, m *units.Manager, w *config.Worker) (GroupStatus, error
 		if b, err := os.ReadFile(supervisor.DispatchStatePath(generator.RuntimeDir, w.Name)); err == nil {
 			gs.dispatchKnown = json.Unmarshal(b, &ds) == nil
 		}
-		gs.Dispatch = &DispatchStatus{HandedOff: ds.HandedOff, StickyMiss: ds.StickyMiss, Dropped: ds.Dropped, ProxyErrors: ds.ProxyErrors}
+		gs.Dispatch = &DispatchStatus{HandedOff: ds.HandedOff, StickyMiss: ds.StickyMiss, Dropped: ds.Dropped, ProxyErrors: ds.ProxyErrors,
+			QueueFull: ds.QueueFull, SendErrors: ds.SendErrors, Redials: ds.Redials, AcceptErrors: ds.AcceptErrors,
+			ProxyUntrusted: ds.ProxyUntrusted, ProxyBusy: ds.ProxyBusy}
 	}
 	in := map[int]bool{}
 	for _, id := range ds.InDispatch {
@@ -155,7 +164,7 @@ func groupStatus(e *env, m *units.Manager, w *config.Worker) (GroupStatus, error
 		}
 		seen[n] = true
 		is := InstanceStatus{Instance: n, UnitStatus: UnitStatus{Unit: st.Name, State: st.ActiveState, SubState: st.SubState},
-			HandedOff: ds.PerInstance[n], InDispatch: in[n]}
+			HandedOff: ds.PerInstance[n], Queued: ds.Queued[n], InDispatch: in[n]}
 		if v, err := m.Property(e.ctx, st.Name, "Service", "MainPID"); err == nil {
 			is.PID, _ = v.(uint32)
 		}
@@ -196,7 +205,10 @@ func printStatus(e *env, gs []GroupStatus) {
 		}
 		fmt.Fprintln(e.stdout)
 		if g.Dispatch != nil {
-			fmt.Fprintf(e.stdout, "  dispatch: %d handed off, %d sticky misses, %d dropped, %d PROXY errors\n", g.Dispatch.HandedOff, g.Dispatch.StickyMiss, g.Dispatch.Dropped, g.Dispatch.ProxyErrors)
+			ds := g.Dispatch
+			fmt.Fprintf(e.stdout, "  dispatch: %d handed off, %d sticky misses, %d dropped, %d PROXY errors\n", ds.HandedOff, ds.StickyMiss, ds.Dropped, ds.ProxyErrors)
+			fmt.Fprintf(e.stdout, "  faults: %d queue full, %d send errors, %d redials, %d accept errors, %d untrusted PROXY peers, %d PROXY over budget\n",
+				ds.QueueFull, ds.SendErrors, ds.Redials, ds.AcceptErrors, ds.ProxyUntrusted, ds.ProxyBusy)
 		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  INSTANCE\tSTATE\tPID\tUPTIME\tRESTARTS\tHANDED OFF")
