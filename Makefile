@@ -37,9 +37,15 @@ lint: vet fmt-check
 golden:
 	$(GO) test ./generator -run TestGolden -update
 
+# Every parser of outside input, FUZZTIME each (4 targets: about 4 min by
+# default). Crashers land in the package's testdata/fuzz and then run as
+# regression cases in `make test`.
+FUZZTIME ?= 60s
 fuzz:
-	$(GO) test ./generator -run '^$$' -fuzz FuzzGenerate -fuzztime 500000x
-	$(GO) test ./units -run '^$$' -fuzz FuzzManifest -fuzztime 60s
+	$(GO) test ./sticky -run '^$$' -fuzz '^FuzzParseProxy$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./handoff -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./generator -run '^$$' -fuzz '^FuzzGenerate$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./units -run '^$$' -fuzz '^FuzzManifest$$' -fuzztime $(FUZZTIME)
 
 # The side-by-side run against direct SO_REUSEPORT and the peers, plus the
 # Go micro-benchmarks (~9 min, root: the peers' setup uses apt and npm);
