@@ -353,7 +353,6 @@ type faultPhase struct {
 	// through (see TestIntegrationFaultsUnderLoad): there it is when the
 	// new supervisor had served every connection that queued meanwhile.
 	latencyFrom time.Duration
-	outage      string // what the supervisor's restart cost, for the summary
 }
 
 // excused says whether a failed connection was inside a killed process:
@@ -558,9 +557,23 @@ func TestIntegrationFaultsUnderLoad(t *testing.T) {
 		phases = append(phases, faultPhase{name: name, faulted: faulted, from: now, latencyFrom: now})
 		return &phases[len(phases)-1]
 	}
+	// wait polls cond until it holds or d passes. A wait that times out
+	// fails the test and ends the scenario, but what was measured until
+	// then is still analysed and printed.
+	wait := func(d time.Duration, what string, cond func() bool) bool {
+		deadline := time.Now().Add(d)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Errorf("timed out after %v waiting for %s (at %s ms of load); journal:\n%s", d, what, ms(l.now()), h.journal())
+				return false
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		return true
+	}
 	// runUntil lets the load run until the phase has lasted d on its clock.
-	runUntil := func(p *faultPhase, d time.Duration) {
-		waitFor(t, d+10*time.Second, p.name+" to last "+d.String(), func() bool { return l.now() >= p.from+d })
+	runUntil := func(p *faultPhase, d time.Duration) bool {
+		return wait(d+10*time.Second, p.name+" to last "+d.String(), func() bool { return l.now() >= p.from+d })
 	}
 	signal := func(u string, sig syscall.Signal) (from, to time.Duration) {
 		from = l.now()
@@ -570,64 +583,102 @@ func TestIntegrationFaultsUnderLoad(t *testing.T) {
 		return from, l.now()
 	}
 	// restarted waits until u has a new main PID and is active again.
-	restarted := func(u string, old uint32) uint32 {
+	restarted := func(u string, old uint32) (uint32, bool) {
 		var pid uint32
-		waitFor(t, 15*time.Second, u+" back with a new PID", func() bool {
+		ok := wait(15*time.Second, u+" back with a new PID", func() bool {
 			pid = mainPID(u)
 			return pid != 0 && pid != old && active(u)
 		})
-		return pid
+		return pid, ok
 	}
+	// The supervisor's phase, and when its new process was seen up.
+	supPhase, up := -1, time.Duration(0)
 
-	p := begin("baseline", 0)
-	runUntil(p, baselineLength)
+	// The scenario: each step waits for the event that ends it.
+	func() {
+		p := begin("baseline", 0)
+		if !runUntil(p, baselineLength) {
+			return
+		}
 
-	p = begin(fmt.Sprintf("SIGKILL worker web@%d", killed), killed)
-	old := mainPID(unit(killed))
-	from, to := signal(unit(killed), syscall.SIGKILL)
-	p.kills = append(p.kills, faultKill{inst: killed, from: from, to: to})
-	pid := restarted(unit(killed), old)
-	waitFor(t, 15*time.Second, "the new web@1 worker to answer", func() bool { return uint32(l.lastPID[killed].Load()) == pid })
-	runUntil(p, phaseLength)
+		p = begin(fmt.Sprintf("SIGKILL worker web@%d", killed), killed)
+		old := mainPID(unit(killed))
+		from, to := signal(unit(killed), syscall.SIGKILL)
+		p.kills = append(p.kills, faultKill{inst: killed, from: from, to: to})
+		pid, ok := restarted(unit(killed), old)
+		if !ok || !wait(15*time.Second, "the new web@1 worker to answer", func() bool { return uint32(l.lastPID[killed].Load()) == pid }) ||
+			!runUntil(p, phaseLength) {
+			return
+		}
 
-	p = begin("SIGKILL supervisor", 0)
-	old = mainPID(supervisor)
-	from, to = signal(supervisor, syscall.SIGKILL)
-	p.kills = append(p.kills, faultKill{inst: 0, from: from, to: to})
-	restarted(supervisor, old)
-	up := l.now()
-	waitFor(t, 15*time.Second, "an answer through the new supervisor", func() bool { return time.Duration(l.lastOK.Load()) >= up })
-	supPhase := len(phases) - 1
-	runUntil(p, phaseLength)
+		p = begin("SIGKILL supervisor", 0)
+		supPhase = len(phases) - 1
+		old = mainPID(supervisor)
+		from, to = signal(supervisor, syscall.SIGKILL)
+		p.kills = append(p.kills, faultKill{inst: 0, from: from, to: to})
+		if _, ok := restarted(supervisor, old); !ok {
+			return
+		}
+		up = l.now()
+		if !wait(15*time.Second, "an answer through the new supervisor", func() bool { return time.Duration(l.lastOK.Load()) >= up }) ||
+			!runUntil(p, phaseLength) {
+			return
+		}
 
-	p = begin(fmt.Sprintf("systemctl stop+start web@%d", stopped), stopped)
-	if err := h.m.Stop(ctx, unit(stopped)); err != nil {
-		t.Fatal(err)
-	}
-	at := l.now()
-	waitFor(t, 15*time.Second, "web@2's clients to move", func() bool { return time.Duration(l.moved[stopped].Load()) >= at })
-	if err := h.m.Start(ctx, unit(stopped)); err != nil {
-		t.Fatal(err)
-	}
-	at = l.now()
-	waitFor(t, 15*time.Second, "web@2's clients to come back", func() bool { return time.Duration(l.atHome[stopped].Load()) >= at })
-	runUntil(p, phaseLength)
+		p = begin(fmt.Sprintf("systemctl stop+start web@%d", stopped), stopped)
+		if err := h.m.Stop(ctx, unit(stopped)); err != nil {
+			t.Errorf("%v", err)
+			return
+		}
+		at := l.now()
+		// Its clients move; or, if the supervisor was slow to take it out
+		// of dispatch and to stop its hand-off socket, a connection queued
+		// there starts it again (socket activation): not a loss, but the
+		// operator's stop did not hold, and the test says so.
+		var back bool
+		if !wait(15*time.Second, "web@2's clients to move", func() bool {
+			back = active(unit(stopped))
+			return back || time.Duration(l.moved[stopped].Load()) >= at
+		}) {
+			return
+		}
+		if back && time.Duration(l.moved[stopped].Load()) < at {
+			t.Logf("web@2 became active again by itself %s ms after systemctl stop returned, before any of its clients moved: its hand-off socket started it", ms(l.now()-at))
+		}
+		if err := h.m.Start(ctx, unit(stopped)); err != nil {
+			t.Errorf("%v", err)
+			return
+		}
+		at = l.now()
+		if !wait(15*time.Second, "web@2's clients to come back", func() bool { return time.Duration(l.atHome[stopped].Load()) >= at }) ||
+			!runUntil(p, phaseLength) {
+			return
+		}
 
-	p = begin(fmt.Sprintf("queue fill web@%d (SIGSTOP 3s)", filled), filled)
-	from, _ = signal(unit(filled), syscall.SIGSTOP)
-	// Full: more of web@3's clients wait than its hand-off queue holds
-	// (max_dgram_qlen+1 datagrams), or the dispatcher gave up waiting and
-	// handed one of them to another instance. Then keep it stopped for 3 s
-	// of load.
-	qlen := handoffQueueLen(t)
-	waitFor(t, 15*time.Second, "web@3's queue to fill", func() bool {
-		return l.inflight[filled].Load() > qlen || time.Duration(l.moved[filled].Load()) >= from
-	})
-	waitFor(t, 15*time.Second, "3 s of load with web@3 stopped", func() bool { return l.now() >= from+3*time.Second })
-	_, at = signal(unit(filled), syscall.SIGCONT)
-	waitFor(t, 15*time.Second, "web@3 to answer its clients again", func() bool { return time.Duration(l.atHome[filled].Load()) >= at })
-	runUntil(p, phaseLength)
+		p = begin(fmt.Sprintf("queue fill web@%d (SIGSTOP 3s)", filled), filled)
+		from, _ = signal(unit(filled), syscall.SIGSTOP)
+		// Full: more of web@3's clients wait than its hand-off queue holds
+		// (max_dgram_qlen+1 datagrams), or the dispatcher gave up waiting
+		// and handed one of them to another instance. Then keep it stopped
+		// for 3 s of load.
+		qlen := handoffQueueLen(t)
+		if !wait(15*time.Second, "web@3's queue to fill", func() bool {
+			return l.inflight[filled].Load() > qlen || time.Duration(l.moved[filled].Load()) >= from
+		}) || !wait(15*time.Second, "3 s of load with web@3 stopped", func() bool { return l.now() >= from+3*time.Second }) {
+			return
+		}
+		_, at = signal(unit(filled), syscall.SIGCONT)
+		if !wait(15*time.Second, "web@3 to answer its clients again", func() bool { return time.Duration(l.atHome[filled].Load()) >= at }) {
+			return
+		}
+		runUntil(p, phaseLength)
+	}()
 	phases[len(phases)-1].to = l.now()
+	// SIGCONT before finish, in case the scenario stopped with web@3
+	// stopped: finish would wait for its clients' timeouts.
+	cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	mgr.KillUnitWithTarget(cctx, unit(filled), sddbus.All, int32(syscall.SIGCONT))
+	cancel()
 	l.finish()
 	cpu := selfCPU() - cpu0
 	recs := l.records()
@@ -635,23 +686,26 @@ func TestIntegrationFaultsUnderLoad(t *testing.T) {
 	// The supervisor's outage: the connections started before the new
 	// supervisor was seen up waited for it; the bound applies once the
 	// last of them was answered.
-	sp := &phases[supPhase]
-	var held int
-	var drained, longest time.Duration
-	for _, r := range recs {
-		if r.start >= sp.from && r.start < up {
-			if r.start >= sp.kills[0].from {
-				held++
-			}
-			drained = max(drained, r.end)
-			if r.out == outOK {
-				longest = max(longest, r.end-r.start)
+	var outage string
+	if supPhase >= 0 && up > 0 {
+		sp := &phases[supPhase]
+		var held int
+		var drained, longest time.Duration
+		for _, r := range recs {
+			if r.start >= sp.from && r.start < up {
+				if r.start >= sp.kills[0].from {
+					held++
+				}
+				drained = max(drained, r.end)
+				if r.out == outOK {
+					longest = max(longest, r.end-r.start)
+				}
 			}
 		}
+		sp.latencyFrom = max(drained, sp.from)
+		outage = fmt.Sprintf("%d connections arrived during the restart (%s ms after the SIGKILL until seen up), the longest waited %s ms; the 5 ms bound applies from %s ms after the SIGKILL",
+			held, ms(up-sp.kills[0].from), ms(longest), ms(sp.latencyFrom-sp.kills[0].from))
 	}
-	sp.latencyFrom = max(drained, sp.from)
-	sp.outage = fmt.Sprintf("%d connections arrived during the restart (%s ms after the SIGKILL until seen up), the longest waited %s ms; the 5 ms bound applies from %s ms after the SIGKILL",
-		held, ms(up-sp.kills[0].from), ms(longest), ms(sp.latencyFrom-sp.kills[0].from))
 
 	var pending int
 	for _, r := range recs {
@@ -685,7 +739,7 @@ func TestIntegrationFaultsUnderLoad(t *testing.T) {
 	}
 	tw.Flush()
 	t.Logf("%d connections in %s s at %d/s from %d sources (pacer more than 20 ms late %d times, at worst %s ms; the test process used %.0f µs of CPU per connection); faulted = the phase's instance's clients, other = the other clients\n%s%s",
-		len(recs), fmt.Sprintf("%.1f", l.now().Seconds()), faultRate, faultSources, len(l.lateAt), ms(l.maxLate), float64(cpu.Microseconds())/float64(max(len(recs), 1)), tab.String(), sp.outage)
+		len(recs), fmt.Sprintf("%.1f", l.now().Seconds()), faultRate, faultSources, len(l.lateAt), ms(l.maxLate), float64(cpu.Microseconds())/float64(max(len(recs), 1)), tab.String(), outage)
 
 	for i, p := range phases {
 		s := stats[i]
