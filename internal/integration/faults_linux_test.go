@@ -100,6 +100,7 @@ type faultLoad struct {
 	req     []byte
 	period  time.Duration
 	t0      time.Time
+	t0Mono  time.Duration // t0 on CLOCK_MONOTONIC, the journal's short-monotonic clock
 	dialers [faultSources]*net.Dialer
 	home    [faultSources]int8 // each source's instance before the load
 	recs    []connRecord
@@ -156,7 +157,10 @@ func newFaultLoad(addr string, maxDuration time.Duration) *faultLoad {
 func (l *faultLoad) now() time.Duration { return time.Since(l.t0) }
 
 func (l *faultLoad) start() {
+	var ts unix.Timespec
+	unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts)
 	l.t0 = time.Now()
+	l.t0Mono = time.Duration(ts.Nano())
 	l.wg.Add(1)
 	go l.pace()
 }
@@ -797,7 +801,7 @@ func TestIntegrationFaultsUnderLoad(t *testing.T) {
 	}
 	if t.Failed() && os.Getenv("POWERHOUSE_TEST_DEBUG") != "" {
 		j, _ := h.run("journalctl", "--no-pager", "-o", "short-monotonic", "-u", "powerhouse@web.service", "-u", "powerhouse-web@*")
-		t.Logf("journal of the web group:\n%s", j)
+		t.Logf("journal of the web group (the load's time 0 is %.6f there):\n%s", l.t0Mono.Seconds(), j)
 	}
 }
 
