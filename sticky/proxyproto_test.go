@@ -383,7 +383,9 @@ func TestDispatchProxyUnusableAddresses(t *testing.T) {
 	d.Up.Replace(1)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, []Listener{{Name: "lb", Proxy: true, ProxyFrom: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, File: f}}) }()
+	go func() {
+		done <- d.Serve(ctx, []Listener{{Name: "lb", Proxy: true, ProxyFrom: []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}, File: f}})
+	}()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
