@@ -50,11 +50,14 @@ func Serve(ctx context.Context, srv *http.Server, l net.Listener) error {
 //     is once the worker is accepting;
 //   - when $WATCHDOG_USEC is set (and $WATCHDOG_PID is this process or
 //     unset), WATCHDOG=1 is sent every half interval until Serve returns;
-//   - on SIGTERM or SIGINT, or when ctx is done, srv.Shutdown stops
-//     accepting (l is closed: a hand-off socket is left undrained for the
-//     next instance), STOPPING=1 is sent, and Shutdown closes idle
-//     connections and waits for in-flight requests, for at most 90% of the
-//     stop timeout. A second SIGTERM or SIGINT cuts the wait short.
+//   - on SIGTERM or SIGINT, or when ctx is done, STOPPING=1 is sent and
+//     srv.Shutdown stops accepting (l is closed: a hand-off socket is left
+//     undrained for the next instance, once the dispatcher stopped sending:
+//     a hand-off listener keeps accepting until none came for 20 ms, at
+//     most 250 ms, since a stopped instance's socket goes away with what
+//     it queued), then Shutdown closes idle connections and waits for
+//     in-flight requests, for at most 90% of the stop timeout. A second
+//     SIGTERM or SIGINT cuts the wait short.
 //
 // An error from l.Accept other than a closed listener (EMFILE, ENOBUFS,
 // EPROTO, EPERM, a hand-off socket's recvmsg error, ...) never ends
@@ -175,11 +178,12 @@ type readyListener struct {
 	ready, stop, closeOnce sync.Once
 	closed                 chan struct{} // the listener is closed: Accept blocks until Close
 
-	mu       sync.Mutex
-	accepted int               // returned by Accept, not yet seen by ConnState
-	fresh    map[net.Conn]bool // in StateNew: no request read yet
-	changed  chan struct{}     // signalled when accepted or fresh shrink
-	shutCh   chan struct{}     // closed by Close
+	mu         sync.Mutex
+	lastAccept time.Time         // when Accept last returned a connection
+	accepted   int               // returned by Accept, not yet seen by ConnState
+	fresh      map[net.Conn]bool // in StateNew: no request read yet
+	changed    chan struct{}     // signalled when accepted or fresh shrink
+	shutCh     chan struct{}     // closed by Close
 }
 
 func (r *readyListener) Accept() (net.Conn, error) {
@@ -203,6 +207,7 @@ func (r *readyListener) Accept() (net.Conn, error) {
 			}
 			r.mu.Lock()
 			r.accepted++
+			r.lastAccept = time.Now()
 			r.mu.Unlock()
 			return c, nil
 		}
@@ -301,6 +306,7 @@ func (r *readyListener) track(c net.Conn, st http.ConnState) {
 // from a failure on a new connection; once the request is being handled,
 // Shutdown waits for it.
 func (r *readyListener) drainNew(ctx context.Context) {
+	r.lingerHandoffs(ctx)
 	r.closeListener()
 	deadline := time.NewTimer(freshWait)
 	defer deadline.Stop()
@@ -327,6 +333,53 @@ func (r *readyListener) drainNew(ctx context.Context) {
 // freshWait bounds how long a stopping worker waits for connected clients
 // to send their first request.
 const freshWait = time.Second
+
+// A stopping worker with a hand-off socket keeps receiving until no
+// hand-off came for handoffQuiet, for at most handoffLinger. The
+// dispatcher learns of the stop over D-Bus a few milliseconds after the
+// worker got SIGTERM, and sends to the instance until then; when the
+// instance is being stopped (not restarted) its hand-off socket is stopped
+// next, and whatever was still queued in it would be lost with it. A
+// restart keeps the socket, so there the linger only means that the old
+// process, rather than the new one, serves the instance's clients for a
+// moment: same instance, same stickiness.
+const (
+	handoffQuiet  = 20 * time.Millisecond
+	handoffLinger = 250 * time.Millisecond
+)
+
+// lingerHandoffs returns once a hand-off listener has been quiet for
+// handoffQuiet, or handoffLinger after it began, or when ctx ends; at once
+// for any other listener (a shared socket keeps what it queued for the
+// next process: systemd holds it).
+func (r *readyListener) lingerHandoffs(ctx context.Context) {
+	if _, ok := r.Listener.(*HandoffListener); !ok {
+		return
+	}
+	r.stopping()
+	start := time.Now()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		last := r.lastAccept
+		r.mu.Unlock()
+		now := time.Now()
+		if last.Before(start) {
+			last = start
+		}
+		quiet := now.Sub(last)
+		if quiet >= handoffQuiet || now.Sub(start) >= handoffLinger {
+			return
+		}
+		t.Reset(min(handoffQuiet-quiet, handoffLinger-now.Sub(start)))
+	}
+}
 
 // closeListener closes the underlying listener once and reports its error.
 func (r *readyListener) closeListener() (err error) {

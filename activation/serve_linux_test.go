@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/powerhouse/powerhouse/activation"
+	"github.com/powerhouse/powerhouse/handoff"
 )
 
 // notifySocket is a stand-in for systemd's $NOTIFY_SOCKET: it collects the
@@ -285,5 +286,50 @@ func TestServeBadStopTimeout(t *testing.T) {
 				t.Errorf("Serve with %s=%q: %v, want an error", activation.EnvStopTimeout, v, err)
 			}
 		})
+	}
+}
+
+// TestServeHandoffLinger: a sticky worker told to stop keeps taking
+// hand-offs until the dispatcher has stopped sending (a short quiet
+// spell), because a stopped instance's hand-off socket is stopped next and
+// whatever it still queued would be lost with it. The dispatcher learns
+// of the stop some milliseconds after the worker does; the test sends for
+// 10 ms after STOPPING=1, as it would, and every one of those clients must
+// be answered before the worker exits.
+func TestServeHandoffLinger(t *testing.T) {
+	path, held, file := handoffSocket(t)
+	notify := newNotifySocket(t)
+	w := startChild(t, "serve", []*os.File{file}, "LISTEN_FDNAMES=handoff",
+		"NOTIFY_SOCKET="+notify.path, activation.EnvStopTimeout+"=20s")
+	file.Close()
+	notify.expect(t, "READY=1", "STOPPING=1")
+	d := dial(t, path)
+
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	notify.expect(t, "STOPPING=1")
+	var clients []net.Conn
+	for i := 0; i < 5; i++ {
+		client, server := tcpPair(t)
+		if _, err := client.Write([]byte("GET /config HTTP/1.1\r\nHost: w\r\nConnection: close\r\n\r\n")); err != nil {
+			t.Fatal(err)
+		}
+		d.send(handoff.Header{Name: "public"}, rawFD(t, server))
+		server.Close()
+		clients = append(clients, client)
+		time.Sleep(2 * time.Millisecond) // the dispatcher's pace, not a wait for an event
+	}
+	if err := w.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("worker exit: %v (stderr: %s)", err, w.stderr)
+	}
+	// What the worker left queued goes with the socket, as when systemd
+	// stops a stopped instance's hand-off socket.
+	held.Close()
+	for i, c := range clients {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		b, err := io.ReadAll(c)
+		if !strings.HasPrefix(string(b), "HTTP/1.1 ") {
+			t.Errorf("client %d, sent after STOPPING=1: %q, %v; want an answer", i, b, err)
+		}
+		c.Close()
 	}
 }
