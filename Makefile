@@ -28,8 +28,14 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
+# internal/integration runs without -race: its code under test runs as
+# separately built binaries inside the test systemd, and the race detector
+# would only slow the load client whose latencies the fault tests measure
+# (0.45 instead of 0.33 ms of CPU per connection, on 2 cores).
+INTEGRATION := ./internal/integration
 test: build vet fmt-check
-	$(GO) test $(TESTFLAGS) ./...
+	$(GO) test $(TESTFLAGS) $$($(GO) list ./... | grep -vx 'github.com/powerhouse/powerhouse/internal/integration')
+	$(GO) test $(filter-out -race,$(TESTFLAGS)) $(INTEGRATION)
 
 lint: vet fmt-check
 	$(GO) run $(STATICCHECK) ./...
