@@ -233,14 +233,35 @@ func TestFDLimitClose(t *testing.T) {
 	d := dial(t, path)
 	// More held connections than the worker has room for; the queue
 	// takes the rest (10 on a default kernel, so 64 always fit).
-	for i := 0; i < 64 && !strings.Contains(ch.stderr.String(), "not receiving hand-offs"); i++ {
+	// A full queue means either that the worker has not read yet or that
+	// it paused: poll (with a deadline) until there is room or it says it
+	// paused. A waiting send would wait forever for a paused worker.
+	paused := func() bool { return strings.Contains(ch.stderr.String(), "not receiving hand-offs") }
+	deadline := time.Now().Add(10 * time.Second)
+send:
+	for i := 0; i < 64 && !paused(); i++ {
 		c, s := tcpPair(t)
 		c.Write([]byte("h"))
-		d.send(handoff.Header{Name: "x"}, rawFD(t, s))
+		fd := rawFD(t, s)
+		for {
+			var serr error
+			d.rc.Control(func(sock uintptr) { serr = handoff.Send(int(sock), "", &handoff.Header{Name: "x"}, fd) })
+			if serr == nil {
+				break
+			}
+			if !errors.Is(serr, syscall.EAGAIN) {
+				t.Fatal(serr)
+			}
+			if paused() || time.Now().After(deadline) {
+				s.Close()
+				c.Close()
+				break send
+			}
+			time.Sleep(time.Millisecond)
+		}
 		s.Close()
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(ch.stderr.String(), "not receiving hand-offs") {
+	for !paused() {
 		if time.Now().After(deadline) {
 			t.Fatalf("the worker did not pause (stderr: %s)", ch.stderr)
 		}
