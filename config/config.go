@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"runtime"
@@ -432,6 +433,7 @@ func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
 		w.Service = p.service(at+".service", v)
 	}
 	p.privateTmp(at, &w)
+	p.jit(at, &w)
 	if v, ok := m["config"]; ok {
 		if t, ok := v.(map[string]any); ok {
 			w.Config = p.jsonable(at+".config", t).(map[string]any)
@@ -507,6 +509,42 @@ var tmpWordRE = regexp.MustCompile(`(?:^|[^A-Za-z0-9_.~/-])((?:/var)?/tmp/[^\s'"
 
 // tmpPathIn returns the first path under /tmp/ or /var/tmp/ written in
 // word, or "".
+// jitRE matches the programs of runtimes that write machine code at run
+// time: MemoryDenyWriteExecute= makes their mprotect(PROT_EXEC) fail, and
+// they die at start (systemd.exec(5) names Node and Java). Node's os.cpus()
+// also reads /proc/cpuinfo, which ProcSubset=pid hides (the cluster idiom
+// then starts no worker).
+var jitRE = regexp.MustCompile(`^(node|nodejs|npm|npx|yarn|pnpm|bun|deno|java|dotnet|pypy|pypy3|erl|elixir|mix)[0-9.]*$`)
+
+// nodeRE is the part of jitRE that also needs /proc/cpuinfo.
+var nodeRE = regexp.MustCompile(`^(node|nodejs|npm|npx|yarn|pnpm|bun|deno)[0-9.]*$`)
+
+// jit relaxes the hardening a JIT runtime cannot run under, when the
+// configuration did not choose: a program (or a word of an sh -c script)
+// named like one turns MemoryDenyWriteExecute= off, and for Node-like
+// runtimes ProcSubset= to "all", with a warning that says how to keep them.
+func (p *parser) jit(at string, w *Worker) {
+	if w.Service.mdweSet {
+		return
+	}
+	for _, word := range w.Exec {
+		for _, f := range strings.Fields(word) {
+			prog := path.Base(f)
+			if !jitRE.MatchString(prog) {
+				continue
+			}
+			w.Service.MemoryDenyWriteExecute = false
+			also := ""
+			if nodeRE.MatchString(prog) && !w.Service.procSubsetSet {
+				w.Service.ProcSubset = "all"
+				also = " and ProcSubset=all (os.cpus() reads /proc/cpuinfo)"
+			}
+			p.warnf(at+".exec", "runs %s, a runtime that writes machine code as it runs (a JIT), which MemoryDenyWriteExecute= kills: group %s runs with MemoryDenyWriteExecute=no%s (write memory_deny_write_execute = true in [worker.service] to keep it)", prog, w.Name, also)
+			return
+		}
+	}
+}
+
 func tmpPathIn(word string) string {
 	m := tmpWordRE.FindStringSubmatch(word)
 	if m == nil {

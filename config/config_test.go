@@ -439,3 +439,47 @@ proxy_protocol = true
 		t.Errorf("listeners: %+v", l)
 	}
 }
+
+// TestJITRuntimes: a worker run by a runtime that compiles as it runs
+// (Node, the JVM, ...) dies under MemoryDenyWriteExecute=, and Node's
+// os.cpus() sees no CPU under ProcSubset=pid; unless the configuration
+// chose, such a group gets both relaxed, with a warning saying so.
+func TestJITRuntimes(t *testing.T) {
+	const warnNode = "/etc/p.toml:3: worker.exec: runs node, a runtime that writes machine code as it runs (a JIT), which MemoryDenyWriteExecute= kills: group w runs with MemoryDenyWriteExecute=no and ProcSubset=all (os.cpus() reads /proc/cpuinfo) (write memory_deny_write_execute = true in [worker.service] to keep it)"
+	for _, tc := range []struct {
+		name     string
+		src      string
+		wantMDWE bool
+		wantProc string
+		warn     string // the whole warning, "" for none
+	}{
+		{"compiled program", "exec = \"/usr/bin/app\"\n", true, "pid", ""},
+		{"node", "exec = \"/usr/bin/node /srv/app/server.js\"\n", false, "all", warnNode},
+		{"versioned node in sh -c", "exec = [\"/bin/sh\", \"-c\", \"cd /srv && exec node20 server.js\"]\n", false, "all",
+			"/etc/p.toml:3: worker.exec: runs node20, a runtime that writes machine code as it runs (a JIT), which MemoryDenyWriteExecute= kills: group w runs with MemoryDenyWriteExecute=no and ProcSubset=all (os.cpus() reads /proc/cpuinfo) (write memory_deny_write_execute = true in [worker.service] to keep it)"},
+		{"java keeps ProcSubset", "exec = \"/usr/bin/java -jar /srv/app.jar\"\n", false, "pid",
+			"/etc/p.toml:3: worker.exec: runs java, a runtime that writes machine code as it runs (a JIT), which MemoryDenyWriteExecute= kills: group w runs with MemoryDenyWriteExecute=no (write memory_deny_write_execute = true in [worker.service] to keep it)"},
+		{"kept on request", "exec = \"/usr/bin/node --jitless app.js\"\n[worker.service]\nmemory_deny_write_execute = true\n", true, "pid", ""},
+		{"proc_subset chosen", "exec = \"/usr/bin/node app.js\"\n[worker.service]\nproc_subset = \"pid\"\n", false, "pid",
+			"/etc/p.toml:3: worker.exec: runs node, a runtime that writes machine code as it runs (a JIT), which MemoryDenyWriteExecute= kills: group w runs with MemoryDenyWriteExecute=no (write memory_deny_write_execute = true in [worker.service] to keep it)"},
+		{"look-alikes", "exec = \"/usr/bin/app --mode node-compat /srv/nodejs-data\"\n", true, "pid", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse("/etc/p.toml", []byte("[[worker]]\nname = \"w\"\n"+tc.src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := c.Workers[0].Service
+			if s.MemoryDenyWriteExecute != tc.wantMDWE || s.ProcSubset != tc.wantProc {
+				t.Errorf("MemoryDenyWriteExecute = %v, ProcSubset = %q; want %v, %q", s.MemoryDenyWriteExecute, s.ProcSubset, tc.wantMDWE, tc.wantProc)
+			}
+			var warns []string
+			for _, w := range c.Warnings {
+				warns = append(warns, w.Error())
+			}
+			if got := strings.Join(warns, "\n"); got != tc.warn {
+				t.Errorf("warnings:\n got %q\nwant %q", got, tc.warn)
+			}
+		})
+	}
+}

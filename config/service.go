@@ -38,6 +38,8 @@ type Service struct {
 	ProcSubset string
 
 	privateTmpSet bool // private_tmp was written in the file
+	mdweSet       bool // memory_deny_write_execute was written in the file
+	procSubsetSet bool // proc_subset was written in the file
 }
 
 // DefaultUser is the static system user and group workers run as in
@@ -139,8 +141,10 @@ func (p *parser) service(at string, v any) Service {
 	}
 	if v, ok := m["memory_deny_write_execute"]; ok {
 		s.MemoryDenyWriteExecute = p.boolean(at+".memory_deny_write_execute", v)
+		s.mdweSet = true
 	}
 	if v := str("proc_subset", nil, ""); v != "" {
+		s.procSubsetSet = true
 		if !contains([]string{"pid", "all"}, v) {
 			p.errf(at+".proc_subset", "%q: use \"pid\" or \"all\"", v)
 		} else {

@@ -576,7 +576,7 @@ func TestWorkerHardeningRelaxable(t *testing.T) {
 		{name: "reads /proc/cpuinfo", service: `proc_subset = "all"`, wantWX: "yes", wantProc: "all"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := config.Parse(testOpts.ConfigPath, []byte("[[worker]]\nname = \"n\"\nexec = \"/node\"\n[worker.service]\n"+tc.service+"\n"))
+			c, err := config.Parse(testOpts.ConfigPath, []byte("[[worker]]\nname = \"n\"\nexec = \"/srv/app\"\n[worker.service]\n"+tc.service+"\n"))
 			if err != nil {
 				t.Fatal(err)
 			}
