@@ -46,12 +46,15 @@ golden:
 # Every parser of outside input, FUZZTIME each (4 targets: about 4 min by
 # default). Crashers land in the package's testdata/fuzz and then run as
 # regression cases in `make test`.
+# Minimising a new input may take 60 s by default (counted in FUZZTIME,
+# with no execution counted meanwhile): 10 s leaves the time to fuzzing.
 FUZZTIME ?= 60s
+FUZZFLAGS = -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 10s
 fuzz:
-	$(GO) test ./sticky -run '^$$' -fuzz '^FuzzParseProxy$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./handoff -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./generator -run '^$$' -fuzz '^FuzzGenerate$$' -fuzztime $(FUZZTIME)
-	$(GO) test ./units -run '^$$' -fuzz '^FuzzManifest$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./sticky $(FUZZFLAGS) -fuzz '^FuzzParseProxy$$'
+	$(GO) test ./handoff $(FUZZFLAGS) -fuzz '^FuzzParse$$'
+	$(GO) test ./generator $(FUZZFLAGS) -fuzz '^FuzzGenerate$$'
+	$(GO) test ./units $(FUZZFLAGS) -fuzz '^FuzzManifest$$'
 
 # The side-by-side run against direct SO_REUSEPORT and the peers, plus the
 # Go micro-benchmarks (~9 min, root: the peers' setup uses apt and npm);

@@ -3,6 +3,7 @@ package generator
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -256,6 +257,11 @@ func FuzzGenerate(f *testing.F) {
 	f.Add([]byte("[[worker]]\nname = \"w\"\nexec = \"/x /tmp/y\"\nsticky = true\nlisten = [\n  80,\n  { address = 81, proxy_protocol = true, proxy_from = [\"10.0.0.0/8\", \"::1\"] },\n  { address = \"/r\", proxy_protocol = true, socket_mode = \"0660\", socket_group = \"g\" },\n]\n[worker.service]\ntimeout_stop = \"0\"\n"))
 	f.Add([]byte("[[worker]]\nname = \"w\"\nexec = \"/x\"\nsticky = true\n[[worker.listen]]\naddress = 81\nproxy_protocol = true\nproxy_from = [\"192.0.2.7\"]\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
+		// One configuration taking seconds is a bug (a hostile file would
+		// hang generate, install and the boot-time generator): crash, so
+		// that the fuzzer keeps the input.
+		hang := time.AfterFunc(2*time.Second, func() { panic(fmt.Sprintf("config.Parse and Generate still running after 2s on %q", data)) })
+		defer hang.Stop()
 		c, err := config.Parse(testOpts.ConfigPath, data)
 		if err != nil {
 			return
