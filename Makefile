@@ -11,7 +11,7 @@ TESTFLAGS   ?= -race -count=1 -p 1 -timeout 20m
 
 BINARIES := bin/powerhouse bin/hello bin/session
 
-.PHONY: all build test vet fmt-check lint golden fuzz bench bench-go demo install clean
+.PHONY: all deps build test vet fmt-check lint golden fuzz bench bench-go demo install clean
 
 all: build
 
@@ -20,6 +20,11 @@ build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/powerhouse ./cmd/powerhouse
 	$(GO) build -trimpath -o bin/hello ./examples/hello
 	$(GO) build -trimpath -o bin/session ./examples/session
+
+# What the tests run for real (systemd, haproxy, node, ...): installed
+# when missing and root; otherwise named, with the command that installs it.
+deps:
+	@tools/test-deps
 
 vet:
 	$(GO) vet ./...
@@ -33,7 +38,7 @@ fmt-check:
 # would only slow the load client whose latencies the fault tests measure
 # (0.45 instead of 0.33 ms of CPU per connection, on 2 cores).
 INTEGRATION := ./internal/integration
-test: build vet fmt-check
+test: deps build vet fmt-check
 	$(GO) test $(TESTFLAGS) $$($(GO) list ./... | grep -vx 'github.com/powerhouse/powerhouse/internal/integration')
 	$(GO) test $(filter-out -race,$(TESTFLAGS)) $(INTEGRATION)
 
