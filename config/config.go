@@ -58,6 +58,22 @@ type Config struct {
 	// around (file:line: key: what and why), in file order. generate,
 	// verify and install print them.
 	Warnings []*Error
+
+	loc *locator // where each key is written, for WorkerError; nil when not made by Parse
+}
+
+// WorkerError returns a problem with key ("service.group") of the group
+// c.Workers[i], on the line the key is written on, as Parse reports its
+// own: for checks only a caller can make, such as whether a user exists on
+// the system a house is installed on. Line is that of the enclosing table
+// when the key is not written, 0 when c was not made by Parse.
+func (c *Config) WorkerError(i int, key, format string, args ...any) *Error {
+	at := "worker[" + strconv.Itoa(i) + "]." + key
+	e := &Error{File: c.File, Key: displayKey(at), Msg: fmt.Sprintf(format, args...)}
+	if c.loc != nil {
+		e.Line = c.loc.line(at)
+	}
+	return e
 }
 
 // Prepare is the house's hook that runs once before any worker starts.
@@ -218,6 +234,7 @@ func Parse(file string, data []byte) (*Config, error) {
 		return nil, p.errs
 	}
 	c.Warnings = p.warns
+	c.loc = p.loc
 	return c, nil
 }
 

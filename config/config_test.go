@@ -61,6 +61,7 @@ func TestParseGood(t *testing.T) {
 			Amount: 3, Reloadable: false, Type: Child, Service: defaultService(), Config: map[string]any{},
 		}},
 	}
+	want.loc = c.loc // positions are WorkerError's, tested there
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Parse:\n got %+v\nwant %+v", c, want)
 	}
@@ -481,5 +482,46 @@ func TestJITRuntimes(t *testing.T) {
 				t.Errorf("warnings:\n got %q\nwant %q", got, tc.warn)
 			}
 		})
+	}
+
+// TestWorkerError: a problem found outside the parser is placed on the
+// line of the group's key, of the right [[worker]] table, like the
+// parser's own.
+func TestWorkerError(t *testing.T) {
+	const doc = `[[worker]]
+name = "a"
+exec = "/bin/a"
+[worker.service]
+user = "web"
+
+[[worker]]
+name = "b"
+exec = "/bin/b"
+[worker.service]
+user = "web"
+group = "web"
+`
+	c, err := Parse("/etc/h.toml", []byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		i    int
+		key  string
+		want string
+	}{
+		{name: "first group's key", i: 0, key: "service.user", want: "/etc/h.toml:5: worker.service.user: x"},
+		{name: "second group's key", i: 1, key: "service.group", want: "/etc/h.toml:12: worker.service.group: x"},
+		{name: "key not written: its table", i: 0, key: "service.group", want: "/etc/h.toml:4: worker.service.group: x"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := c.WorkerError(tc.i, tc.key, "%s", "x").Error(); got != tc.want {
+				t.Errorf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+	if got := (&Config{File: "f"}).WorkerError(0, "service.user", "x").Error(); got != "f: worker.service.user: x" {
+		t.Errorf("not made by Parse: %q", got)
 	}
 }

@@ -92,6 +92,11 @@ enables powerhouse.target and asks systemd to reload. System scope: writes
 the static user and group "powerhouse" workers run as by default (under
 --root, only when DIR has an /etc/passwd). Uninstall leaves the user. --now also starts the
 house, or, when it runs, restarts or reloads only the groups that changed.
+A [worker.service] user or group other than "powerhouse" must exist (on
+this system, or with --root in DIR/etc/passwd and DIR/etc/group when DIR
+has both; numeric ids are not checked): the supervisors join every
+workers' group, so one missing group would keep the whole house down.
+CONFIG is refused otherwise, before anything is written.
 
 Idempotent: files whose content is unchanged are not touched, and a second
 run with the same configuration reports no change. Units of groups that
@@ -140,6 +145,14 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		return err
 	}
 	printWarnings(e, given)
+	if !user {
+		// A user or group that does not exist fails the workers, and a
+		// group fails every supervisor of the house (they join all the
+		// workers' groups, 216/GROUP): refused before anything is written.
+		if err := checkTargetAccounts(given, root); err != nil {
+			return err
+		}
+	}
 	data, err = config.AbsoluteExec(abs, data)
 	if err != nil {
 		return err
@@ -245,6 +258,28 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		}
 	}
 	return m.Start(e.ctx, generator.Target)
+}
+
+// checkTargetAccounts refuses c when a user or group it names does not
+// exist on the system it is installed on: the running one, or with --root
+// an image (DIR/etc/passwd and DIR/etc/group); a package tree without them
+// is not checked.
+func checkTargetAccounts(c *config.Config, root string) error {
+	a := hostAccounts()
+	if root != "" && root != "/" { // "/": the running system, as for systemd-sysusers
+		var err error
+		if a, err = imageAccounts(root); err != nil || a == nil {
+			return err
+		}
+	}
+	errs, err := checkAccounts(c, a)
+	if err != nil {
+		return err
+	}
+	if len(errs) > 0 {
+		return errs
+	}
+	return nil
 }
 
 // affectedGroups lists the groups whose units or settings changed.
