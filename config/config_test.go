@@ -483,6 +483,7 @@ func TestJITRuntimes(t *testing.T) {
 			}
 		})
 	}
+}
 
 // TestWorkerError: a problem found outside the parser is placed on the
 // line of the group's key, of the right [[worker]] table, like the
