@@ -183,8 +183,12 @@ func (d *Dispatcher) Stats() Stats {
 }
 
 // Serve accepts on every listener until ctx ends or a listener fails, and
-// dispatches each connection. It closes the listeners when it returns, and
-// the connections still waiting for room in a hand-off queue. Call it once.
+// dispatches each connection. It closes the listeners when it returns.
+// The connections still waiting for room in a hand-off queue then go to
+// any instance of their order with room (the next ones first, their own
+// last), for at most QueueWait more; only those that find none are closed,
+// counted as dropped: a supervisor restart loses no connection that
+// another instance can take. Call it once.
 func (d *Dispatcher) Serve(ctx context.Context, ls []Listener) error {
 	if len(ls) == 0 {
 		return errors.New("dispatch: no listener")
@@ -774,15 +778,13 @@ func (d *Dispatcher) drain(in *inst) {
 	for {
 		in.mu.Lock()
 		if len(in.own)+len(in.fallback) == 0 || d.stopped.Load() {
-			for _, w := range append(in.own, in.fallback...) {
-				d.dropped.Add(1)
-				unix.Close(w.fd)
-			}
+			left := append(in.own, in.fallback...)
 			in.own, in.fallback = nil, nil
 			in.nOwn.Store(0)
 			in.nAll.Store(0)
 			in.draining = false
 			in.mu.Unlock()
+			d.lastChance(left)
 			return
 		}
 		now := time.Now()
@@ -834,6 +836,92 @@ func (d *Dispatcher) drain(in *inst) {
 			w.idx++
 			d.place(w)
 		}
+	}
+}
+
+// lastChance hands the connections still waiting when Serve ends to any
+// instance of their order that has room, the next ones first and their
+// own last, waiting for room at most QueueWait; what is left is closed,
+// counted as dropped. Serve ends when the supervisor stops or restarts,
+// and the connections it held were lost with it: at 400 connections a
+// second for an instance whose worker is stuck, about 80 clients (those in
+// QueueWait) got a reset at every supervisor restart although the other
+// instances had room. One attempt each is not enough: so many at once fill
+// the other instances' kernel queues (max_dgram_qlen, often 10) before
+// their workers read.
+func (d *Dispatcher) lastChance(ws []*waiting) {
+	deadline := time.Now().Add(d.opts.QueueWait)
+	for len(ws) > 0 {
+		left := ws[:0]
+		for _, w := range ws {
+			if !d.tryEach(w) {
+				left = append(left, w)
+			}
+		}
+		ws = left
+		if len(ws) == 0 || !d.waitAnyRoom(ws, deadline) {
+			break
+		}
+	}
+	for _, w := range ws {
+		d.dropped.Add(1)
+		unix.Close(w.fd)
+	}
+}
+
+// tryEach makes one non-blocking attempt at each instance of w's order,
+// from the one after w.idx on, and reports whether w is done with (handed
+// off, or failed and closed).
+func (d *Dispatcher) tryEach(w *waiting) bool {
+	for i := range len(w.order) {
+		in := d.inst(w.order[(w.idx+1+i)%len(w.order)])
+		r, err := d.trySend(in, &w.h, w.fd)
+		switch r {
+		case sent:
+			d.handed(in, in.id != w.order[0])
+			unix.Close(w.fd)
+			return true
+		case failed:
+			d.sendFailed(w, in.id, err)
+			return true
+		}
+	}
+	return false
+}
+
+// waitAnyRoom waits until the hand-off socket of an instance in the orders
+// of ws is writable, and reports false when deadline passed first or none
+// can be waited on.
+func (d *Dispatcher) waitAnyRoom(ws []*waiting, deadline time.Time) bool {
+	var fds []unix.PollFd
+	seen := map[int]bool{}
+	for _, w := range ws {
+		for _, id := range w.order {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			ic, err := d.conn(d.inst(id))
+			if err != nil {
+				continue
+			}
+			defer ic.release()
+			fds = append(fds, unix.PollFd{Fd: int32(ic.fd), Events: unix.POLLOUT})
+		}
+	}
+	if len(fds) == 0 {
+		return false
+	}
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false
+		}
+		n, err := unix.Poll(fds, int((left+time.Millisecond-1)/time.Millisecond))
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n > 0
 	}
 }
 

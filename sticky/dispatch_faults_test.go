@@ -785,3 +785,51 @@ func TestDispatchConnLifetime(t *testing.T) {
 	}
 	t.Logf("%d hand-offs, %d re-dials", nsent.Load(), d.Stats().Redials)
 }
+
+// TestDispatchStopHandsOffWaiting: connections waiting for room at a stuck
+// instance when Serve ends (the supervisor stops or restarts) go to
+// another instance that has room, rather than being closed.
+func TestDispatchStopHandsOffWaiting(t *testing.T) {
+	const n = 5
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 2)
+	d := newTestDispatcher(dir, DispatcherOptions{QueueWait: time.Minute}, 1, 2)
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, []Listener{{Name: "public", File: f}}) }()
+	filled := fillQueue(t, sockPath(dir, 1))
+	var cs []net.Conn
+	for _, src := range clientsOf(t, d, 1, n) {
+		c := dialFrom(t, src, addr)
+		defer c.Close()
+		cs = append(cs, c)
+	}
+	waitFor(t, func() bool { return d.Stats().Queued[1] == n })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if s := d.Stats(); s.HandedOff != n || s.StickyMiss != n || s.Dropped != 0 {
+		t.Errorf("stats after Serve ended: %+v", s)
+	}
+	// The worker of instance 2 got every one, and each still works.
+	for range n {
+		_, wc := ws[2].receive(t)
+		if _, err := io.WriteString(wc, "x"); err != nil {
+			t.Error(err)
+		}
+		wc.Close()
+	}
+	for _, c := range cs {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(c); string(b) != "x" {
+			t.Errorf("client %s: read %q, %v", c.LocalAddr(), b, err)
+		}
+	}
+	ws[1].discard(t, filled)
+	if ws[1].pending() {
+		t.Error("instance 1 got a connection")
+	}
+}
