@@ -55,6 +55,15 @@ type DispatcherOptions struct {
 	// while that instance's hand-off queue is full; a connection that finds
 	// the bound reached goes to the next instance at once. Default 1024.
 	MaxQueued int
+	// MaxWait bounds the time a connection waits in the dispatcher in all.
+	// A connection that went through every instance of its order without
+	// finding room (each queue full for QueueWait) waits again at its
+	// preferred instance, and then the next ones, until MaxWait has passed
+	// since it was accepted; only then is it closed (Dropped). Every
+	// instance may be short of room at once for longer than QueueWait: a
+	// single instance restarting, workers that stopped reading hand-offs
+	// near their descriptor limit. Default 10s.
+	MaxWait time.Duration
 	// Proxy tunes PROXY protocol header reading.
 	Proxy ProxyOptions
 	// MaxPendingProxy bounds connections whose PROXY header is still being
@@ -83,8 +92,9 @@ type Stats struct {
 	// with none are left out).
 	Queued map[int]int
 	// QueueFull counts the times a connection left an instance for the
-	// next one because that instance's queue stayed full for QueueWait or
-	// the dispatcher already held MaxQueued connections for it.
+	// next one (or, at the end of its order, for its preferred one again)
+	// because that instance's queue stayed full for QueueWait or the
+	// dispatcher already held MaxQueued connections for it.
 	QueueFull uint64
 	// SendErrors counts connections closed because their own hand-off
 	// failed (a header that cannot be encoded, EMSGSIZE, ENOBUFS, ...);
@@ -143,6 +153,9 @@ func NewDispatcher(o DispatcherOptions) *Dispatcher {
 	}
 	if o.MaxQueued <= 0 {
 		o.MaxQueued = 1024
+	}
+	if o.MaxWait <= 0 {
+		o.MaxWait = 10 * time.Second
 	}
 	if o.MaxPendingProxy <= 0 {
 		o.MaxPendingProxy = 4096
@@ -498,6 +511,7 @@ type waiting struct {
 	order    []int
 	idx      int
 	deadline time.Time
+	until    time.Time // the end of MaxWait
 }
 
 // instConn is a unix datagram socket connected to one instance's hand-off
@@ -666,7 +680,7 @@ func (d *Dispatcher) dispatch(fd int, key netip.Addr, h *handoff.Header, order [
 	// The preferred instance is busy, not dialled yet or gone: wait for
 	// room in its queue (a drainer goroutine owns fd then), or go on in
 	// order. Nothing here blocks the accept loop.
-	w := &waiting{fd: fd, h: *h, order: append([]int(nil), order...)}
+	w := &waiting{fd: fd, h: *h, order: append([]int(nil), order...), until: time.Now().Add(d.opts.MaxWait)}
 	if full {
 		if d.enqueue(in, w) {
 			return order
@@ -687,9 +701,31 @@ func (d *Dispatcher) handed(in *inst, miss bool) {
 }
 
 // place hands w to the first instance from w.idx on that takes it now, or
-// queues it for the first one whose queue is full, without blocking.
+// queues it for the first one whose queue is full, without blocking. It
+// closes w when no instance can take or queue it, or when w's MaxWait has
+// passed.
 func (d *Dispatcher) place(w *waiting) {
 	var last error
+	// A connection that comes to the end of its order goes round once
+	// more from its preferred instance, until MaxWait ends.
+	for start := w.idx; ; start, w.idx = 0, 0 {
+		if d.placeFrom(w, &last) {
+			return
+		}
+		if start == 0 || d.stopped.Load() || !time.Now().Before(w.until) {
+			break
+		}
+	}
+	d.dropped.Add(1)
+	if !d.stopped.Load() { // else Serve ended: closing what waits is expected
+		d.warn("every instance's hand-off queue is full or unreachable: connection closed", "preferred", w.order[0], "err", last)
+	}
+	unix.Close(w.fd)
+}
+
+// placeFrom is one pass of place over w's order from w.idx on; it reports
+// whether w was handed off, queued or closed.
+func (d *Dispatcher) placeFrom(w *waiting, last *error) bool {
 	for ; w.idx < len(w.order); w.idx++ {
 		in := d.inst(w.order[w.idx])
 		behind := in.nOwn.Load()
@@ -702,25 +738,21 @@ func (d *Dispatcher) place(w *waiting) {
 			case sent:
 				d.handed(in, w.idx > 0)
 				unix.Close(w.fd)
-				return
+				return true
 			case failed:
 				d.sendFailed(w, in.id, err)
-				return
+				return true
 			case gone:
-				last = err
+				*last = err
 				continue
 			}
 		}
 		if d.enqueue(in, w) {
-			return
+			return true
 		}
 		d.queueFull.Add(1)
 	}
-	d.dropped.Add(1)
-	if !d.stopped.Load() { // else Serve ended: closing what waits is expected
-		d.warn("every instance's hand-off queue is full or unreachable: connection closed", "preferred", w.order[0], "err", last)
-	}
-	unix.Close(w.fd)
+	return false
 }
 
 func (d *Dispatcher) sendFailed(w *waiting, id int, err error) {
@@ -738,6 +770,9 @@ func (d *Dispatcher) enqueue(in *inst, w *waiting) bool {
 		return false
 	}
 	w.deadline = time.Now().Add(d.opts.QueueWait)
+	if w.deadline.After(w.until) {
+		w.deadline = w.until
+	}
 	if w.idx == 0 {
 		in.own = append(in.own, w)
 		in.nOwn.Add(1)

@@ -833,3 +833,51 @@ func TestDispatchStopHandsOffWaiting(t *testing.T) {
 		t.Error("instance 1 got a connection")
 	}
 }
+
+// TestDispatchMaxWait: when every instance's queue stays full for
+// QueueWait (here the only one, as a worker near its descriptor limit
+// leaves it), a connection keeps waiting until MaxWait, and is handed off
+// once there is room; past MaxWait it is closed and counted.
+func TestDispatchMaxWait(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		maxWait time.Duration
+		served  bool
+	}{
+		{name: "room within MaxWait", maxWait: time.Minute, served: true},
+		{name: "no room within MaxWait", maxWait: 100 * time.Millisecond, served: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			ws := newWorkers(t, dir, 1)
+			d := newTestDispatcher(dir, DispatcherOptions{QueueWait: 10 * time.Millisecond, MaxWait: tc.maxWait}, 1)
+			f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+			serveWith(t, d, Listener{Name: "public", File: f})
+			filled := fillQueue(t, sockPath(dir, 1))
+			c := dialFrom(t, "127.0.0.2", addr)
+			defer c.Close()
+			// Many times QueueWait: the connection went round its order
+			// (here, instance 1 alone) again and again.
+			waitFor(t, func() bool { s := d.Stats(); return s.QueueFull >= 20 || s.Dropped > 0 })
+			if !tc.served {
+				waitFor(t, func() bool { return d.Stats().Dropped == 1 })
+				closedByServer(t, c)
+				ws[1].discard(t, filled)
+				if ws[1].pending() {
+					t.Error("the connection was handed off after MaxWait")
+				}
+				return
+			}
+			if s := d.Stats(); s.Dropped != 0 || s.Queued[1] != 1 {
+				t.Fatalf("stats while waiting: %+v", s)
+			}
+			ws[1].discard(t, filled)
+			_, wc := ws[1].receive(t)
+			wc.Close()
+			closedByServer(t, c)
+			if s := d.Stats(); s.Dropped != 0 || s.HandedOff != 1 || s.StickyMiss != 0 {
+				t.Errorf("stats: %+v", s)
+			}
+		})
+	}
+}
