@@ -55,6 +55,15 @@ type DispatcherOptions struct {
 	// while that instance's hand-off queue is full; a connection that finds
 	// the bound reached goes to the next instance at once. Default 1024.
 	MaxQueued int
+	// MaxQueuedTotal bounds the connections held that way over all
+	// instances: each is a descriptor, and a group of many instances that
+	// all stall would otherwise hold MaxQueued times their number, past
+	// the process's descriptor limit, where accept, the dial of a healthy
+	// instance's hand-off socket and everything else the supervisor does
+	// would fail. A connection that finds the bound reached is closed at
+	// once (Dropped). Default: a quarter of RLIMIT_NOFILE (its soft limit
+	// when NewDispatcher runs), at least MaxQueued when the limit allows.
+	MaxQueuedTotal int
 	// MaxWait bounds the time a connection waits in the dispatcher in all.
 	// A connection that went through every instance of its order without
 	// finding room (each queue full for QueueWait) waits again at its
@@ -135,6 +144,7 @@ type Dispatcher struct {
 	handedOff, miss, dropped, proxyErrs     atomic.Uint64
 	queueFull, sendErrs, redials, acceptErr atomic.Uint64
 	proxyUntrusted, proxyBusy               atomic.Uint64
+	queued                                  atomic.Int64 // in every instance's pending queue
 
 	// testAccept, when set, replaces the accept(2) call of the plain accept
 	// loop. Only tests set it, to produce errors the kernel cannot be made
@@ -154,6 +164,9 @@ func NewDispatcher(o DispatcherOptions) *Dispatcher {
 	if o.MaxQueued <= 0 {
 		o.MaxQueued = 1024
 	}
+	if o.MaxQueuedTotal <= 0 {
+		o.MaxQueuedTotal = defaultMaxQueuedTotal(o.MaxQueued)
+	}
 	if o.MaxWait <= 0 {
 		o.MaxWait = 10 * time.Second
 	}
@@ -170,6 +183,19 @@ func NewDispatcher(o DispatcherOptions) *Dispatcher {
 	d.budget = proxyBudget{max: o.MaxPendingProxy, perPeer: o.MaxPendingProxyPerPeer, byPeer: map[netip.Addr]int{}}
 	d.Up.Replace()
 	return d
+}
+
+// defaultMaxQueuedTotal is a quarter of the descriptor limit: the rest is
+// for connections whose PROXY header is being read (MaxPendingProxy,
+// 4,096), hand-off sockets (one per instance), the accept backlog's
+// turnover and the supervisor's own files, D-Bus and journal sockets.
+// Without a limit to read, it is perInstance.
+func defaultMaxQueuedTotal(perInstance int) int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY {
+		return perInstance
+	}
+	return int(max(1, min(rl.Cur/4, 1<<30)))
 }
 
 // Stats returns the counters.
@@ -199,7 +225,7 @@ func (d *Dispatcher) Stats() Stats {
 // dispatches each connection. It closes the listeners when it returns.
 // The connections still waiting for room in a hand-off queue then go to
 // any instance of their order with room (the next ones first, their own
-// last), for at most QueueWait more; only those that find none are closed,
+// last), for at most QueueWait (and a second) more; only those that find none are closed,
 // counted as dropped: a supervisor restart loses no connection that
 // another instance can take. Call it once.
 func (d *Dispatcher) Serve(ctx context.Context, ls []Listener) error {
@@ -769,6 +795,10 @@ func (d *Dispatcher) enqueue(in *inst, w *waiting) bool {
 	if len(in.own)+len(in.fallback) >= d.opts.MaxQueued || d.stopped.Load() {
 		return false
 	}
+	if d.queued.Add(1) > int64(d.opts.MaxQueuedTotal) {
+		d.queued.Add(-1)
+		return false
+	}
 	w.deadline = time.Now().Add(d.opts.QueueWait)
 	if w.deadline.After(w.until) {
 		w.deadline = w.until
@@ -788,15 +818,17 @@ func (d *Dispatcher) enqueue(in *inst, w *waiting) bool {
 	return true
 }
 
-// pop removes the head of in's own (or fallback) queue; in.mu is held.
+// pop removes the head of in's own (or fallback) queue, and counts it
+// out of total; in.mu is held.
 // Only the drainer removes, and only heads.
-func (in *inst) pop(own bool) *waiting {
+func (in *inst) pop(own bool, total *atomic.Int64) *waiting {
 	q := &in.fallback
 	if own {
 		q = &in.own
 		in.nOwn.Add(-1)
 	}
 	in.nAll.Add(-1)
+	total.Add(-1)
 	w := (*q)[0]
 	(*q)[0] = nil
 	*q = (*q)[1:]
@@ -814,6 +846,7 @@ func (d *Dispatcher) drain(in *inst) {
 		in.mu.Lock()
 		if len(in.own)+len(in.fallback) == 0 || d.stopped.Load() {
 			left := append(in.own, in.fallback...)
+			d.queued.Add(-int64(len(left)))
 			in.own, in.fallback = nil, nil
 			in.nOwn.Store(0)
 			in.nAll.Store(0)
@@ -826,9 +859,9 @@ func (d *Dispatcher) drain(in *inst) {
 		var expired *waiting
 		switch {
 		case len(in.own) > 0 && !now.Before(in.own[0].deadline):
-			expired = in.pop(true)
+			expired = in.pop(true, &d.queued)
 		case len(in.fallback) > 0 && !now.Before(in.fallback[0].deadline):
-			expired = in.pop(false)
+			expired = in.pop(false, &d.queued)
 		}
 		if expired != nil {
 			in.mu.Unlock()
@@ -859,7 +892,7 @@ func (d *Dispatcher) drain(in *inst) {
 			continue
 		}
 		in.mu.Lock()
-		in.pop(own)
+		in.pop(own, &d.queued)
 		in.mu.Unlock()
 		switch r {
 		case sent:
@@ -874,9 +907,14 @@ func (d *Dispatcher) drain(in *inst) {
 	}
 }
 
+// stopWait bounds lastChance's wait, so that a long QueueWait never holds
+// up a supervisor's stop.
+const stopWait = time.Second
+
 // lastChance hands the connections still waiting when Serve ends to any
 // instance of their order that has room, the next ones first and their
-// own last, waiting for room at most QueueWait; what is left is closed,
+// own last, waiting for room at most QueueWait (and stopWait); what is
+// left is closed,
 // counted as dropped. Serve ends when the supervisor stops or restarts,
 // and the connections it held were lost with it: at 400 connections a
 // second for an instance whose worker is stuck, about 80 clients (those in
@@ -885,7 +923,7 @@ func (d *Dispatcher) drain(in *inst) {
 // the other instances' kernel queues (max_dgram_qlen, often 10) before
 // their workers read.
 func (d *Dispatcher) lastChance(ws []*waiting) {
-	deadline := time.Now().Add(d.opts.QueueWait)
+	deadline := time.Now().Add(min(d.opts.QueueWait, stopWait))
 	for len(ws) > 0 {
 		left := ws[:0]
 		for _, w := range ws {

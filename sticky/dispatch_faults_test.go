@@ -881,3 +881,91 @@ func TestDispatchMaxWait(t *testing.T) {
 		})
 	}
 }
+
+// TestDispatchQueuedTotalBound: over all instances the dispatcher holds at
+// most MaxQueuedTotal connections; one more, with no other instance to go
+// to, is closed at once, and a healthy instance's clients are still
+// served. By default the bound is a
+// quarter of the descriptor limit.
+func TestDispatchQueuedTotalBound(t *testing.T) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := NewDispatcher(DispatcherOptions{}).opts.MaxQueuedTotal, int(rl.Cur/4); rl.Cur != unix.RLIM_INFINITY && got != want {
+		t.Errorf("default MaxQueuedTotal %d, want %d (RLIMIT_NOFILE %d / 4)", got, want, rl.Cur)
+	}
+
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 3)
+	// The held connections go round instances 1 and 2 every 20 ms.
+	d := newTestDispatcher(dir, DispatcherOptions{QueueWait: 20 * time.Millisecond, MaxWait: time.Minute, MaxQueuedTotal: 3}, 1, 2)
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	serveWith(t, d, Listener{Name: "public", File: f})
+	fillQueue(t, sockPath(dir, 1))
+	fillQueue(t, sockPath(dir, 2))
+	for _, id := range []int{1, 2} {
+		for _, src := range clientsOf(t, d, id, 2) {
+			defer dialFrom(t, src, addr).Close()
+		}
+	}
+	waitFor(t, func() bool { return d.Stats().Dropped == 1 })
+	waitFor(t, func() bool { s := d.Stats(); return s.Queued[1]+s.Queued[2] == 3 })
+	if s := d.Stats(); s.HandedOff != 0 || s.Dropped != 1 {
+		t.Errorf("stats: %+v", s)
+	}
+	// A healthy instance joins: its clients are served.
+	d.Up.Add(3)
+	c := dialFrom(t, clientsOf(t, d, 3, 1)[0], addr)
+	defer c.Close()
+	_, wc := ws[3].receive(t)
+	wc.Close()
+}
+
+// TestDispatchStalledGroupKeepsDescriptors: a dispatcher (a process of its
+// own, with RLIMIT_NOFILE 200) whose instances 1 and 2 stopped reading
+// gets 250 connections for them; instance 3's socket does not exist yet.
+// Holding every one would take the process to its descriptor limit, where
+// it could neither accept nor dial instance 3 once that comes. With the
+// default MaxQueuedTotal (a quarter of the limit) it closes the excess,
+// and a client of instance 3 is served.
+func TestDispatchStalledGroupKeepsDescriptors(t *testing.T) {
+	const nofile, flood = 200, 250
+	dir := t.TempDir()
+	newWorkers(t, dir, 2) // never read: stalled
+	fillQueue(t, sockPath(dir, 1))
+	fillQueue(t, sockPath(dir, 2))
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), childEnv+"=dispatch", "STICKY_TEST_NOFILE="+strconv.Itoa(nofile), "STICKY_TEST_DIR="+dir)
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Cleanup(func() {
+		cmd.Process.Kill() // by PID: this test's own child
+		cmd.Wait()
+	})
+	// The same rendezvous order as the child's.
+	order := newTestDispatcher(dir, DispatcherOptions{}, 1, 2, 3)
+	srcs := append(clientsOf(t, order, 1, 20), clientsOf(t, order, 2, 20)...)
+	for i := range flood {
+		defer dialFrom(t, srcs[i%len(srcs)], addr).Close()
+	}
+	// Instance 3 comes; its client must reach it.
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath(dir, 3), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w3 := &worker{id: 3, conn: c}
+	defer dialFrom(t, clientsOf(t, order, 3, 1)[0], addr).Close()
+	_, wc := w3.receive(t)
+	wc.Close()
+}
