@@ -74,13 +74,13 @@ func TestIntegrationRedFDLimitDispatch(t *testing.T) {
 			ok.Add(1)
 		}()
 	}
-	// Let the requests wait behind the paused worker well past QueueWait,
-	// then release the held connections.
-	waitFor(t, 10*time.Second, "the dispatcher to hold connections", func() bool {
+	// Let the requests wait behind the paused worker past QueueWait (each
+	// went round its order, instance 1 alone, at least once), then release
+	// the held connections.
+	waitFor(t, 10*time.Second, "the requests to wait past QueueWait", func() bool {
 		ds := redDispatchState(t, h)
-		return ds.Queued[1] > 0 || ds.Dropped > 0
+		return ds.QueueFull >= requests || ds.Dropped > 0
 	})
-	time.Sleep(time.Second)
 	t.Logf("before release: ok %d failed %d dispatch %+v", ok.Load(), failed.Load(), redDispatchState(t, h))
 	for _, c := range held {
 		c.Close()
