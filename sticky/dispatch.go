@@ -752,7 +752,11 @@ func (d *Dispatcher) place(w *waiting) {
 // placeFrom is one pass of place over w's order from w.idx on; it reports
 // whether w was handed off, queued or closed.
 func (d *Dispatcher) placeFrom(w *waiting, last *error) bool {
+	up := d.Up.Snapshot()
 	for ; w.idx < len(w.order); w.idx++ {
+		if !up.Contains(w.order[w.idx]) {
+			continue // left the set since w was accepted: its socket goes soon
+		}
 		in := d.inst(w.order[w.idx])
 		behind := in.nOwn.Load()
 		if w.idx > 0 {
@@ -856,16 +860,22 @@ func (d *Dispatcher) drain(in *inst) {
 			return
 		}
 		now := time.Now()
+		// An instance that left the set (stopped, failed, scaled away)
+		// loses its hand-off socket soon, with what is queued in it: what
+		// waits for it goes on at once rather than into that socket.
+		left := !d.Up.Snapshot().Contains(in.id)
 		var expired *waiting
 		switch {
-		case len(in.own) > 0 && !now.Before(in.own[0].deadline):
+		case len(in.own) > 0 && (left || !now.Before(in.own[0].deadline)):
 			expired = in.pop(true, &d.queued)
-		case len(in.fallback) > 0 && !now.Before(in.fallback[0].deadline):
+		case len(in.fallback) > 0 && (left || !now.Before(in.fallback[0].deadline)):
 			expired = in.pop(false, &d.queued)
 		}
 		if expired != nil {
 			in.mu.Unlock()
-			d.queueFull.Add(1)
+			if !left {
+				d.queueFull.Add(1)
+			}
 			expired.idx++
 			d.place(expired)
 			continue
@@ -946,8 +956,13 @@ func (d *Dispatcher) lastChance(ws []*waiting) {
 // from the one after w.idx on, and reports whether w is done with (handed
 // off, or failed and closed).
 func (d *Dispatcher) tryEach(w *waiting) bool {
+	up := d.Up.Snapshot()
 	for i := range len(w.order) {
-		in := d.inst(w.order[(w.idx+1+i)%len(w.order)])
+		id := w.order[(w.idx+1+i)%len(w.order)]
+		if !up.Contains(id) {
+			continue
+		}
+		in := d.inst(id)
 		r, err := d.trySend(in, &w.h, w.fd)
 		switch r {
 		case sent:

@@ -969,3 +969,35 @@ func TestDispatchStalledGroupKeepsDescriptors(t *testing.T) {
 	_, wc := w3.receive(t)
 	wc.Close()
 }
+
+// TestDispatchLeftInstanceQueue: connections waiting for an instance that
+// leaves the set (stopped, failed, scaled away: its hand-off socket goes
+// next, with what it queued) go to another instance, even when the
+// leaving instance makes room (a stopping worker reads a little longer).
+func TestDispatchLeftInstanceQueue(t *testing.T) {
+	const n = 4
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 2)
+	d := newTestDispatcher(dir, DispatcherOptions{QueueWait: time.Minute}, 1, 2)
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	serveWith(t, d, Listener{Name: "public", File: f})
+	filled := fillQueue(t, sockPath(dir, 1))
+	for _, src := range clientsOf(t, d, 1, n) {
+		defer dialFrom(t, src, addr).Close()
+	}
+	waitFor(t, func() bool { return d.Stats().Queued[1] == n })
+	d.Up.Remove(1)
+	ws[1].discard(t, filled) // room at last, but instance 1 is leaving
+	for range n {
+		_, wc := ws[2].receive(t)
+		wc.Close()
+	}
+	if ws[1].pending() {
+		t.Error("a connection went into the hand-off socket of an instance that left")
+	}
+	// Counted after sendmsg returns, maybe after the receive.
+	waitFor(t, func() bool { return d.Stats().HandedOff == n })
+	if s := d.Stats(); s.HandedOff != n || s.StickyMiss != n || s.Dropped != 0 || s.QueueFull != 0 {
+		t.Errorf("stats: %+v", s)
+	}
+}
