@@ -66,8 +66,8 @@ type DispatcherOptions struct {
 	MaxQueuedTotal int
 	// MaxWait bounds the time a connection waits in the dispatcher in all.
 	// A connection that went through every instance of its order without
-	// finding room (each queue full for QueueWait) waits again at its
-	// preferred instance, and then the next ones, until MaxWait has passed
+	// finding room (each queue full for QueueWait) goes round again, in
+	// the order of the instances up then, until MaxWait has passed
 	// since it was accepted; only then is it closed (Dropped). Every
 	// instance may be short of room at once for longer than QueueWait: a
 	// single instance restarting, workers that stopped reading hand-offs
@@ -537,7 +537,8 @@ type waiting struct {
 	order    []int
 	idx      int
 	deadline time.Time
-	until    time.Time // the end of MaxWait
+	until    time.Time  // the end of MaxWait
+	key      netip.Addr // the stickiness key, to take the order again
 }
 
 // instConn is a unix datagram socket connected to one instance's hand-off
@@ -706,7 +707,7 @@ func (d *Dispatcher) dispatch(fd int, key netip.Addr, h *handoff.Header, order [
 	// The preferred instance is busy, not dialled yet or gone: wait for
 	// room in its queue (a drainer goroutine owns fd then), or go on in
 	// order. Nothing here blocks the accept loop.
-	w := &waiting{fd: fd, h: *h, order: append([]int(nil), order...), until: time.Now().Add(d.opts.MaxWait)}
+	w := &waiting{fd: fd, h: *h, order: append([]int(nil), order...), until: time.Now().Add(d.opts.MaxWait), key: key}
 	if full {
 		if d.enqueue(in, w) {
 			return order
@@ -733,12 +734,17 @@ func (d *Dispatcher) handed(in *inst, miss bool) {
 func (d *Dispatcher) place(w *waiting) {
 	var last error
 	// A connection that comes to the end of its order goes round once
-	// more from its preferred instance, until MaxWait ends.
-	for start := w.idx; ; start, w.idx = 0, 0 {
+	// more from its preferred instance, until MaxWait ends, in the order
+	// of the set as it is now: instances may have come meanwhile.
+	for start := w.idx; ; start = 0 {
 		if d.placeFrom(w, &last) {
 			return
 		}
 		if start == 0 || d.stopped.Load() || !time.Now().Before(w.until) {
+			break
+		}
+		w.order, w.idx = d.Up.Order(w.key, w.order[:0]), 0
+		if len(w.order) == 0 {
 			break
 		}
 	}

@@ -1001,3 +1001,24 @@ func TestDispatchLeftInstanceQueue(t *testing.T) {
 		t.Errorf("stats: %+v", s)
 	}
 }
+
+// TestDispatchWaitingSeesNewInstances: a connection that goes round its
+// order again (every instance full) takes the order of the set as it is
+// then: an instance that came meanwhile takes it.
+func TestDispatchWaitingSeesNewInstances(t *testing.T) {
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 2)
+	d := newTestDispatcher(dir, DispatcherOptions{QueueWait: 20 * time.Millisecond, MaxWait: time.Minute}, 1)
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	serveWith(t, d, Listener{Name: "public", File: f})
+	fillQueue(t, sockPath(dir, 1))
+	defer dialFrom(t, "127.0.0.2", addr).Close()
+	waitFor(t, func() bool { return d.Stats().QueueFull >= 2 }) // went round at least twice
+	d.Up.Add(2)
+	_, wc := ws[2].receive(t)
+	wc.Close()
+	waitFor(t, func() bool { return d.Stats().HandedOff == 1 })
+	if s := d.Stats(); s.Dropped != 0 || s.Queued[1] != 0 {
+		t.Errorf("stats: %+v", s)
+	}
+}
