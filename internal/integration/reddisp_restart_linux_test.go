@@ -158,3 +158,57 @@ func TestIntegrationRedSupervisorRestartStuckWorker(t *testing.T) {
 		t.Errorf("%d connections failed across the supervisor restart, e.g. %v", n, errs[:min(len(errs), 5)])
 	}
 }
+
+// TestIntegrationRedSupervisorRestartSlowStart: web@3 hangs in its start
+// (an ExecStartPre that takes 60 s) when the supervisor restarts. The new
+// supervisor's start waits for every instance's start job, up to
+// StartTimeout; meanwhile the instances that run already must be served.
+// Before the fix the dispatcher began only after that wait: every client
+// waited in the kernel's backlog, here for the whole minute.
+func TestIntegrationRedSupervisorRestartSlowStart(t *testing.T) {
+	h := newHouse(t, demoConfig(t))
+	h.systemctl("start", "powerhouse.target")
+	unit := func(n int) string { return fmt.Sprintf("powerhouse-web@%d.service", n) }
+	var others []string // sources whose instance is not web@3
+	waitFor(t, 30*time.Second, "web@1..4 to answer", func() bool {
+		others = others[:0]
+		seen := map[string]bool{}
+		for i := 1; i <= 32; i++ {
+			src := "127.0.3." + strconv.Itoa(i)
+			inst, err := redGet(src, "127.0.0.1:9999", "")
+			if err != nil {
+				return false
+			}
+			seen[inst] = true
+			if inst != "web@3" {
+				others = append(others, src)
+			}
+		}
+		return len(seen) == 4
+	})
+	if err := h.box.WriteFile("/etc/systemd/system/"+unit(3)+".d/slow.conf", []byte("[Service]\nExecStartPre=/bin/sleep 60\nTimeoutStartSec=90\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.systemctl("daemon-reload")
+	h.systemctl("restart", "--no-block", unit(3))
+	waitFor(t, 10*time.Second, unit(3)+" to hang in its start", func() bool { return h.show(unit(3), "ActiveState") == "activating" })
+	const sup = "powerhouse@web.service"
+	old := h.show(sup, "MainPID")
+	h.systemctl("restart", "--no-block", sup)
+	start := time.Now()
+	// The new supervisor runs, and waits in its start for web@3.
+	waitFor(t, 10*time.Second, "the new supervisor", func() bool {
+		pid := h.show(sup, "MainPID")
+		return pid != old && pid != "0" && h.show(sup, "ActiveState") == "activating"
+	})
+	for _, src := range others {
+		inst, err := redGet(src, "127.0.0.1:9999", "")
+		if err != nil {
+			t.Fatalf("client %s, %v after the supervisor's restart began: %v", src, time.Since(start), err)
+		}
+		if inst == "web@3" {
+			t.Errorf("client %s answered by %s", src, inst)
+		}
+	}
+	t.Logf("%d clients of web@1, 2 and 4 served within %v of the restart, the supervisor %s, web@3 %s", len(others), time.Since(start), h.show(sup, "ActiveState"), h.show(unit(3), "ActiveState"))
+}
