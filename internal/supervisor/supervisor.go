@@ -314,9 +314,25 @@ func (s *Supervisor) converge(ctx context.Context) {
 	}
 	for n, st := range s.state {
 		if n > amount && st.ActiveState != "inactive" && st.ActiveState != "failed" {
+			// Out of dispatch first: a connection sent to a surplus
+			// instance while it stops would be queued in its hand-off
+			// socket and start it again (socket activation), and a
+			// scale-down under load never ended.
+			if s.disp != nil && s.disp.Up.Remove(n) {
+				s.log.Info("instance leaves dispatch", "instance", n, "reason", "scale-down")
+			}
 			wg.Add(1)
 			go func(n int) {
 				defer wg.Done()
+				// Stopping the hand-off socket stops the service too
+				// (Requires=), in one transaction: the worker drains
+				// what was queued before it left dispatch, and nothing
+				// can start it again.
+				if s.disp != nil {
+					if err := s.o.Manager.Stop(ctx, generator.HandoffSocketUnit(s.o.Group, n)); err != nil {
+						s.log.Warn("surplus instance's hand-off socket did not stop", "instance", n, "err", err)
+					}
+				}
 				if err := s.o.Manager.Stop(ctx, generator.WorkerService(s.o.Group, n)); err != nil {
 					s.log.Warn("surplus instance did not stop", "instance", n, "err", err)
 				}
