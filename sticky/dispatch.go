@@ -55,6 +55,24 @@ type DispatcherOptions struct {
 	// while that instance's hand-off queue is full; a connection that finds
 	// the bound reached goes to the next instance at once. Default 1024.
 	MaxQueued int
+	// MaxQueuedTotal bounds the connections held that way over all
+	// instances: each is a descriptor, and a group of many instances that
+	// all stall would otherwise hold MaxQueued times their number, past
+	// the process's descriptor limit, where accept, the dial of a healthy
+	// instance's hand-off socket and everything else the supervisor does
+	// would fail. A connection that finds the bound reached is closed at
+	// once (Dropped). Default: a quarter of RLIMIT_NOFILE (its soft limit
+	// when NewDispatcher runs), at least MaxQueued when the limit allows.
+	MaxQueuedTotal int
+	// MaxWait bounds the time a connection waits in the dispatcher in all.
+	// A connection that went through every instance of its order without
+	// finding room (each queue full for QueueWait) goes round again, in
+	// the order of the instances up then, until MaxWait has passed
+	// since it was accepted; only then is it closed (Dropped). Every
+	// instance may be short of room at once for longer than QueueWait: a
+	// single instance restarting, workers that stopped reading hand-offs
+	// near their descriptor limit. Default 10s.
+	MaxWait time.Duration
 	// Proxy tunes PROXY protocol header reading.
 	Proxy ProxyOptions
 	// MaxPendingProxy bounds connections whose PROXY header is still being
@@ -83,8 +101,9 @@ type Stats struct {
 	// with none are left out).
 	Queued map[int]int
 	// QueueFull counts the times a connection left an instance for the
-	// next one because that instance's queue stayed full for QueueWait or
-	// the dispatcher already held MaxQueued connections for it.
+	// next one (or, at the end of its order, for its preferred one again)
+	// because that instance's queue stayed full for QueueWait or the
+	// dispatcher already held MaxQueued connections for it.
 	QueueFull uint64
 	// SendErrors counts connections closed because their own hand-off
 	// failed (a header that cannot be encoded, EMSGSIZE, ENOBUFS, ...);
@@ -125,6 +144,7 @@ type Dispatcher struct {
 	handedOff, miss, dropped, proxyErrs     atomic.Uint64
 	queueFull, sendErrs, redials, acceptErr atomic.Uint64
 	proxyUntrusted, proxyBusy               atomic.Uint64
+	queued                                  atomic.Int64 // in every instance's pending queue
 
 	// testAccept, when set, replaces the accept(2) call of the plain accept
 	// loop. Only tests set it, to produce errors the kernel cannot be made
@@ -144,6 +164,12 @@ func NewDispatcher(o DispatcherOptions) *Dispatcher {
 	if o.MaxQueued <= 0 {
 		o.MaxQueued = 1024
 	}
+	if o.MaxQueuedTotal <= 0 {
+		o.MaxQueuedTotal = defaultMaxQueuedTotal(o.MaxQueued)
+	}
+	if o.MaxWait <= 0 {
+		o.MaxWait = 10 * time.Second
+	}
 	if o.MaxPendingProxy <= 0 {
 		o.MaxPendingProxy = 4096
 	}
@@ -157,6 +183,19 @@ func NewDispatcher(o DispatcherOptions) *Dispatcher {
 	d.budget = proxyBudget{max: o.MaxPendingProxy, perPeer: o.MaxPendingProxyPerPeer, byPeer: map[netip.Addr]int{}}
 	d.Up.Replace()
 	return d
+}
+
+// defaultMaxQueuedTotal is a quarter of the descriptor limit: the rest is
+// for connections whose PROXY header is being read (MaxPendingProxy,
+// 4,096), hand-off sockets (one per instance), the accept backlog's
+// turnover and the supervisor's own files, D-Bus and journal sockets.
+// Without a limit to read, it is perInstance.
+func defaultMaxQueuedTotal(perInstance int) int {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == unix.RLIM_INFINITY {
+		return perInstance
+	}
+	return int(max(1, min(rl.Cur/4, 1<<30)))
 }
 
 // Stats returns the counters.
@@ -183,8 +222,12 @@ func (d *Dispatcher) Stats() Stats {
 }
 
 // Serve accepts on every listener until ctx ends or a listener fails, and
-// dispatches each connection. It closes the listeners when it returns, and
-// the connections still waiting for room in a hand-off queue. Call it once.
+// dispatches each connection. It closes the listeners when it returns.
+// The connections still waiting for room in a hand-off queue then go to
+// any instance of their order with room (the next ones first, their own
+// last), for at most QueueWait (and a second) more; only those that find none are closed,
+// counted as dropped: a supervisor restart loses no connection that
+// another instance can take. Call it once.
 func (d *Dispatcher) Serve(ctx context.Context, ls []Listener) error {
 	if len(ls) == 0 {
 		return errors.New("dispatch: no listener")
@@ -494,6 +537,8 @@ type waiting struct {
 	order    []int
 	idx      int
 	deadline time.Time
+	until    time.Time  // the end of MaxWait
+	key      netip.Addr // the stickiness key, to take the order again
 }
 
 // instConn is a unix datagram socket connected to one instance's hand-off
@@ -662,7 +707,7 @@ func (d *Dispatcher) dispatch(fd int, key netip.Addr, h *handoff.Header, order [
 	// The preferred instance is busy, not dialled yet or gone: wait for
 	// room in its queue (a drainer goroutine owns fd then), or go on in
 	// order. Nothing here blocks the accept loop.
-	w := &waiting{fd: fd, h: *h, order: append([]int(nil), order...)}
+	w := &waiting{fd: fd, h: *h, order: append([]int(nil), order...), until: time.Now().Add(d.opts.MaxWait), key: key}
 	if full {
 		if d.enqueue(in, w) {
 			return order
@@ -683,10 +728,41 @@ func (d *Dispatcher) handed(in *inst, miss bool) {
 }
 
 // place hands w to the first instance from w.idx on that takes it now, or
-// queues it for the first one whose queue is full, without blocking.
+// queues it for the first one whose queue is full, without blocking. It
+// closes w when no instance can take or queue it, or when w's MaxWait has
+// passed.
 func (d *Dispatcher) place(w *waiting) {
 	var last error
+	// A connection that comes to the end of its order goes round once
+	// more from its preferred instance, until MaxWait ends, in the order
+	// of the set as it is now: instances may have come meanwhile.
+	for start := w.idx; ; start = 0 {
+		if d.placeFrom(w, &last) {
+			return
+		}
+		if start == 0 || d.stopped.Load() || !time.Now().Before(w.until) {
+			break
+		}
+		w.order, w.idx = d.Up.Order(w.key, w.order[:0]), 0
+		if len(w.order) == 0 {
+			break
+		}
+	}
+	d.dropped.Add(1)
+	if !d.stopped.Load() { // else Serve ended: closing what waits is expected
+		d.warn("every instance's hand-off queue is full or unreachable: connection closed", "preferred", w.order[0], "err", last)
+	}
+	unix.Close(w.fd)
+}
+
+// placeFrom is one pass of place over w's order from w.idx on; it reports
+// whether w was handed off, queued or closed.
+func (d *Dispatcher) placeFrom(w *waiting, last *error) bool {
+	up := d.Up.Snapshot()
 	for ; w.idx < len(w.order); w.idx++ {
+		if !up.Contains(w.order[w.idx]) {
+			continue // left the set since w was accepted: its socket goes soon
+		}
 		in := d.inst(w.order[w.idx])
 		behind := in.nOwn.Load()
 		if w.idx > 0 {
@@ -698,25 +774,21 @@ func (d *Dispatcher) place(w *waiting) {
 			case sent:
 				d.handed(in, w.idx > 0)
 				unix.Close(w.fd)
-				return
+				return true
 			case failed:
 				d.sendFailed(w, in.id, err)
-				return
+				return true
 			case gone:
-				last = err
+				*last = err
 				continue
 			}
 		}
 		if d.enqueue(in, w) {
-			return
+			return true
 		}
 		d.queueFull.Add(1)
 	}
-	d.dropped.Add(1)
-	if !d.stopped.Load() { // else Serve ended: closing what waits is expected
-		d.warn("every instance's hand-off queue is full or unreachable: connection closed", "preferred", w.order[0], "err", last)
-	}
-	unix.Close(w.fd)
+	return false
 }
 
 func (d *Dispatcher) sendFailed(w *waiting, id int, err error) {
@@ -733,7 +805,14 @@ func (d *Dispatcher) enqueue(in *inst, w *waiting) bool {
 	if len(in.own)+len(in.fallback) >= d.opts.MaxQueued || d.stopped.Load() {
 		return false
 	}
+	if d.queued.Add(1) > int64(d.opts.MaxQueuedTotal) {
+		d.queued.Add(-1)
+		return false
+	}
 	w.deadline = time.Now().Add(d.opts.QueueWait)
+	if w.deadline.After(w.until) {
+		w.deadline = w.until
+	}
 	if w.idx == 0 {
 		in.own = append(in.own, w)
 		in.nOwn.Add(1)
@@ -749,15 +828,17 @@ func (d *Dispatcher) enqueue(in *inst, w *waiting) bool {
 	return true
 }
 
-// pop removes the head of in's own (or fallback) queue; in.mu is held.
+// pop removes the head of in's own (or fallback) queue, and counts it
+// out of total; in.mu is held.
 // Only the drainer removes, and only heads.
-func (in *inst) pop(own bool) *waiting {
+func (in *inst) pop(own bool, total *atomic.Int64) *waiting {
 	q := &in.fallback
 	if own {
 		q = &in.own
 		in.nOwn.Add(-1)
 	}
 	in.nAll.Add(-1)
+	total.Add(-1)
 	w := (*q)[0]
 	(*q)[0] = nil
 	*q = (*q)[1:]
@@ -774,28 +855,33 @@ func (d *Dispatcher) drain(in *inst) {
 	for {
 		in.mu.Lock()
 		if len(in.own)+len(in.fallback) == 0 || d.stopped.Load() {
-			for _, w := range append(in.own, in.fallback...) {
-				d.dropped.Add(1)
-				unix.Close(w.fd)
-			}
+			left := append(in.own, in.fallback...)
+			d.queued.Add(-int64(len(left)))
 			in.own, in.fallback = nil, nil
 			in.nOwn.Store(0)
 			in.nAll.Store(0)
 			in.draining = false
 			in.mu.Unlock()
+			d.lastChance(left)
 			return
 		}
 		now := time.Now()
+		// An instance that left the set (stopped, failed, scaled away)
+		// loses its hand-off socket soon, with what is queued in it: what
+		// waits for it goes on at once rather than into that socket.
+		left := !d.Up.Snapshot().Contains(in.id)
 		var expired *waiting
 		switch {
-		case len(in.own) > 0 && !now.Before(in.own[0].deadline):
-			expired = in.pop(true)
-		case len(in.fallback) > 0 && !now.Before(in.fallback[0].deadline):
-			expired = in.pop(false)
+		case len(in.own) > 0 && (left || !now.Before(in.own[0].deadline)):
+			expired = in.pop(true, &d.queued)
+		case len(in.fallback) > 0 && (left || !now.Before(in.fallback[0].deadline)):
+			expired = in.pop(false, &d.queued)
 		}
 		if expired != nil {
 			in.mu.Unlock()
-			d.queueFull.Add(1)
+			if !left {
+				d.queueFull.Add(1)
+			}
 			expired.idx++
 			d.place(expired)
 			continue
@@ -822,7 +908,7 @@ func (d *Dispatcher) drain(in *inst) {
 			continue
 		}
 		in.mu.Lock()
-		in.pop(own)
+		in.pop(own, &d.queued)
 		in.mu.Unlock()
 		switch r {
 		case sent:
@@ -834,6 +920,102 @@ func (d *Dispatcher) drain(in *inst) {
 			w.idx++
 			d.place(w)
 		}
+	}
+}
+
+// stopWait bounds lastChance's wait, so that a long QueueWait never holds
+// up a supervisor's stop.
+const stopWait = time.Second
+
+// lastChance hands the connections still waiting when Serve ends to any
+// instance of their order that has room, the next ones first and their
+// own last, waiting for room at most QueueWait (and stopWait); what is
+// left is closed,
+// counted as dropped. Serve ends when the supervisor stops or restarts,
+// and the connections it held were lost with it: at 400 connections a
+// second for an instance whose worker is stuck, about 80 clients (those in
+// QueueWait) got a reset at every supervisor restart although the other
+// instances had room. One attempt each is not enough: so many at once fill
+// the other instances' kernel queues (max_dgram_qlen, often 10) before
+// their workers read.
+func (d *Dispatcher) lastChance(ws []*waiting) {
+	deadline := time.Now().Add(min(d.opts.QueueWait, stopWait))
+	for len(ws) > 0 {
+		left := ws[:0]
+		for _, w := range ws {
+			if !d.tryEach(w) {
+				left = append(left, w)
+			}
+		}
+		ws = left
+		if len(ws) == 0 || !d.waitAnyRoom(ws, deadline) {
+			break
+		}
+	}
+	for _, w := range ws {
+		d.dropped.Add(1)
+		unix.Close(w.fd)
+	}
+}
+
+// tryEach makes one non-blocking attempt at each instance of w's order,
+// from the one after w.idx on, and reports whether w is done with (handed
+// off, or failed and closed).
+func (d *Dispatcher) tryEach(w *waiting) bool {
+	up := d.Up.Snapshot()
+	for i := range len(w.order) {
+		id := w.order[(w.idx+1+i)%len(w.order)]
+		if !up.Contains(id) {
+			continue
+		}
+		in := d.inst(id)
+		r, err := d.trySend(in, &w.h, w.fd)
+		switch r {
+		case sent:
+			d.handed(in, in.id != w.order[0])
+			unix.Close(w.fd)
+			return true
+		case failed:
+			d.sendFailed(w, in.id, err)
+			return true
+		}
+	}
+	return false
+}
+
+// waitAnyRoom waits until the hand-off socket of an instance in the orders
+// of ws is writable, and reports false when deadline passed first or none
+// can be waited on.
+func (d *Dispatcher) waitAnyRoom(ws []*waiting, deadline time.Time) bool {
+	var fds []unix.PollFd
+	seen := map[int]bool{}
+	for _, w := range ws {
+		for _, id := range w.order {
+			if seen[id] {
+				continue
+			}
+			seen[id] = true
+			ic, err := d.conn(d.inst(id))
+			if err != nil {
+				continue
+			}
+			defer ic.release()
+			fds = append(fds, unix.PollFd{Fd: int32(ic.fd), Events: unix.POLLOUT})
+		}
+	}
+	if len(fds) == 0 {
+		return false
+	}
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false
+		}
+		n, err := unix.Poll(fds, int((left+time.Millisecond-1)/time.Millisecond))
+		if err == unix.EINTR {
+			continue
+		}
+		return err == nil && n > 0
 	}
 }
 

@@ -785,3 +785,240 @@ func TestDispatchConnLifetime(t *testing.T) {
 	}
 	t.Logf("%d hand-offs, %d re-dials", nsent.Load(), d.Stats().Redials)
 }
+
+// TestDispatchStopHandsOffWaiting: connections waiting for room at a stuck
+// instance when Serve ends (the supervisor stops or restarts) go to
+// another instance that has room, rather than being closed.
+func TestDispatchStopHandsOffWaiting(t *testing.T) {
+	const n = 5
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 2)
+	d := newTestDispatcher(dir, DispatcherOptions{QueueWait: time.Minute}, 1, 2)
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, []Listener{{Name: "public", File: f}}) }()
+	filled := fillQueue(t, sockPath(dir, 1))
+	var cs []net.Conn
+	for _, src := range clientsOf(t, d, 1, n) {
+		c := dialFrom(t, src, addr)
+		defer c.Close()
+		cs = append(cs, c)
+	}
+	waitFor(t, func() bool { return d.Stats().Queued[1] == n })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if s := d.Stats(); s.HandedOff != n || s.StickyMiss != n || s.Dropped != 0 {
+		t.Errorf("stats after Serve ended: %+v", s)
+	}
+	// The worker of instance 2 got every one, and each still works.
+	for range n {
+		_, wc := ws[2].receive(t)
+		if _, err := io.WriteString(wc, "x"); err != nil {
+			t.Error(err)
+		}
+		wc.Close()
+	}
+	for _, c := range cs {
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(c); string(b) != "x" {
+			t.Errorf("client %s: read %q, %v", c.LocalAddr(), b, err)
+		}
+	}
+	ws[1].discard(t, filled)
+	if ws[1].pending() {
+		t.Error("instance 1 got a connection")
+	}
+}
+
+// TestDispatchMaxWait: when every instance's queue stays full for
+// QueueWait (here the only one, as a worker near its descriptor limit
+// leaves it), a connection keeps waiting until MaxWait, and is handed off
+// once there is room; past MaxWait it is closed and counted.
+func TestDispatchMaxWait(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		maxWait time.Duration
+		served  bool
+	}{
+		{name: "room within MaxWait", maxWait: time.Minute, served: true},
+		{name: "no room within MaxWait", maxWait: 100 * time.Millisecond, served: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			ws := newWorkers(t, dir, 1)
+			d := newTestDispatcher(dir, DispatcherOptions{QueueWait: 10 * time.Millisecond, MaxWait: tc.maxWait}, 1)
+			f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+			serveWith(t, d, Listener{Name: "public", File: f})
+			filled := fillQueue(t, sockPath(dir, 1))
+			c := dialFrom(t, "127.0.0.2", addr)
+			defer c.Close()
+			// Many times QueueWait: the connection went round its order
+			// (here, instance 1 alone) again and again.
+			waitFor(t, func() bool { s := d.Stats(); return s.QueueFull >= 20 || s.Dropped > 0 })
+			if !tc.served {
+				waitFor(t, func() bool { return d.Stats().Dropped == 1 })
+				closedByServer(t, c)
+				ws[1].discard(t, filled)
+				if ws[1].pending() {
+					t.Error("the connection was handed off after MaxWait")
+				}
+				return
+			}
+			if s := d.Stats(); s.Dropped != 0 || s.Queued[1] != 1 {
+				t.Fatalf("stats while waiting: %+v", s)
+			}
+			ws[1].discard(t, filled)
+			_, wc := ws[1].receive(t)
+			wc.Close()
+			closedByServer(t, c)
+			if s := d.Stats(); s.Dropped != 0 || s.HandedOff != 1 || s.StickyMiss != 0 {
+				t.Errorf("stats: %+v", s)
+			}
+		})
+	}
+}
+
+// TestDispatchQueuedTotalBound: over all instances the dispatcher holds at
+// most MaxQueuedTotal connections; one more, with no other instance to go
+// to, is closed at once, and a healthy instance's clients are still
+// served. By default the bound is a
+// quarter of the descriptor limit.
+func TestDispatchQueuedTotalBound(t *testing.T) {
+	var rl unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := NewDispatcher(DispatcherOptions{}).opts.MaxQueuedTotal, int(rl.Cur/4); rl.Cur != unix.RLIM_INFINITY && got != want {
+		t.Errorf("default MaxQueuedTotal %d, want %d (RLIMIT_NOFILE %d / 4)", got, want, rl.Cur)
+	}
+
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 3)
+	// The held connections go round instances 1 and 2 every 20 ms.
+	d := newTestDispatcher(dir, DispatcherOptions{QueueWait: 20 * time.Millisecond, MaxWait: time.Minute, MaxQueuedTotal: 3}, 1, 2)
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	serveWith(t, d, Listener{Name: "public", File: f})
+	fillQueue(t, sockPath(dir, 1))
+	fillQueue(t, sockPath(dir, 2))
+	for _, id := range []int{1, 2} {
+		for _, src := range clientsOf(t, d, id, 2) {
+			defer dialFrom(t, src, addr).Close()
+		}
+	}
+	waitFor(t, func() bool { return d.Stats().Dropped == 1 })
+	waitFor(t, func() bool { s := d.Stats(); return s.Queued[1]+s.Queued[2] == 3 })
+	if s := d.Stats(); s.HandedOff != 0 || s.Dropped != 1 {
+		t.Errorf("stats: %+v", s)
+	}
+	// A healthy instance joins: its clients are served.
+	d.Up.Add(3)
+	c := dialFrom(t, clientsOf(t, d, 3, 1)[0], addr)
+	defer c.Close()
+	_, wc := ws[3].receive(t)
+	wc.Close()
+}
+
+// TestDispatchStalledGroupKeepsDescriptors: a dispatcher (a process of its
+// own, with RLIMIT_NOFILE 200) whose instances 1 and 2 stopped reading
+// gets 250 connections for them; instance 3's socket does not exist yet.
+// Holding every one would take the process to its descriptor limit, where
+// it could neither accept nor dial instance 3 once that comes. With the
+// default MaxQueuedTotal (a quarter of the limit) it closes the excess,
+// and a client of instance 3 is served.
+func TestDispatchStalledGroupKeepsDescriptors(t *testing.T) {
+	const nofile, flood = 200, 250
+	dir := t.TempDir()
+	newWorkers(t, dir, 2) // never read: stalled
+	fillQueue(t, sockPath(dir, 1))
+	fillQueue(t, sockPath(dir, 2))
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), childEnv+"=dispatch", "STICKY_TEST_NOFILE="+strconv.Itoa(nofile), "STICKY_TEST_DIR="+dir)
+	cmd.ExtraFiles = []*os.File{f}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	t.Cleanup(func() {
+		cmd.Process.Kill() // by PID: this test's own child
+		cmd.Wait()
+	})
+	// The same rendezvous order as the child's.
+	order := newTestDispatcher(dir, DispatcherOptions{}, 1, 2, 3)
+	srcs := append(clientsOf(t, order, 1, 20), clientsOf(t, order, 2, 20)...)
+	for i := range flood {
+		defer dialFrom(t, srcs[i%len(srcs)], addr).Close()
+	}
+	// Instance 3 comes; its client must reach it.
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sockPath(dir, 3), Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	w3 := &worker{id: 3, conn: c}
+	defer dialFrom(t, clientsOf(t, order, 3, 1)[0], addr).Close()
+	_, wc := w3.receive(t)
+	wc.Close()
+}
+
+// TestDispatchLeftInstanceQueue: connections waiting for an instance that
+// leaves the set (stopped, failed, scaled away: its hand-off socket goes
+// next, with what it queued) go to another instance, even when the
+// leaving instance makes room (a stopping worker reads a little longer).
+func TestDispatchLeftInstanceQueue(t *testing.T) {
+	const n = 4
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 2)
+	d := newTestDispatcher(dir, DispatcherOptions{QueueWait: time.Minute}, 1, 2)
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	serveWith(t, d, Listener{Name: "public", File: f})
+	filled := fillQueue(t, sockPath(dir, 1))
+	for _, src := range clientsOf(t, d, 1, n) {
+		defer dialFrom(t, src, addr).Close()
+	}
+	waitFor(t, func() bool { return d.Stats().Queued[1] == n })
+	d.Up.Remove(1)
+	ws[1].discard(t, filled) // room at last, but instance 1 is leaving
+	for range n {
+		_, wc := ws[2].receive(t)
+		wc.Close()
+	}
+	if ws[1].pending() {
+		t.Error("a connection went into the hand-off socket of an instance that left")
+	}
+	// Counted after sendmsg returns, maybe after the receive.
+	waitFor(t, func() bool { return d.Stats().HandedOff == n })
+	if s := d.Stats(); s.HandedOff != n || s.StickyMiss != n || s.Dropped != 0 || s.QueueFull != 0 {
+		t.Errorf("stats: %+v", s)
+	}
+}
+
+// TestDispatchWaitingSeesNewInstances: a connection that goes round its
+// order again (every instance full) takes the order of the set as it is
+// then: an instance that came meanwhile takes it.
+func TestDispatchWaitingSeesNewInstances(t *testing.T) {
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 2)
+	d := newTestDispatcher(dir, DispatcherOptions{QueueWait: 20 * time.Millisecond, MaxWait: time.Minute}, 1)
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	serveWith(t, d, Listener{Name: "public", File: f})
+	fillQueue(t, sockPath(dir, 1))
+	defer dialFrom(t, "127.0.0.2", addr).Close()
+	waitFor(t, func() bool { return d.Stats().QueueFull >= 2 }) // went round at least twice
+	d.Up.Add(2)
+	_, wc := ws[2].receive(t)
+	wc.Close()
+	waitFor(t, func() bool { return d.Stats().HandedOff == 1 })
+	if s := d.Stats(); s.Dropped != 0 || s.Queued[1] != 0 {
+		t.Errorf("stats: %+v", s)
+	}
+}

@@ -46,7 +46,12 @@
 // connection that waited DispatcherOptions.QueueWait, or found the bound
 // reached, goes on to the next instance in its rendezvous order (a sticky
 // miss); an instance serves its own clients before those that fall back to
-// it, so one stalled instance delays no other instance's clients.
+// it, so one stalled instance delays no other instance's clients. A
+// connection that went through its whole order goes round again from its
+// preferred instance until DispatcherOptions.MaxWait has passed since it
+// was accepted; only then is it closed (Stats.Dropped). When Serve ends,
+// the connections still waiting go to any instance with room, for at most
+// QueueWait, before the rest are closed.
 //
 // Send errors are classified: EAGAIN is a full queue; errors that mean the
 // instance's socket is gone (ECONNREFUSED, ENOTCONN, EPIPE, ...) re-dial it

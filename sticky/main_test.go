@@ -1,11 +1,15 @@
 package sticky
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -24,6 +28,8 @@ func TestMain(m *testing.M) {
 		os.Exit(m.Run())
 	case "stamp":
 		os.Exit(childStamp())
+	case "dispatch":
+		os.Exit(childDispatch())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
 		os.Exit(2)
@@ -60,4 +66,35 @@ func childStamp() int {
 		unix.Sendto(fd, b[:], unix.MSG_NOSIGNAL|unix.MSG_DONTWAIT, nil)
 		unix.Close(fd)
 	}
+}
+
+// childDispatch runs a dispatcher with default options but QueueWait (a
+// minute) on the listening socket at descriptor 3, over instances 1 to 3
+// whose hand-off sockets are $STICKY_TEST_DIR/ID.sock, under a descriptor
+// limit of $STICKY_TEST_NOFILE: the limit is the process's, so the test
+// needs a process of its own.
+func childDispatch() int {
+	n, err := strconv.ParseUint(os.Getenv("STICKY_TEST_NOFILE"), 10, 64)
+	if err == nil {
+		var rl unix.Rlimit
+		if err = unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil {
+			rl.Cur = n
+			err = unix.Setrlimit(unix.RLIMIT_NOFILE, &rl)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "dispatch: nofile:", err)
+		return 1
+	}
+	dir := os.Getenv("STICKY_TEST_DIR")
+	d := NewDispatcher(DispatcherOptions{
+		Path:      func(id int) string { return filepath.Join(dir, strconv.Itoa(id)+".sock") },
+		QueueWait: time.Minute,
+	})
+	d.Up.Replace(1, 2, 3)
+	if err := d.Serve(context.Background(), []Listener{{Name: "public", File: os.NewFile(3, "public")}}); err != nil {
+		fmt.Fprintln(os.Stderr, "dispatch:", err)
+		return 1
+	}
+	return 0
 }

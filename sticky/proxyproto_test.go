@@ -457,6 +457,9 @@ func TestDispatchProxyUnusableAddresses(t *testing.T) {
 	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "GET" {
 		t.Errorf("worker read %q, %v; want the client's bytes", buf, err)
 	}
+	// The dispatcher counts a hand-off after its sendmsg returns, which
+	// may be after the worker received it.
+	waitStats("handed off", func(s Stats) bool { return s.HandedOff == 1 })
 	if s := d.Stats(); s.Dropped != 0 || s.HandedOff != 1 || s.ProxyErrors != 3 {
 		t.Errorf("stats %+v, want 1 handed off, 3 PROXY errors, none dropped", s)
 	}

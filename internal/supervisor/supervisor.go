@@ -154,16 +154,34 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	dctx, stopDispatch := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopDispatch()
+	dispatchErr := make(chan error, 1)
+	serving := false
+	serve := func() {
+		if s.disp != nil && !serving {
+			serving = true
+			go func() { dispatchErr <- s.disp.Serve(dctx, listeners) }()
+		}
+	}
+	// After a restart, instances are up already: serve them at once.
+	// converge waits for every start job, up to StartTimeout, and one
+	// instance slow to start (or hanging in its start) must not leave the
+	// others' clients in the kernel's backlog meanwhile. At first start,
+	// with nothing up, connections wait in the backlog for converge
+	// instead of being closed for want of an instance.
+	if s.disp != nil && s.disp.Up.Len() > 0 {
+		serve()
+	}
 	s.converge(ctx)
 	if err := s.refresh(ctx); err != nil {
+		if serving {
+			stopDispatch()
+			<-dispatchErr
+		}
 		return err
 	}
-
-	dctx, stopDispatch := context.WithCancel(context.WithoutCancel(ctx))
-	dispatchErr := make(chan error, 1)
-	if s.disp != nil {
-		go func() { dispatchErr <- s.disp.Serve(dctx, listeners) }()
-	}
+	serve()
 	s.publish()
 	s.o.Notify("READY=1\nSTATUS=" + s.status())
 	s.log.Info("supervisor ready", "instances", s.w.Amount, "sticky", s.w.Sticky)
@@ -296,9 +314,25 @@ func (s *Supervisor) converge(ctx context.Context) {
 	}
 	for n, st := range s.state {
 		if n > amount && st.ActiveState != "inactive" && st.ActiveState != "failed" {
+			// Out of dispatch first: a connection sent to a surplus
+			// instance while it stops would be queued in its hand-off
+			// socket and start it again (socket activation), and a
+			// scale-down under load never ended.
+			if s.disp != nil && s.disp.Up.Remove(n) {
+				s.log.Info("instance leaves dispatch", "instance", n, "reason", "scale-down")
+			}
 			wg.Add(1)
 			go func(n int) {
 				defer wg.Done()
+				// Stopping the hand-off socket stops the service too
+				// (Requires=), in one transaction: the worker drains
+				// what was queued before it left dispatch, and nothing
+				// can start it again.
+				if s.disp != nil {
+					if err := s.o.Manager.Stop(ctx, generator.HandoffSocketUnit(s.o.Group, n)); err != nil {
+						s.log.Warn("surplus instance's hand-off socket did not stop", "instance", n, "err", err)
+					}
+				}
 				if err := s.o.Manager.Stop(ctx, generator.WorkerService(s.o.Group, n)); err != nil {
 					s.log.Warn("surplus instance did not stop", "instance", n, "err", err)
 				}
