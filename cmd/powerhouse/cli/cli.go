@@ -99,6 +99,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		verb = "version"
 	}
 	c, ok := commands[verb]
+	if !ok && isFlag(verb) {
+		// `powerhouse --config F status`: flags belong to a verb.
+		fmt.Fprintf(stderr, "powerhouse: %s: flags go after the verb: powerhouse VERB [flags] [args] (see `powerhouse help`)\n", verb)
+		return ExitUsage
+	}
 	if !ok {
 		fmt.Fprintf(stderr, "powerhouse: unknown verb %q (see `powerhouse help`)\n", verb)
 		return ExitUsage
@@ -110,7 +115,8 @@ func runCommand(e *env, c *command, args []string) int {
 	fs := flag.NewFlagSet("powerhouse "+c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	run := c.flags(fs)
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseArgs(fs, args, strings.Contains(c.args, "-- COMMAND"))
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(e.stdout, c)
 			return ExitOK
@@ -119,7 +125,7 @@ func runCommand(e *env, c *command, args []string) int {
 		fmt.Fprintf(e.stderr, "usage: %s\n", synopsis(c, fs))
 		return ExitUsage
 	}
-	err := run(e, fs.Args())
+	err = run(e, pos)
 	if err == nil {
 		return ExitOK
 	}
@@ -143,6 +149,73 @@ func runCommand(e *env, c *command, args []string) int {
 		fmt.Fprintf(e.stderr, "powerhouse %s: %v\n", c.name, err)
 		return ExitFailure
 	}
+}
+
+// parseArgs sets fs's flags from args and returns the positional
+// arguments. Unlike flag.FlagSet.Parse, which stops at the first
+// positional argument, flags may come anywhere: `status web --json` and
+// `status --json web` are the same. "--" ends the flags: every argument
+// after it is positional, which is how a COMMAND and its own flags are
+// given (`prepare --output F -- cmd -x`). A flag is -name or --name, its
+// value in the same word (--name=VALUE) or, but for bool flags, in the
+// next one; a bool flag never takes the next word. A word that starts
+// with "-" is a flag, except "-" alone and a negative number ("-1"), which
+// are positional (no verb has a flag named by a digit, and `scale web -1`
+// deserves its own message). A word that does not start with "-" is
+// positional, even if it holds one later (`set web key=--x`).
+//
+// -h and --help, unless the verb defines them, return flag.ErrHelp.
+// commandArg is set for verbs that run a COMMAND given after "--" (run,
+// prepare): there an unknown flag after the first positional argument is
+// most likely the command's own, and the error says where it goes.
+func parseArgs(fs *flag.FlagSet, args []string, commandArg bool) ([]string, error) {
+	var pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return append(pos, args[i+1:]...), nil
+		}
+		if !isFlag(a) {
+			pos = append(pos, a)
+			continue
+		}
+		name := strings.TrimPrefix(a[1:], "-")
+		name, value, hasValue := strings.Cut(name, "=")
+		f := fs.Lookup(name)
+		switch {
+		case f == nil && (name == "h" || name == "help"):
+			return nil, flag.ErrHelp
+		case f == nil && len(pos) > 0 && commandArg:
+			return nil, fmt.Errorf("flag provided but not defined: %s (a COMMAND's own flags go after \"--\")", a)
+		case f == nil:
+			return nil, fmt.Errorf("flag provided but not defined: %s", a)
+		}
+		if !hasValue {
+			if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+				value, hasValue = "true", true
+			} else if i+1 < len(args) && !isFlag(args[i+1]) {
+				i++
+				value, hasValue = args[i], true
+			} else if i+1 < len(args) {
+				// Most likely a forgotten value (`install --root --now`):
+				// taking the next flag as the value would write under a
+				// directory named "--now".
+				return nil, fmt.Errorf("flag %s needs a value, not the flag %s (write %s=%s if that is the value)", a, args[i+1], a, args[i+1])
+			} else {
+				return nil, fmt.Errorf("flag needs an argument: %s", a)
+			}
+		}
+		if err := fs.Set(name, value); err != nil {
+			return nil, fmt.Errorf("invalid value %q for flag %s: %v", value, a, err)
+		}
+	}
+	return pos, nil
+}
+
+// isFlag says whether the word a is a flag: it starts with "-" and is
+// not "-" alone or a negative number.
+func isFlag(a string) bool {
+	return len(a) >= 2 && a[0] == '-' && (a[1] < '0' || a[1] > '9')
 }
 
 func synopsis(c *command, fs *flag.FlagSet) string {
@@ -182,6 +255,9 @@ the master: it turns one TOML file into systemd units and supervises each
 worker group (sticky dispatch, rolling reloads, events in journald).
 
 usage: powerhouse VERB [flags] [args]
+
+Flags may come before or after the arguments (status web --json); "--"
+ends them, so that a COMMAND keeps its own (run ... -- COMMAND -x).
 
 verbs:
 `)
