@@ -130,9 +130,12 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	if err != nil {
 		return err
 	}
-	data, err := os.ReadFile(src)
+	data, err := config.ReadFile(src)
+	if err != nil && !isConfigError(err) {
+		err = fmt.Errorf("read configuration: %w", err)
+	}
 	if err != nil {
-		return fmt.Errorf("read configuration: %w", err)
+		return err
 	}
 	abs, _ := filepath.Abs(src)
 	given, err := config.Parse(abs, data)
@@ -159,7 +162,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		return err
 	}
 	var old *config.Config
-	if b, err := os.ReadFile(filepath.Join(root, lay.configPath)); err == nil {
+	if b, err := config.ReadFile(filepath.Join(root, lay.configPath)); err == nil {
 		old, _ = config.Parse(lay.configPath, b)
 	}
 	// The configuration may hold secrets (its [worker.config] is the
@@ -405,7 +408,7 @@ systemd.`,
 					}
 					// Sockets and workers are PartOf the target; stop
 					// whatever is left of each group too.
-					if b, err := os.ReadFile(filepath.Join(*root, lay.configPath)); err == nil {
+					if b, err := config.ReadFile(filepath.Join(*root, lay.configPath)); err == nil {
 						if c, err := config.Parse(lay.configPath, b); err == nil {
 							for _, w := range c.Workers {
 								stopGroup(e, m, w.Name)

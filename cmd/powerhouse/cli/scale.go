@@ -3,7 +3,6 @@ package cli
 import (
 	"flag"
 	"fmt"
-	"os"
 	"strconv"
 	"syscall"
 	"time"
@@ -37,7 +36,7 @@ instances match, at most --timeout.`,
 				if err != nil || n < 1 || n > config.MaxAmount {
 					return usagef("N must be a number from 1 to %d", config.MaxAmount)
 				}
-				src, err := os.ReadFile(*mf.config)
+				src, err := config.ReadFile(*mf.config)
 				if err != nil {
 					return err
 				}

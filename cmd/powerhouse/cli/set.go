@@ -77,7 +77,7 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 					}
 					values[k] = val
 				}
-				src, err := os.ReadFile(*mf.config)
+				src, err := config.ReadFile(*mf.config)
 				if err != nil {
 					return err
 				}
