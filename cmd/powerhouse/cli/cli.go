@@ -8,9 +8,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 )
 
 // Exit statuses of every verb.
@@ -43,6 +46,13 @@ type command struct {
 	// flags declares the verb's flags on fs; it returns the function that
 	// runs the verb with the remaining arguments.
 	flags func(fs *flag.FlagSet) func(e *env, args []string) error
+	// signals says that the verb stops cleanly when its context ends, and
+	// wants SIGINT and SIGTERM to end it (a supervisor stops its workers,
+	// run stops its instances). Other verbs keep the default: a signal
+	// ends them at once, wherever they wait (standard input, a FIFO, a
+	// D-Bus call), as it ends any command; catching it for them left
+	// Ctrl-C and systemctl stop with no effect.
+	signals bool
 }
 
 // commands is the verb registry, filled by each verb's file.
@@ -70,6 +80,12 @@ func (e *exitError) Error() string {
 	return e.err.Error()
 }
 func (e *exitError) Unwrap() error { return e.err }
+
+// Main runs the command line of this process (os.Args) and returns its
+// exit status: all that cmd/powerhouse's main does.
+func Main() int {
+	return Run(context.Background(), os.Args, os.Stdout, os.Stderr)
+}
 
 // Run runs the powerhouse command line args (args[0] is the program name)
 // and returns the process exit status.
@@ -112,6 +128,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func runCommand(e *env, c *command, args []string) int {
+	if c.signals {
+		ctx, stop := signal.NotifyContext(e.ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		ec := *e
+		ec.ctx = ctx
+		e = &ec
+	}
 	fs := flag.NewFlagSet("powerhouse "+c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	run := c.flags(fs)

@@ -10,9 +10,10 @@ import (
 
 func init() {
 	register(&command{
-		name:  "events",
-		args:  "[GROUP]",
-		short: "show the house's events from journald; -f follows new ones",
+		name:    "events",
+		signals: true,
+		args:    "[GROUP]",
+		short:   "show the house's events from journald; -f follows new ones",
 		long: `Prints the PowerHouse events recorded in the journal (worker.start,
 worker.stop, worker.reload, worker.shutdown, worker.message,
 master.shutdown, master.reconfigure), oldest first, for every group or for

@@ -19,9 +19,10 @@ import (
 
 func init() {
 	register(&command{
-		name:  "supervise",
-		args:  "GROUP",
-		short: "run the supervisor of one group (what powerhouse@GROUP.service runs)",
+		name:    "supervise",
+		signals: true,
+		args:    "GROUP",
+		short:   "run the supervisor of one group (what powerhouse@GROUP.service runs)",
 		long: `Runs as powerhouse@GROUP.service: starts the group's instances through
 systemd, keeps track of the ones that are up and, for a sticky group,
 accepts on the sockets systemd passes (LISTEN_FDS) and hands each
