@@ -2,6 +2,7 @@ package cli
 
 import (
 	"flag"
+	"path/filepath"
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/units"
@@ -29,6 +30,17 @@ func (m *managerFlags) connect(e *env) (*units.Manager, error) {
 }
 
 func (m *managerFlags) load() (*config.Config, error) { return config.Load(*m.config) }
+
+// path is the --config file as an absolute path, as config.Load takes
+// it: a relative exec in the file is relative to the file, which a
+// relative path given to config.Parse cannot say ("the configuration's
+// own path is not absolute").
+func (m *managerFlags) path() string {
+	if abs, err := filepath.Abs(*m.config); err == nil {
+		return abs
+	}
+	return *m.config
+}
 
 // groupsOf returns the groups named in args, or all of them.
 func groupsOf(c *config.Config, args []string) ([]*config.Worker, error) {

@@ -36,15 +36,16 @@ instances match, at most --timeout.`,
 				if err != nil || n < 1 || n > config.MaxAmount {
 					return usagef("N must be a number from 1 to %d", config.MaxAmount)
 				}
-				src, err := config.ReadFile(*mf.config)
+				cfg := mf.path()
+				src, err := config.ReadFile(cfg)
 				if err != nil {
 					return err
 				}
-				out, err := config.SetAmount(*mf.config, src, group, n)
+				out, err := config.SetAmount(cfg, src, group, n)
 				if err != nil {
 					return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse scale: %w", err)}
 				}
-				if _, err := units.WriteFile(*mf.config, out, configPerm); err != nil {
+				if _, err := units.WriteFile(cfg, out, configPerm); err != nil {
 					return err
 				}
 				m, err := mf.connect(e)

@@ -77,27 +77,28 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 					}
 					values[k] = val
 				}
-				src, err := config.ReadFile(*mf.config)
+				cfg := mf.path()
+				src, err := config.ReadFile(cfg)
 				if err != nil {
 					return err
 				}
-				c, err := config.Parse(*mf.config, src)
+				c, err := config.Parse(cfg, src)
 				if err != nil {
 					return err
 				}
 				if c.Worker(group) == nil {
-					return usagef("no group %q in %s", group, *mf.config)
+					return usagef("no group %q in %s", group, cfg)
 				}
-				out, err := config.SetGroupConfig(*mf.config, src, group, values)
+				out, err := config.SetGroupConfig(cfg, src, group, values)
 				if err != nil {
 					return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse set: %w", err)}
 				}
-				nc, err := config.Parse(*mf.config, out)
+				nc, err := config.Parse(cfg, out)
 				if err != nil {
 					return err
 				}
 				w := nc.Worker(group)
-				if _, err := units.WriteFile(*mf.config, out, configPerm); err != nil {
+				if _, err := units.WriteFile(cfg, out, configPerm); err != nil {
 					return err
 				}
 				readers, err := supervisor.WriteGroupConfig(generator.RuntimeDir, w)
@@ -116,7 +117,7 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 				ev := reconfigureEvent(w, values, how)
 				_ = events.Write(ev)
 				fmt.Fprintf(e.stderr, "set %s: %s saved in %s; %s readable by %s; %s\n",
-					group, strings.ReplaceAll(ev.Fields["keys"], ",", ", "), *mf.config, generator.GroupConfigPath(group), readers, how)
+					group, strings.ReplaceAll(ev.Fields["keys"], ",", ", "), cfg, generator.GroupConfigPath(group), readers, how)
 				return nil
 			}
 		},

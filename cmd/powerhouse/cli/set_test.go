@@ -55,3 +55,25 @@ func TestGenerateSaysHowSetDelivers(t *testing.T) {
 		}
 	}
 }
+
+// TestRelativeConfigFlag: set and scale take --config as a relative
+// path, like every other verb, when the file names its program relative
+// to itself: before, they parsed it under the relative name and refused
+// it ("the configuration's own path is not absolute").
+func TestRelativeConfigFlag(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.toml"), []byte("[[worker]]\nname = \"w\"\nexec = \"../bin/app\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	for _, args := range [][]string{
+		{"set", "--config", "p.toml", "nosuch", "k=1"},
+		{"scale", "--config", "p.toml", "nosuch", "2"},
+		{"status", "--config", "p.toml", "nosuch"},
+	} {
+		code, _, stderr := run(t, args...)
+		if code != ExitUsage || !strings.Contains(stderr, `no group "nosuch"`) || strings.Contains(stderr, "not absolute") {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and no group \"nosuch\"", args, code, stderr)
+		}
+	}
+}
