@@ -1,8 +1,14 @@
 package cli
 
 import (
+	"context"
 	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/units"
@@ -22,11 +28,52 @@ func addManagerFlags(fs *flag.FlagSet) *managerFlags {
 }
 
 func (m *managerFlags) connect(e *env) (*units.Manager, error) {
-	scope := units.System
-	if *m.user {
-		scope = units.User
+	return connect(e.ctx, *m.user)
+}
+
+// connect connects to the system's service manager, or the calling
+// user's (--user). The user's is found through its bus: without one,
+// the D-Bus library would try to start a bus of its own (dbus-launch)
+// and fail with a message about that, or find no systemd on it; the
+// error says instead what is missing and how to get it.
+func connect(ctx context.Context, user bool) (*units.Manager, error) {
+	if !user {
+		return units.Connect(ctx, units.System)
 	}
-	return units.Connect(e.ctx, scope)
+	if err := userBus(); err != nil {
+		return nil, err
+	}
+	return units.Connect(ctx, units.User)
+}
+
+// userBus checks that the calling user's bus can be found as the D-Bus
+// library looks for it: $DBUS_SESSION_BUS_ADDRESS, else
+// $XDG_RUNTIME_DIR/bus.
+func userBus() error {
+	if os.Getenv("DBUS_SESSION_BUS_ADDRESS") != "" {
+		return nil
+	}
+	name := strconv.Itoa(os.Getuid())
+	if u, err := user.Current(); err == nil {
+		name = u.Username
+	}
+	runDir := "/run/user/" + strconv.Itoa(os.Getuid())
+	linger := fmt.Sprintf("log in as %s (a login starts it), or run `loginctl enable-linger %s` as root", name, name)
+	dir := os.Getenv("XDG_RUNTIME_DIR")
+	switch {
+	case dir == "" && isSocket(runDir+"/bus"):
+		return fmt.Errorf("--user: XDG_RUNTIME_DIR is not set, so your service manager cannot be found: set XDG_RUNTIME_DIR=%s", runDir)
+	case dir == "":
+		return fmt.Errorf("--user: no service manager of user %s is running (XDG_RUNTIME_DIR is not set and %s/bus does not exist): %s, then set XDG_RUNTIME_DIR=%s", name, runDir, linger, runDir)
+	case !isSocket(dir + "/bus"):
+		return fmt.Errorf("--user: no service manager of user %s is running (no bus at %s/bus): %s", name, dir, linger)
+	}
+	return nil
+}
+
+func isSocket(p string) bool {
+	fi, err := os.Stat(p)
+	return err == nil && fi.Mode()&fs.ModeSocket != 0
 }
 
 func (m *managerFlags) load() (*config.Config, error) { return config.Load(*m.config) }

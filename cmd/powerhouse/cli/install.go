@@ -184,11 +184,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 
 	var m *units.Manager
 	if root == "" {
-		scope := units.System
-		if user {
-			scope = units.User
-		}
-		if m, err = units.Connect(e.ctx, scope); err != nil {
+		if m, err = connect(e.ctx, user); err != nil {
 			return err
 		}
 		defer m.Close()
@@ -395,11 +391,7 @@ systemd.`,
 				}
 				var m *units.Manager
 				if *root == "" {
-					scope := units.System
-					if *user {
-						scope = units.User
-					}
-					if m, err = units.Connect(e.ctx, scope); err != nil {
+					if m, err = connect(e.ctx, *user); err != nil {
 						return err
 					}
 					defer m.Close()

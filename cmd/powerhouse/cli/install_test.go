@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/powerhouse/powerhouse/config"
 )
@@ -114,6 +115,45 @@ func TestReconfigureEventKeepsValuesOut(t *testing.T) {
 			}
 			if s := ev.String() + ev.Message; strings.Contains(s, "s3cret") || (tc.wantValues == "" && strings.Contains(s, "8080")) {
 				t.Errorf("a value reached the event: %s / %s", ev.Message, ev.String())
+			}
+		})
+	}
+}
+
+// TestUserWithoutManager: --user without a user service manager to talk
+// to says what is missing and how to get one, in one line, for every
+// verb that has --user, and install writes nothing. Before, the D-Bus
+// library tried to start a bus of its own: `exec: "dbus-launch":
+// executable file not found in $PATH`.
+func TestUserWithoutManager(t *testing.T) {
+	home := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("HOME", home)
+	t.Setenv("DBUS_SESSION_BUS_ADDRESS", "")
+	for _, tc := range []struct{ name, runtimeDir, want string }{
+		{"no XDG_RUNTIME_DIR", "", "--user: no service manager of user "},
+		{"no bus in XDG_RUNTIME_DIR", t.TempDir(), "--user: no service manager of user "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("XDG_RUNTIME_DIR", tc.runtimeDir)
+			for _, args := range [][]string{
+				{"install", "--user", "--binary", "/usr/bin/powerhouse", cfg},
+				{"status", "--user", "--config", cfg},
+				{"reload", "--user", "--config", cfg},
+				{"start", "--user"},
+				{"stop", "--user"},
+				{"scale", "--user", "--config", cfg, "w", "1"},
+			} {
+				code, _, stderr := runWithin(t, 10*time.Second, args...)
+				if code != ExitFailure || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "loginctl enable-linger") || strings.Count(stderr, "\n") != 1 {
+					t.Errorf("%q: exit %d, stderr %q; want 1 and one line %q", args, code, stderr, tc.want)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(home, ".config")); !os.IsNotExist(err) {
+				t.Errorf("install --user wrote under %s without a service manager", home)
 			}
 		})
 	}

@@ -47,11 +47,7 @@ every reloadable group is reloaded. Groups with reloadable = false refuse.`,
 					}
 					groups = append(groups, w)
 				}
-				scope := units.System
-				if *user {
-					scope = units.User
-				}
-				m, err := units.Connect(e.ctx, scope)
+				m, err := connect(e.ctx, *user)
 				if err != nil {
 					return err
 				}

@@ -14,7 +14,6 @@ import (
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/internal/supervisor"
-	"github.com/powerhouse/powerhouse/units"
 )
 
 func init() {
@@ -44,13 +43,9 @@ restarted or killed the workers keep running.`,
 				if c.Worker(args[0]) == nil {
 					return usagef("no group %q in %s", args[0], c.File)
 				}
-				scope := units.System
-				if *user {
-					scope = units.User
-				}
 				// The connection must outlive SIGTERM (which cancels
 				// e.ctx): stopping the workers is done over it.
-				m, err := units.Connect(context.WithoutCancel(e.ctx), scope)
+				m, err := connect(context.WithoutCancel(e.ctx), *user)
 				if err != nil {
 					return err
 				}
