@@ -22,7 +22,7 @@ type managerFlags struct {
 
 func addManagerFlags(fs *flag.FlagSet) *managerFlags {
 	return &managerFlags{
-		config: fs.String("config", config.DefaultPath, "the installed configuration `FILE`"),
+		config: fs.String("config", "", "the installed configuration `FILE` (default "+config.DefaultPath+", with --user ~/.config/powerhouse/powerhouse.toml)"),
 		user:   fs.Bool("user", false, "talk to the user's service manager instead of the system's"),
 	}
 }
@@ -76,17 +76,28 @@ func isSocket(p string) bool {
 	return err == nil && fi.Mode()&fs.ModeSocket != 0
 }
 
-func (m *managerFlags) load() (*config.Config, error) { return config.Load(*m.config) }
+func (m *managerFlags) load() (*config.Config, error) { return config.Load(m.path()) }
 
 // path is the --config file as an absolute path, as config.Load takes
 // it: a relative exec in the file is relative to the file, which a
 // relative path given to config.Parse cannot say ("the configuration's
 // own path is not absolute").
-func (m *managerFlags) path() string {
-	if abs, err := filepath.Abs(*m.config); err == nil {
+func (m *managerFlags) path() string { return configPath(*m.config, *m.user) }
+
+// configPath is the installed configuration a verb acts on: flag, the
+// --config given, or where install put it for the scope (--user: in the
+// user's ~/.config, not the system's /etc/powerhouse).
+func configPath(flag string, user bool) string {
+	if flag == "" {
+		if lay, err := newLayout(user, ""); err == nil {
+			return lay.configPath
+		}
+		return config.DefaultPath
+	}
+	if abs, err := filepath.Abs(flag); err == nil {
 		return abs
 	}
-	return *m.config
+	return flag
 }
 
 // groupsOf returns the groups named in args, or all of them.

@@ -158,3 +158,29 @@ func TestUserWithoutManager(t *testing.T) {
 		})
 	}
 }
+
+// TestUserConfigDefault: with --user and no --config, the verbs act on
+// the configuration install --user wrote (~/.config/powerhouse), not on
+// the system's /etc/powerhouse/powerhouse.toml.
+func TestUserConfigDefault(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	cfg := filepath.Join(home, ".config", "powerhouse", "powerhouse.toml")
+	if err := os.MkdirAll(filepath.Dir(cfg), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"status", "--user", "nosuch"},
+		{"reload", "--user", "nosuch"},
+		{"set", "--user", "nosuch", "k=1"},
+		{"scale", "--user", "nosuch", "2"},
+	} {
+		code, _, stderr := run(t, args...)
+		if code != ExitUsage || !strings.Contains(stderr, `no group "nosuch"`) || !strings.Contains(stderr, cfg) {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and no group \"nosuch\" in %s", args, code, stderr, cfg)
+		}
+	}
+}

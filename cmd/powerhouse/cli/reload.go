@@ -22,10 +22,10 @@ did not come back; the instances after it keep running the old process.
 This is what "systemctl reload powerhouse@GROUP" runs. Without GROUP,
 every reloadable group is reloaded. Groups with reloadable = false refuse.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			cfg := fs.String("config", config.DefaultPath, "configuration `FILE`")
+			cfg := fs.String("config", "", "configuration `FILE` (default "+config.DefaultPath+", with --user ~/.config/powerhouse/powerhouse.toml)")
 			user := fs.Bool("user", false, "talk to the user's service manager instead of the system's")
 			return func(e *env, args []string) error {
-				c, err := config.Load(*cfg)
+				c, err := config.Load(configPath(*cfg, *user))
 				if err != nil {
 					return err
 				}
