@@ -168,6 +168,11 @@ func runCommand(e *env, c *command, args []string) int {
 		// One problem per line: file:line: key: what is wrong.
 		fmt.Fprintln(e.stderr, err)
 		return ExitUsage
+	case os.Geteuid() != 0 && errors.Is(err, os.ErrPermission):
+		// The installed configuration is root's alone (it may hold
+		// secrets): say so rather than leave a bare "permission denied".
+		fmt.Fprintf(e.stderr, "powerhouse %s: %v (run it as root, with sudo)\n", c.name, err)
+		return ExitFailure
 	default:
 		fmt.Fprintf(e.stderr, "powerhouse %s: %v\n", c.name, err)
 		return ExitFailure

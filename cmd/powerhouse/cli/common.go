@@ -31,6 +31,18 @@ func (m *managerFlags) connect(e *env) (*units.Manager, error) {
 	return connect(e.ctx, *m.user)
 }
 
+// requireRoot refuses, in one line, to run verb for the system's service
+// manager without root: it writes /etc or /run/powerhouse and asks
+// systemd to start, stop or signal units, and without root each step
+// failed its own way ("permission denied" on some file, "Interactive
+// authentication required", "Unit polkit.service is masked").
+func requireRoot(verb string, user bool) error {
+	if user || os.Geteuid() == 0 {
+		return nil
+	}
+	return &exitError{code: ExitFailure, err: fmt.Errorf("powerhouse %s: needs root: it changes the system's services; run it with sudo, or with --user for your own service manager", verb)}
+}
+
 // connect connects to the system's service manager, or the calling
 // user's (--user). The user's is found through its bus: without one,
 // the D-Bus library would try to start a bus of its own (dbus-launch)

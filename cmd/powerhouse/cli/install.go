@@ -116,6 +116,11 @@ is adopted: uninstall leaves it.`,
 				if err != nil {
 					return err
 				}
+				if *root == "" {
+					if err := requireRoot("install", *user); err != nil {
+						return err
+					}
+				}
 				if *root != "" && *now {
 					return usagef("--now cannot be used with --root")
 				}
@@ -379,6 +384,11 @@ systemd.`,
 			return func(e *env, args []string) error {
 				if len(args) > 0 {
 					return usagef("takes no arguments")
+				}
+				if *root == "" {
+					if err := requireRoot("uninstall", *user); err != nil {
+						return err
+					}
 				}
 				lay, err := newLayout(*user, *root)
 				if err != nil {

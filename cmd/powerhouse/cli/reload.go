@@ -25,6 +25,9 @@ every reloadable group is reloaded. Groups with reloadable = false refuse.`,
 			cfg := fs.String("config", "", "configuration `FILE` (default "+config.DefaultPath+", with --user ~/.config/powerhouse/powerhouse.toml)")
 			user := fs.Bool("user", false, "talk to the user's service manager instead of the system's")
 			return func(e *env, args []string) error {
+				if err := requireRoot("reload", *user); err != nil {
+					return err
+				}
 				c, err := config.Load(configPath(*cfg, *user))
 				if err != nil {
 					return err

@@ -31,6 +31,9 @@ instances match, at most --timeout.`,
 				if len(args) != 2 {
 					return usagef("expected GROUP and N")
 				}
+				if err := requireRoot("scale", *mf.user); err != nil {
+					return err
+				}
 				group := args[0]
 				n, err := strconv.Atoi(args[1])
 				if err != nil || n < 1 || n > config.MaxAmount {

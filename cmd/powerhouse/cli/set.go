@@ -50,6 +50,9 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 				if len(args) < 2 {
 					return usagef("expected GROUP and at least one KEY=VALUE")
 				}
+				if err := requireRoot("set", *mf.user); err != nil {
+					return err
+				}
 				group := args[0]
 				values := map[string]any{}
 				stdinUsed := false

@@ -26,6 +26,9 @@ func init() {
 					if len(args) > 0 {
 						return usagef("takes no arguments")
 					}
+					if err := requireRoot(v.name, *mf.user); err != nil {
+						return err
+					}
 					m, err := mf.connect(e)
 					if err != nil {
 						return err
