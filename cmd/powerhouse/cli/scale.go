@@ -48,14 +48,16 @@ instances match, at most --timeout.`,
 				if err != nil {
 					return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse scale: %w", err)}
 				}
-				if _, err := units.WriteFile(cfg, out, configPerm); err != nil {
-					return err
-				}
+				// Connected first: a service manager out of reach leaves
+				// the configuration as it was.
 				m, err := mf.connect(e)
 				if err != nil {
 					return err
 				}
 				defer m.Close()
+				if _, err := units.WriteFile(cfg, out, configPerm); err != nil {
+					return err
+				}
 				sup := generator.SupervisorService(group)
 				if err := m.Conn().KillUnitWithTarget(e.ctx, sup, sdbus.Main, int32(syscall.SIGHUP)); err != nil {
 					return fmt.Errorf("ask %s to apply: %w", sup, err)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -54,8 +55,12 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 					return err
 				}
 				group := args[0]
-				values := map[string]any{}
-				stdinUsed := false
+				// Everything that can be checked is, before standard input
+				// is read (a value given as KEY=- waits for it) and before
+				// anything is written: a typo in the group, a key given
+				// twice or a service manager out of reach changes nothing.
+				raw := map[string]string{}
+				var keys []string
 				for _, a := range args[1:] {
 					k, v, ok := strings.Cut(a, "=")
 					if !ok {
@@ -64,21 +69,14 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 					if err := config.ValidKey(k); err != nil {
 						return usagef("%v", err)
 					}
-					if v == "-" {
-						if stdinUsed {
-							return usagef("only one KEY=- can read its value from standard input")
-						}
-						stdinUsed = true
-						var err error
-						if v, err = readValue(os.Stdin); err != nil {
-							return usagef("%s: %v", k, err)
-						}
+					if _, dup := raw[k]; dup {
+						return usagef("key %s given twice", k)
 					}
-					val, err := config.ParseValue(v)
-					if err != nil {
-						return usagef("%s: %v", k, err)
+					if v == "-" && slices.ContainsFunc(keys, func(k string) bool { return raw[k] == "-" }) {
+						return usagef("only one KEY=- can read its value from standard input")
 					}
-					values[k] = val
+					raw[k] = v
+					keys = append(keys, k)
 				}
 				cfg := mf.path()
 				src, err := config.ReadFile(cfg)
@@ -92,6 +90,20 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 				if c.Worker(group) == nil {
 					return usagef("no group %q in %s", group, cfg)
 				}
+				values := map[string]any{}
+				for _, k := range keys {
+					v := raw[k]
+					if v == "-" {
+						if v, err = readValue(os.Stdin); err != nil {
+							return usagef("%s: %v", k, err)
+						}
+					}
+					val, err := config.ParseValue(v)
+					if err != nil {
+						return usagef("%s: %v", k, err)
+					}
+					values[k] = val
+				}
 				out, err := config.SetGroupConfig(cfg, src, group, values)
 				if err != nil {
 					return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse set: %w", err)}
@@ -100,6 +112,11 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 				if err != nil {
 					return err
 				}
+				m, err := mf.connect(e)
+				if err != nil {
+					return err
+				}
+				defer m.Close()
 				w := nc.Worker(group)
 				if _, err := units.WriteFile(cfg, out, configPerm); err != nil {
 					return err
@@ -108,11 +125,6 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 				if err != nil {
 					return err
 				}
-				m, err := mf.connect(e)
-				if err != nil {
-					return err
-				}
-				defer m.Close()
 				how, err := deliver(e, m, w)
 				if err != nil {
 					return err

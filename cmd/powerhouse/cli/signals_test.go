@@ -67,7 +67,7 @@ func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration) error {
 	case <-time.After(d):
 		cmd.Process.Kill()
 		<-done
-		t.Fatalf("%q still running %v after the signal", cmd.Args, d)
+		t.Fatalf("%q still running after %v", cmd.Args, d)
 		return nil
 	}
 }
