@@ -32,6 +32,17 @@ func (l layout) tree(root string) units.Tree {
 	return units.Tree{Root: root, Manifest: l.manifest, Dirs: dirs}
 }
 
+// emptyRoot refuses --root given as "": most likely an unset variable
+// (--root "$DESTDIR"), which would otherwise mean the live system.
+func emptyRoot(fs *flag.FlagSet) error {
+	empty := false
+	fs.Visit(func(f *flag.Flag) { empty = empty || f.Name == "root" && f.Value.String() == "" })
+	if empty {
+		return usagef(`--root "": an empty DIR (an unset variable?); leave --root out to act on this system`)
+	}
+	return nil
+}
+
 // newLayout returns the paths of a system installation, or of the
 // calling user's (--user). root is --root.
 func newLayout(user bool, root string) (layout, error) {
@@ -114,6 +125,9 @@ is adopted: uninstall leaves it.`,
 			return func(e *env, args []string) error {
 				src, err := configArg(args)
 				if err != nil {
+					return err
+				}
+				if err := emptyRoot(fs); err != nil {
 					return err
 				}
 				if *root == "" {
@@ -384,6 +398,9 @@ systemd.`,
 			return func(e *env, args []string) error {
 				if len(args) > 0 {
 					return usagef("takes no arguments")
+				}
+				if err := emptyRoot(fs); err != nil {
+					return err
 				}
 				if *root == "" {
 					if err := requireRoot("uninstall", *user); err != nil {

@@ -184,3 +184,27 @@ func TestUserConfigDefault(t *testing.T) {
 		}
 	}
 }
+
+// TestEmptyRoot: --root "" (an unset variable: --root "$DESTDIR") is a
+// usage error, not the live system, for install and uninstall.
+func TestEmptyRoot(t *testing.T) {
+	t.Setenv("DBUS_SESSION_BUS_ADDRESS", "")
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	cfg := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("HOME", t.TempDir())
+	// --user keeps the old behaviour away from the host's /etc: it fails
+	// to connect to a user manager rather than installing anything.
+	for _, args := range [][]string{
+		{"install", "--user", "--root", "", "--binary", "/usr/bin/powerhouse", cfg},
+		{"install", "--user", "--root=", "--binary", "/usr/bin/powerhouse", cfg},
+		{"uninstall", "--user", "--root", ""},
+	} {
+		code, _, stderr := run(t, args...)
+		if code != ExitUsage || !strings.Contains(stderr, `--root "": an empty DIR`) {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and an empty DIR", args, code, stderr)
+		}
+	}
+}
