@@ -61,7 +61,9 @@ func parseEnvLines(b []byte) ([]byte, error) {
 		}
 		k, v, ok := strings.Cut(line, "=")
 		if !ok || !envKeyRE.MatchString(k) {
-			return nil, fmt.Errorf("output line %d %q is not KEY=VALUE", n, line)
+			// Not quoted: the hook's output is the workers' environment,
+			// secrets included, and this message goes to the journal.
+			return nil, fmt.Errorf("output line %d is not KEY=VALUE (KEY: letters, digits and _, not starting with a digit)", n)
 		}
 		v = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "$", `\$`, "`", "\\`").Replace(v)
 		fmt.Fprintf(&out, "%s=\"%s\"\n", k, v)
