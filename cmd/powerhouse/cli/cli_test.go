@@ -190,3 +190,12 @@ func TestGenerateSaysRoot(t *testing.T) {
 		})
 	}
 }
+
+// TestEventsNegativeLines: events -n takes 0 (all) or more; a negative
+// count was taken as "all" without a word.
+func TestEventsNegativeLines(t *testing.T) {
+	code, _, stderr := run(t, "events", "-n", "-5")
+	if code != ExitUsage || !strings.Contains(stderr, "-n must be 0 (all) or more") {
+		t.Errorf("events -n -5: exit %d, stderr %q", code, stderr)
+	}
+}

@@ -28,6 +28,9 @@ The same entries answer journalctl POWERHOUSE_EVENT=... queries.`,
 				if len(args) > 1 {
 					return usagef("expected at most one GROUP")
 				}
+				if *lines < 0 {
+					return usagef("-n must be 0 (all) or more")
+				}
 				o := events.ReadOptions{Follow: *follow, Lines: *lines}
 				if len(args) == 1 {
 					o.Group = args[0]
