@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io/fs"
@@ -88,7 +89,29 @@ func isSocket(p string) bool {
 	return err == nil && fi.Mode()&fs.ModeSocket != 0
 }
 
-func (m *managerFlags) load() (*config.Config, error) { return config.Load(m.path()) }
+func (m *managerFlags) load() (*config.Config, error) { return loadInstalled(*m.config, *m.user) }
+
+// loadInstalled loads the installed configuration (see configPath). When
+// there is none where install puts it, the error says so and what to do,
+// rather than only "no such file or directory".
+func loadInstalled(flag string, user bool) (*config.Config, error) {
+	c, err := config.Load(configPath(flag, user))
+	return c, notInstalled(err, flag)
+}
+
+// readInstalled reads the installed configuration's file, like
+// loadInstalled.
+func readInstalled(flag string, user bool) ([]byte, error) {
+	b, err := config.ReadFile(configPath(flag, user))
+	return b, notInstalled(err, flag)
+}
+
+func notInstalled(err error, flag string) error {
+	if flag == "" && errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: no house is installed (powerhouse install CONFIG installs one; --config FILE names another configuration)", err)
+	}
+	return err
+}
 
 // path is the --config file as an absolute path, as config.Load takes
 // it: a relative exec in the file is relative to the file, which a

@@ -208,3 +208,18 @@ func TestEmptyRoot(t *testing.T) {
 		}
 	}
 }
+
+// TestNothingInstalled: the verbs that act on an installed house, run
+// where none is installed, say so and how to install one, rather than
+// only "no such file or directory".
+func TestNothingInstalled(t *testing.T) {
+	t.Setenv("HOME", t.TempDir()) // --user: the installed configuration would be in it
+	for _, args := range [][]string{
+		{"status", "--user"}, {"reload", "--user"}, {"set", "--user", "w", "k=1"}, {"scale", "--user", "w", "2"},
+	} {
+		code, _, stderr := run(t, args...)
+		if code != ExitFailure || !strings.Contains(stderr, "no house is installed (powerhouse install CONFIG installs one") || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%q: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+}

@@ -28,7 +28,7 @@ every reloadable group is reloaded. Groups with reloadable = false refuse.`,
 				if err := requireRoot("reload", *user); err != nil {
 					return err
 				}
-				c, err := config.Load(configPath(*cfg, *user))
+				c, err := loadInstalled(*cfg, *user)
 				if err != nil {
 					return err
 				}

@@ -40,7 +40,7 @@ instances match, at most --timeout.`,
 					return usagef("N must be a number from 1 to %d", config.MaxAmount)
 				}
 				cfg := mf.path()
-				src, err := config.ReadFile(cfg)
+				src, err := readInstalled(*mf.config, *mf.user)
 				if err != nil {
 					return err
 				}

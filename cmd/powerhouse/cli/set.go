@@ -79,7 +79,7 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 					keys = append(keys, k)
 				}
 				cfg := mf.path()
-				src, err := config.ReadFile(cfg)
+				src, err := readInstalled(*mf.config, *mf.user)
 				if err != nil {
 					return err
 				}
