@@ -1,0 +1,117 @@
+package integration
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/powerhouse/powerhouse/internal/sdbox"
+)
+
+// exitCode is the exit status of a command h.run ran, 0 when it succeeded.
+func exitCode(t *testing.T, err error) int {
+	t.Helper()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &ee):
+		return ee.ExitCode()
+	}
+	t.Fatalf("command did not run: %v", err)
+	return 0
+}
+
+// TestIntegrationOperatorEdges: the command line as a new user and a
+// careless operator meet it, in a real systemd: status before anything
+// is installed says how to install; flags after arguments work; a user
+// who is not root is told in one line that a verb needs root, and the
+// running house is left as it was; --user without a user manager says
+// what is missing; install and uninstall twice are calm.
+func TestIntegrationOperatorEdges(t *testing.T) {
+	h := bootHouse(t, sdbox.Options{})
+	src := h.box.Path("/run/src/demo.toml")
+	if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(src, []byte(demoConfig(t)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ph := filepath.Join(boxBin, "powerhouse")
+
+	out, err := h.powerhouse("status")
+	if exitCode(t, err) != 1 || !strings.Contains(out, "no house is installed (powerhouse install CONFIG installs one") {
+		t.Errorf("status before install: %v\n%s", err, out)
+	}
+	if out, err := h.powerhouse("install", "--now", "/run/src/demo.toml"); err != nil {
+		t.Fatalf("install --now: %v\n%s\n%s", err, out, h.journal())
+	}
+	if out, err := h.powerhouse("install", "/run/src/demo.toml", "--now"); err != nil || !strings.Contains(out, "install: no change") {
+		t.Errorf("second install: %v\n%s", err, out)
+	}
+	installed, err := os.ReadFile(filepath.Join(h.cfgDir, "powerhouse.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Flags after the positional arguments (issue 12's example).
+	out, err = h.powerhouse("status", "web", "--json")
+	var gs []struct {
+		Group     string `json:"group"`
+		Instances []struct {
+			State string `json:"state"`
+		} `json:"instances"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &gs) != nil || len(gs) != 1 || gs[0].Group != "web" {
+		t.Errorf("status web --json: %v\n%s", err, out)
+	}
+
+	// Not root: one line each, nothing changed.
+	nobody := []string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ph}
+	for _, args := range [][]string{
+		{"set", "web", "greeting=hacked"},
+		{"scale", "web", "1"},
+		{"reload", "web"},
+		{"stop"},
+		{"start"},
+		{"install", "/run/src/demo.toml"},
+		{"uninstall"},
+	} {
+		out, err := h.run(nobody[0], append(nobody[1:], args...)...)
+		if exitCode(t, err) != 1 || !strings.Contains(out, "powerhouse "+args[0]+": needs root: ") || strings.Count(out, "\n") != 1 {
+			t.Errorf("%q as nobody: %v\n%s", args, err, out)
+		}
+	}
+	out, err = h.run(nobody[0], append(nobody[1:], "status")...)
+	if exitCode(t, err) != 1 || !strings.Contains(out, "permission denied (run it as root, with sudo)") {
+		t.Errorf("status as nobody: %v\n%s", err, out)
+	}
+	if got, _ := os.ReadFile(filepath.Join(h.cfgDir, "powerhouse.toml")); string(got) != string(installed) {
+		t.Error("the installed configuration changed after the refused verbs")
+	}
+	if got := h.show("powerhouse.target", "ActiveState"); got != "active" {
+		t.Errorf("powerhouse.target %s after the refused verbs", got)
+	}
+	for i := 1; i <= 4; i++ {
+		if got := h.show("powerhouse-web@"+string(rune('0'+i))+".service", "ActiveState"); got != "active" {
+			t.Errorf("powerhouse-web@%d %s after the refused verbs", i, got)
+		}
+	}
+
+	// --user where the user has no service manager.
+	out, err = h.powerhouse("start", "--user")
+	if exitCode(t, err) != 1 || !strings.Contains(out, "--user: no service manager of user root is running") || strings.Count(out, "\n") != 1 {
+		t.Errorf("start --user without a user manager: %v\n%s", err, out)
+	}
+
+	if out, err := h.powerhouse("uninstall"); err != nil {
+		t.Fatalf("uninstall: %v\n%s", err, out)
+	}
+	if out, err := h.powerhouse("uninstall"); err != nil || !strings.Contains(out, "uninstall: nothing installed") {
+		t.Errorf("second uninstall: %v\n%s", err, out)
+	}
+}
