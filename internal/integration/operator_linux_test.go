@@ -108,6 +108,22 @@ func TestIntegrationOperatorEdges(t *testing.T) {
 		t.Errorf("start --user without a user manager: %v\n%s", err, out)
 	}
 
+	// scale of a group that does not run saves the amount and says so.
+	if out, err := h.powerhouse("stop"); err != nil {
+		t.Fatalf("stop: %v\n%s", err, out)
+	}
+	out, err = h.powerhouse("scale", "web", "2")
+	if err != nil || !strings.Contains(out, "scale web: 2 instances saved in /etc/powerhouse/powerhouse.toml; the group is not running") {
+		t.Errorf("scale of a stopped group: %v\n%s", err, out)
+	}
+	if got, _ := os.ReadFile(filepath.Join(h.cfgDir, "powerhouse.toml")); !strings.Contains(string(got), "amount = 2") {
+		t.Errorf("scale of a stopped group did not save the amount:\n%s", got)
+	}
+	out, err = h.powerhouse("scale", "web", "3", "--timeout", "0")
+	if exitCode(t, err) != 2 || !strings.Contains(out, "--timeout must be more than 0") {
+		t.Errorf("scale --timeout 0: %v\n%s", err, out)
+	}
+
 	if out, err := h.powerhouse("uninstall"); err != nil {
 		t.Fatalf("uninstall: %v\n%s", err, out)
 	}

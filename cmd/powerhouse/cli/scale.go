@@ -23,7 +23,8 @@ func init() {
 changes), then asks the group's supervisor to apply it (SIGHUP): it starts
 the missing instances or stops the surplus ones. Stickiness moves only the
 clients of the instances that come or go. Waits until the running
-instances match, at most --timeout.`,
+instances match, at most --timeout. A group that is not running only has
+the amount saved, and starts with it.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			mf := addManagerFlags(fs)
 			timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for the instances")
@@ -38,6 +39,9 @@ instances match, at most --timeout.`,
 				n, err := strconv.Atoi(args[1])
 				if err != nil || n < 1 || n > config.MaxAmount {
 					return usagef("N must be a number from 1 to %d", config.MaxAmount)
+				}
+				if *timeout <= 0 {
+					return usagef("--timeout must be more than 0")
 				}
 				cfg := mf.path()
 				src, err := readInstalled(*mf.config, *mf.user)
@@ -59,6 +63,13 @@ instances match, at most --timeout.`,
 					return err
 				}
 				sup := generator.SupervisorService(group)
+				// A group that does not run has no supervisor to signal
+				// (systemd would answer "No main process to kill"): the
+				// saved amount is what it starts with.
+				if st, err := m.State(e.ctx, sup); err == nil && st.ActiveState != "active" && st.ActiveState != "reloading" {
+					fmt.Fprintf(e.stderr, "scale %s: %d instances saved in %s; the group is not running (%s is %s): it starts with them\n", group, n, cfg, sup, st.ActiveState)
+					return nil
+				}
 				if err := m.Conn().KillUnitWithTarget(e.ctx, sup, sdbus.Main, int32(syscall.SIGHUP)); err != nil {
 					return fmt.Errorf("ask %s to apply: %w", sup, err)
 				}
