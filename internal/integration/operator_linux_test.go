@@ -119,6 +119,17 @@ func TestIntegrationOperatorEdges(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(h.cfgDir, "powerhouse.toml")); !strings.Contains(string(got), "amount = 2") {
 		t.Errorf("scale of a stopped group did not save the amount:\n%s", got)
 	}
+	out, err = h.powerhouse("reload", "web")
+	if exitCode(t, err) != 1 || !strings.Contains(out, "powerhouse reload: group web is not running (powerhouse@web.service is inactive): nothing to reload") {
+		t.Errorf("reload of a stopped group: %v\n%s", err, out)
+	}
+	out, err = h.powerhouse("reload")
+	if err != nil || !strings.Contains(out, "reload web: not running (powerhouse@web.service is inactive), skipped") {
+		t.Errorf("reload of a stopped house: %v\n%s", err, out)
+	}
+	if got := h.show("powerhouse-web@1.service", "ActiveState"); got != "inactive" {
+		t.Errorf("reload of a stopped group left powerhouse-web@1 %s", got)
+	}
 	out, err = h.powerhouse("scale", "web", "3", "--timeout", "0")
 	if exitCode(t, err) != 2 || !strings.Contains(out, "--timeout must be more than 0") {
 		t.Errorf("scale --timeout 0: %v\n%s", err, out)

@@ -199,3 +199,16 @@ func TestEventsNegativeLines(t *testing.T) {
 		t.Errorf("events -n -5: exit %d, stderr %q", code, stderr)
 	}
 }
+
+// TestReloadNothingReloadable: reload without GROUP where no group is
+// reloadable says so, instead of returning without a word.
+func TestReloadNothingReloadable(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(p, []byte("[[worker]]\nname = \"w\"\nexec = \"/bin/true\"\nreloadable = false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := run(t, "reload", "--config", p)
+	if code != 0 || !strings.Contains(stderr, "reload: no group is reloadable") {
+		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+}
