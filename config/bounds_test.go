@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -98,5 +99,23 @@ func TestSizeBound(t *testing.T) {
 	}
 	if _, err := Parse("/x.toml", []byte(big[:MaxFileSize])); err != nil {
 		t.Errorf("Parse of MaxFileSize bytes: %v", err)
+	}
+}
+
+// TestGroupBound: more than MaxGroups groups is one error on the line of
+// the first one too many.
+func TestGroupBound(t *testing.T) {
+	var b strings.Builder
+	for i := 0; i <= MaxGroups; i++ {
+		fmt.Fprintf(&b, "[[worker]]\nname = \"w%d\"\nexec = \"/bin/true\"\n", i)
+	}
+	_, err := parseWithin(t, 5*time.Second, b.String())
+	var l ErrorList
+	if !errors.As(err, &l) || len(l) != 1 || l[0].Line != 3*MaxGroups+1 || l[0].Key != "worker" || !strings.Contains(l[0].Msg, "more than 1000") {
+		t.Fatalf("%d groups: %v", MaxGroups+1, err)
+	}
+	all := b.String()
+	if _, err := Parse("/x.toml", []byte(all[:strings.LastIndex(all, "[[worker]]")])); err != nil {
+		t.Errorf("%d groups: %v", MaxGroups, err)
 	}
 }

@@ -27,7 +27,13 @@ const DefaultPath = "/etc/powerhouse/powerhouse.toml"
 // Limits that keep generated names and paths within what systemd and the
 // kernel accept.
 const (
-	MaxAmount    = 1024 // instances per group
+	MaxAmount = 1024 // instances per group
+	// MaxGroups bounds the [[worker]] tables: each makes up to four unit
+	// files, and install must be able to list every file it writes in
+	// its manifest (units.MaxManifestEntries, 10,000): a house of 10,000
+	// groups was installed once and could then be neither reinstalled
+	// nor uninstalled.
+	MaxGroups    = 1000
 	MaxNameLen   = 32   // group name; keeps /run/powerhouse/<group>/<n>.sock under 108 bytes
 	maxUnixPath  = 107  // sun_path without the terminating NUL
 	maxTextBytes = 4096 // any single string value
@@ -365,6 +371,10 @@ func (p *parser) config(raw map[string]any) *Config {
 	list, ok := v.([]map[string]any)
 	if !ok {
 		p.errf("worker", "must be an array of tables ([[worker]]), not %s", typeName(v))
+		return c
+	}
+	if len(list) > MaxGroups {
+		p.errf("worker["+strconv.Itoa(MaxGroups)+"]", "%d groups, more than %d: a house of that size is more than one machine's (see docs/scaling.md)", len(list), MaxGroups)
 		return c
 	}
 	names := map[string]string{}

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -221,5 +222,51 @@ func TestNothingInstalled(t *testing.T) {
 		if code != ExitFailure || !strings.Contains(stderr, "no house is installed (powerhouse install CONFIG installs one") || strings.Count(stderr, "\n") != 1 {
 			t.Errorf("%q: exit %d, stderr %q", args, code, stderr)
 		}
+	}
+}
+
+// TestInstallManyGroups: the largest house a configuration may hold
+// (config.MaxGroups groups, each with every unit a group can have)
+// installs, reinstalls without change and uninstalls; one more group is
+// refused before anything is written. Before, 10,000 groups installed
+// once, and then the manifest (over units.MaxManifestEntries) refused
+// every reinstall and uninstall.
+func TestInstallManyGroups(t *testing.T) {
+	house := func(n int) string {
+		var b strings.Builder
+		for i := 0; i < n; i++ {
+			fmt.Fprintf(&b, "[[worker]]\nname = \"g%d\"\nexec = \"/bin/true\"\nsticky = true\nlisten = [%d, { address = %d, proxy_protocol = true, proxy_from = [\"10.0.0.1\"] }]\n", i, 10000+2*i, 10001+2*i)
+		}
+		return b.String()
+	}
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.toml")
+	var plain strings.Builder // 10,000 groups in less than the size bound
+	for i := 0; i < 10000; i++ {
+		fmt.Fprintf(&plain, "[[worker]]\nname=\"g%d\"\nexec=\"/x\"\n", i)
+	}
+	if err := os.WriteFile(big, []byte(plain.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(dir, "root")
+	code, _, stderr := run(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", big)
+	if code != ExitUsage || !strings.Contains(stderr, big+":") || !strings.Contains(stderr, "10000 groups, more than 1000") {
+		t.Errorf("10,000 groups: exit %d, stderr %q", code, stderr)
+	}
+	if _, err := os.Stat(root); !os.IsNotExist(err) {
+		t.Fatal("install wrote under --root for a refused configuration")
+	}
+	most := filepath.Join(dir, "most.toml")
+	if err := os.WriteFile(most, []byte(house(config.MaxGroups)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"install: wrote", "install: no change"} {
+		code, stdout, stderr := run(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", most)
+		if code != 0 || !strings.Contains(stdout, want) {
+			t.Fatalf("install %d of %d groups: exit %d, %s", i+1, config.MaxGroups, code, stderr)
+		}
+	}
+	if code, stdout, stderr := run(t, "uninstall", "--root", root); code != 0 || strings.Count(stdout, "uninstall: removed") < 4*config.MaxGroups {
+		t.Errorf("uninstall: exit %d, %d files removed, %s", code, strings.Count(stdout, "uninstall: removed"), stderr)
 	}
 }
