@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/powerhouse/powerhouse/config"
 )
 
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -210,5 +212,20 @@ func TestReloadNothingReloadable(t *testing.T) {
 	code, _, stderr := run(t, "reload", "--config", p)
 	if code != 0 || !strings.Contains(stderr, "reload: no group is reloadable") {
 		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestNoConfigGiven: generate, verify and install without CONFIG, where
+// no house is installed, say that CONFIG is missing, not only "no such
+// file or directory".
+func TestNoConfigGiven(t *testing.T) {
+	if _, err := os.Stat(config.DefaultPath); err == nil {
+		t.Skipf("%s exists on this machine", config.DefaultPath)
+	}
+	for _, args := range [][]string{{"generate"}, {"verify"}, {"install", "--root", t.TempDir()}} {
+		code, _, stderr := run(t, args...)
+		if code != ExitFailure || !strings.Contains(stderr, "no CONFIG given, and no house is installed there (name the configuration file as CONFIG)") {
+			t.Errorf("%q: exit %d, stderr %q", args, code, stderr)
+		}
 	}
 }

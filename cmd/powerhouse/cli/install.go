@@ -153,6 +153,9 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	if err != nil && !isConfigError(err) {
 		err = fmt.Errorf("read configuration: %w", err)
 	}
+	if src == config.DefaultPath {
+		err = noConfigGiven(err, nil)
+	}
 	if err != nil {
 		return err
 	}
