@@ -1,8 +1,11 @@
 package cli
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestParseEnvLinesKeepsSecrets: a line of the prepare hook's output
@@ -19,5 +22,18 @@ func TestParseEnvLinesKeepsSecrets(t *testing.T) {
 	out, err := parseEnvLines([]byte("A=1\n# c\n\nB=x \"y\" $z\n"))
 	if err != nil || string(out) != "A=\"1\"\nB=\"x \\\"y\\\" \\$z\"\n" {
 		t.Errorf("good output: %q, %v", out, err)
+	}
+}
+
+// TestPrepareOutputBound: a hook that prints without end fails the hook
+// once it passed the bound, instead of filling the memory.
+func TestPrepareOutputBound(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "env")
+	code, _, stderr := runWithin(t, 20*time.Second, "prepare", "--output", out, "--", "/bin/sh", "-c", "yes A=1")
+	if code != ExitFailure || !strings.Contains(stderr, "printed more than 1048576 bytes") {
+		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Error("the environment file was written")
 	}
 }
