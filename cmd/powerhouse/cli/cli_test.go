@@ -229,3 +229,18 @@ func TestNoConfigGiven(t *testing.T) {
 		}
 	}
 }
+
+// TestHelpFlagsDoSomething: start and stop act on powerhouse.target and
+// read no configuration, so they list no --config (it was listed, taken
+// and ignored); every flag a verb's help lists is one it defines.
+func TestHelpFlagsDoSomething(t *testing.T) {
+	for _, verb := range []string{"start", "stop"} {
+		_, out, _ := run(t, verb, "--help")
+		if strings.Contains(out, "-config") {
+			t.Errorf("%s --help lists --config, which it ignores:\n%s", verb, out)
+		}
+		if code, _, stderr := run(t, verb, "--config", "/x.toml"); code != ExitUsage || !strings.Contains(stderr, "not defined: --config") {
+			t.Errorf("%s --config: exit %d, stderr %q", verb, code, stderr)
+		}
+	}
+}
