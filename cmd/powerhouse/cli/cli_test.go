@@ -55,6 +55,7 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown flag after an argument", []string{"generate", "x.toml", "--nope"}, "flag provided but not defined: --nope"},
 		{"flag before the verb", []string{"--config", "x.toml", "status"}, "--config: flags go after the verb"},
 		{"flag value missing", []string{"install", "--root", "--now"}, "flag --root needs a value, not the flag --now"},
+		{"install, relative binary", []string{"install", "--root", "/nonexistent", "--binary", "bin/powerhouse", "x.toml"}, `--binary "bin/powerhouse" is not a clean absolute path`},
 		{"two configs", []string{"generate", "a", "b"}, "at most one CONFIG"},
 		{"version args", []string{"version", "x"}, "takes no arguments"},
 		{"bad proxy-from", []string{"run", "--proxy", "127.0.0.1:0", "--proxy-from", "10.0.0.0/8,nope", "--", "true"}, `--proxy-from "nope": not a CIDR prefix or an IP address`},

@@ -138,6 +138,9 @@ is adopted: uninstall leaves it.`,
 				if *root != "" && *now {
 					return usagef("--now cannot be used with --root")
 				}
+				if *binary != "" && (!filepath.IsAbs(*binary) || filepath.Clean(*binary) != *binary) {
+					return usagef("--binary %q is not a clean absolute path", *binary)
+				}
 				return install(e, src, *root, *binary, *user, *now)
 			}
 		},
