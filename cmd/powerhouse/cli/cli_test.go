@@ -245,3 +245,18 @@ func TestHelpFlagsDoSomething(t *testing.T) {
 		}
 	}
 }
+
+// TestSuperviseByHand: supervise run from a shell, not by systemd, says
+// how to start the group instead of starting its instances outside its
+// unit.
+func TestSuperviseByHand(t *testing.T) {
+	t.Setenv("INVOCATION_ID", "")
+	p := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(p, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := run(t, "supervise", "--config", p, "w")
+	if code != ExitUsage || !strings.Contains(stderr, "runs as powerhouse@w.service, started by systemd: use `systemctl start powerhouse@w`") {
+		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+}

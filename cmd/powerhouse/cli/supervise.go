@@ -36,6 +36,13 @@ restarted or killed the workers keep running.`,
 				if len(args) != 1 {
 					return usagef("expected one GROUP")
 				}
+				// Run by hand, a supervisor would start the group's
+				// instances from a shell, outside its unit, and a sticky
+				// one would have no socket: systemd sets INVOCATION_ID
+				// for every unit it runs.
+				if os.Getenv("INVOCATION_ID") == "" {
+					return usagef("runs as powerhouse@%s.service, started by systemd: use `systemctl start powerhouse@%s` or `powerhouse start`", args[0], args[0])
+				}
 				c, err := config.Load(*cfg)
 				if err != nil {
 					return err
