@@ -3,10 +3,12 @@ package integration
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/powerhouse/powerhouse/internal/sdbox"
@@ -140,5 +142,71 @@ func TestIntegrationOperatorEdges(t *testing.T) {
 	}
 	if out, err := h.powerhouse("uninstall"); err != nil || !strings.Contains(out, "uninstall: nothing installed") {
 		t.Errorf("second uninstall: %v\n%s", err, out)
+	}
+}
+
+// TestIntegrationConcurrentEdits: set and scale run at the same time on
+// one group keep every change: each edits the configuration under a lock
+// on its directory. Before, of ten parallel sets one key was kept, and
+// each command said it had saved its own.
+func TestIntegrationConcurrentEdits(t *testing.T) {
+	h := bootHouse(t, sdbox.Options{})
+	src := h.box.Path("/run/src/demo.toml")
+	if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(src, []byte(demoConfig(t)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.powerhouse("install", "--now", "/run/src/demo.toml"); err != nil {
+		t.Fatalf("install --now: %v\n%s", err, out)
+	}
+	const n = 10
+	var wg sync.WaitGroup
+	errs := make(chan string, n+1)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			if out, err := h.powerhouse("set", "mail", fmt.Sprintf("k%d=%d", i, i)); err != nil {
+				errs <- fmt.Sprintf("set k%d: %v\n%s", i, err, out)
+			}
+		}(i)
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if out, err := h.powerhouse("scale", "mail", "2"); err != nil {
+			errs <- fmt.Sprintf("scale: %v\n%s", err, out)
+		}
+	}()
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	b, err := os.ReadFile(filepath.Join(h.cfgDir, "powerhouse.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lost []string
+	for i := 0; i < n; i++ {
+		if !strings.Contains(string(b), fmt.Sprintf("k%d = %d\n", i, i)) {
+			lost = append(lost, fmt.Sprintf("k%d", i))
+		}
+	}
+	if len(lost) > 0 || !strings.Contains(string(b), "amount = 2") {
+		t.Errorf("lost %v (amount = 2 kept: %v):\n%s", lost, strings.Contains(string(b), "amount = 2"), b)
+	}
+	// The group's config.json, written under the same lock, ends as the
+	// file does.
+	j, err := os.ReadFile(h.box.Path("/run/powerhouse/mail/config.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		if !strings.Contains(string(j), fmt.Sprintf("\"k%d\": %d", i, i)) {
+			t.Errorf("config.json lacks k%d:\n%s", i, j)
+		}
 	}
 }

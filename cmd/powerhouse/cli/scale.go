@@ -11,7 +11,6 @@ import (
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/generator"
-	"github.com/powerhouse/powerhouse/units"
 )
 
 func init() {
@@ -48,8 +47,9 @@ the amount saved, and starts with it.`,
 				if err != nil {
 					return err
 				}
-				out, err := config.SetAmount(cfg, src, group, n)
-				if err != nil {
+				// Checked here, before systemd is asked anything; written
+				// below from the file as it is then.
+				if _, err := config.SetAmount(cfg, src, group, n); err != nil {
 					return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse scale: %w", err)}
 				}
 				// Connected first: a service manager out of reach leaves
@@ -59,7 +59,13 @@ the amount saved, and starts with it.`,
 					return err
 				}
 				defer m.Close()
-				if _, err := units.WriteFile(cfg, out, configPerm); err != nil {
+				if _, _, err := editLocked(cfg, func(src []byte) ([]byte, error) {
+					out, err := config.SetAmount(cfg, src, group, n)
+					if err != nil {
+						return nil, &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse scale: %w", err)}
+					}
+					return out, nil
+				}, group, false); err != nil {
 					return err
 				}
 				sup := generator.SupervisorService(group)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -104,24 +105,22 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 					}
 					values[k] = val
 				}
-				out, err := config.SetGroupConfig(cfg, src, group, values)
-				if err != nil {
+				// A bad value is refused before systemd is asked anything.
+				if _, err := config.SetGroupConfig(cfg, src, group, values); err != nil {
 					return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse set: %w", err)}
-				}
-				nc, err := config.Parse(cfg, out)
-				if err != nil {
-					return err
 				}
 				m, err := mf.connect(e)
 				if err != nil {
 					return err
 				}
 				defer m.Close()
-				w := nc.Worker(group)
-				if _, err := units.WriteFile(cfg, out, configPerm); err != nil {
-					return err
-				}
-				readers, err := supervisor.WriteGroupConfig(generator.RuntimeDir, w)
+				w, readers, err := editLocked(cfg, func(src []byte) ([]byte, error) {
+					out, err := config.SetGroupConfig(cfg, src, group, values)
+					if err != nil {
+						return nil, &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse set: %w", err)}
+					}
+					return out, nil
+				}, group, true)
 				if err != nil {
 					return err
 				}
@@ -137,6 +136,61 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 			}
 		},
 	})
+}
+
+// editLocked applies edit to the configuration file cfg and writes the
+// result, under an exclusive lock on its directory taken before the file
+// is read: two set or scale commands at once each see the other's
+// change (without it, ten parallel sets kept one key of ten, each
+// saying it had saved its own). With groupConfig, the group's
+// config.json is written under the lock too, so that it ends as the
+// file does. It returns the group as edited and who may read its
+// config.json.
+func editLocked(cfg string, edit func([]byte) ([]byte, error), group string, groupConfig bool) (*config.Worker, string, error) {
+	unlock, err := lockDir(filepath.Dir(cfg))
+	if err != nil {
+		return nil, "", err
+	}
+	defer unlock()
+	src, err := config.ReadFile(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	out, err := edit(src)
+	if err != nil {
+		return nil, "", err
+	}
+	nc, err := config.Parse(cfg, out)
+	if err != nil {
+		return nil, "", err
+	}
+	w := nc.Worker(group)
+	if w == nil { // the group went away meanwhile: the edit would have failed
+		return nil, "", usagef("no group %q in %s", group, cfg)
+	}
+	if _, err := units.WriteFile(cfg, out, configPerm); err != nil {
+		return nil, "", err
+	}
+	if !groupConfig {
+		return w, "", nil
+	}
+	readers, err := supervisor.WriteGroupConfig(generator.RuntimeDir, w)
+	return w, readers, err
+}
+
+// lockDir takes an exclusive flock(2) on the directory dir (the file in
+// it is replaced by rename, so the file itself cannot carry the lock)
+// and returns its release. It waits for the holder; Ctrl-C ends the wait.
+func lockDir(dir string) (func(), error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(d.Fd()), syscall.LOCK_EX); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { d.Close() }, nil
 }
 
 // configPerm is how set and scale rewrite the configuration file: root's
