@@ -12,8 +12,10 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Exit statuses of every verb.
@@ -234,10 +236,26 @@ func parseArgs(fs *flag.FlagSet, args []string, commandArg bool) ([]string, erro
 			}
 		}
 		if err := fs.Set(name, value); err != nil {
-			return nil, fmt.Errorf("invalid value %q for flag %s: %v", value, a, err)
+			flagName, _, _ := strings.Cut(a, "=")
+			return nil, fmt.Errorf("invalid value %q for flag %s: %v", value, flagName, valueHint(f, err))
 		}
 	}
 	return pos, nil
+}
+
+// valueHint turns the flag package's "parse error" into what the flag
+// takes, found from its default value's form.
+func valueHint(f *flag.Flag, err error) string {
+	if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+		return "want true or false"
+	}
+	if _, nerr := strconv.Atoi(f.DefValue); nerr == nil { // before: "0" is a duration too
+		return "want a whole number"
+	}
+	if _, derr := time.ParseDuration(f.DefValue); derr == nil {
+		return "want a duration such as 30s or 2m"
+	}
+	return err.Error()
 }
 
 // isFlag says whether the word a is a flag: it starts with "-" and is
