@@ -60,6 +60,8 @@ fuzz:
 	$(GO) test ./handoff $(FUZZFLAGS) -fuzz '^FuzzParse$$'
 	$(GO) test ./generator $(FUZZFLAGS) -fuzz '^FuzzGenerate$$'
 	$(GO) test ./units $(FUZZFLAGS) -fuzz '^FuzzManifest$$'
+	$(GO) test ./cmd/powerhouse/cli $(FUZZFLAGS) -fuzz '^FuzzParseArgs$$'
+	$(GO) test ./cmd/powerhouse/cli $(FUZZFLAGS) -fuzz '^FuzzGenerateVerb$$'
 
 # The side-by-side run against direct SO_REUSEPORT and the peers, plus the
 # Go micro-benchmarks (~9 min, root: the peers' setup uses apt and npm);

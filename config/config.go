@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
 	"path"
@@ -26,7 +27,13 @@ const DefaultPath = "/etc/powerhouse/powerhouse.toml"
 // Limits that keep generated names and paths within what systemd and the
 // kernel accept.
 const (
-	MaxAmount    = 1024 // instances per group
+	MaxAmount = 1024 // instances per group
+	// MaxGroups bounds the [[worker]] tables: each makes up to four unit
+	// files, and install must be able to list every file it writes in
+	// its manifest (units.MaxManifestEntries, 10,000): a house of 10,000
+	// groups was installed once and could then be neither reinstalled
+	// nor uninstalled.
+	MaxGroups    = 1000
 	MaxNameLen   = 32   // group name; keeps /run/powerhouse/<group>/<n>.sock under 108 bytes
 	maxUnixPath  = 107  // sun_path without the terminating NUL
 	maxTextBytes = 4096 // any single string value
@@ -201,9 +208,48 @@ func (l ErrorList) Error() string {
 	return strings.Join(s, "\n")
 }
 
+// Bounds on a configuration file. Every verb and the boot-time generator
+// read it, so a hostile or mistaken file (a device, a generated monster)
+// must fail fast: the TOML decoder's time grows with the square of the
+// nesting (8,000 nested inline tables, 32 KB, take 13 s and gigabytes),
+// and a real configuration is a few kilobytes, nested a few levels.
+const (
+	MaxFileSize = 1 << 20 // bytes
+	MaxNesting  = 64      // tables, arrays, inline tables and dotted key parts, one inside another
+)
+
+// ReadFile reads the configuration file at path, at most MaxFileSize
+// bytes: a larger file, or an endless one (/dev/zero), is an error
+// naming the file.
+func ReadFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxFileSize+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(data) > MaxFileSize {
+		return nil, tooLarge(path)
+	}
+	return data, nil
+}
+
+// tooLarge is the problem of a file over MaxFileSize: a configuration
+// error (exit status 2), as file: what is wrong.
+func tooLarge(file string) ErrorList {
+	return ErrorList{{File: file, Msg: fmt.Sprintf("larger than %d bytes: not a PowerHouse configuration", MaxFileSize)}}
+}
+
 // Load reads and validates the configuration file at path.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path)
+	data, err := ReadFile(path)
+	var l ErrorList
+	if errors.As(err, &l) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("load config: %w", err)
 	}
@@ -216,6 +262,12 @@ func Load(path string) (*Config, error) {
 // Parse validates the TOML document data, read from file (used in
 // messages). Every problem is reported, as an ErrorList.
 func Parse(file string, data []byte) (*Config, error) {
+	if len(data) > MaxFileSize {
+		return nil, tooLarge(file)
+	}
+	if line := tooDeep(data); line > 0 {
+		return nil, ErrorList{{File: file, Line: line, Msg: fmt.Sprintf("nested more than %d levels deep (tables, arrays and dotted keys inside one another)", MaxNesting)}}
+	}
 	p := &parser{file: file, loc: newLocator(data)}
 	var raw map[string]any
 	if _, err := toml.Decode(string(data), &raw); err != nil {
@@ -336,6 +388,10 @@ func (p *parser) config(raw map[string]any) *Config {
 	list, ok := v.([]map[string]any)
 	if !ok {
 		p.errf("worker", "must be an array of tables ([[worker]]), not %s", typeName(v))
+		return c
+	}
+	if len(list) > MaxGroups {
+		p.errf("worker["+strconv.Itoa(MaxGroups)+"]", "%d groups, more than %d: a house of that size is more than one machine's (see docs/scaling.md)", len(list), MaxGroups)
 		return c
 	}
 	names := map[string]string{}

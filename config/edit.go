@@ -70,13 +70,25 @@ func ParseValue(s string) (any, error) {
 	d := json.NewDecoder(strings.NewReader(s))
 	d.UseNumber()
 	var v any
-	if err := d.Decode(&v); err == nil && !d.More() {
+	err := d.Decode(&v)
+	if err == nil && !d.More() {
 		if _, err := d.Token(); err != nil { // nothing after the value
 			return normalize(v)
 		}
 	}
-	if s == "" || strings.ContainsAny(s[:1], `{["`) || badText(s) != "" {
-		return nil, fmt.Errorf("%q is neither a JSON value nor a plain word", s)
+	// The messages never quote the value: it may be a secret, and
+	// standard error ends up in logs.
+	switch {
+	case s == "":
+		return nil, errors.New(`empty value: write "" for an empty string`)
+	case strings.ContainsAny(s[:1], `{["`):
+		if err == nil {
+			err = errors.New("more text after the value")
+		}
+		return nil, fmt.Errorf("a value starting with %c must be JSON, and this is not: %v", s[0], err)
+	}
+	if bad := badText(s); bad != "" {
+		return nil, fmt.Errorf("neither JSON nor a plain word: a plain word %s (give it as a JSON string, \"...\", with \\n for a line break)", bad)
 	}
 	return s, nil
 }

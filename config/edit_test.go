@@ -41,7 +41,7 @@ func TestSetGroupConfig(t *testing.T) {
 		{"quoted key", "web", "a b", `1`, `"a b" = 1`, ""},
 		{"multi-line value", "web", "list", `[3]`, "", "several lines"},
 		{"null", "web", "greeting", `null`, "", "null"},
-		{"broken json", "web", "greeting", `{"a":`, "", "neither"},
+		{"broken json", "web", "greeting", `{"a":`, "", "must be JSON"},
 		{"unknown group", "nope", "k", `1`, "", "no group"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -105,5 +105,31 @@ func TestAbsoluteExec(t *testing.T) {
 	}
 	if !strings.Contains(string(out), `exec = "/abs/v"`) {
 		t.Errorf("absolute exec was rewritten:\n%s", out)
+	}
+}
+
+// TestParseValueKeepsSecrets: a value set refuses is not quoted in the
+// error (it may be a password, and standard error ends up in logs), and
+// the error says what is wrong with it. Before, every refusal was
+// `"<the whole value>" is neither a JSON value nor a plain word`.
+func TestParseValueKeepsSecrets(t *testing.T) {
+	for _, tc := range []struct{ name, arg, want string }{
+		{"broken object", `{"password": "s3cr3t"`, "must be JSON"},
+		{"broken string", `"s3cr3t`, "must be JSON"},
+		{"text after JSON", `["s3cr3t"] x`, "must be JSON, and this is not: more text"},
+		{"line break", "s3cr3t\nline two", "a plain word must not contain a line break (give it as a JSON string"},
+		{"long word", strings.Repeat("s3cr3t", 1000), "a plain word is longer than 4096 bytes"},
+		{"control character", "s3cr3t\x1b", "control character"},
+		{"empty", "", `empty value: write "" for an empty string`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseValue(tc.arg)
+			if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "s3cr3t") {
+				t.Errorf("err = %v, want %q and no trace of the value", err, tc.want)
+			}
+		})
+	}
+	if v, err := ParseValue(`"` + strings.Repeat("s3cr3t", 1000) + `"`); err != nil || v != strings.Repeat("s3cr3t", 1000) {
+		t.Errorf("a long JSON string: %v", err)
 	}
 }

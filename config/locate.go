@@ -242,3 +242,71 @@ func bracketDelta(s string) int {
 	}
 	return d
 }
+
+// tooDeep returns the first line of src where values, tables and dotted
+// keys nest more than MaxNesting levels, or 0. It runs before the TOML
+// decoder, whose time grows with the square of the nesting, so it scans
+// only as much TOML as that needs: strings (all four kinds) and comments
+// are skipped; "[" and "{" open a level, "]" and "}" close one; each "."
+// in a key adds one until the key's "=" (or the header's "]"). Dots in a
+// float count until the next "," or line: more, never less, than the
+// decoder's depth, and harmless at this limit.
+func tooDeep(src []byte) int {
+	depth, dots, line := 0, 0, 1
+	for i := 0; i < len(src); i++ {
+		c := src[i]
+		switch c {
+		case '\n':
+			line++
+			dots = 0
+		case '#':
+			for i+1 < len(src) && src[i+1] != '\n' {
+				i++
+			}
+		case '"', '\'':
+			delim := string([]byte{c, c, c})
+			if strings.HasPrefix(string(src[i:min(i+3, len(src))]), delim) {
+				// Multi-line string: up to the closing delimiter, which
+				// may be followed by up to two more quotes of its own.
+				j := i + 3
+				for j < len(src) && !(strings.HasPrefix(string(src[j:min(j+3, len(src))]), delim)) {
+					if src[j] == '\\' && c == '"' {
+						j++
+					} else if src[j] == '\n' {
+						line++
+					}
+					j++
+				}
+				j += 3
+				for k := 0; k < 2 && j < len(src) && src[j] == c; k++ {
+					j++
+				}
+				i = j - 1
+				continue
+			}
+			for i++; i < len(src) && src[i] != c && src[i] != '\n'; i++ {
+				if src[i] == '\\' && c == '"' {
+					i++
+				}
+			}
+			if i < len(src) && src[i] == '\n' {
+				line++
+				dots = 0
+			}
+		case '[', '{':
+			depth++
+			dots = 0
+		case ']', '}':
+			depth--
+			dots = 0
+		case '=', ',':
+			dots = 0
+		case '.':
+			dots++
+		}
+		if depth+dots > MaxNesting {
+			return line
+		}
+	}
+	return 0
+}

@@ -8,9 +8,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // Exit statuses of every verb.
@@ -43,6 +48,13 @@ type command struct {
 	// flags declares the verb's flags on fs; it returns the function that
 	// runs the verb with the remaining arguments.
 	flags func(fs *flag.FlagSet) func(e *env, args []string) error
+	// signals says that the verb stops cleanly when its context ends, and
+	// wants SIGINT and SIGTERM to end it (a supervisor stops its workers,
+	// run stops its instances). Other verbs keep the default: a signal
+	// ends them at once, wherever they wait (standard input, a FIFO, a
+	// D-Bus call), as it ends any command; catching it for them left
+	// Ctrl-C and systemctl stop with no effect.
+	signals bool
 }
 
 // commands is the verb registry, filled by each verb's file.
@@ -70,6 +82,12 @@ func (e *exitError) Error() string {
 	return e.err.Error()
 }
 func (e *exitError) Unwrap() error { return e.err }
+
+// Main runs the command line of this process (os.Args) and returns its
+// exit status: all that cmd/powerhouse's main does.
+func Main() int {
+	return Run(context.Background(), os.Args, os.Stdout, os.Stderr)
+}
 
 // Run runs the powerhouse command line args (args[0] is the program name)
 // and returns the process exit status.
@@ -99,6 +117,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		verb = "version"
 	}
 	c, ok := commands[verb]
+	if !ok && isFlag(verb) {
+		// `powerhouse --config F status`: flags belong to a verb.
+		fmt.Fprintf(stderr, "powerhouse: %s: flags go after the verb: powerhouse VERB [flags] [args] (see `powerhouse help`)\n", verb)
+		return ExitUsage
+	}
 	if !ok {
 		fmt.Fprintf(stderr, "powerhouse: unknown verb %q (see `powerhouse help`)\n", verb)
 		return ExitUsage
@@ -107,10 +130,18 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func runCommand(e *env, c *command, args []string) int {
+	if c.signals {
+		ctx, stop := signal.NotifyContext(e.ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		ec := *e
+		ec.ctx = ctx
+		e = &ec
+	}
 	fs := flag.NewFlagSet("powerhouse "+c.name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	run := c.flags(fs)
-	if err := fs.Parse(args); err != nil {
+	pos, err := parseArgs(fs, args, strings.Contains(c.args, "-- COMMAND"))
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			printUsage(e.stdout, c)
 			return ExitOK
@@ -119,7 +150,7 @@ func runCommand(e *env, c *command, args []string) int {
 		fmt.Fprintf(e.stderr, "usage: %s\n", synopsis(c, fs))
 		return ExitUsage
 	}
-	err := run(e, fs.Args())
+	err = run(e, pos)
 	if err == nil {
 		return ExitOK
 	}
@@ -139,10 +170,98 @@ func runCommand(e *env, c *command, args []string) int {
 		// One problem per line: file:line: key: what is wrong.
 		fmt.Fprintln(e.stderr, err)
 		return ExitUsage
+	case os.Geteuid() != 0 && errors.Is(err, os.ErrPermission):
+		// The installed configuration is root's alone (it may hold
+		// secrets): say so rather than leave a bare "permission denied".
+		fmt.Fprintf(e.stderr, "powerhouse %s: %v (run it as root, with sudo)\n", c.name, err)
+		return ExitFailure
 	default:
 		fmt.Fprintf(e.stderr, "powerhouse %s: %v\n", c.name, err)
 		return ExitFailure
 	}
+}
+
+// parseArgs sets fs's flags from args and returns the positional
+// arguments. Unlike flag.FlagSet.Parse, which stops at the first
+// positional argument, flags may come anywhere: `status web --json` and
+// `status --json web` are the same. "--" ends the flags: every argument
+// after it is positional, which is how a COMMAND and its own flags are
+// given (`prepare --output F -- cmd -x`). A flag is -name or --name, its
+// value in the same word (--name=VALUE) or, but for bool flags, in the
+// next one; a bool flag never takes the next word. A word that starts
+// with "-" is a flag, except "-" alone and a negative number ("-1"), which
+// are positional (no verb has a flag named by a digit, and `scale web -1`
+// deserves its own message). A word that does not start with "-" is
+// positional, even if it holds one later (`set web key=--x`).
+//
+// -h and --help, unless the verb defines them, return flag.ErrHelp.
+// commandArg is set for verbs that run a COMMAND given after "--" (run,
+// prepare): there an unknown flag after the first positional argument is
+// most likely the command's own, and the error says where it goes.
+func parseArgs(fs *flag.FlagSet, args []string, commandArg bool) ([]string, error) {
+	var pos []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			return append(pos, args[i+1:]...), nil
+		}
+		if !isFlag(a) {
+			pos = append(pos, a)
+			continue
+		}
+		name := strings.TrimPrefix(a[1:], "-")
+		name, value, hasValue := strings.Cut(name, "=")
+		f := fs.Lookup(name)
+		switch {
+		case f == nil && (name == "h" || name == "help"):
+			return nil, flag.ErrHelp
+		case f == nil && len(pos) > 0 && commandArg:
+			return nil, fmt.Errorf("flag provided but not defined: %s (a COMMAND's own flags go after \"--\")", a)
+		case f == nil:
+			return nil, fmt.Errorf("flag provided but not defined: %s", a)
+		}
+		if !hasValue {
+			if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+				value, hasValue = "true", true
+			} else if i+1 < len(args) && !isFlag(args[i+1]) {
+				i++
+				value, hasValue = args[i], true
+			} else if i+1 < len(args) {
+				// Most likely a forgotten value (`install --root --now`):
+				// taking the next flag as the value would write under a
+				// directory named "--now".
+				return nil, fmt.Errorf("flag %s needs a value, not the flag %s (write %s=%s if that is the value)", a, args[i+1], a, args[i+1])
+			} else {
+				return nil, fmt.Errorf("flag needs an argument: %s", a)
+			}
+		}
+		if err := fs.Set(name, value); err != nil {
+			flagName, _, _ := strings.Cut(a, "=")
+			return nil, fmt.Errorf("invalid value %q for flag %s: %v", value, flagName, valueHint(f, err))
+		}
+	}
+	return pos, nil
+}
+
+// valueHint turns the flag package's "parse error" into what the flag
+// takes, found from its default value's form.
+func valueHint(f *flag.Flag, err error) string {
+	if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+		return "want true or false"
+	}
+	if _, nerr := strconv.Atoi(f.DefValue); nerr == nil { // before: "0" is a duration too
+		return "want a whole number"
+	}
+	if _, derr := time.ParseDuration(f.DefValue); derr == nil {
+		return "want a duration such as 30s or 2m"
+	}
+	return err.Error()
+}
+
+// isFlag says whether the word a is a flag: it starts with "-" and is
+// not "-" alone or a negative number.
+func isFlag(a string) bool {
+	return len(a) >= 2 && a[0] == '-' && (a[1] < '0' || a[1] > '9')
 }
 
 func synopsis(c *command, fs *flag.FlagSet) string {
@@ -182,6 +301,9 @@ the master: it turns one TOML file into systemd units and supervises each
 worker group (sticky dispatch, rolling reloads, events in journald).
 
 usage: powerhouse VERB [flags] [args]
+
+Flags may come before or after the arguments (status web --json); "--"
+ends them, so that a COMMAND keeps its own (run ... -- COMMAND -x).
 
 verbs:
 `)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/powerhouse/powerhouse/config"
 )
 
 func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
@@ -49,7 +51,14 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{"no verb", nil, "usage: powerhouse VERB"},
 		{"unknown verb", []string{"frobnicate"}, `unknown verb "frobnicate"`},
-		{"unknown flag", []string{"generate", "--nope"}, "flag provided but not defined"},
+		{"unknown flag", []string{"generate", "--nope"}, "flag provided but not defined: --nope"},
+		{"unknown flag after an argument", []string{"generate", "x.toml", "--nope"}, "flag provided but not defined: --nope"},
+		{"flag before the verb", []string{"--config", "x.toml", "status"}, "--config: flags go after the verb"},
+		{"flag value missing", []string{"install", "--root", "--now"}, "flag --root needs a value, not the flag --now"},
+		{"bool value", []string{"status", "--json=maybe"}, `invalid value "maybe" for flag --json: want true or false`},
+		{"duration value", []string{"scale", "w", "2", "--timeout", "soon"}, `invalid value "soon" for flag --timeout: want a duration such as 30s or 2m`},
+		{"number value", []string{"events", "-n=x"}, `invalid value "x" for flag -n: want a whole number`},
+		{"install, relative binary", []string{"install", "--root", "/nonexistent", "--binary", "bin/powerhouse", "x.toml"}, `--binary "bin/powerhouse" is not a clean absolute path`},
 		{"two configs", []string{"generate", "a", "b"}, "at most one CONFIG"},
 		{"version args", []string{"version", "x"}, "takes no arguments"},
 		{"bad proxy-from", []string{"run", "--proxy", "127.0.0.1:0", "--proxy-from", "10.0.0.0/8,nope", "--", "true"}, `--proxy-from "nope": not a CIDR prefix or an IP address`},
@@ -185,5 +194,72 @@ func TestGenerateSaysRoot(t *testing.T) {
 				t.Error("the note is mixed into the units on standard output")
 			}
 		})
+	}
+}
+
+// TestEventsNegativeLines: events -n takes 0 (all) or more; a negative
+// count was taken as "all" without a word.
+func TestEventsNegativeLines(t *testing.T) {
+	code, _, stderr := run(t, "events", "-n", "-5")
+	if code != ExitUsage || !strings.Contains(stderr, "-n must be 0 (all) or more") {
+		t.Errorf("events -n -5: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestReloadNothingReloadable: reload without GROUP where no group is
+// reloadable says so, instead of returning without a word.
+func TestReloadNothingReloadable(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(p, []byte("[[worker]]\nname = \"w\"\nexec = \"/bin/true\"\nreloadable = false\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := run(t, "reload", "--config", p)
+	if code != 0 || !strings.Contains(stderr, "reload: no group is reloadable") {
+		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestNoConfigGiven: generate, verify and install without CONFIG, where
+// no house is installed, say that CONFIG is missing, not only "no such
+// file or directory".
+func TestNoConfigGiven(t *testing.T) {
+	if _, err := os.Stat(config.DefaultPath); err == nil {
+		t.Skipf("%s exists on this machine", config.DefaultPath)
+	}
+	for _, args := range [][]string{{"generate"}, {"verify"}, {"install", "--root", t.TempDir()}} {
+		code, _, stderr := run(t, args...)
+		if code != ExitFailure || !strings.Contains(stderr, "no CONFIG given, and no house is installed there (name the configuration file as CONFIG)") {
+			t.Errorf("%q: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+}
+
+// TestHelpFlagsDoSomething: start and stop act on powerhouse.target and
+// read no configuration, so they list no --config (it was listed, taken
+// and ignored); every flag a verb's help lists is one it defines.
+func TestHelpFlagsDoSomething(t *testing.T) {
+	for _, verb := range []string{"start", "stop"} {
+		_, out, _ := run(t, verb, "--help")
+		if strings.Contains(out, "-config") {
+			t.Errorf("%s --help lists --config, which it ignores:\n%s", verb, out)
+		}
+		if code, _, stderr := run(t, verb, "--config", "/x.toml"); code != ExitUsage || !strings.Contains(stderr, "not defined: --config") {
+			t.Errorf("%s --config: exit %d, stderr %q", verb, code, stderr)
+		}
+	}
+}
+
+// TestSuperviseByHand: supervise run from a shell, not by systemd, says
+// how to start the group instead of starting its instances outside its
+// unit.
+func TestSuperviseByHand(t *testing.T) {
+	t.Setenv("INVOCATION_ID", "")
+	p := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(p, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := run(t, "supervise", "--config", p, "w")
+	if code != ExitUsage || !strings.Contains(stderr, "runs as powerhouse@w.service, started by systemd: use `systemctl start powerhouse@w`") {
+		t.Errorf("exit %d, stderr %q", code, stderr)
 	}
 }

@@ -10,9 +10,10 @@ import (
 
 func init() {
 	register(&command{
-		name:  "events",
-		args:  "[GROUP]",
-		short: "show the house's events from journald; -f follows new ones",
+		name:    "events",
+		signals: true,
+		args:    "[GROUP]",
+		short:   "show the house's events from journald; -f follows new ones",
 		long: `Prints the PowerHouse events recorded in the journal (worker.start,
 worker.stop, worker.reload, worker.shutdown, worker.message,
 master.shutdown, master.reconfigure), oldest first, for every group or for
@@ -26,6 +27,9 @@ The same entries answer journalctl POWERHOUSE_EVENT=... queries.`,
 			return func(e *env, args []string) error {
 				if len(args) > 1 {
 					return usagef("expected at most one GROUP")
+				}
+				if *lines < 0 {
+					return usagef("-n must be 0 (all) or more")
 				}
 				o := events.ReadOptions{Follow: *follow, Lines: *lines}
 				if len(args) == 1 {

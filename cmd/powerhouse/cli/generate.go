@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -102,7 +103,7 @@ func (p *pathOptions) load(args []string) (*config.Config, generator.Options, er
 	}
 	c, err := config.Load(path)
 	if err != nil {
-		return nil, o, err
+		return nil, o, noConfigGiven(err, args)
 	}
 	o.ConfigPath = c.File
 	if *p.configPath != "" {
@@ -120,6 +121,15 @@ func (p *pathOptions) load(args []string) (*config.Config, generator.Options, er
 		}
 	}
 	return c, o, nil
+}
+
+// noConfigGiven explains a missing default CONFIG: a new user's first
+// `powerhouse generate` got only "no such file or directory".
+func noConfigGiven(err error, args []string) error {
+	if len(args) == 0 && errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%w: no CONFIG given, and no house is installed there (name the configuration file as CONFIG)", err)
+	}
+	return err
 }
 
 func configArg(args []string) (string, error) {

@@ -32,6 +32,17 @@ func (l layout) tree(root string) units.Tree {
 	return units.Tree{Root: root, Manifest: l.manifest, Dirs: dirs}
 }
 
+// emptyRoot refuses --root given as "": most likely an unset variable
+// (--root "$DESTDIR"), which would otherwise mean the live system.
+func emptyRoot(fs *flag.FlagSet) error {
+	empty := false
+	fs.Visit(func(f *flag.Flag) { empty = empty || f.Name == "root" && f.Value.String() == "" })
+	if empty {
+		return usagef(`--root "": an empty DIR (an unset variable?); leave --root out to act on this system`)
+	}
+	return nil
+}
+
 // newLayout returns the paths of a system installation, or of the
 // calling user's (--user). root is --root.
 func newLayout(user bool, root string) (layout, error) {
@@ -121,8 +132,19 @@ is adopted: uninstall leaves it.`,
 				if err != nil {
 					return err
 				}
+				if err := emptyRoot(fs); err != nil {
+					return err
+				}
+				if *root == "" {
+					if err := requireRoot("install", *user); err != nil {
+						return err
+					}
+				}
 				if *root != "" && *now {
 					return usagef("--now cannot be used with --root")
+				}
+				if *binary != "" && (!filepath.IsAbs(*binary) || filepath.Clean(*binary) != *binary) {
+					return usagef("--binary %q is not a clean absolute path", *binary)
 				}
 				return install(e, src, *root, *binary, *user, *now)
 			}
@@ -135,9 +157,15 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	if err != nil {
 		return err
 	}
-	data, err := os.ReadFile(src)
+	data, err := config.ReadFile(src)
+	if err != nil && !isConfigError(err) {
+		err = fmt.Errorf("read configuration: %w", err)
+	}
+	if src == config.DefaultPath {
+		err = noConfigGiven(err, nil)
+	}
 	if err != nil {
-		return fmt.Errorf("read configuration: %w", err)
+		return err
 	}
 	abs, _ := filepath.Abs(src)
 	given, err := config.Parse(abs, data)
@@ -172,7 +200,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		return err
 	}
 	var old *config.Config
-	if b, err := os.ReadFile(filepath.Join(root, lay.configPath)); err == nil {
+	if b, err := config.ReadFile(filepath.Join(root, lay.configPath)); err == nil {
 		old, _ = config.Parse(lay.configPath, b)
 	}
 	// The configuration may hold secrets (its [worker.config] is the
@@ -194,11 +222,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 
 	var m *units.Manager
 	if root == "" {
-		scope := units.System
-		if user {
-			scope = units.User
-		}
-		if m, err = units.Connect(e.ctx, scope); err != nil {
+		if m, err = connect(e.ctx, user); err != nil {
 			return err
 		}
 		defer m.Close()
@@ -416,6 +440,14 @@ systemd.`,
 				if len(args) > 0 {
 					return usagef("takes no arguments")
 				}
+				if err := emptyRoot(fs); err != nil {
+					return err
+				}
+				if *root == "" {
+					if err := requireRoot("uninstall", *user); err != nil {
+						return err
+					}
+				}
 				lay, err := newLayout(*user, *root)
 				if err != nil {
 					return err
@@ -427,11 +459,7 @@ systemd.`,
 				}
 				var m *units.Manager
 				if *root == "" {
-					scope := units.System
-					if *user {
-						scope = units.User
-					}
-					if m, err = units.Connect(e.ctx, scope); err != nil {
+					if m, err = connect(e.ctx, *user); err != nil {
 						return err
 					}
 					defer m.Close()
@@ -440,7 +468,7 @@ systemd.`,
 					}
 					// Sockets and workers are PartOf the target; stop
 					// whatever is left of each group too.
-					if b, err := os.ReadFile(filepath.Join(*root, lay.configPath)); err == nil {
+					if b, err := config.ReadFile(filepath.Join(*root, lay.configPath)); err == nil {
 						if c, err := config.Parse(lay.configPath, b); err == nil {
 							for _, w := range c.Workers {
 								stopGroup(e, m, w.Name)

@@ -1,10 +1,12 @@
 package cli
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/powerhouse/powerhouse/config"
 )
@@ -116,5 +118,155 @@ func TestReconfigureEventKeepsValuesOut(t *testing.T) {
 				t.Errorf("a value reached the event: %s / %s", ev.Message, ev.String())
 			}
 		})
+	}
+}
+
+// TestUserWithoutManager: --user without a user service manager to talk
+// to says what is missing and how to get one, in one line, for every
+// verb that has --user, and install writes nothing. Before, the D-Bus
+// library tried to start a bus of its own: `exec: "dbus-launch":
+// executable file not found in $PATH`.
+func TestUserWithoutManager(t *testing.T) {
+	home := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("HOME", home)
+	t.Setenv("DBUS_SESSION_BUS_ADDRESS", "")
+	for _, tc := range []struct{ name, runtimeDir, want string }{
+		{"no XDG_RUNTIME_DIR", "", "--user: no service manager of user "},
+		{"no bus in XDG_RUNTIME_DIR", t.TempDir(), "--user: no service manager of user "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("XDG_RUNTIME_DIR", tc.runtimeDir)
+			for _, args := range [][]string{
+				{"install", "--user", "--binary", "/usr/bin/powerhouse", cfg},
+				{"status", "--user", "--config", cfg},
+				{"reload", "--user", "--config", cfg},
+				{"start", "--user"},
+				{"stop", "--user"},
+				{"scale", "--user", "--config", cfg, "w", "1"},
+			} {
+				code, _, stderr := runWithin(t, 10*time.Second, args...)
+				if code != ExitFailure || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "loginctl enable-linger") || strings.Count(stderr, "\n") != 1 {
+					t.Errorf("%q: exit %d, stderr %q; want 1 and one line %q", args, code, stderr, tc.want)
+				}
+			}
+			if _, err := os.Stat(filepath.Join(home, ".config")); !os.IsNotExist(err) {
+				t.Errorf("install --user wrote under %s without a service manager", home)
+			}
+		})
+	}
+}
+
+// TestUserConfigDefault: with --user and no --config, the verbs act on
+// the configuration install --user wrote (~/.config/powerhouse), not on
+// the system's /etc/powerhouse/powerhouse.toml.
+func TestUserConfigDefault(t *testing.T) {
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	cfg := filepath.Join(home, ".config", "powerhouse", "powerhouse.toml")
+	if err := os.MkdirAll(filepath.Dir(cfg), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"status", "--user", "nosuch"},
+		{"reload", "--user", "nosuch"},
+		{"set", "--user", "nosuch", "k=1"},
+		{"scale", "--user", "nosuch", "2"},
+	} {
+		code, _, stderr := run(t, args...)
+		if code != ExitUsage || !strings.Contains(stderr, `no group "nosuch"`) || !strings.Contains(stderr, cfg) {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and no group \"nosuch\" in %s", args, code, stderr, cfg)
+		}
+	}
+}
+
+// TestEmptyRoot: --root "" (an unset variable: --root "$DESTDIR") is a
+// usage error, not the live system, for install and uninstall.
+func TestEmptyRoot(t *testing.T) {
+	t.Setenv("DBUS_SESSION_BUS_ADDRESS", "")
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	cfg := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("HOME", t.TempDir())
+	// --user keeps the old behaviour away from the host's /etc: it fails
+	// to connect to a user manager rather than installing anything.
+	for _, args := range [][]string{
+		{"install", "--user", "--root", "", "--binary", "/usr/bin/powerhouse", cfg},
+		{"install", "--user", "--root=", "--binary", "/usr/bin/powerhouse", cfg},
+		{"uninstall", "--user", "--root", ""},
+	} {
+		code, _, stderr := run(t, args...)
+		if code != ExitUsage || !strings.Contains(stderr, `--root "": an empty DIR`) {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and an empty DIR", args, code, stderr)
+		}
+	}
+}
+
+// TestNothingInstalled: the verbs that act on an installed house, run
+// where none is installed, say so and how to install one, rather than
+// only "no such file or directory".
+func TestNothingInstalled(t *testing.T) {
+	t.Setenv("HOME", t.TempDir()) // --user: the installed configuration would be in it
+	for _, args := range [][]string{
+		{"status", "--user"}, {"reload", "--user"}, {"set", "--user", "w", "k=1"}, {"scale", "--user", "w", "2"},
+	} {
+		code, _, stderr := run(t, args...)
+		if code != ExitFailure || !strings.Contains(stderr, "no house is installed (powerhouse install CONFIG installs one") || strings.Count(stderr, "\n") != 1 {
+			t.Errorf("%q: exit %d, stderr %q", args, code, stderr)
+		}
+	}
+}
+
+// TestInstallManyGroups: the largest house a configuration may hold
+// (config.MaxGroups groups, each with every unit a group can have)
+// installs, reinstalls without change and uninstalls; one more group is
+// refused before anything is written. Before, 10,000 groups installed
+// once, and then the manifest (over units.MaxManifestEntries) refused
+// every reinstall and uninstall.
+func TestInstallManyGroups(t *testing.T) {
+	house := func(n int) string {
+		var b strings.Builder
+		for i := 0; i < n; i++ {
+			fmt.Fprintf(&b, "[[worker]]\nname = \"g%d\"\nexec = \"/bin/true\"\nsticky = true\nlisten = [%d, { address = %d, proxy_protocol = true, proxy_from = [\"10.0.0.1\"] }]\n", i, 10000+2*i, 10001+2*i)
+		}
+		return b.String()
+	}
+	dir := t.TempDir()
+	big := filepath.Join(dir, "big.toml")
+	var plain strings.Builder // 10,000 groups in less than the size bound
+	for i := 0; i < 10000; i++ {
+		fmt.Fprintf(&plain, "[[worker]]\nname=\"g%d\"\nexec=\"/x\"\n", i)
+	}
+	if err := os.WriteFile(big, []byte(plain.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Join(dir, "root")
+	code, _, stderr := run(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", big)
+	if code != ExitUsage || !strings.Contains(stderr, big+":") || !strings.Contains(stderr, "10000 groups, more than 1000") {
+		t.Errorf("10,000 groups: exit %d, stderr %q", code, stderr)
+	}
+	if _, err := os.Stat(root); !os.IsNotExist(err) {
+		t.Fatal("install wrote under --root for a refused configuration")
+	}
+	most := filepath.Join(dir, "most.toml")
+	if err := os.WriteFile(most, []byte(house(config.MaxGroups)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []string{"install: wrote", "install: no change"} {
+		code, stdout, stderr := run(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", most)
+		if code != 0 || !strings.Contains(stdout, want) {
+			t.Fatalf("install %d of %d groups: exit %d, %s", i+1, config.MaxGroups, code, stderr)
+		}
+	}
+	if code, stdout, stderr := run(t, "uninstall", "--root", root); code != 0 || strings.Count(stdout, "uninstall: removed") < 4*config.MaxGroups {
+		t.Errorf("uninstall: exit %d, %d files removed, %s", code, strings.Count(stdout, "uninstall: removed"), stderr)
 	}
 }

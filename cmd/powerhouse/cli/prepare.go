@@ -31,12 +31,15 @@ line, fails the hook and writes nothing, and the workers do not start.`,
 					return usagef("expected --output FILE and a COMMAND")
 				}
 				cmd := exec.CommandContext(e.ctx, args[0], args[1:]...)
-				var stdout bytes.Buffer
-				cmd.Stdout, cmd.Stderr = &stdout, e.stderr
+				stdout := &boundedBuffer{max: maxPrepareOutput}
+				cmd.Stdout, cmd.Stderr = stdout, e.stderr
 				if err := cmd.Run(); err != nil {
+					if stdout.over {
+						return fmt.Errorf("prepare command %s: printed more than %d bytes: that is no environment", args[0], maxPrepareOutput)
+					}
 					return fmt.Errorf("prepare command %s: %w", args[0], err)
 				}
-				env, err := parseEnvLines(stdout.Bytes())
+				env, err := parseEnvLines(stdout.buf.Bytes())
 				if err != nil {
 					return fmt.Errorf("prepare command %s: %w", args[0], err)
 				}
@@ -47,6 +50,28 @@ line, fails the hook and writes nothing, and the workers do not start.`,
 			}
 		},
 	})
+}
+
+// maxPrepareOutput bounds what the hook may print: it becomes every
+// worker's environment, and a runaway hook must not fill the memory.
+const maxPrepareOutput = 1 << 20
+
+// boundedBuffer keeps at most max bytes; a write beyond fails, which
+// ends the command with a broken pipe (or it exits on its own). The
+// buffer is a field, not embedded: bytes.Buffer's ReadFrom would be
+// promoted, and io.Copy would use it and never call Write.
+type boundedBuffer struct {
+	buf  bytes.Buffer
+	max  int
+	over bool
+}
+
+func (b *boundedBuffer) Write(p []byte) (int, error) {
+	if b.buf.Len()+len(p) > b.max {
+		b.over = true
+		return 0, fmt.Errorf("more than %d bytes", b.max)
+	}
+	return b.buf.Write(p)
 }
 
 // parseEnvLines checks KEY=VALUE lines and renders them for EnvironmentFile=,
@@ -61,7 +86,9 @@ func parseEnvLines(b []byte) ([]byte, error) {
 		}
 		k, v, ok := strings.Cut(line, "=")
 		if !ok || !envKeyRE.MatchString(k) {
-			return nil, fmt.Errorf("output line %d %q is not KEY=VALUE", n, line)
+			// Not quoted: the hook's output is the workers' environment,
+			// secrets included, and this message goes to the journal.
+			return nil, fmt.Errorf("output line %d is not KEY=VALUE (KEY: letters, digits and _, not starting with a digit)", n)
 		}
 		v = strings.NewReplacer(`\`, `\\`, `"`, `\"`, "$", `\$`, "`", "\\`").Replace(v)
 		fmt.Fprintf(&out, "%s=\"%s\"\n", k, v)

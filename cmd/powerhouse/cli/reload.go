@@ -20,12 +20,18 @@ process reported ready (READY=1), then go on with the next. It returns when
 every instance has been restarted, or fails naming the first instance that
 did not come back; the instances after it keep running the old process.
 This is what "systemctl reload powerhouse@GROUP" runs. Without GROUP,
-every reloadable group is reloaded. Groups with reloadable = false refuse.`,
+every reloadable group is reloaded. Groups with reloadable = false refuse.
+A group that is not running is not reloaded (restarting its instances
+would start its workers without their supervisor): named, it is an error;
+otherwise it is skipped, and said so.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			cfg := fs.String("config", config.DefaultPath, "configuration `FILE`")
+			cfg := fs.String("config", "", "configuration `FILE` (default "+config.DefaultPath+", with --user ~/.config/powerhouse/powerhouse.toml)")
 			user := fs.Bool("user", false, "talk to the user's service manager instead of the system's")
 			return func(e *env, args []string) error {
-				c, err := config.Load(*cfg)
+				if err := requireRoot("reload", *user); err != nil {
+					return err
+				}
+				c, err := loadInstalled(*cfg, *user)
 				if err != nil {
 					return err
 				}
@@ -47,16 +53,31 @@ every reloadable group is reloaded. Groups with reloadable = false refuse.`,
 					}
 					groups = append(groups, w)
 				}
-				scope := units.System
-				if *user {
-					scope = units.User
+				if len(groups) == 0 {
+					fmt.Fprintf(e.stderr, "reload: no group is reloadable (every group of %s has reloadable = false)\n", c.File)
+					return nil
 				}
-				m, err := units.Connect(e.ctx, scope)
+				m, err := connect(e.ctx, *user)
 				if err != nil {
 					return err
 				}
 				defer m.Close()
 				for _, w := range groups {
+					// Restarting the instances of a group that is not
+					// running would start its workers, without their
+					// supervisor: half a house nobody asked for.
+					sup := generator.SupervisorService(w.Name)
+					st, err := m.State(e.ctx, sup)
+					if err != nil {
+						return err
+					}
+					if st.ActiveState != "active" && st.ActiveState != "reloading" && len(args) == 0 {
+						fmt.Fprintf(e.stderr, "reload %s: not running (%s is %s), skipped\n", w.Name, sup, st.ActiveState)
+						continue
+					}
+					if st.ActiveState != "active" && st.ActiveState != "reloading" {
+						return &exitError{code: ExitFailure, err: fmt.Errorf("powerhouse reload: group %s is not running (%s is %s): nothing to reload; powerhouse start starts the house", w.Name, sup, st.ActiveState)}
+					}
 					if err := rollingRestart(e, m, "reload", w); err != nil {
 						return err
 					}

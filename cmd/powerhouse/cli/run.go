@@ -26,9 +26,10 @@ func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
 func init() {
 	register(&command{
-		name:  "run",
-		args:  "[--listen ADDR]... [--instances N] -- COMMAND [ARG...]",
-		short: "run a sticky house without systemd, in the foreground (development, benchmarks)",
+		name:    "run",
+		signals: true,
+		args:    "[--listen ADDR]... [--instances N] -- COMMAND [ARG...]",
+		short:   "run a sticky house without systemd, in the foreground (development, benchmarks)",
 		long: `Starts N instances of COMMAND, each with its own hand-off socket passed as
 systemd would (LISTEN_FDS=1, LISTEN_FDNAMES=handoff), listens on every
 --listen address and dispatches each connection to the instance chosen by

@@ -3,7 +3,6 @@ package cli
 import (
 	"flag"
 	"fmt"
-	"os"
 	"strconv"
 	"syscall"
 	"time"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/generator"
-	"github.com/powerhouse/powerhouse/units"
 )
 
 func init() {
@@ -24,7 +22,8 @@ func init() {
 changes), then asks the group's supervisor to apply it (SIGHUP): it starts
 the missing instances or stops the surplus ones. Stickiness moves only the
 clients of the instances that come or go. Waits until the running
-instances match, at most --timeout.`,
+instances match, at most --timeout. A group that is not running only has
+the amount saved, and starts with it.`,
 		flags: func(fs *flag.FlagSet) func(*env, []string) error {
 			mf := addManagerFlags(fs)
 			timeout := fs.Duration("timeout", 2*time.Minute, "how long to wait for the instances")
@@ -32,28 +31,51 @@ instances match, at most --timeout.`,
 				if len(args) != 2 {
 					return usagef("expected GROUP and N")
 				}
+				if err := requireRoot("scale", *mf.user); err != nil {
+					return err
+				}
 				group := args[0]
 				n, err := strconv.Atoi(args[1])
 				if err != nil || n < 1 || n > config.MaxAmount {
 					return usagef("N must be a number from 1 to %d", config.MaxAmount)
 				}
-				src, err := os.ReadFile(*mf.config)
+				if *timeout <= 0 {
+					return usagef("--timeout must be more than 0")
+				}
+				cfg := mf.path()
+				src, err := readInstalled(*mf.config, *mf.user)
 				if err != nil {
 					return err
 				}
-				out, err := config.SetAmount(*mf.config, src, group, n)
-				if err != nil {
+				// Checked here, before systemd is asked anything; written
+				// below from the file as it is then.
+				if _, err := config.SetAmount(cfg, src, group, n); err != nil {
 					return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse scale: %w", err)}
 				}
-				if _, err := units.WriteFile(*mf.config, out, configPerm); err != nil {
-					return err
-				}
+				// Connected first: a service manager out of reach leaves
+				// the configuration as it was.
 				m, err := mf.connect(e)
 				if err != nil {
 					return err
 				}
 				defer m.Close()
+				if _, _, err := editLocked(cfg, func(src []byte) ([]byte, error) {
+					out, err := config.SetAmount(cfg, src, group, n)
+					if err != nil {
+						return nil, &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse scale: %w", err)}
+					}
+					return out, nil
+				}, group, false); err != nil {
+					return err
+				}
 				sup := generator.SupervisorService(group)
+				// A group that does not run has no supervisor to signal
+				// (systemd would answer "No main process to kill"): the
+				// saved amount is what it starts with.
+				if st, err := m.State(e.ctx, sup); err == nil && st.ActiveState != "active" && st.ActiveState != "reloading" {
+					fmt.Fprintf(e.stderr, "scale %s: %d instances saved in %s; the group is not running (%s is %s): it starts with them\n", group, n, cfg, sup, st.ActiveState)
+					return nil
+				}
 				if err := m.Conn().KillUnitWithTarget(e.ctx, sup, sdbus.Main, int32(syscall.SIGHUP)); err != nil {
 					return fmt.Errorf("ask %s to apply: %w", sup, err)
 				}

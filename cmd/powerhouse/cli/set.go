@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"syscall"
@@ -50,9 +52,16 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 				if len(args) < 2 {
 					return usagef("expected GROUP and at least one KEY=VALUE")
 				}
+				if err := requireRoot("set", *mf.user); err != nil {
+					return err
+				}
 				group := args[0]
-				values := map[string]any{}
-				stdinUsed := false
+				// Everything that can be checked is, before standard input
+				// is read (a value given as KEY=- waits for it) and before
+				// anything is written: a typo in the group, a key given
+				// twice or a service manager out of reach changes nothing.
+				raw := map[string]string{}
+				var keys []string
 				for _, a := range args[1:] {
 					k, v, ok := strings.Cut(a, "=")
 					if !ok {
@@ -61,12 +70,31 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 					if err := config.ValidKey(k); err != nil {
 						return usagef("%v", err)
 					}
+					if _, dup := raw[k]; dup {
+						return usagef("key %s given twice", k)
+					}
+					if v == "-" && slices.ContainsFunc(keys, func(k string) bool { return raw[k] == "-" }) {
+						return usagef("only one KEY=- can read its value from standard input")
+					}
+					raw[k] = v
+					keys = append(keys, k)
+				}
+				cfg := mf.path()
+				src, err := readInstalled(*mf.config, *mf.user)
+				if err != nil {
+					return err
+				}
+				c, err := config.Parse(cfg, src)
+				if err != nil {
+					return err
+				}
+				if c.Worker(group) == nil {
+					return usagef("no group %q in %s", group, cfg)
+				}
+				values := map[string]any{}
+				for _, k := range keys {
+					v := raw[k]
 					if v == "-" {
-						if stdinUsed {
-							return usagef("only one KEY=- can read its value from standard input")
-						}
-						stdinUsed = true
-						var err error
 						if v, err = readValue(os.Stdin); err != nil {
 							return usagef("%s: %v", k, err)
 						}
@@ -77,38 +105,25 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 					}
 					values[k] = val
 				}
-				src, err := os.ReadFile(*mf.config)
-				if err != nil {
-					return err
-				}
-				c, err := config.Parse(*mf.config, src)
-				if err != nil {
-					return err
-				}
-				if c.Worker(group) == nil {
-					return usagef("no group %q in %s", group, *mf.config)
-				}
-				out, err := config.SetGroupConfig(*mf.config, src, group, values)
-				if err != nil {
+				// A bad value is refused before systemd is asked anything.
+				if _, err := config.SetGroupConfig(cfg, src, group, values); err != nil {
 					return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse set: %w", err)}
-				}
-				nc, err := config.Parse(*mf.config, out)
-				if err != nil {
-					return err
-				}
-				w := nc.Worker(group)
-				if _, err := units.WriteFile(*mf.config, out, configPerm); err != nil {
-					return err
-				}
-				readers, err := supervisor.WriteGroupConfig(generator.RuntimeDir, w)
-				if err != nil {
-					return err
 				}
 				m, err := mf.connect(e)
 				if err != nil {
 					return err
 				}
 				defer m.Close()
+				w, readers, err := editLocked(cfg, func(src []byte) ([]byte, error) {
+					out, err := config.SetGroupConfig(cfg, src, group, values)
+					if err != nil {
+						return nil, &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse set: %w", err)}
+					}
+					return out, nil
+				}, group, true)
+				if err != nil {
+					return err
+				}
 				how, err := deliver(e, m, w)
 				if err != nil {
 					return err
@@ -116,11 +131,66 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 				ev := reconfigureEvent(w, values, how)
 				_ = events.Write(ev)
 				fmt.Fprintf(e.stderr, "set %s: %s saved in %s; %s readable by %s; %s\n",
-					group, strings.ReplaceAll(ev.Fields["keys"], ",", ", "), *mf.config, generator.GroupConfigPath(group), readers, how)
+					group, strings.ReplaceAll(ev.Fields["keys"], ",", ", "), cfg, generator.GroupConfigPath(group), readers, how)
 				return nil
 			}
 		},
 	})
+}
+
+// editLocked applies edit to the configuration file cfg and writes the
+// result, under an exclusive lock on its directory taken before the file
+// is read: two set or scale commands at once each see the other's
+// change (without it, ten parallel sets kept one key of ten, each
+// saying it had saved its own). With groupConfig, the group's
+// config.json is written under the lock too, so that it ends as the
+// file does. It returns the group as edited and who may read its
+// config.json.
+func editLocked(cfg string, edit func([]byte) ([]byte, error), group string, groupConfig bool) (*config.Worker, string, error) {
+	unlock, err := lockDir(filepath.Dir(cfg))
+	if err != nil {
+		return nil, "", err
+	}
+	defer unlock()
+	src, err := config.ReadFile(cfg)
+	if err != nil {
+		return nil, "", err
+	}
+	out, err := edit(src)
+	if err != nil {
+		return nil, "", err
+	}
+	nc, err := config.Parse(cfg, out)
+	if err != nil {
+		return nil, "", err
+	}
+	w := nc.Worker(group)
+	if w == nil { // the group went away meanwhile: the edit would have failed
+		return nil, "", usagef("no group %q in %s", group, cfg)
+	}
+	if _, err := units.WriteFile(cfg, out, configPerm); err != nil {
+		return nil, "", err
+	}
+	if !groupConfig {
+		return w, "", nil
+	}
+	readers, err := supervisor.WriteGroupConfig(generator.RuntimeDir, w)
+	return w, readers, err
+}
+
+// lockDir takes an exclusive flock(2) on the directory dir (the file in
+// it is replaced by rename, so the file itself cannot carry the lock)
+// and returns its release. It waits for the holder; Ctrl-C ends the wait.
+func lockDir(dir string) (func(), error) {
+	d, err := os.Open(dir)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	if err := syscall.Flock(int(d.Fd()), syscall.LOCK_EX); err != nil {
+		d.Close()
+		return nil, fmt.Errorf("lock %s: %w", dir, err)
+	}
+	return func() { d.Close() }, nil
 }
 
 // configPerm is how set and scale rewrite the configuration file: root's

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestReadValue(t *testing.T) {
@@ -53,5 +54,81 @@ func TestGenerateSaysHowSetDelivers(t *testing.T) {
 		if !strings.Contains(stderr, want) {
 			t.Errorf("stderr lacks %q:\n%s", want, stderr)
 		}
+	}
+}
+
+// TestRelativeConfigFlag: set and scale take --config as a relative
+// path, like every other verb, when the file names its program relative
+// to itself: before, they parsed it under the relative name and refused
+// it ("the configuration's own path is not absolute").
+func TestRelativeConfigFlag(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "p.toml"), []byte("[[worker]]\nname = \"w\"\nexec = \"../bin/app\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(dir)
+	for _, args := range [][]string{
+		{"set", "--config", "p.toml", "nosuch", "k=1"},
+		{"scale", "--config", "p.toml", "nosuch", "2"},
+		{"status", "--config", "p.toml", "nosuch"},
+	} {
+		code, _, stderr := run(t, args...)
+		if code != ExitUsage || !strings.Contains(stderr, `no group "nosuch"`) || strings.Contains(stderr, "not absolute") {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and no group \"nosuch\"", args, code, stderr)
+		}
+	}
+}
+
+// TestSetChecksFirst: set checks its arguments and the group before it
+// reads a KEY=- value from standard input (before, `set nosuch k=-`
+// waited for the value, then said there is no such group), and refuses a
+// key given twice (before, the last one won, silently).
+func TestSetChecksFirst(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := powerhouse(t, "set", "--config", cfg, "nosuch", "password=-")
+	stdin, err := cmd.StdinPipe() // held open: the value never comes
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitExit(t, cmd, 5*time.Second)
+	if code := cmd.ProcessState.ExitCode(); code != ExitUsage || !strings.Contains(stderr.String(), `no group "nosuch"`) {
+		t.Errorf("set nosuch password=-: exit %d, stderr %q; want 2 and no group \"nosuch\"", code, stderr.String())
+	}
+	code, _, errOut := run(t, "set", "--config", cfg, "nosuch", "k=1", "k=2")
+	if code != ExitUsage || !strings.Contains(errOut, "key k given twice") {
+		t.Errorf("a key twice: exit %d, stderr %q", code, errOut)
+	}
+}
+
+// TestNothingWrittenWithoutManager: set and scale reach the service
+// manager before they write anything, so that one out of reach leaves
+// the configuration as it was (before, scale saved the new amount, and
+// set the new value and the group's config.json, then failed).
+func TestNothingWrittenWithoutManager(t *testing.T) {
+	t.Setenv("DBUS_SESSION_BUS_ADDRESS", "")
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	for _, args := range [][]string{{"scale", "w", "3"}, {"set", "w", "k=1"}} {
+		t.Run(args[0], func(t *testing.T) {
+			cfg := filepath.Join(t.TempDir(), "p.toml")
+			if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			code, _, stderr := run(t, append([]string{args[0], "--user", "--config", cfg}, args[1:]...)...)
+			if code != ExitFailure || !strings.Contains(stderr, "--user: no service manager") {
+				t.Errorf("exit %d, stderr %q", code, stderr)
+			}
+			if b, _ := os.ReadFile(cfg); string(b) != tinyConfig {
+				t.Errorf("the configuration changed:\n%s", b)
+			}
+		})
 	}
 }

@@ -21,12 +21,18 @@ func init() {
 		register(&command{
 			name: v.name, short: v.short, long: v.long,
 			flags: func(fs *flag.FlagSet) func(*env, []string) error {
-				mf := addManagerFlags(fs)
+				// No --config: the verb acts on powerhouse.target, whatever
+				// configuration made it, and a flag that changed nothing
+				// would only mislead.
+				user := fs.Bool("user", false, "talk to the user's service manager instead of the system's")
 				return func(e *env, args []string) error {
 					if len(args) > 0 {
 						return usagef("takes no arguments")
 					}
-					m, err := mf.connect(e)
+					if err := requireRoot(v.name, *user); err != nil {
+						return err
+					}
+					m, err := connect(e.ctx, *user)
 					if err != nil {
 						return err
 					}

@@ -14,14 +14,14 @@ import (
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/internal/supervisor"
-	"github.com/powerhouse/powerhouse/units"
 )
 
 func init() {
 	register(&command{
-		name:  "supervise",
-		args:  "GROUP",
-		short: "run the supervisor of one group (what powerhouse@GROUP.service runs)",
+		name:    "supervise",
+		signals: true,
+		args:    "GROUP",
+		short:   "run the supervisor of one group (what powerhouse@GROUP.service runs)",
 		long: `Runs as powerhouse@GROUP.service: starts the group's instances through
 systemd, keeps track of the ones that are up and, for a sticky group,
 accepts on the sockets systemd passes (LISTEN_FDS) and hands each
@@ -36,6 +36,13 @@ restarted or killed the workers keep running.`,
 				if len(args) != 1 {
 					return usagef("expected one GROUP")
 				}
+				// Run by hand, a supervisor would start the group's
+				// instances from a shell, outside its unit, and a sticky
+				// one would have no socket: systemd sets INVOCATION_ID
+				// for every unit it runs.
+				if os.Getenv("INVOCATION_ID") == "" {
+					return usagef("runs as powerhouse@%s.service, started by systemd: use `systemctl start powerhouse@%s` or `powerhouse start`", args[0], args[0])
+				}
 				c, err := config.Load(*cfg)
 				if err != nil {
 					return err
@@ -43,13 +50,9 @@ restarted or killed the workers keep running.`,
 				if c.Worker(args[0]) == nil {
 					return usagef("no group %q in %s", args[0], c.File)
 				}
-				scope := units.System
-				if *user {
-					scope = units.User
-				}
 				// The connection must outlive SIGTERM (which cancels
 				// e.ctx): stopping the workers is done over it.
-				m, err := units.Connect(context.WithoutCancel(e.ctx), scope)
+				m, err := connect(context.WithoutCancel(e.ctx), *user)
 				if err != nil {
 					return err
 				}
