@@ -221,9 +221,6 @@ func (g *gen) supervisor() Unit {
 	}
 	u.add("Service", "ExecStart", ExecLine(append([]string{g.o.Binary, "supervise"}, args...))+" %i")
 	u.add("Service", "ExecReload", ExecLine(append([]string{g.o.Binary, "reload"}, args...))+" %i")
-	// ExecReload= runs under TimeoutStartSec= (90 s by default), which
-	// would kill a long rolling reload half-way: see reloadTimeout.
-	u.add("Service", "TimeoutStartSec", g.reloadTimeout())
 	u.add("Service", "Restart", "always")
 	u.add("Service", "RestartSec", "500ms")
 	// The group's configuration file for its workers lives here, and must
@@ -602,58 +599,6 @@ func Notes(c *config.Config, o Options) []string {
 		}
 	}
 	return out
-}
-
-// systemdDefaultTimeout is DefaultTimeoutStartSec= and
-// DefaultTimeoutStopSec= of a stock manager, what a unit without its own
-// setting gets.
-const systemdDefaultTimeout = 90 * time.Second
-
-// reloadMargin is added to the longest reload: the supervisor's own start
-// and the D-Bus round trips between instances.
-const reloadMargin = 30 * time.Second
-
-// reloadTimeout returns the supervisor's TimeoutStartSec=: a rolling
-// reload restarts a group's instances one after the other, each taking at
-// most its stop timeout and then its start timeout, so the template (one
-// for every group) gets the longest group's amount × (stop + start), plus
-// a margin; "infinity" when a group's worker has no bound.
-func (g *gen) reloadTimeout() string {
-	longest := time.Duration(0)
-	for _, w := range g.c.Workers {
-		if !w.Reloadable {
-			continue
-		}
-		stop, okStop := spanDuration(w.Service.TimeoutStop)
-		start, okStart := spanDuration(w.Service.TimeoutStart)
-		if !okStop || !okStart {
-			return "infinity"
-		}
-		longest = max(longest, time.Duration(w.Amount)*(stop+start))
-	}
-	return strconv.FormatInt(int64((longest+reloadMargin)/time.Second), 10) + "s"
-}
-
-// spanDuration reads a validated systemd time span; "" is systemd's
-// default; ok is false for infinity (also a zero span, as systemd reads
-// it) and for spans too long to matter.
-func spanDuration(span string) (d time.Duration, ok bool) {
-	if span == "" {
-		return systemdDefaultTimeout, true
-	}
-	if span == "infinity" {
-		return 0, false
-	}
-	i := strings.IndexFunc(span, func(r rune) bool { return r < '0' || r > '9' })
-	if i < 0 {
-		i = len(span)
-	}
-	u, known := goUnits[span[i:]]
-	n, err := strconv.ParseUint(span[:i], 10, 63)
-	if err != nil || !known || n == 0 || n > uint64(24*time.Hour/u.d) {
-		return 0, false
-	}
-	return time.Duration(n) * u.d, true
 }
 
 // goDuration turns a validated systemd time span ("30s", "2min") into Go

@@ -612,34 +612,3 @@ func TestWorkerHardeningRelaxable(t *testing.T) {
 		})
 	}
 }
-
-// TestReloadTimeout: the supervisor's TimeoutStartSec=, which bounds
-// ExecReload= (a rolling reload), fits the longest group's reload: every
-// instance stopped and started within its own timeouts, plus a margin. It
-// was systemd's default 90 s, which killed a reload of 4 slow instances
-// half-way.
-func TestReloadTimeout(t *testing.T) {
-	for _, tc := range []struct {
-		name, workers, want string
-	}{
-		{"defaults", "[[worker]]\nname = \"a\"\nexec = \"/w\"\namount = 4\n", "750s"},
-		{"own timeouts", "[[worker]]\nname = \"a\"\nexec = \"/w\"\namount = 3\n[worker.service]\ntimeout_start = \"10s\"\ntimeout_stop = \"5s\"\n", "75s"},
-		{"the longest group", "[[worker]]\nname = \"a\"\nexec = \"/w\"\namount = 1\n[[worker]]\nname = \"b\"\nexec = \"/w\"\namount = 2\n[worker.service]\ntimeout_start = \"2min\"\n", "450s"},
-		{"not reloadable", "[[worker]]\nname = \"a\"\nexec = \"/w\"\namount = 9\nreloadable = false\n[[worker]]\nname = \"b\"\nexec = \"/w\"\namount = 1\n", "210s"},
-		{"no stop bound", "[[worker]]\nname = \"a\"\nexec = \"/w\"\n[worker.service]\ntimeout_stop = \"0\"\n", "infinity"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c, err := config.Parse(testOpts.ConfigPath, []byte(tc.workers))
-			if err != nil {
-				t.Fatal(err)
-			}
-			us, err := Generate(c, testOpts)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if got := strings.Join(directives(us, SupervisorPrefix+".service", "Service", "TimeoutStartSec"), "|"); got != tc.want {
-				t.Errorf("TimeoutStartSec=%s, want %s", got, tc.want)
-			}
-		})
-	}
-}
