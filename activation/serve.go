@@ -180,6 +180,7 @@ type readyListener struct {
 
 	mu         sync.Mutex
 	lastAccept time.Time         // when Accept last returned a connection
+	inAccept   int               // Accept calls inside the underlying listener
 	accepted   int               // returned by Accept, not yet seen by ConnState
 	fresh      map[net.Conn]bool // in StateNew: no request read yet
 	changed    chan struct{}     // signalled when accepted or fresh shrink
@@ -200,15 +201,22 @@ func (r *readyListener) Accept() (net.Conn, error) {
 	var failures int
 	var logged time.Time
 	for {
+		r.mu.Lock()
+		r.inAccept++
+		r.mu.Unlock()
 		c, err := r.Listener.Accept()
+		r.mu.Lock()
+		r.inAccept--
+		if err == nil {
+			r.accepted++
+			r.lastAccept = time.Now()
+		}
+		r.signalLocked()
+		r.mu.Unlock()
 		if err == nil {
 			if failures > 0 {
 				log.Printf("activation: accepting again after %d failed accepts", failures)
 			}
-			r.mu.Lock()
-			r.accepted++
-			r.lastAccept = time.Now()
-			r.mu.Unlock()
 			return c, nil
 		}
 		if r.isStopped() {
@@ -293,6 +301,11 @@ func (r *readyListener) track(c net.Conn, st http.ConnState) {
 		}
 		delete(r.fresh, c)
 	}
+	r.signalLocked()
+}
+
+// signalLocked wakes drainNew, if it waits, to count again; r.mu is held.
+func (r *readyListener) signalLocked() {
 	if r.changed != nil {
 		close(r.changed)
 		r.changed = make(chan struct{})
@@ -315,7 +328,11 @@ func (r *readyListener) drainNew(ctx context.Context) {
 		if r.changed == nil {
 			r.changed = make(chan struct{})
 		}
-		n, ch := r.accepted+len(r.fresh), r.changed
+		// An Accept still inside the listener may yet return a
+		// connection (a hand-off listener returns the datagram it was
+		// reading at the moment of Close): wait for it to come out, so
+		// that such a connection is counted and served before Shutdown.
+		n, ch := r.inAccept+r.accepted+len(r.fresh), r.changed
 		r.mu.Unlock()
 		if n <= 0 {
 			return
