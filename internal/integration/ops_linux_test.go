@@ -199,7 +199,23 @@ func TestIntegrationSetScaleEvents(t *testing.T) {
 	})
 
 	t.Run("events", func(t *testing.T) {
+		// The scale-down ends with the surplus instances' hand-off sockets
+		// stopped by the supervisor: until then it is busy with them.
+		waitFor(t, 10*time.Second, "the supervisor to finish the scale-down", func() bool {
+			for i := 3; i <= 6; i++ {
+				if h.show(fmt.Sprintf("powerhouse-web@%d.socket", i), "ActiveState") != "inactive" {
+					return false
+				}
+			}
+			return true
+		})
 		h.systemctl("kill", "-s", "KILL", "powerhouse-web@1.service")
+		defer func() {
+			if t.Failed() {
+				out, _ := h.run("journalctl", "--no-pager", "-o", "short-monotonic", "-u", "powerhouse@web.service", "-n", "40")
+				t.Logf("the supervisor's journal:\n%s", out)
+			}
+		}()
 		waitFor(t, 10*time.Second, "worker.stop with SIGKILL in the journal", func() bool {
 			out, _ := h.run("journalctl", "--no-pager", "-o", "cat", "POWERHOUSE_EVENT=worker.stop", "POWERHOUSE_GROUP=web", "POWERHOUSE_SIGNAL=SIGKILL")
 			return strings.Contains(out, "killed by SIGKILL")
