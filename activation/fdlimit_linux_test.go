@@ -9,14 +9,13 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/powerhouse/powerhouse/activation"
 	"github.com/powerhouse/powerhouse/handoff"
+	"github.com/powerhouse/powerhouse/internal/sockettest"
 )
 
 // childFDLimit is a worker whose RLIMIT_NOFILE is $FD_LIMIT, as with
@@ -105,76 +104,26 @@ func TestFDLimit(t *testing.T) {
 	}
 
 	// A hold connection closed before the test releases them was dropped.
-	var released atomic.Bool
-	var lost atomic.Int32
-	lostCh := make(chan struct{}, 1)
-	var watchers sync.WaitGroup
-	for _, c := range holdClients {
-		watchers.Add(1)
-		go func() {
-			defer watchers.Done()
-			c.SetReadDeadline(time.Now().Add(60 * time.Second))
-			b := make([]byte, 1)
-			if _, err := c.Read(b); err == nil && b[0] == 'H' {
-				return // held by the worker
-			}
-			if !released.Load() {
-				lost.Add(1)
-				select {
-				case lostCh <- struct{}{}:
-				default:
-				}
-			}
-		}()
-	}
+	held := sockettest.WatchHeld(holdClients, 60*time.Second, func(c net.Conn) bool {
+		b := make([]byte, 1)
+		_, err := c.Read(b)
+		return err == nil && b[0] == 'H' // held by the worker
+	})
 
 	// The dispatcher: sends every connection in order, waiting in the
 	// poller while the worker's queue is full, and closes its copy.
-	blocked := make(chan struct{}, 1)
-	sent := make(chan error, 1)
-	go func() {
-		rc, err := d.uc.SyscallConn()
-		if err != nil {
-			sent <- err
-			return
-		}
-		d.uc.SetWriteDeadline(time.Now().Add(60 * time.Second))
-		h := handoff.Header{Name: "0.0.0.0:9999"}
-		for i, s := range servers {
-			src, _ := s.SyscallConn()
-			var serr error
-			err := rc.Write(func(sock uintptr) bool {
-				src.Control(func(fd uintptr) { serr = handoff.Send(int(sock), "", &h, int(fd)) })
-				if errors.Is(serr, syscall.EAGAIN) {
-					select {
-					case blocked <- struct{}{}:
-					default:
-					}
-					return false
-				}
-				return true
-			})
-			if err == nil {
-				err = serr
-			}
-			if err != nil {
-				sent <- fmt.Errorf("hand-off %d: %w", i, err)
-				return
-			}
-			s.Close()
-		}
-		sent <- nil
-	}()
+	h := handoff.Header{Name: "0.0.0.0:9999"}
+	blocked, sent := sockettest.SendAll(d.uc, servers, 60*time.Second, func(sock, fd int) error { return handoff.Send(sock, "", &h, fd) })
 
 	// The worker runs short of descriptors: it says so, or (without the
 	// guard) drops hold connections.
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(ch.stderr.String(), "not receiving hand-offs") && lost.Load() == 0 {
+	for !strings.Contains(ch.stderr.String(), "not receiving hand-offs") && held.Dropped() == 0 {
 		if time.Now().After(deadline) {
 			t.Fatalf("the worker neither paused nor dropped a connection in 30s (stderr: %s)", ch.stderr)
 		}
 		select {
-		case <-lostCh:
+		case <-held.Lost:
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
@@ -189,15 +138,10 @@ func TestFDLimit(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("the dispatcher neither blocked on a full queue nor finished in 30s")
 	}
-	if n := lost.Load(); n > 0 {
+	if n := held.Dropped(); n > 0 {
 		t.Errorf("%d of %d held connections were closed by the worker at its descriptor limit", n, holds)
 	}
-
-	released.Store(true)
-	for _, c := range holdClients {
-		c.Close()
-	}
-	watchers.Wait()
+	held.Release()
 
 	var failed []string
 	for i, c := range echoClients {

@@ -1,16 +1,12 @@
 package integration
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -80,61 +76,12 @@ Environment=POWERHOUSE_GROUP=fd POWERHOUSE_INSTANCE=1
 	}
 
 	// A held connection closed before the test closes it was dropped.
-	var released atomic.Bool
-	var lost atomic.Int32
-	lostCh := make(chan struct{}, 1)
-	var watchers sync.WaitGroup
-	for _, c := range holdClients {
-		watchers.Add(1)
-		go func() {
-			defer watchers.Done()
-			c.SetReadDeadline(time.Now().Add(2 * time.Minute))
-			c.Read(make([]byte, 1)) // the worker answers nothing before the body
-			if !released.Load() {
-				lost.Add(1)
-				select {
-				case lostCh <- struct{}{}:
-				default:
-				}
-			}
-		}()
-	}
-
-	blocked := make(chan struct{}, 1)
-	sent := make(chan error, 1)
-	go func() {
-		rc, err := uc.SyscallConn()
-		if err != nil {
-			sent <- err
-			return
-		}
-		uc.SetWriteDeadline(time.Now().Add(2 * time.Minute))
-		hdr := handoff.Header{Name: "0.0.0.0:9999"}
-		for i, s := range servers {
-			src, _ := s.SyscallConn()
-			var serr error
-			err := rc.Write(func(sock uintptr) bool {
-				src.Control(func(fd uintptr) { serr = handoff.Send(int(sock), "", &hdr, int(fd)) })
-				if errors.Is(serr, syscall.EAGAIN) {
-					select {
-					case blocked <- struct{}{}:
-					default:
-					}
-					return false
-				}
-				return true
-			})
-			if err == nil {
-				err = serr
-			}
-			if err != nil {
-				sent <- fmt.Errorf("hand-off %d: %w", i, err)
-				return
-			}
-			s.Close()
-		}
-		sent <- nil
-	}()
+	held := sockettest.WatchHeld(holdClients, 2*time.Minute, func(c net.Conn) bool {
+		c.Read(make([]byte, 1)) // the worker answers nothing before the body
+		return false
+	})
+	hdr := handoff.Header{Name: "0.0.0.0:9999"}
+	blocked, sent := sockettest.SendAll(uc, servers, 2*time.Minute, func(sock, fd int) error { return handoff.Send(sock, "", &hdr, fd) })
 
 	// The worker fills up: the queue behind it fills (with the guard), or
 	// it drops connections (without), or, unexpectedly, takes them all.
@@ -142,21 +89,16 @@ Environment=POWERHOUSE_GROUP=fd POWERHOUSE_INSTANCE=1
 	senderDone := false
 	select {
 	case <-blocked:
-	case <-lostCh:
+	case <-held.Lost:
 	case sendErr = <-sent:
 		senderDone = true
 	case <-time.After(time.Minute):
 		t.Fatalf("the dispatcher neither blocked nor finished in a minute\njournal:\n%s", h.journal())
 	}
-	if n := lost.Load(); n > 0 {
+	if n := held.Dropped(); n > 0 {
 		t.Errorf("%d of %d held connections were closed by the worker at its descriptor limit", n, holds)
 	}
-
-	released.Store(true)
-	for _, c := range holdClients {
-		c.Close()
-	}
-	watchers.Wait()
+	held.Release()
 
 	var failed []string
 	for i, c := range reqClients {

@@ -1,0 +1,106 @@
+package sockettest
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// SendAll hands every server connection over uc, in order, with send (sock
+// is uc's descriptor, fd the connection's), waiting in the poller while
+// the receiver's queue is full, as the dispatcher does before it falls
+// back, and closes each connection once it is sent. blocked is signalled
+// when the queue was full; done receives nil once everything was sent, or
+// the first error. timeout bounds the whole run.
+func SendAll(uc *net.UnixConn, servers []*net.TCPConn, timeout time.Duration, send func(sock, fd int) error) (blocked <-chan struct{}, done <-chan error) {
+	b := make(chan struct{}, 1)
+	d := make(chan error, 1)
+	go func() {
+		rc, err := uc.SyscallConn()
+		if err != nil {
+			d <- err
+			return
+		}
+		uc.SetWriteDeadline(time.Now().Add(timeout))
+		for i, s := range servers {
+			src, err := s.SyscallConn()
+			if err != nil {
+				d <- err
+				return
+			}
+			var serr error
+			err = rc.Write(func(sock uintptr) bool {
+				src.Control(func(fd uintptr) { serr = send(int(sock), int(fd)) })
+				if errors.Is(serr, syscall.EAGAIN) {
+					select {
+					case b <- struct{}{}:
+					default:
+					}
+					return false
+				}
+				return true
+			})
+			if err == nil {
+				err = serr
+			}
+			if err != nil {
+				d <- fmt.Errorf("hand-off %d: %w", i, err)
+				return
+			}
+			s.Close()
+		}
+		d <- nil
+	}()
+	return b, d
+}
+
+// Held watches client connections that a worker must hold open: one
+// closed before Release was dropped by the worker.
+type Held struct {
+	conns    []net.Conn
+	released atomic.Bool
+	lost     atomic.Int32
+	// Lost is signalled when a held connection was dropped.
+	Lost chan struct{}
+	wg   sync.WaitGroup
+}
+
+// WatchHeld watches conns for at most timeout each. read blocks on a
+// connection until the worker answers or closes it, and says whether the
+// answer shows the worker holds it (then it is watched no more).
+func WatchHeld(conns []net.Conn, timeout time.Duration, read func(net.Conn) (held bool)) *Held {
+	h := &Held{conns: conns, Lost: make(chan struct{}, 1)}
+	for _, c := range conns {
+		h.wg.Add(1)
+		go func() {
+			defer h.wg.Done()
+			c.SetReadDeadline(time.Now().Add(timeout))
+			if read(c) || h.released.Load() {
+				return
+			}
+			h.lost.Add(1)
+			select {
+			case h.Lost <- struct{}{}:
+			default:
+			}
+		}()
+	}
+	return h
+}
+
+// Dropped returns how many held connections the worker dropped so far.
+func (h *Held) Dropped() int { return int(h.lost.Load()) }
+
+// Release closes the held connections, as the clients would, and waits for
+// the watchers.
+func (h *Held) Release() {
+	h.released.Store(true)
+	for _, c := range h.conns {
+		c.Close()
+	}
+	h.wg.Wait()
+}
