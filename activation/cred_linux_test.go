@@ -13,6 +13,7 @@ import (
 
 	"github.com/powerhouse/powerhouse/activation"
 	"github.com/powerhouse/powerhouse/handoff"
+	"github.com/powerhouse/powerhouse/internal/sockettest"
 )
 
 // childSendAs becomes user $SENDAS_UID and hands off descriptor 4 on
@@ -50,20 +51,8 @@ func sendAs(t *testing.T, path string, d *dispatcher, uid int) net.Conn {
 		d.send(handoff.Header{Name: "from-" + strconv.Itoa(uid)}, rawFD(t, server))
 		return client
 	}
-	sock, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sock.Close()
-	sf, err := sock.File()
-	if err != nil {
-		t.Fatal(err)
-	}
+	sf, cf := sockettest.SenderFiles(t, path, server)
 	defer sf.Close()
-	cf, err := server.File()
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer cf.Close()
 	ch := startChild(t, "sendas", []*os.File{sf, cf}, "SENDAS_UID="+strconv.Itoa(uid))
 	if err := ch.wait(t, 10*time.Second); err != nil {

@@ -239,20 +239,8 @@ func handOffAs(t *testing.T, py, path string, uid int, header []byte) net.Conn {
 	client, server := tcpPair(t)
 	defer server.Close()
 	fmt.Fprintf(client, "GET / HTTP/1.1\r\nHost: py\r\n\r\n")
-	sock, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sock.Close()
-	sf, err := sock.File()
-	if err != nil {
-		t.Fatal(err)
-	}
+	sf, cf := sockettest.SenderFiles(t, path, server)
 	defer sf.Close()
-	cf, err := server.File()
-	if err != nil {
-		t.Fatal(err)
-	}
 	defer cf.Close()
 	const script = `import os, socket, sys
 uid = int(sys.argv[1])

@@ -4,9 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -103,4 +105,28 @@ func (h *Held) Release() {
 		c.Close()
 	}
 	h.wg.Wait()
+}
+
+// SenderFiles returns, as files a child process can inherit, a datagram
+// socket connected to the hand-off socket at path and a copy of conn: what
+// a sender of another uid needs to hand conn over. The caller closes both
+// once the child has them: a copy of conn left open would keep its client
+// from seeing the worker close it.
+func SenderFiles(t testing.TB, path string, conn *net.TCPConn) (sock, connFile *os.File) {
+	t.Helper()
+	uc, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	sock, err = uc.File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	connFile, err = conn.File()
+	if err != nil {
+		sock.Close()
+		t.Fatal(err)
+	}
+	return sock, connFile
 }
