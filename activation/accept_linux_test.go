@@ -7,47 +7,13 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/powerhouse/powerhouse/activation"
+	"github.com/powerhouse/powerhouse/internal/sockettest"
 )
-
-// failingListener returns queued errors from Accept before accepting on
-// the real listener it wraps. It is a seam for errors a real socket
-// produces only under conditions a test cannot arrange safely (a full
-// system file table, a firewall hook answering EPERM, a kernel out of
-// buffers); what follows them is a real TCP accept.
-type failingListener struct {
-	net.Listener
-	mu   sync.Mutex
-	errs []error
-}
-
-func (l *failingListener) Accept() (net.Conn, error) {
-	l.mu.Lock()
-	if len(l.errs) > 0 {
-		err := l.errs[0]
-		l.errs = l.errs[1:]
-		l.mu.Unlock()
-		return nil, err
-	}
-	l.mu.Unlock()
-	return l.Listener.Accept()
-}
-
-func (l *failingListener) left() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.errs)
-}
-
-// acceptError is err as net.TCPListener.Accept reports it.
-func acceptError(err error) error {
-	return &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", err)}
-}
 
 // TestServeAcceptErrors: every accept error but a closed listener backs off
 // and serving goes on. net/http alone returns from Serve on the errors it
@@ -76,7 +42,7 @@ func TestServeAcceptErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			fl := &failingListener{Listener: real, errs: []error{acceptError(tt.err), acceptError(tt.err), acceptError(tt.err)}}
+			fl := sockettest.NewFailingListener(real, tt.err, tt.err, tt.err)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			done := make(chan error, 1)
@@ -101,7 +67,7 @@ func TestServeAcceptErrors(t *testing.T) {
 			if string(b) != "ok" {
 				t.Errorf("GET: %q", b)
 			}
-			if n := fl.left(); n != 0 {
+			if n := fl.Left(); n != 0 {
 				t.Errorf("%d queued errors not returned", n)
 			}
 			cancel()
@@ -122,7 +88,7 @@ func TestServeAcceptErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		fl := &failingListener{Listener: real, errs: []error{acceptError(syscall.EPROTO)}}
+		fl := sockettest.NewFailingListener(real, syscall.EPROTO)
 		real.Close()
 		done := make(chan error, 1)
 		go func() { done <- (&activation.ServeConfig{}).Serve(context.Background(), &http.Server{}, fl) }()

@@ -395,28 +395,6 @@ func TestDispatchRedialsRecreatedSocket(t *testing.T) {
 	}
 }
 
-// failingListener makes Accept fail with errs, one per call, then accepts
-// for real. The kernel cannot be made to return these errors on demand
-// (EPROTO, EPERM from a firewall hook), so this is the one fake, shaped
-// as the net package reports them.
-type failingListener struct {
-	net.Listener
-	mu   sync.Mutex
-	errs []error
-}
-
-func (l *failingListener) Accept() (net.Conn, error) {
-	l.mu.Lock()
-	if len(l.errs) > 0 {
-		err := l.errs[0]
-		l.errs = l.errs[1:]
-		l.mu.Unlock()
-		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", err)}
-	}
-	l.mu.Unlock()
-	return l.Listener.Accept()
-}
-
 // TestDispatchAcceptErrors: every transient accept error is retried (at
 // once, or after a back-off) and later connections are dispatched; only a
 // descriptor that is not a listening socket ends the loop. Both the plain
@@ -485,7 +463,7 @@ func TestDispatchAcceptErrors(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			fl := &failingListener{Listener: nl, errs: []error{tt.err, tt.err, tt.err}}
+			fl := sockettest.NewFailingListener(nl, tt.err, tt.err, tt.err)
 			var proxied sync.WaitGroup
 			done := make(chan error, 1)
 			trust := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}

@@ -130,3 +130,44 @@ func SenderFiles(t testing.TB, path string, conn *net.TCPConn) (sock, connFile *
 	}
 	return sock, connFile
 }
+
+// FailingListener makes Accept fail with queued errors, one per call, then
+// accepts on the real listener it wraps. It is the one fake of the
+// accept-error tests: the kernel cannot be made to return these errors on
+// demand (a full file table, EPERM from a firewall hook, EPROTO, no
+// buffers), and what follows them is a real accept.
+type FailingListener struct {
+	net.Listener
+	mu   sync.Mutex
+	errs []error
+}
+
+// NewFailingListener wraps l; each of errs is reported as
+// net.TCPListener.Accept reports an accept4 error.
+func NewFailingListener(l net.Listener, errs ...error) *FailingListener {
+	f := &FailingListener{Listener: l}
+	for _, err := range errs {
+		f.errs = append(f.errs, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", err)})
+	}
+	return f
+}
+
+// Accept returns the next queued error, or a real connection.
+func (l *FailingListener) Accept() (net.Conn, error) {
+	l.mu.Lock()
+	if len(l.errs) > 0 {
+		err := l.errs[0]
+		l.errs = l.errs[1:]
+		l.mu.Unlock()
+		return nil, err
+	}
+	l.mu.Unlock()
+	return l.Listener.Accept()
+}
+
+// Left returns how many queued errors Accept has not returned yet.
+func (l *FailingListener) Left() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.errs)
+}
