@@ -285,9 +285,7 @@ func TestDispatchQueueBound(t *testing.T) {
 	}
 	waitFor(t, func() bool { return d.Stats().Queued[1] == 2 })
 	start := time.Now()
-	defer dialFrom(t, src, addr).Close()
-	_, wc := ws[2].receive(t)
-	wc.Close()
+	ws[2].takes(t, src, addr)
 	if time.Since(start) > 5*time.Second {
 		t.Errorf("the third connection waited %v", time.Since(start))
 	}
@@ -309,20 +307,14 @@ func TestDispatchNoRedialAfterWait(t *testing.T) {
 	serveWith(t, d, Listener{Name: "public", File: f})
 	src := clientsOf(t, d, 1, 1)[0]
 
-	defer dialFrom(t, src, addr).Close()
-	_, wc := ws[1].receive(t)
-	wc.Close()
+	ws[1].takes(t, src, addr)
 	before := connOf(d, 1)
 
 	filled := fillQueue(t, sockPath(dir, 1))
-	defer dialFrom(t, src, addr).Close()
-	_, wc = ws[2].receive(t) // after waiting 50ms in vain
-	wc.Close()
+	ws[2].takes(t, src, addr) // after waiting 50ms in vain
 	ws[1].discard(t, filled)
 
-	defer dialFrom(t, src, addr).Close()
-	_, wc = ws[1].receive(t)
-	wc.Close()
+	ws[1].takes(t, src, addr)
 	if after := connOf(d, 1); after != before {
 		t.Errorf("instance 1's hand-off socket was re-dialled after a timed-out wait (%p, then %p)", before, after)
 	}
@@ -999,4 +991,14 @@ func TestDispatchWaitingSeesNewInstances(t *testing.T) {
 	if s := d.Stats(); s.Dropped != 0 || s.Queued[1] != 0 {
 		t.Errorf("stats: %+v", s)
 	}
+}
+
+// takes dials addr from src and waits for w to receive the connection;
+// both ends close when the test ends or at once.
+func (w *worker) takes(t *testing.T, src, addr string) {
+	t.Helper()
+	c := dialFrom(t, src, addr)
+	t.Cleanup(func() { c.Close() })
+	_, wc := w.receive(t)
+	wc.Close()
 }
