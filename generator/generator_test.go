@@ -53,20 +53,7 @@ func TestGolden(t *testing.T) {
 			got := map[string]bool{}
 			for _, u := range us {
 				got[u.Name] = true
-				p := filepath.Join(dir, u.Name)
-				if *update {
-					if err := os.WriteFile(p, u.Render(testOpts), 0o644); err != nil {
-						t.Fatal(err)
-					}
-					continue
-				}
-				want, err := os.ReadFile(p)
-				if err != nil {
-					t.Fatalf("%v (run go test ./generator -update)", err)
-				}
-				if out := u.Render(testOpts); !bytes.Equal(out, want) {
-					t.Errorf("%s differs from %s (run with -update and review git diff):\n%s", u.Name, p, out)
-				}
+				golden(t, filepath.Join(dir, u.Name), u.Render(testOpts))
 			}
 			entries, _ := os.ReadDir(dir)
 			for _, e := range entries {
@@ -364,23 +351,7 @@ func TestDocumentationURL(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, u := range us[:2] {
-		p := filepath.Join("testdata", "docurl", u.Name)
-		if *update {
-			if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(p, u.Render(o), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		want, err := os.ReadFile(p)
-		if err != nil {
-			t.Fatalf("%v (run go test ./generator -update)", err)
-		}
-		if got := u.Render(o); !bytes.Equal(got, want) {
-			t.Errorf("%s differs from %s (run with -update and review git diff):\n%s", u.Name, p, got)
-		}
+		golden(t, filepath.Join("testdata", "docurl", u.Name), u.Render(o))
 	}
 	const wantURL = "file:///etc/power%%20house/100%%25%%20%%C3%%A9t%%C3%%A9.toml"
 	if got := DocumentationURL(docPath); got != wantURL {
@@ -610,5 +581,26 @@ func TestWorkerHardeningRelaxable(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// golden compares got with the file at p, or with -update writes it there.
+func golden(t *testing.T, p string, got []byte) {
+	t.Helper()
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatalf("%v (run go test ./generator -update)", err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Errorf("%s differs from %s (run with -update and review git diff):\n%s", filepath.Base(p), p, got)
 	}
 }
