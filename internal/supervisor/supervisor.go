@@ -534,20 +534,26 @@ func (s *Supervisor) status() string {
 // DispatchState is what a sticky supervisor publishes in
 // /run/powerhouse/GROUP/dispatch.json for `powerhouse status`.
 type DispatchState struct {
-	HandedOff   uint64         `json:"handed_off"`
-	StickyMiss  uint64         `json:"sticky_misses"`
-	Dropped     uint64         `json:"dropped"`
-	ProxyErrors uint64         `json:"proxy_errors"`
+	DispatchCounters
 	PerInstance map[int]uint64 `json:"per_instance"`
 	InDispatch  []int          `json:"in_dispatch"`
-	// The counters of sticky.Stats of the same names.
-	Queued         map[int]int `json:"queued"`
-	QueueFull      uint64      `json:"queue_full"`
-	SendErrors     uint64      `json:"send_errors"`
-	Redials        uint64      `json:"redials"`
-	AcceptErrors   uint64      `json:"accept_errors"`
-	ProxyUntrusted uint64      `json:"proxy_untrusted"`
-	ProxyBusy      uint64      `json:"proxy_busy"`
+	Queued      map[int]int    `json:"queued"`
+}
+
+// DispatchCounters are a sticky group's counters since its supervisor
+// started, those of sticky.Stats of the same names: what `powerhouse
+// status` shows of dispatch.json (docs/status.md).
+type DispatchCounters struct {
+	HandedOff      uint64 `json:"handed_off"`
+	StickyMiss     uint64 `json:"sticky_misses"`
+	Dropped        uint64 `json:"dropped"`
+	ProxyErrors    uint64 `json:"proxy_errors"`
+	QueueFull      uint64 `json:"queue_full"`
+	SendErrors     uint64 `json:"send_errors"`
+	Redials        uint64 `json:"redials"`
+	AcceptErrors   uint64 `json:"accept_errors"`
+	ProxyUntrusted uint64 `json:"proxy_untrusted"`
+	ProxyBusy      uint64 `json:"proxy_busy"`
 }
 
 // DispatchStatePath is where the supervisor of group publishes its counters.
@@ -561,10 +567,11 @@ func (s *Supervisor) publish() {
 		return
 	}
 	st := s.disp.Stats()
-	ds := DispatchState{HandedOff: st.HandedOff, StickyMiss: st.StickyMiss, Dropped: st.Dropped,
-		ProxyErrors: st.ProxyErrors, PerInstance: st.PerInstance, InDispatch: s.disp.Up.Snapshot().IDs(),
-		Queued: st.Queued, QueueFull: st.QueueFull, SendErrors: st.SendErrors, Redials: st.Redials,
-		AcceptErrors: st.AcceptErrors, ProxyUntrusted: st.ProxyUntrusted, ProxyBusy: st.ProxyBusy}
+	ds := DispatchState{
+		DispatchCounters: DispatchCounters{HandedOff: st.HandedOff, StickyMiss: st.StickyMiss, Dropped: st.Dropped,
+			ProxyErrors: st.ProxyErrors, QueueFull: st.QueueFull, SendErrors: st.SendErrors, Redials: st.Redials,
+			AcceptErrors: st.AcceptErrors, ProxyUntrusted: st.ProxyUntrusted, ProxyBusy: st.ProxyBusy},
+		PerInstance: st.PerInstance, InDispatch: s.disp.Up.Snapshot().IDs(), Queued: st.Queued}
 	b, err := json.Marshal(ds)
 	if err == nil {
 		_, err = units.WriteFile(DispatchStatePath(s.o.RuntimeDir, s.o.Group), b, units.Public)

@@ -41,18 +41,7 @@ type UnitStatus struct {
 }
 
 // DispatchStatus are a sticky group's counters since its supervisor started.
-type DispatchStatus struct {
-	HandedOff      uint64 `json:"handed_off"`
-	StickyMiss     uint64 `json:"sticky_misses"`
-	Dropped        uint64 `json:"dropped"`
-	ProxyErrors    uint64 `json:"proxy_errors"`
-	QueueFull      uint64 `json:"queue_full"`
-	SendErrors     uint64 `json:"send_errors"`
-	Redials        uint64 `json:"redials"`
-	AcceptErrors   uint64 `json:"accept_errors"`
-	ProxyUntrusted uint64 `json:"proxy_untrusted"`
-	ProxyBusy      uint64 `json:"proxy_busy"`
-}
+type DispatchStatus = supervisor.DispatchCounters
 
 // InstanceStatus is one worker instance.
 type InstanceStatus struct {
@@ -144,9 +133,8 @@ func groupStatus(e *env, m *units.Manager, w *config.Worker) (GroupStatus, error
 		if b, err := os.ReadFile(supervisor.DispatchStatePath(generator.RuntimeDir, w.Name)); err == nil {
 			gs.dispatchKnown = json.Unmarshal(b, &ds) == nil
 		}
-		gs.Dispatch = &DispatchStatus{HandedOff: ds.HandedOff, StickyMiss: ds.StickyMiss, Dropped: ds.Dropped, ProxyErrors: ds.ProxyErrors,
-			QueueFull: ds.QueueFull, SendErrors: ds.SendErrors, Redials: ds.Redials, AcceptErrors: ds.AcceptErrors,
-			ProxyUntrusted: ds.ProxyUntrusted, ProxyBusy: ds.ProxyBusy}
+		c := ds.DispatchCounters
+		gs.Dispatch = &c
 	}
 	in := map[int]bool{}
 	for _, id := range ds.InDispatch {
