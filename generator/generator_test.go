@@ -35,14 +35,7 @@ func TestGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			// A fixed path keeps relative exec paths and the output stable.
-			c, err := config.Parse(testOpts.ConfigPath, data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			us, err := Generate(c, testOpts)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, us := generate(t, testOpts, data)
 			dir := filepath.Join("../testdata/golden", name)
 			if *update {
 				os.RemoveAll(dir)
@@ -71,14 +64,7 @@ func TestDeterministic(t *testing.T) {
 		t.Fatal(err)
 	}
 	render := func() []byte {
-		c, err := config.Parse(testOpts.ConfigPath, data)
-		if err != nil {
-			t.Fatal(err)
-		}
-		us, err := Generate(c, testOpts)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, us := generate(t, testOpts, data)
 		var b bytes.Buffer
 		for _, u := range us {
 			b.WriteString(u.Name)
@@ -301,14 +287,7 @@ func TestStopTimeout(t *testing.T) {
 			if tc.span != "" {
 				src += "[worker.service]\ntimeout_stop = \"" + tc.span + "\"\n"
 			}
-			c, err := config.Parse(testOpts.ConfigPath, []byte(src))
-			if err != nil {
-				t.Fatal(err)
-			}
-			us, err := Generate(c, testOpts)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, us := generate(t, testOpts, []byte(src))
 			text := string(us[len(us)-1].Render(testOpts))
 			var line, env string
 			for _, l := range strings.Split(text, "\n") {
@@ -342,14 +321,7 @@ const docPath = "/etc/power house/100% été.toml"
 // percent-encoded URL with each "%" doubled for systemd.
 func TestDocumentationURL(t *testing.T) {
 	o := Options{Binary: "/usr/bin/powerhouse", ConfigPath: docPath}
-	c, err := config.Parse(o.ConfigPath, []byte("[[worker]]\nname = \"w\"\nexec = \"/w\"\n"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	us, err := Generate(c, o)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, us := generate(t, o, []byte("[[worker]]\nname = \"w\"\nexec = \"/w\"\n"))
 	for _, u := range us[:2] {
 		golden(t, filepath.Join("testdata", "docurl", u.Name), u.Render(o))
 	}
@@ -381,14 +353,7 @@ func TestVerifyUnits(t *testing.T) {
 			// The binary must exist for verify; the configuration path is
 			// only written into the units.
 			o := Options{Binary: "/bin/true", ConfigPath: docPath}
-			c, err := config.Parse(o.ConfigPath, data)
-			if err != nil {
-				t.Fatal(err)
-			}
-			us, err := Generate(c, o)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, us := generate(t, o, data)
 			dir := t.TempDir()
 			args := []string{"verify", "--man=no"}
 			for _, u := range us {
@@ -553,14 +518,7 @@ func TestWorkerHardeningRelaxable(t *testing.T) {
 		{name: "reads /proc/cpuinfo", service: `proc_subset = "all"`, wantWX: "yes", wantProc: "all"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := config.Parse(testOpts.ConfigPath, []byte("[[worker]]\nname = \"n\"\nexec = \"/srv/app\"\n[worker.service]\n"+tc.service+"\n"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			us, err := Generate(c, testOpts)
-			if err != nil {
-				t.Fatal(err)
-			}
+			_, us := generate(t, testOpts, []byte("[[worker]]\nname = \"n\"\nexec = \"/srv/app\"\n[worker.service]\n"+tc.service+"\n"))
 			w := WorkerTemplate("n")
 			if got := strings.Join(directives(us, w, "Service", "MemoryDenyWriteExecute"), "|"); got != tc.wantWX {
 				t.Errorf("MemoryDenyWriteExecute=%q, want %q", got, tc.wantWX)
@@ -603,4 +561,19 @@ func golden(t *testing.T, p string, got []byte) {
 	if !bytes.Equal(got, want) {
 		t.Errorf("%s differs from %s (run with -update and review git diff):\n%s", filepath.Base(p), p, got)
 	}
+}
+
+// generate parses src as a configuration at o.ConfigPath and generates its
+// units, failing the test on any error.
+func generate(t *testing.T, o Options, src []byte) (*config.Config, []Unit) {
+	t.Helper()
+	c, err := config.Parse(o.ConfigPath, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	us, err := Generate(c, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, us
 }
