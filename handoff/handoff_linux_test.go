@@ -342,37 +342,36 @@ func TestReceiveFromNoCredentials(t *testing.T) {
 	}
 }
 
+// handOff sends one hand-off of sfd with h on snd and receives it into got
+// on rcv, with ReceiveFrom when cred, then closes the received descriptor.
+func handOff(tb testing.TB, snd, rcv, sfd int, h, got *Header, cred bool) {
+	if err := Send(snd, "", h, sfd); err != nil {
+		tb.Fatal(err)
+	}
+	var fd int
+	var err error
+	if cred {
+		fd, _, err = ReceiveFrom(rcv, got)
+	} else {
+		fd, err = Receive(rcv, got)
+	}
+	if err != nil {
+		tb.Fatal(err)
+	}
+	unix.Close(fd)
+}
+
 func TestSendReceiveNoAllocs(t *testing.T) {
 	snd, rcv := dgramPair(t)
 	_, server := tcpPair(t)
 	sfd := rawFD(t, server)
 	h := Header{Name: "0.0.0.0:9999", Source: netip.MustParseAddrPort("[2001:db8::1]:1"), Destination: netip.MustParseAddrPort("[2001:db8::2]:2")}
 	got := Header{Name: h.Name}
-	n := testing.AllocsPerRun(1000, func() {
-		if err := Send(snd, "", &h, sfd); err != nil {
-			t.Fatal(err)
-		}
-		fd, err := Receive(rcv, &got)
-		if err != nil {
-			t.Fatal(err)
-		}
-		unix.Close(fd)
-	})
-	if n != 0 {
+	if n := testing.AllocsPerRun(1000, func() { handOff(t, snd, rcv, sfd, &h, &got, false) }); n != 0 {
 		t.Errorf("Send+Receive: %v allocations per hand-off, want 0", n)
 	}
 	passCred(t, rcv)
-	n = testing.AllocsPerRun(1000, func() {
-		if err := Send(snd, "", &h, sfd); err != nil {
-			t.Fatal(err)
-		}
-		fd, _, err := ReceiveFrom(rcv, &got)
-		if err != nil {
-			t.Fatal(err)
-		}
-		unix.Close(fd)
-	})
-	if n != 0 {
+	if n := testing.AllocsPerRun(1000, func() { handOff(t, snd, rcv, sfd, &h, &got, true) }); n != 0 {
 		t.Errorf("Send+ReceiveFrom: %v allocations per hand-off, want 0", n)
 	}
 	if _, _, err := ReceiveFrom(rcv, &got); err != unix.EAGAIN {
@@ -381,44 +380,27 @@ func TestSendReceiveNoAllocs(t *testing.T) {
 }
 
 // BenchmarkSendReceive is the raw cost of one hand-off: encode, sendmsg,
-// recvmsg, decode and close of the received descriptor.
+// recvmsg, decode and close of the received descriptor; "cred" with the
+// sender's credentials (SO_PASSCRED), as workers receive.
 func BenchmarkSendReceive(b *testing.B) {
-	snd, rcv := dgramPair(b)
-	_, server := tcpPair(b)
-	sfd := rawFD(b, server)
-	h := docHeader
-	var got Header
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := Send(snd, "", &h, sfd); err != nil {
-			b.Fatal(err)
+	for _, cred := range []bool{false, true} {
+		name := "plain"
+		if cred {
+			name = "cred"
 		}
-		fd, err := Receive(rcv, &got)
-		if err != nil {
-			b.Fatal(err)
-		}
-		unix.Close(fd)
-	}
-}
-
-// BenchmarkSendReceiveFrom is BenchmarkSendReceive with the sender's
-// credentials (SO_PASSCRED), as workers receive.
-func BenchmarkSendReceiveFrom(b *testing.B) {
-	snd, rcv := dgramPair(b)
-	passCred(b, rcv)
-	_, server := tcpPair(b)
-	sfd := rawFD(b, server)
-	h := docHeader
-	var got Header
-	b.ReportAllocs()
-	for b.Loop() {
-		if err := Send(snd, "", &h, sfd); err != nil {
-			b.Fatal(err)
-		}
-		fd, _, err := ReceiveFrom(rcv, &got)
-		if err != nil {
-			b.Fatal(err)
-		}
-		unix.Close(fd)
+		b.Run(name, func(b *testing.B) {
+			snd, rcv := dgramPair(b)
+			if cred {
+				passCred(b, rcv)
+			}
+			_, server := tcpPair(b)
+			sfd := rawFD(b, server)
+			h := docHeader
+			var got Header
+			b.ReportAllocs()
+			for b.Loop() {
+				handOff(b, snd, rcv, sfd, &h, &got, cred)
+			}
+		})
 	}
 }
