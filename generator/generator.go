@@ -17,77 +17,37 @@ import (
 	"github.com/coreos/go-systemd/v22/unit"
 
 	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/units"
 )
 
-// Unit names and paths shared by the generator, the supervisor and the CLI.
+// Names of the house that are not a group's (units.Group names those).
 const (
-	Target           = "powerhouse.target"
-	SupervisorPrefix = "powerhouse@"
-	PrepareService   = "powerhouse-prepare.service"
-	RuntimeDir       = "/run/powerhouse"
-	PrepareEnv       = RuntimeDir + "/prepare.env"
-	HandoffFDName    = "handoff"
+	HandoffFDName = "handoff"
 	// SupervisorUIDEnv, set on sticky workers, is the uid the library
 	// accepts hand-off datagrams from.
 	SupervisorUIDEnv  = "POWERHOUSE_SUPERVISOR_UID"
 	DefaultBinaryPath = "/usr/bin/powerhouse"
 )
 
-// SupervisorService returns the supervisor unit of group: powerhouse@web.service.
-func SupervisorService(group string) string { return SupervisorPrefix + group + ".service" }
-
-// PublicSocket returns the socket unit of the group's direct listeners:
-// powerhouse@web.socket, which the supervisor template gets by name.
-func PublicSocket(group string) string { return SupervisorPrefix + group + ".socket" }
-
-// ProxyPrefix starts the names of the units of PROXY listeners.
-const ProxyPrefix = "powerhouse-proxy@"
-
-// ProxySocket returns the socket unit of the group's PROXY protocol
-// listeners: powerhouse-proxy@web.socket, a concrete unit (its address
-// filter is the group's own) whose Service= is the group's supervisor.
-// "proxy" is a reserved group name, so this never names a worker unit.
-func ProxySocket(group string) string { return ProxyPrefix + group + ".socket" }
-
 // GroupSockets returns the socket units that carry w's listeners, direct
-// first: none, one or both of PublicSocket and ProxySocket. Every place
-// that starts, stops or lists a group's sockets goes through it.
+// first: none, one or both of units.Group's PublicSocket and ProxySocket.
+// Every place that starts, stops or lists a group's sockets goes through it.
 func GroupSockets(w *config.Worker) []string {
 	var direct, proxied bool
 	for _, l := range w.Listen {
 		direct = direct || !l.ProxyProtocol
 		proxied = proxied || l.ProxyProtocol
 	}
+	g := units.Group{Name: w.Name}
 	var out []string
 	if direct {
-		out = append(out, PublicSocket(w.Name))
+		out = append(out, g.PublicSocket())
 	}
 	if proxied {
-		out = append(out, ProxySocket(w.Name))
+		out = append(out, g.ProxySocket())
 	}
 	return out
 }
-
-// WorkerTemplate returns the worker template unit: powerhouse-web@.service.
-func WorkerTemplate(group string) string { return "powerhouse-" + group + "@.service" }
-
-// WorkerService returns one worker instance: powerhouse-web@3.service.
-func WorkerService(group string, n int) string {
-	return fmt.Sprintf("powerhouse-%s@%d.service", group, n)
-}
-
-// HandoffSocketUnit returns the hand-off socket unit of one instance.
-func HandoffSocketUnit(group string, n int) string {
-	return fmt.Sprintf("powerhouse-%s@%d.socket", group, n)
-}
-
-// HandoffPath returns where instance n of group receives connections.
-func HandoffPath(group string, n int) string {
-	return fmt.Sprintf("%s/%s/%d.sock", RuntimeDir, group, n)
-}
-
-// GroupConfigPath is the JSON configuration file workers of group read.
-func GroupConfigPath(group string) string { return RuntimeDir + "/" + group + "/config.json" }
 
 // Options are the paths written into the units. The zero value is not
 // useful: Generate needs both.
@@ -175,18 +135,18 @@ func (g *gen) target() Unit {
 	u.add("Unit", "Documentation", DocumentationURL(g.o.ConfigPath))
 	var wants []string
 	if g.c.Prepare != nil {
-		wants = append(wants, PrepareService)
+		wants = append(wants, units.PrepareService)
 	}
 	for i := range g.c.Workers {
 		w := &g.c.Workers[i]
 		wants = append(wants, GroupSockets(w)...)
-		wants = append(wants, SupervisorService(w.Name))
+		wants = append(wants, g.group(w).SupervisorUnit())
 	}
 	u.add("Unit", "Wants", strings.Join(wants, " "))
 	// Starting the target returns once every supervisor reported ready.
 	u.add("Unit", "After", strings.Join(wants, " "))
 	u.add("Install", "WantedBy", g.wantedBy())
-	return Unit{Name: Target, Options: u}
+	return Unit{Name: units.Target, Options: u}
 }
 
 // DocumentationURL returns the Documentation= value for the configuration
@@ -196,6 +156,19 @@ func (g *gen) target() Unit {
 // the "%" of the encoding doubled, since systemd resolves specifiers there.
 func DocumentationURL(path string) string {
 	return Specifiers((&url.URL{Scheme: "file", Path: path}).String())
+}
+
+// Scope is the manager the units are for.
+func (o Options) Scope() units.Scope {
+	if o.User {
+		return units.User
+	}
+	return units.System
+}
+
+// group names w's units and paths in the scope of the units.
+func (g *gen) group(w *config.Worker) units.Group {
+	return units.Group{Name: w.Name, Scope: g.o.Scope()}
 }
 
 // WantedBy is the target that pulls in the house at boot (or login).
@@ -212,7 +185,7 @@ func (g *gen) supervisor() Unit {
 	var u opts
 	u.add("Unit", "Description", Specifiers(g.c.Title)+" supervisor of group %i")
 	u.add("Unit", "Documentation", DocumentationURL(g.o.ConfigPath))
-	u.add("Unit", "PartOf", Target)
+	u.add("Unit", "PartOf", units.Target)
 	u.add("Service", "Type", "notify")
 	u.add("Service", "NotifyAccess", "main")
 	args := []string{"--config", g.o.ConfigPath}
@@ -225,14 +198,14 @@ func (g *gen) supervisor() Unit {
 	u.add("Service", "RestartSec", "500ms")
 	// The group's configuration file for its workers lives here, and must
 	// outlive a supervisor restart: workers keep running meanwhile.
-	u.add("Service", "RuntimeDirectory", "powerhouse/%i")
+	u.add("Service", "RuntimeDirectory", units.RuntimeDirectory)
 	u.add("Service", "RuntimeDirectoryPreserve", "yes")
 	// Every connection in flight to a worker holds a file descriptor.
 	u.add("Service", "LimitNOFILE", "65536")
 	if !g.o.User {
 		supervisorHardening(&u, !config.UnderTmp(g.o.Binary) && !config.UnderTmp(g.o.ConfigPath), g.workerGroups())
 	}
-	return Unit{Name: SupervisorPrefix + ".service", Options: u}
+	return Unit{Name: units.SupervisorTemplate, Options: u}
 }
 
 // supervisorHardening confines the supervisor to what it does: accept on
@@ -294,14 +267,14 @@ func supervisorHardening(u *opts, privateTmp bool, groups []string) {
 func (g *gen) prepare() Unit {
 	var u opts
 	u.add("Unit", "Description", Specifiers(g.c.Title)+" prepare")
-	u.add("Unit", "PartOf", Target)
+	u.add("Unit", "PartOf", units.Target)
 	u.add("Service", "Type", "oneshot")
 	u.add("Service", "RemainAfterExit", "yes")
 	u.add("Service", "RuntimeDirectory", "powerhouse")
 	u.add("Service", "RuntimeDirectoryPreserve", "yes")
-	argv := append([]string{g.o.Binary, "prepare", "--output", PrepareEnv, "--"}, g.c.Prepare.Exec...)
+	argv := append([]string{g.o.Binary, "prepare", "--output", g.o.Scope().UnitPrepareEnv(), "--"}, g.c.Prepare.Exec...)
 	u.add("Service", "ExecStart", ExecLine(argv))
-	return Unit{Name: PrepareService, Options: u}
+	return Unit{Name: units.PrepareService, Options: u}
 }
 
 // socketUnit returns the socket unit of w's direct listeners (proxied
@@ -331,7 +304,7 @@ func (g *gen) socketUnit(w *config.Worker, proxied bool) (Unit, bool) {
 	} else {
 		u.add("Unit", "Description", Specifiers(g.c.Title)+" public sockets of group "+w.Name)
 	}
-	u.add("Unit", "PartOf", Target)
+	u.add("Unit", "PartOf", units.Target)
 	v6only := false
 	var unixL *config.Listener
 	var allow []string
@@ -367,31 +340,31 @@ func (g *gen) socketUnit(w *config.Worker, proxied bool) (Unit, bool) {
 	}
 	if !proxied {
 		u.add("Socket", "FileDescriptorName", "public")
-		return Unit{Name: PublicSocket(w.Name), Options: u}, true
+		return Unit{Name: g.group(w).PublicSocket(), Options: u}, true
 	}
 	u.add("Socket", "FileDescriptorName", "proxy")
-	u.add("Socket", "Service", SupervisorService(w.Name))
+	u.add("Socket", "Service", g.group(w).SupervisorUnit())
 	if len(allow) > 0 {
 		// Only the load balancers may connect, on every TCP listener of
 		// this unit (the union of their proxy_from lists).
 		u.add("Socket", "IPAddressAllow", strings.Join(allow, " "))
 		u.add("Socket", "IPAddressDeny", "any")
 	}
-	return Unit{Name: ProxySocket(w.Name), Options: u}, true
+	return Unit{Name: g.group(w).ProxySocket(), Options: u}, true
 }
 
 func (g *gen) worker(w *config.Worker) Unit {
 	var u opts
 	u.add("Unit", "Description", Specifiers(w.Title)+" ("+w.Name+" #%i)")
-	u.add("Unit", "PartOf", Target)
+	u.add("Unit", "PartOf", units.Target)
 	if g.c.Prepare != nil {
-		u.add("Unit", "Requires", PrepareService)
-		u.add("Unit", "After", PrepareService)
+		u.add("Unit", "Requires", units.PrepareService)
+		u.add("Unit", "After", units.PrepareService)
 	}
 	switch {
 	case w.Sticky:
-		u.add("Unit", "Requires", "powerhouse-"+w.Name+"@%i.socket")
-		u.add("Unit", "After", "powerhouse-"+w.Name+"@%i.socket")
+		u.add("Unit", "Requires", g.group(w).UnitHandoffSocket())
+		u.add("Unit", "After", g.group(w).UnitHandoffSocket())
 	case w.Shares():
 		socks := strings.Join(GroupSockets(w), " ")
 		u.add("Unit", "Requires", socks)
@@ -406,7 +379,7 @@ func (g *gen) worker(w *config.Worker) Unit {
 	env := []string{
 		"POWERHOUSE_GROUP=" + w.Name,
 		"POWERHOUSE_INSTANCE=%i",
-		"POWERHOUSE_CONFIG=" + GroupConfigPath(w.Name),
+		"POWERHOUSE_CONFIG=" + g.group(w).UnitConfigPath(),
 	}
 	if w.Sticky {
 		// The uid the library accepts hand-offs from (SCM_CREDENTIALS on
@@ -425,7 +398,7 @@ func (g *gen) worker(w *config.Worker) Unit {
 	}
 	u.add("Service", "Environment", EnvLine(env))
 	if g.c.Prepare != nil {
-		u.add("Service", "EnvironmentFile", "-"+PrepareEnv)
+		u.add("Service", "EnvironmentFile", "-"+g.o.Scope().UnitPrepareEnv())
 	}
 	if envs := w.Service.EnvironmentList(); len(envs) > 0 {
 		for i := range envs {
@@ -436,7 +409,7 @@ func (g *gen) worker(w *config.Worker) Unit {
 	u.add("Service", "ExecStart", ExecLine(w.Exec))
 	switch {
 	case w.Sticky:
-		u.add("Service", "Sockets", "powerhouse-"+w.Name+"@%i.socket")
+		u.add("Service", "Sockets", g.group(w).UnitHandoffSocket())
 	case w.Shares():
 		u.add("Service", "Sockets", strings.Join(GroupSockets(w), " "))
 	}
@@ -450,7 +423,7 @@ func (g *gen) worker(w *config.Worker) Unit {
 	// left after the stop timeout.
 	u.add("Service", "KillMode", "mixed")
 	g.serviceSettings(&u, w.Service)
-	return Unit{Name: WorkerTemplate(w.Name), Options: u}
+	return Unit{Name: g.group(w).WorkerTemplate(), Options: u}
 }
 
 // serviceSettings writes a group's [worker.service] table: resources and
@@ -595,7 +568,7 @@ func Notes(c *config.Config, o Options) []string {
 			out = append(out, fmt.Sprintf("group %s runs with group root because the configuration asks for it (group = %q)", w.Name, w.Service.Group))
 		case !o.User && w.Service.User != "" && w.Service.Group == "":
 			// The supervisor can give config.json only to a group it is in.
-			out = append(out, fmt.Sprintf("group %s: user = %q without group: set group too, or its workers cannot read %s", w.Name, w.Service.User, GroupConfigPath(w.Name)))
+			out = append(out, fmt.Sprintf("group %s: user = %q without group: set group too, or its workers cannot read %s", w.Name, w.Service.User, units.Group{Name: w.Name, Scope: o.Scope()}.ConfigPath()))
 		}
 	}
 	return out
@@ -638,8 +611,8 @@ func yesNo(b bool) string {
 func (g *gen) handoffSocket(w *config.Worker) Unit {
 	var u opts
 	u.add("Unit", "Description", Specifiers(g.c.Title)+" hand-off socket of "+w.Name+" #%i")
-	u.add("Unit", "PartOf", Target)
-	u.add("Socket", "ListenDatagram", RuntimeDir+"/"+w.Name+"/%i.sock")
+	u.add("Unit", "PartOf", units.Target)
+	u.add("Socket", "ListenDatagram", g.group(w).UnitHandoffPath())
 	// Only the supervisor (root, or the house's user) may hand connections
 	// in: the file is root's (the manager's user's) and 0600; the worker,
 	// another user, receives on the descriptor systemd passes it.
@@ -654,5 +627,5 @@ func (g *gen) handoffSocket(w *config.Worker) Unit {
 	u.add("Socket", "PassCredentials", "yes")
 	u.add("Socket", "FileDescriptorName", HandoffFDName)
 	u.add("Socket", "RemoveOnStop", "yes")
-	return Unit{Name: "powerhouse-" + w.Name + "@.socket", Options: u}
+	return Unit{Name: g.group(w).HandoffTemplate(), Options: u}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/coreos/go-systemd/v22/unit"
 
 	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in ../testdata/golden")
@@ -438,13 +439,13 @@ func TestWorkerIdentity(t *testing.T) {
 			one := func(unitName, section, name string) string {
 				return strings.Join(directives(us, unitName, section, name), "|")
 			}
-			if got := one(WorkerTemplate("w"), "Service", "User"); got != tc.wantUser {
+			if got := one(units.Group{Name: "w"}.WorkerTemplate(), "Service", "User"); got != tc.wantUser {
 				t.Errorf("User=%q, want %q", got, tc.wantUser)
 			}
-			if got := one(WorkerTemplate("w"), "Service", "Group"); got != tc.wantGroup {
+			if got := one(units.Group{Name: "w"}.WorkerTemplate(), "Service", "Group"); got != tc.wantGroup {
 				t.Errorf("Group=%q, want %q", got, tc.wantGroup)
 			}
-			if got := one(SupervisorPrefix+".service", "Service", "SupplementaryGroups"); got != tc.wantSupp {
+			if got := one(units.SupervisorTemplate, "Service", "SupplementaryGroups"); got != tc.wantSupp {
 				t.Errorf("supervisor SupplementaryGroups=%q, want %q", got, tc.wantSupp)
 			}
 			if got := WorkerGroup(&c.Workers[0], o); got != tc.wantSupp {
@@ -459,10 +460,10 @@ func TestWorkerIdentity(t *testing.T) {
 			if tc.user {
 				uid = "POWERHOUSE_SUPERVISOR_UID=%U"
 			}
-			if env := one(WorkerTemplate("w"), "Service", "Environment"); !strings.Contains(" "+env+" ", " "+uid+" ") {
+			if env := one(units.Group{Name: "w"}.WorkerTemplate(), "Service", "Environment"); !strings.Contains(" "+env+" ", " "+uid+" ") {
 				t.Errorf("worker Environment=%q lacks %s", env, uid)
 			}
-			sock := "powerhouse-w@.socket"
+			sock := units.Group{Name: "w"}.HandoffTemplate()
 			if got := one(sock, "Socket", "PassCredentials") + " " + one(sock, "Socket", "SocketMode"); got != "yes 0600" {
 				t.Errorf("hand-off socket PassCredentials and SocketMode: %q, want \"yes 0600\"", got)
 			}
@@ -498,10 +499,10 @@ user = "root"
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := strings.Join(directives(us, SupervisorPrefix+".service", "Service", "SupplementaryGroups"), "|"); got != "powerhouse zeta" {
+	if got := strings.Join(directives(us, units.SupervisorTemplate, "Service", "SupplementaryGroups"), "|"); got != "powerhouse zeta" {
 		t.Errorf("SupplementaryGroups=%q, want \"powerhouse zeta\"", got)
 	}
-	if got := directives(us, WorkerTemplate("b"), "Service", "Environment"); strings.Contains(strings.Join(got, " "), "SUPERVISOR_UID") {
+	if got := directives(us, units.Group{Name: "b"}.WorkerTemplate(), "Service", "Environment"); strings.Contains(strings.Join(got, " "), "SUPERVISOR_UID") {
 		t.Errorf("a group that is not sticky gets POWERHOUSE_SUPERVISOR_UID: %q", got)
 	}
 }
@@ -519,7 +520,7 @@ func TestWorkerHardeningRelaxable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, us := generate(t, testOpts, []byte("[[worker]]\nname = \"n\"\nexec = \"/srv/app\"\n[worker.service]\n"+tc.service+"\n"))
-			w := WorkerTemplate("n")
+			w := units.Group{Name: "n"}.WorkerTemplate()
 			if got := strings.Join(directives(us, w, "Service", "MemoryDenyWriteExecute"), "|"); got != tc.wantWX {
 				t.Errorf("MemoryDenyWriteExecute=%q, want %q", got, tc.wantWX)
 			}

@@ -60,7 +60,7 @@ type demo struct {
 	cfg  *config.Config
 	web  *config.Worker
 	box  *sdbox.Box
-	m    *units.Manager
+	m    units.Manager
 	rows []stickyRow // screen 3's table, for screens 4 and 5
 }
 
@@ -125,11 +125,11 @@ func (d *demo) boot(ctx context.Context) error {
 			return err
 		}
 		d.box = b
-		conn, err := b.Manager(ctx)
+		m, err := units.NewManager(ctx, b.Manager)
 		if err != nil {
 			return fmt.Errorf("connect to the box's systemd: %w", err)
 		}
-		d.m = units.NewManager(conn)
+		d.m = m
 		return nil
 	})
 	if err != nil {
@@ -182,7 +182,7 @@ func (d *demo) unitsScreen(ctx context.Context) error {
 	d.printf("  In the box's %s (%d files): %s", dir, len(names), strings.Join(names, " "))
 	d.printf("")
 	shown := generator.GroupSockets(d.cfg.Worker(group))
-	shown = append(shown, generator.SupervisorPrefix+".service", generator.WorkerTemplate(group), "powerhouse-"+group+"@.socket")
+	shown = append(shown, units.SupervisorTemplate, units.Group{Name: group}.WorkerTemplate(), units.Group{Name: group}.HandoffTemplate())
 	for _, u := range shown {
 		b, err := d.box.ReadFile(filepath.Join(dir, u))
 		if err != nil {
@@ -191,14 +191,14 @@ func (d *demo) unitsScreen(ctx context.Context) error {
 		d.block("", "# "+filepath.Join(dir, u)+"\n"+foldUnit(string(b)))
 		d.printf("")
 	}
-	want := []string{generator.Target}
+	want := []string{units.Target}
 	for _, w := range d.cfg.Workers {
-		want = append(want, generator.SupervisorService(w.Name), generator.WorkerService(w.Name, 1))
+		want = append(want, units.Group{Name: w.Name}.SupervisorUnit(), units.Group{Name: w.Name}.Instance(1))
 		if w.Type == config.Cluster {
 			want = append(want, generator.GroupSockets(&w)...)
 		}
 		if w.Sticky {
-			want = append(want, generator.HandoffSocketUnit(w.Name, 1))
+			want = append(want, units.Group{Name: w.Name}.HandoffSocket(1))
 		}
 	}
 	var missing []string
@@ -209,8 +209,8 @@ func (d *demo) unitsScreen(ctx context.Context) error {
 		}
 	}
 	d.check(len(missing) == 0, "systemd loaded the house's units (%d checked)%s", len(want), listIf(" — not loaded: ", missing))
-	enabled, _ := d.m.Conn().GetUnitPropertyContext(ctx, generator.Target, "UnitFileState")
-	d.check(enabled != nil && enabled.Value.Value() == "enabled", "%s is enabled (starts at boot)", generator.Target)
+	enabled, _ := d.m.UnitFileState(ctx, units.Target)
+	d.check(enabled == "enabled", "%s is enabled (starts at boot)", units.Target)
 	return nil
 }
 
@@ -376,13 +376,13 @@ func (d *demo) reloadScreen(ctx context.Context) error {
 	reloadErr := make(chan error, 1)
 	start := time.Now()
 	go func() {
-		out, err := d.box.Systemctl(ctx, "reload", generator.SupervisorService(group))
+		out, err := d.box.Systemctl(ctx, "reload", units.Group{Name: group}.SupervisorUnit())
 		if err != nil {
 			err = fmt.Errorf("%w: %s", err, strings.TrimSpace(string(out)))
 		}
 		reloadErr <- err
 	}()
-	d.printf("» systemctl reload %s …", generator.SupervisorService(group))
+	d.printf("» systemctl reload %s …", units.Group{Name: group}.SupervisorUnit())
 	tick := time.NewTicker(500 * time.Millisecond)
 	var rerr error
 wait:
@@ -402,7 +402,7 @@ wait:
 	}
 	took := time.Since(start)
 	okDuring, failDuring := okNow()-okStart, failedNow()-failStart
-	if d.check(rerr == nil, "systemctl reload %s succeeded in %v", generator.SupervisorService(group), seconds(took)) {
+	if d.check(rerr == nil, "systemctl reload %s succeeded in %v", units.Group{Name: group}.SupervisorUnit(), seconds(took)) {
 		d.printf("")
 	} else {
 		d.printf("    %v", rerr)
@@ -451,7 +451,7 @@ wait:
 
 // killScreen kills one instance with SIGKILL while clients keep asking.
 func (d *demo) killScreen(ctx context.Context) error {
-	unit := generator.WorkerService(group, victim)
+	unit := units.Group{Name: group}.Instance(victim)
 	inst := fmt.Sprintf("%s@%d", group, victim)
 	d.title("A worker killed: systemctl kill -s KILL " + unit)
 	// Its clients: from the table, or found among more addresses.
@@ -479,7 +479,7 @@ func (d *demo) killScreen(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	restarts0, _ := d.m.Property(ctx, unit, "Service", "NRestarts")
+	restarts0, _ := d.m.Restarts(ctx, unit)
 	d.printf("  %s runs PID %d and serves %s.", inst, old, strings.Join(mine, " "))
 	d.printf("  Load: all %d clients keep asking on new connections.", len(mine)+len(others))
 	l := startLoad(ctx, webURL, append(append([]string(nil), mine...), others...), false)
@@ -517,7 +517,7 @@ func (d *demo) killScreen(ctx context.Context) error {
 		d.fail(fmt.Errorf("load after the kill: %w", err))
 	}
 	l.stop()
-	restarts, _ := d.m.Property(ctx, unit, "Service", "NRestarts")
+	restarts, _ := d.m.Restarts(ctx, unit)
 	d.printf("  %s: PID %d killed, now PID %d; systemd's NRestarts %v → %v", inst, old, pid, restarts0, restarts)
 	d.printf("")
 	d.check(pid != old, "%s came back with a new process", inst)
@@ -649,7 +649,7 @@ func (d *demo) teardown() {
 			sts, err := d.m.States(ctx, "powerhouse*")
 			for _, st := range sts {
 				if st.ActiveState != "inactive" && st.ActiveState != "failed" {
-					up = append(up, st.Name+" "+st.ActiveState)
+					up = append(up, st.Name+" "+string(st.ActiveState))
 				}
 			}
 			if err != nil {
@@ -696,19 +696,14 @@ func (d *demo) powerhouse(ctx context.Context, args ...string) (string, error) {
 }
 
 func (d *demo) mainPID(ctx context.Context, unit string) (uint32, error) {
-	v, err := d.m.Property(ctx, unit, "Service", "MainPID")
-	if err != nil {
-		return 0, err
-	}
-	p, _ := v.(uint32)
-	return p, nil
+	return d.m.MainPID(ctx, unit)
 }
 
 // pids returns the main PIDs of the web group's instances 1..n.
 func (d *demo) pids(ctx context.Context, n int) (map[int]uint32, error) {
 	m := map[int]uint32{}
 	for i := 1; i <= n; i++ {
-		p, err := d.mainPID(ctx, generator.WorkerService(group, i))
+		p, err := d.mainPID(ctx, units.Group{Name: group}.Instance(i))
 		if err != nil {
 			return nil, err
 		}

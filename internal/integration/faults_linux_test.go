@@ -520,7 +520,7 @@ func faultsUnderLoad(t *testing.T, final bool) (slow bool) {
 	h := newHouse(t, demoConfig(t))
 	h.systemctl("start", "powerhouse.target")
 	ctx := t.Context()
-	mgr := h.m.Conn()
+	mgr := h.raw
 	const (
 		killed  = 1 // its worker gets SIGKILL
 		stopped = 2 // systemctl stop, then start
@@ -529,11 +529,11 @@ func faultsUnderLoad(t *testing.T, final bool) (slow bool) {
 	unit := func(n int) string { return fmt.Sprintf("powerhouse-web@%d.service", n) }
 	const supervisor = "powerhouse@web.service"
 	mainPID := func(u string) uint32 {
-		v, err := h.m.Property(ctx, u, "Service", "MainPID")
+		pid, err := h.m.MainPID(ctx, u)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return v.(uint32)
+		return pid
 	}
 	active := func(u string) bool {
 		st, err := h.m.State(ctx, u)

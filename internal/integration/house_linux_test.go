@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	sdbus "github.com/coreos/go-systemd/v22/dbus"
 	"github.com/powerhouse/powerhouse/internal/helloclient"
 	"io"
 	"net/http"
@@ -75,7 +76,10 @@ type house struct {
 	box    *sdbox.Box
 	cfgDir string // host side of the box's /etc/powerhouse
 	cfg    *config.Config
-	m      *units.Manager
+	m      units.Manager
+	// raw is a go-systemd connection for what units.Manager does not
+	// offer: signals to every process of a unit (SIGSTOP a worker group).
+	raw *sdbus.Conn
 }
 
 // demoConfig returns testdata/demo.toml with its worker paths made
@@ -135,8 +139,12 @@ func bootHouse(t *testing.T, o sdbox.Options) *house {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.m = units.NewManager(conn)
-	t.Cleanup(h.m.Close)
+	h.raw = conn
+	t.Cleanup(conn.Close)
+	if h.m, err = units.NewManager(context.Background(), b.Manager); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.m.Close() })
 	return h
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/generator"
 	"github.com/powerhouse/powerhouse/internal/sdbox"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // proxyHouseConfig is a sticky group with one direct and one PROXY
@@ -75,9 +76,9 @@ func TestIntegrationProxyUnits(t *testing.T) {
 		}
 	}
 	h.systemctl("daemon-reload")
-	h.systemctl("start", generator.Target)
+	h.systemctl("start", units.Target)
 
-	proxyUnit, publicUnit := generator.ProxySocket("web"), generator.PublicSocket("web")
+	proxyUnit, publicUnit := units.Group{Name: "web"}.ProxySocket(), units.Group{Name: "web"}.PublicSocket()
 	if got, want := generator.GroupSockets(c.Worker("web")), []string{publicUnit, proxyUnit}; strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Errorf("GroupSockets = %v, want %v", got, want)
 	}
@@ -87,7 +88,7 @@ func TestIntegrationProxyUnits(t *testing.T) {
 			{proxyUnit, "ActiveState", "active"},
 			{proxyUnit, "IPAddressAllow", "127.0.0.1/32"},
 			{proxyUnit, "IPAddressDeny", "0.0.0.0/0 ::/0"},
-			{proxyUnit, "Triggers", generator.SupervisorService("web")},
+			{proxyUnit, "Triggers", units.Group{Name: "web"}.SupervisorUnit()},
 			{publicUnit, "ActiveState", "active"},
 			{publicUnit, "IPAddressDeny", ""},
 			{publicUnit, "IPAddressAllow", ""},
@@ -97,15 +98,15 @@ func TestIntegrationProxyUnits(t *testing.T) {
 				t.Errorf("%s %s=%q, want %q", tc.unit, tc.prop, got, tc.want)
 			}
 		}
-		if got := h.show(generator.Target, "Wants"); !strings.Contains(got, proxyUnit) {
-			t.Errorf("%s Wants=%s, without %s", generator.Target, got, proxyUnit)
+		if got := h.show(units.Target, "Wants"); !strings.Contains(got, proxyUnit) {
+			t.Errorf("%s Wants=%s, without %s", units.Target, got, proxyUnit)
 		}
 	})
 
 	// The supervisor gets both units' sockets, by name.
 	supervisorFDs := func(t *testing.T) {
 		t.Helper()
-		unit := generator.SupervisorService("web")
+		unit := units.Group{Name: "web"}.SupervisorUnit()
 		waitFor(t, 20*time.Second, unit+" active", func() bool { return h.show(unit, "ActiveState") == "active" })
 		pid := h.show(unit, "MainPID")
 		env, err := h.run("cat", "/proc/"+pid+"/environ")
@@ -149,9 +150,9 @@ func TestIntegrationProxyUnits(t *testing.T) {
 	})
 
 	t.Run("and again after a restart of the supervisor alone", func(t *testing.T) {
-		old := h.show(generator.SupervisorService("web"), "MainPID")
-		h.systemctl("restart", generator.SupervisorService("web"))
-		if pid := h.show(generator.SupervisorService("web"), "MainPID"); pid == old {
+		old := h.show(units.Group{Name: "web"}.SupervisorUnit(), "MainPID")
+		h.systemctl("restart", units.Group{Name: "web"}.SupervisorUnit())
+		if pid := h.show(units.Group{Name: "web"}.SupervisorUnit(), "MainPID"); pid == old {
 			t.Fatalf("supervisor PID %s unchanged after restart", pid)
 		}
 		supervisorFDs(t)
@@ -176,7 +177,7 @@ func TestIntegrationProxyUnits(t *testing.T) {
 
 	t.Run("timeout_stop 0 is infinity, and Go workers start", func(t *testing.T) {
 		for n := 1; n <= 2; n++ {
-			unit := generator.WorkerService("web", n)
+			unit := units.Group{Name: "web"}.Instance(n)
 			if got := h.show(unit, "ActiveState"); got != "active" {
 				t.Errorf("%s: %s (NRestarts=%s)", unit, got, h.show(unit, "NRestarts"))
 			}
@@ -194,7 +195,7 @@ func TestIntegrationProxyUnits(t *testing.T) {
 
 	t.Run("Documentation keeps the link to a configuration path with a space", func(t *testing.T) {
 		want := "file:///etc/powerhouse/my%20house.toml"
-		for _, u := range []string{generator.Target, generator.SupervisorService("web")} {
+		for _, u := range []string{units.Target, units.Group{Name: "web"}.SupervisorUnit()} {
 			if got := strings.Trim(h.show(u, "Documentation"), `"`); got != want {
 				t.Errorf("%s Documentation=%s, want %s", u, got, want)
 			}
@@ -234,7 +235,7 @@ func TestIntegrationProxyListenerInstall(t *testing.T) {
 			t.Fatalf("install --now: %v\n%s\n%s", err, out, h.journal())
 		}
 	}
-	proxyUnit := generator.ProxySocket("web")
+	proxyUnit := units.Group{Name: "web"}.ProxySocket()
 
 	install(direct)
 	if got := h.show(proxyUnit, "LoadState"); got != "not-found" {

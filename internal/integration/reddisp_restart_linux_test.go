@@ -16,8 +16,8 @@ import (
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 
-	"github.com/powerhouse/powerhouse/generator"
-	"github.com/powerhouse/powerhouse/internal/supervisor"
+	"github.com/powerhouse/powerhouse/supervisor"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // redGet asks hello for / on a new connection from src to addr, after
@@ -51,7 +51,7 @@ func redGet(src, addr, prefix string) (string, error) {
 func redDispatchState(t *testing.T, h *house) supervisor.DispatchState {
 	t.Helper()
 	var ds supervisor.DispatchState
-	b, err := h.box.ReadFile(supervisor.DispatchStatePath(generator.RuntimeDir, "web"))
+	b, err := h.box.ReadFile(units.Group{Name: "web"}.DispatchStatePath())
 	if err == nil {
 		err = json.Unmarshal(b, &ds)
 	}
@@ -93,7 +93,7 @@ func TestIntegrationRedSupervisorRestartStuckWorker(t *testing.T) {
 	if len(homed) == 0 {
 		t.Fatal("no source of 64 reaches web@1")
 	}
-	mgr := h.m.Conn()
+	mgr := h.raw
 	signal := func(sig syscall.Signal) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/powerhouse/powerhouse/generator"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // TestIntegrationUnitsLoad installs the units of testdata/demo.toml in a
@@ -16,12 +17,12 @@ import (
 // their ports.
 func TestIntegrationUnitsLoad(t *testing.T) {
 	h := newHouse(t, demoConfig(t))
-	names := []string{generator.Target}
+	names := []string{units.Target}
 	for _, w := range h.cfg.Workers {
-		names = append(names, generator.SupervisorService(w.Name), generator.WorkerService(w.Name, 1), generator.WorkerService(w.Name, w.Amount))
+		names = append(names, units.Group{Name: w.Name}.SupervisorUnit(), units.Group{Name: w.Name}.Instance(1), units.Group{Name: w.Name}.Instance(w.Amount))
 		names = append(names, generator.GroupSockets(&w)...)
 		if w.Sticky {
-			names = append(names, generator.HandoffSocketUnit(w.Name, 1))
+			names = append(names, units.Group{Name: w.Name}.HandoffSocket(1))
 		}
 	}
 	for _, n := range names {
@@ -68,7 +69,7 @@ amount = 1
 exec = ["/bin/sh", "-c", 'for a; do printf "%s\n" "$a"; done > ` + boxOut + `/argv', "sh", ` + tomlList(words) + `]
 `
 	h := newHouse(t, cfg)
-	h.systemctl("start", generator.WorkerService("echo", 1))
+	h.systemctl("start", units.Group{Name: "echo"}.Instance(1))
 	var got []byte
 	waitFor(t, 10*time.Second, "the worker to write its arguments", func() bool {
 		b, err := os.ReadFile(h.box.Path(boxOut + "/argv"))

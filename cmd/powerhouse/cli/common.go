@@ -28,7 +28,7 @@ func addManagerFlags(fs *flag.FlagSet) *managerFlags {
 	}
 }
 
-func (m *managerFlags) connect(e *env) (*units.Manager, error) {
+func (m *managerFlags) connect(e *env) (units.Manager, error) {
 	return connect(e.ctx, *m.user)
 }
 
@@ -49,7 +49,7 @@ func requireRoot(verb string, user bool) error {
 // the D-Bus library would try to start a bus of its own (dbus-launch)
 // and fail with a message about that, or find no systemd on it; the
 // error says instead what is missing and how to get it.
-func connect(ctx context.Context, user bool) (*units.Manager, error) {
+func connect(ctx context.Context, user bool) (units.Manager, error) {
 	if !user {
 		return units.Connect(ctx, units.System)
 	}

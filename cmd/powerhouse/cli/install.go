@@ -51,7 +51,7 @@ func newLayout(user bool, root string) (layout, error) {
 			configPath: config.DefaultPath,
 			unitDir:    "/etc/systemd/system",
 			manifest:   "/etc/powerhouse/.installed.json",
-			wantsLink:  "/etc/systemd/system/multi-user.target.wants/" + generator.Target,
+			wantsLink:  "/etc/systemd/system/multi-user.target.wants/" + units.Target,
 		}, nil
 	}
 	home, err := os.UserHomeDir()
@@ -70,7 +70,7 @@ func newLayout(user bool, root string) (layout, error) {
 		configPath: filepath.Join(phDir, "powerhouse.toml"),
 		unitDir:    unitDir,
 		manifest:   filepath.Join(phDir, ".installed.json"),
-		wantsLink:  filepath.Join(unitDir, "default.target.wants", generator.Target),
+		wantsLink:  filepath.Join(unitDir, "default.target.wants", units.Target),
 		user:       true,
 	}, nil
 }
@@ -211,7 +211,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	for _, u := range us {
 		files = append(files, units.File{Path: filepath.Join(lay.unitDir, u.Name), Data: u.Render(o), Perm: units.Public})
 	}
-	files = append(files, units.File{Path: lay.wantsLink, Link: filepath.Join(lay.unitDir, generator.Target)})
+	files = append(files, units.File{Path: lay.wantsLink, Link: filepath.Join(lay.unitDir, units.Target)})
 	if !user {
 		// The workers' default user; user managers run workers as their user.
 		files = append(files, units.File{Path: units.SysusersPath, Data: units.Sysusers, Perm: units.Public})
@@ -220,7 +220,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		fmt.Fprintf(e.stderr, "install: %s\n", n)
 	}
 
-	var m *units.Manager
+	var m units.Manager
 	if root == "" {
 		if m, err = connect(e.ctx, user); err != nil {
 			return err
@@ -260,20 +260,20 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		return nil
 	}
 	if res.Changed() {
-		if err := m.Conn().ReloadContext(e.ctx); err != nil {
+		if err := m.DaemonReload(e.ctx); err != nil {
 			return fmt.Errorf("systemctl daemon-reload: %w", err)
 		}
 	}
 	if !now {
 		return nil
 	}
-	target, err := m.State(e.ctx, generator.Target)
+	target, err := m.State(e.ctx, units.Target)
 	if err != nil {
 		return err
 	}
 	if target.ActiveState != "active" {
-		fmt.Fprintf(e.stderr, "install: starting %s\n", generator.Target)
-		return m.Start(e.ctx, generator.Target)
+		fmt.Fprintf(e.stderr, "install: starting %s\n", units.Target)
+		return m.Start(e.ctx, units.Target)
 	}
 	for _, g := range affectedGroups(old, c, res.Written, lay.unitDir) {
 		fmt.Fprintf(e.stderr, "install: applying the change to group %s\n", g)
@@ -281,7 +281,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 			return err
 		}
 	}
-	return m.Start(e.ctx, generator.Target)
+	return m.Start(e.ctx, units.Target)
 }
 
 // checkTargetAccounts refuses c when a user or group it names does not
@@ -312,15 +312,14 @@ func affectedGroups(old, c *config.Config, written []string, unitDir string) []s
 	all := false
 	for _, p := range written {
 		name := strings.TrimPrefix(p, unitDir+"/")
-		switch {
-		case name == generator.SupervisorPrefix+".service", name == generator.PrepareService:
+		if name == units.SupervisorTemplate || name == units.PrepareService {
 			all = true
-		case strings.HasPrefix(name, generator.ProxyPrefix): // before "powerhouse-": "proxy" is no group
-			set[strings.SplitN(strings.TrimPrefix(name, generator.ProxyPrefix), ".", 2)[0]] = true
-		case strings.HasPrefix(name, "powerhouse-"):
-			set[strings.SplitN(strings.TrimPrefix(name, "powerhouse-"), "@", 2)[0]] = true
-		case strings.HasPrefix(name, generator.SupervisorPrefix):
-			set[strings.SplitN(strings.TrimPrefix(name, generator.SupervisorPrefix), ".", 2)[0]] = true
+			continue
+		}
+		for _, w := range c.Workers {
+			if (units.Group{Name: w.Name}).Owns(name) {
+				set[w.Name] = true
+			}
 		}
 	}
 	var out []string
@@ -341,11 +340,11 @@ func affectedGroups(old, c *config.Config, written []string, unitDir string) []s
 // changed worker units mean a rolling restart of the workers; anything else
 // (amount, config, sockets) is picked up by restarting the supervisor,
 // which leaves the workers running.
-func applyGroup(e *env, m *units.Manager, old, c *config.Config, g string, written []string, unitDir string) error {
+func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, written []string, unitDir string) error {
 	w := c.Worker(g)
 	workerChanged := false
 	for _, p := range written {
-		if p == filepath.Join(unitDir, generator.WorkerTemplate(g)) || p == filepath.Join(unitDir, "powerhouse-"+g+"@.socket") {
+		if p == filepath.Join(unitDir, units.Group{Name: g}.WorkerTemplate()) || p == filepath.Join(unitDir, "powerhouse-"+g+"@.socket") {
 			workerChanged = true
 		}
 	}
@@ -376,7 +375,7 @@ func applyGroup(e *env, m *units.Manager, old, c *config.Config, g string, writt
 		}
 	}
 	if len(gone)+len(start) > 0 {
-		if err := m.Stop(e.ctx, generator.SupervisorService(g)); err != nil {
+		if err := m.Stop(e.ctx, units.Group{Name: g}.SupervisorUnit()); err != nil {
 			return err
 		}
 		for _, s := range append(gone, start...) {
@@ -388,12 +387,12 @@ func applyGroup(e *env, m *units.Manager, old, c *config.Config, g string, writt
 			}
 		}
 	}
-	if err := m.Restart(e.ctx, generator.SupervisorService(g)); err != nil {
+	if err := m.Restart(e.ctx, units.Group{Name: g}.SupervisorUnit()); err != nil {
 		return err
 	}
 	if workerChanged && w.Reloadable {
 		for n := 1; n <= w.Amount; n++ {
-			if err := m.Restart(e.ctx, generator.WorkerService(g, n)); err != nil {
+			if err := m.Restart(e.ctx, units.Group{Name: g}.Instance(n)); err != nil {
 				return fmt.Errorf("group %s: instance %d: %w", g, n, err)
 			}
 		}
@@ -411,14 +410,14 @@ func contains(list []string, s string) bool {
 }
 
 // stopGroup stops a group's supervisor, workers and sockets.
-func stopGroup(e *env, m *units.Manager, g string) {
-	m.Stop(e.ctx, generator.SupervisorService(g))
+func stopGroup(e *env, m units.Manager, g string) {
+	m.Stop(e.ctx, units.Group{Name: g}.SupervisorUnit())
 	sts, _ := m.States(e.ctx, "powerhouse-"+g+"@*")
 	for _, st := range sts {
 		m.Stop(e.ctx, st.Name)
 	}
-	m.Stop(e.ctx, generator.PublicSocket(g))
-	m.Stop(e.ctx, generator.ProxySocket(g))
+	m.Stop(e.ctx, units.Group{Name: g}.PublicSocket())
+	m.Stop(e.ctx, units.Group{Name: g}.ProxySocket())
 }
 
 func init() {
@@ -457,13 +456,13 @@ systemd.`,
 					fmt.Fprintln(e.stdout, "uninstall: nothing installed")
 					return nil
 				}
-				var m *units.Manager
+				var m units.Manager
 				if *root == "" {
 					if m, err = connect(e.ctx, *user); err != nil {
 						return err
 					}
 					defer m.Close()
-					if err := m.Stop(e.ctx, generator.Target); err != nil {
+					if err := m.Stop(e.ctx, units.Target); err != nil {
 						return err
 					}
 					// Sockets and workers are PartOf the target; stop
@@ -487,7 +486,7 @@ systemd.`,
 					return err
 				}
 				if m != nil {
-					if err := m.Conn().ReloadContext(e.ctx); err != nil {
+					if err := m.DaemonReload(e.ctx); err != nil {
 						return fmt.Errorf("systemctl daemon-reload: %w", err)
 					}
 				}

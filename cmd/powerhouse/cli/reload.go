@@ -6,7 +6,6 @@ import (
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/events"
-	"github.com/powerhouse/powerhouse/generator"
 	"github.com/powerhouse/powerhouse/units"
 )
 
@@ -66,7 +65,7 @@ otherwise it is skipped, and said so.`,
 					// Restarting the instances of a group that is not
 					// running would start its workers, without their
 					// supervisor: half a house nobody asked for.
-					sup := generator.SupervisorService(w.Name)
+					sup := units.Group{Name: w.Name}.SupervisorUnit()
 					st, err := m.State(e.ctx, sup)
 					if err != nil {
 						return err
@@ -91,9 +90,9 @@ otherwise it is skipped, and said so.`,
 // rollingRestart restarts a group's instances one at a time, each once
 // the previous one is ready again (reload, and set without
 // reload_signal). verb prefixes the progress lines.
-func rollingRestart(e *env, m *units.Manager, verb string, w *config.Worker) error {
+func rollingRestart(e *env, m units.Manager, verb string, w *config.Worker) error {
 	for n := 1; n <= w.Amount; n++ {
-		unit := generator.WorkerService(w.Name, n)
+		unit := units.Group{Name: w.Name}.Instance(n)
 		fmt.Fprintf(e.stderr, "%s %s: restarting %s (%d/%d)\n", verb, w.Name, unit, n, w.Amount)
 		if err := m.Restart(e.ctx, unit); err != nil {
 			return fmt.Errorf("group %s: instance %d (%s) did not become ready: %w", w.Name, n, unit, err)

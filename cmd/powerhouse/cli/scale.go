@@ -7,10 +7,8 @@ import (
 	"syscall"
 	"time"
 
-	sdbus "github.com/coreos/go-systemd/v22/dbus"
-
 	"github.com/powerhouse/powerhouse/config"
-	"github.com/powerhouse/powerhouse/generator"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 func init() {
@@ -68,7 +66,7 @@ the amount saved, and starts with it.`,
 				}, group, false); err != nil {
 					return err
 				}
-				sup := generator.SupervisorService(group)
+				sup := units.Group{Name: group}.SupervisorUnit()
 				// A group that does not run has no supervisor to signal
 				// (systemd would answer "No main process to kill"): the
 				// saved amount is what it starts with.
@@ -76,12 +74,12 @@ the amount saved, and starts with it.`,
 					fmt.Fprintf(e.stderr, "scale %s: %d instances saved in %s; the group is not running (%s is %s): it starts with them\n", group, n, cfg, sup, st.ActiveState)
 					return nil
 				}
-				if err := m.Conn().KillUnitWithTarget(e.ctx, sup, sdbus.Main, int32(syscall.SIGHUP)); err != nil {
+				if err := m.Signal(e.ctx, sup, syscall.SIGHUP); err != nil {
 					return fmt.Errorf("ask %s to apply: %w", sup, err)
 				}
 				deadline := time.Now().Add(*timeout)
 				for {
-					sts, err := m.States(e.ctx, "powerhouse-"+group+"@*.service")
+					sts, err := m.States(e.ctx, units.Group{Name: group}.InstancePattern())
 					if err != nil {
 						return err
 					}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/generator"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 func init() {
@@ -73,7 +74,7 @@ func runGenerator(dir string) error {
 	if err := os.MkdirAll(wants, 0o755); err != nil {
 		return err
 	}
-	return os.Symlink(filepath.Join(dir, generator.Target), filepath.Join(wants, generator.Target))
+	return os.Symlink(filepath.Join(dir, units.Target), filepath.Join(wants, units.Target))
 }
 
 // logGenerator reports a generator's problems where a generator can: the

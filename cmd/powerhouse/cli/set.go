@@ -13,12 +13,9 @@ import (
 	"strings"
 	"syscall"
 
-	sdbus "github.com/coreos/go-systemd/v22/dbus"
-
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/events"
-	"github.com/powerhouse/powerhouse/generator"
-	"github.com/powerhouse/powerhouse/internal/supervisor"
+	"github.com/powerhouse/powerhouse/supervisor"
 	"github.com/powerhouse/powerhouse/units"
 )
 
@@ -131,7 +128,7 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 				ev := reconfigureEvent(w, values, how)
 				_ = events.Write(ev)
 				fmt.Fprintf(e.stderr, "set %s: %s saved in %s; %s readable by %s; %s\n",
-					group, strings.ReplaceAll(ev.Fields["keys"], ",", ", "), cfg, generator.GroupConfigPath(group), readers, how)
+					group, strings.ReplaceAll(ev.Fields["keys"], ",", ", "), cfg, units.Group{Name: group}.ConfigPath(), readers, how)
 				return nil
 			}
 		},
@@ -174,7 +171,7 @@ func editLocked(cfg string, edit func([]byte) ([]byte, error), group string, gro
 	if !groupConfig {
 		return w, "", nil
 	}
-	readers, err := supervisor.WriteGroupConfig(generator.RuntimeDir, w)
+	readers, err := supervisor.WriteGroupConfig(units.Group{Name: w.Name}, w)
 	return w, readers, err
 }
 
@@ -202,7 +199,7 @@ var configPerm = units.Perm{Mode: 0o600, Keep: true}
 // the way its reload_signal says, and says what it did: SIGHUP to every
 // running instance for workers that handle it; otherwise a rolling
 // restart, because SIGHUP ends a process that does not handle it.
-func deliver(e *env, m *units.Manager, w *config.Worker) (string, error) {
+func deliver(e *env, m units.Manager, w *config.Worker) (string, error) {
 	sts, err := m.States(e.ctx, "powerhouse-"+w.Name+"@*.service")
 	if err != nil {
 		return "", err
@@ -220,7 +217,7 @@ func deliver(e *env, m *units.Manager, w *config.Worker) (string, error) {
 		n := 0
 		for _, st := range sts {
 			if st.ActiveState == "active" || st.ActiveState == "reloading" {
-				if err := m.Conn().KillUnitWithTarget(e.ctx, st.Name, sdbus.Main, int32(syscall.SIGHUP)); err != nil {
+				if err := m.Signal(e.ctx, st.Name, syscall.SIGHUP); err != nil {
 					return "", fmt.Errorf("deliver to %s: %w", st.Name, err)
 				}
 				n++

@@ -12,47 +12,16 @@ import (
 	"time"
 
 	"github.com/powerhouse/powerhouse/config"
-	"github.com/powerhouse/powerhouse/generator"
-	"github.com/powerhouse/powerhouse/internal/supervisor"
+	"github.com/powerhouse/powerhouse/supervisor"
 	"github.com/powerhouse/powerhouse/units"
 )
 
-// GroupStatus is one group in `powerhouse status --json`. The field names
-// are stable; new fields may be added.
-type GroupStatus struct {
-	Group      string           `json:"group"`
-	Type       string           `json:"type"`
-	Sticky     bool             `json:"sticky"`
-	Amount     int              `json:"amount"`
-	Supervisor UnitStatus       `json:"supervisor"`
-	Config     map[string]any   `json:"config"`
-	Dispatch   *DispatchStatus  `json:"dispatch,omitempty"`
-	Instances  []InstanceStatus `json:"instances"`
-
-	dispatchKnown bool // the supervisor has published its dispatch set
-}
-
-// UnitStatus is a unit's state as systemd reports it.
-type UnitStatus struct {
-	Unit     string `json:"unit"`
-	State    string `json:"state"`     // ActiveState
-	SubState string `json:"sub_state"` // SubState
-	PID      uint32 `json:"pid"`       // MainPID, 0 when not running
-}
-
-// DispatchStatus are a sticky group's counters since its supervisor started.
-type DispatchStatus = supervisor.DispatchCounters
-
-// InstanceStatus is one worker instance.
-type InstanceStatus struct {
-	Instance int `json:"instance"`
-	UnitStatus
-	UptimeSeconds float64 `json:"uptime_seconds"` // since it became active; 0 when not active
-	Restarts      uint32  `json:"restarts"`       // systemd's NRestarts
-	HandedOff     uint64  `json:"handed_off"`     // connections dispatched to it (sticky groups)
-	Queued        int     `json:"queued"`         // connections waiting now for room in its hand-off queue (sticky groups)
-	InDispatch    bool    `json:"in_dispatch"`    // receives new connections (sticky groups)
-}
+// The status types are the supervisor's (its Status method returns them).
+type (
+	GroupStatus    = supervisor.GroupStatus
+	UnitStatus     = supervisor.UnitStatus
+	InstanceStatus = supervisor.InstanceStatus
+)
 
 func init() {
 	register(&command{
@@ -100,38 +69,36 @@ JSON array of groups (see docs/status.md).`,
 	})
 }
 
-func unitStatus(e *env, m *units.Manager, unit string) (UnitStatus, error) {
+func unitStatus(e *env, m units.Manager, unit string) (UnitStatus, error) {
 	st, err := m.State(e.ctx, unit)
 	if err != nil {
 		return UnitStatus{}, err
 	}
-	us := UnitStatus{Unit: unit, State: st.ActiveState, SubState: st.SubState}
+	us := UnitStatus{Unit: unit, State: string(st.ActiveState), SubState: st.SubState}
 	if st.LoadState == "loaded" {
-		if v, err := m.Property(e.ctx, unit, "Service", "MainPID"); err == nil {
-			us.PID, _ = v.(uint32)
-		}
+		us.PID, _ = m.MainPID(e.ctx, unit)
 	}
 	return us, nil
 }
 
-func groupStatus(e *env, m *units.Manager, w *config.Worker) (GroupStatus, error) {
+func groupStatus(e *env, m units.Manager, w *config.Worker) (GroupStatus, error) {
 	gs := GroupStatus{Group: w.Name, Type: string(w.Type), Sticky: w.Sticky, Amount: w.Amount, Config: w.Config}
 	// The live config is the one the workers read.
-	if b, err := os.ReadFile(generator.GroupConfigPath(w.Name)); err == nil {
+	if b, err := os.ReadFile(units.Group{Name: w.Name}.ConfigPath()); err == nil {
 		var live map[string]any
 		if json.Unmarshal(b, &live) == nil {
 			gs.Config = live
 		}
 	}
-	sup, err := unitStatus(e, m, generator.SupervisorService(w.Name))
+	sup, err := unitStatus(e, m, units.Group{Name: w.Name}.SupervisorUnit())
 	if err != nil {
 		return gs, err
 	}
 	gs.Supervisor = sup
 	var ds supervisor.DispatchState
 	if w.Sticky {
-		if b, err := os.ReadFile(supervisor.DispatchStatePath(generator.RuntimeDir, w.Name)); err == nil {
-			gs.dispatchKnown = json.Unmarshal(b, &ds) == nil
+		if b, err := os.ReadFile(units.Group{Name: w.Name}.DispatchStatePath()); err == nil {
+			gs.DispatchKnown = json.Unmarshal(b, &ds) == nil
 		}
 		c := ds.DispatchCounters
 		gs.Dispatch = &c
@@ -151,19 +118,13 @@ func groupStatus(e *env, m *units.Manager, w *config.Worker) (GroupStatus, error
 			continue
 		}
 		seen[n] = true
-		is := InstanceStatus{Instance: n, UnitStatus: UnitStatus{Unit: st.Name, State: st.ActiveState, SubState: st.SubState},
+		is := InstanceStatus{Instance: n, UnitStatus: UnitStatus{Unit: st.Name, State: string(st.ActiveState), SubState: st.SubState},
 			HandedOff: ds.PerInstance[n], Queued: ds.Queued[n], InDispatch: in[n]}
-		if v, err := m.Property(e.ctx, st.Name, "Service", "MainPID"); err == nil {
-			is.PID, _ = v.(uint32)
-		}
-		if v, err := m.Property(e.ctx, st.Name, "Service", "NRestarts"); err == nil {
-			is.Restarts, _ = v.(uint32)
-		}
+		is.PID, _ = m.MainPID(e.ctx, st.Name)
+		is.Restarts, _ = m.Restarts(e.ctx, st.Name)
 		if st.ActiveState == "active" {
-			if p, err := m.Conn().GetUnitPropertyContext(e.ctx, st.Name, "ActiveEnterTimestamp"); err == nil {
-				if us, ok := p.Value.Value().(uint64); ok && us > 0 {
-					is.UptimeSeconds = time.Since(time.UnixMicro(int64(us))).Round(time.Millisecond).Seconds()
-				}
+			if t, err := m.Since(e.ctx, st.Name); err == nil && !t.IsZero() {
+				is.UptimeSeconds = time.Since(t).Round(time.Millisecond).Seconds()
 			}
 		}
 		gs.Instances = append(gs.Instances, is)
@@ -171,7 +132,7 @@ func groupStatus(e *env, m *units.Manager, w *config.Worker) (GroupStatus, error
 	// Instances the configuration wants but systemd has not loaded.
 	for n := 1; n <= w.Amount; n++ {
 		if !seen[n] {
-			gs.Instances = append(gs.Instances, InstanceStatus{Instance: n, UnitStatus: UnitStatus{Unit: generator.WorkerService(w.Name, n), State: "inactive", SubState: "dead"}})
+			gs.Instances = append(gs.Instances, InstanceStatus{Instance: n, UnitStatus: UnitStatus{Unit: units.Group{Name: w.Name}.Instance(n), State: "inactive", SubState: "dead"}})
 		}
 	}
 	sort.Slice(gs.Instances, func(i, j int) bool { return gs.Instances[i].Instance < gs.Instances[j].Instance })
@@ -202,7 +163,7 @@ func printStatus(e *env, gs []GroupStatus) {
 		fmt.Fprintln(tw, "  INSTANCE\tSTATE\tPID\tUPTIME\tRESTARTS\tHANDED OFF")
 		for _, in := range g.Instances {
 			state := in.State + " (" + in.SubState + ")"
-			if g.Sticky && g.dispatchKnown && in.State == "active" && !in.InDispatch {
+			if g.Sticky && g.DispatchKnown && in.State == "active" && !in.InDispatch {
 				state += ", out of dispatch"
 			}
 			up := "-"

@@ -6,7 +6,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/powerhouse/powerhouse/generator"
 	"github.com/powerhouse/powerhouse/units"
 )
 
@@ -38,18 +37,18 @@ func init() {
 					}
 					defer m.Close()
 					if v.name == "stop" {
-						if err = m.Stop(e.ctx, generator.Target); err == nil {
+						if err = m.Stop(e.ctx, units.Target); err == nil {
 							// The target is ordered after the groups, so its
 							// own stop job ends first: wait for the rest.
 							err = waitStopped(e, m)
 						}
 					} else {
-						err = m.Start(e.ctx, generator.Target)
+						err = m.Start(e.ctx, units.Target)
 					}
 					if err != nil {
 						return err
 					}
-					fmt.Fprintf(e.stderr, "%s: %s done\n", generator.Target, v.name)
+					fmt.Fprintf(e.stderr, "%s: %s done\n", units.Target, v.name)
 					return nil
 				}
 			},
@@ -58,7 +57,7 @@ func init() {
 }
 
 // waitStopped waits until no unit of the house is active or stopping.
-func waitStopped(e *env, m *units.Manager) error {
+func waitStopped(e *env, m units.Manager) error {
 	deadline := time.Now().Add(3 * time.Minute)
 	for {
 		sts, err := m.States(e.ctx, "powerhouse*")

@@ -13,7 +13,7 @@ import (
 	"github.com/coreos/go-systemd/v22/daemon"
 
 	"github.com/powerhouse/powerhouse/config"
-	"github.com/powerhouse/powerhouse/internal/supervisor"
+	"github.com/powerhouse/powerhouse/supervisor"
 )
 
 func init() {

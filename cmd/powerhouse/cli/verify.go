@@ -13,6 +13,7 @@ import (
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/generator"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 func init() {
@@ -83,15 +84,15 @@ func verifyUnits(ctx context.Context, analyze string, c *config.Config, o genera
 			return nil, err
 		}
 	}
-	names := []string{generator.Target}
+	names := []string{units.Target}
 	if c.Prepare != nil {
-		names = append(names, generator.PrepareService)
+		names = append(names, units.PrepareService)
 	}
 	for _, w := range c.Workers {
-		names = append(names, generator.SupervisorService(w.Name), generator.WorkerService(w.Name, 1))
+		names = append(names, units.Group{Name: w.Name}.SupervisorUnit(), units.Group{Name: w.Name}.Instance(1))
 		names = append(names, generator.GroupSockets(&w)...)
 		if w.Sticky {
-			names = append(names, generator.HandoffSocketUnit(w.Name, 1))
+			names = append(names, units.Group{Name: w.Name}.HandoffSocket(1))
 		}
 	}
 	args := []string{"verify", "--man=no"}

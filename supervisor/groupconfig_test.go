@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // TestWriteGroupConfigMode: config.json holds the group's configuration,
@@ -51,7 +52,7 @@ func TestWriteGroupConfigMode(t *testing.T) {
 				b, _ := w.ConfigJSON()
 				os.WriteFile(p, b, 0o644)
 			}
-			_, err := WriteGroupConfig(dir, w)
+			_, err := WriteGroupConfig(units.Group{Name: w.Name, Root: dir}, w)
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), p) {
 					t.Fatalf("error %v, want one naming %s and saying %q", err, p, tc.wantErr)
@@ -73,7 +74,7 @@ func TestWriteGroupConfigMode(t *testing.T) {
 	t.Run("default group", func(t *testing.T) {
 		dir := t.TempDir()
 		w := &config.Worker{Name: "web", Config: map[string]any{}}
-		readers, err := WriteGroupConfig(dir, w)
+		readers, err := WriteGroupConfig(units.Group{Name: w.Name, Root: dir}, w)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,11 +99,11 @@ func TestWriteGroupConfigMode(t *testing.T) {
 func TestWriteGroupConfigEPERM(t *testing.T) {
 	if dir := os.Getenv("POWERHOUSE_TEST_EPERM_DIR"); dir != "" {
 		w := &config.Worker{Name: "web", Service: config.Service{Group: "4242"}, Config: map[string]any{}}
-		_, err := WriteGroupConfig(dir, w)
+		_, err := WriteGroupConfig(units.Group{Name: w.Name, Root: dir}, w)
 		io.WriteString(os.Stdout, "RESULT: "+strings.ReplaceAll(errString(err), "\n", " ")+"\n")
 		// A user's own house: no group asked for, the user's file.
 		w = &config.Worker{Name: "user", Config: map[string]any{}}
-		_, err = WriteGroupConfig(dir, w)
+		_, err = WriteGroupConfig(units.Group{Name: w.Name, Root: dir}, w)
 		io.WriteString(os.Stdout, "USER: "+errString(err)+"\n")
 		return
 	}

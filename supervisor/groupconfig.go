@@ -17,7 +17,7 @@ import (
 const DefaultWorkerGroup = "powerhouse"
 
 // WriteGroupConfig writes the group's configuration for its workers to
-// runtimeDir/GROUP/config.json. The file may hold secrets: it is mode
+// g.ConfigPath(). The file may hold secrets: it is mode
 // 0640 and belongs to the group the workers run as (see WorkerGroup), so
 // that they read it and no other user does. When that group cannot be
 // given (EPERM: the writer has neither CAP_CHOWN nor membership), it
@@ -26,12 +26,12 @@ const DefaultWorkerGroup = "powerhouse"
 // supervisor of a user's own house) with no user or group asked for
 // keeps the file its own, 0600: its workers run as the same user. readers
 // says who can read it, for the log.
-func WriteGroupConfig(runtimeDir string, w *config.Worker) (readers string, err error) {
+func WriteGroupConfig(g units.Group, w *config.Worker) (readers string, err error) {
 	b, err := w.ConfigJSON()
 	if err != nil {
 		return "", err
 	}
-	dir := filepath.Join(runtimeDir, w.Name)
+	dir := filepath.Dir(g.ConfigPath())
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("group config: %w", err)
 	}
@@ -47,12 +47,12 @@ func WriteGroupConfig(runtimeDir string, w *config.Worker) (readers string, err 
 		// (systemd would refuse to start one): root's alone.
 		readers = "root only (no group " + DefaultWorkerGroup + " on this system)"
 	case err != nil:
-		return "", fmt.Errorf("group config %s: %w", filepath.Join(dir, "config.json"), err)
+		return "", fmt.Errorf("group config %s: %w", g.ConfigPath(), err)
 	default:
 		perm = units.Perm{Mode: 0o640, SetGroup: true, GID: gid}
 		readers = fmt.Sprintf("group %s (gid %d)", name, gid)
 	}
-	if _, err := units.WriteFile(filepath.Join(dir, "config.json"), b, perm); err != nil {
+	if _, err := units.WriteFile(g.ConfigPath(), b, perm); err != nil {
 		return "", fmt.Errorf("group config: %w", err)
 	}
 	return readers, nil

@@ -8,11 +8,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -24,23 +21,13 @@ import (
 	"github.com/powerhouse/powerhouse/units"
 )
 
-// Manager is the part of systemd's manager the supervisor uses; a
-// *units.Manager in production.
-type Manager interface {
-	Start(ctx context.Context, unit string) error
-	Stop(ctx context.Context, unit string) error
-	Restart(ctx context.Context, unit string) error
-	States(ctx context.Context, patterns ...string) ([]units.UnitState, error)
-	State(ctx context.Context, unit string) (units.UnitState, error)
-	Watch(ctx context.Context) (<-chan string, error)
-	Property(ctx context.Context, unit, iface, name string) (any, error)
-}
-
 // Options configure Run.
 type Options struct {
-	Config  *config.Config
-	Group   string
-	Manager Manager
+	Config *config.Config
+	Group  string
+	// Scope is the manager the group runs under.
+	Scope   units.Scope
+	Manager units.Manager
 	// Files are the sockets systemd passed (LISTEN_FDS): the group's
 	// public listening sockets.
 	Files []*os.File
@@ -49,9 +36,6 @@ type Options struct {
 	// Emit records an event; default events.Write (journald).
 	Emit func(events.Event) error
 	Log  *slog.Logger
-	// RuntimeDir is where hand-off sockets and group configs live.
-	// Default /run/powerhouse.
-	RuntimeDir string
 	// StartTimeout bounds the wait for the instances to start before the
 	// supervisor reports ready anyway. Default 90s.
 	StartTimeout time.Duration
@@ -66,6 +50,7 @@ type Options struct {
 // Supervisor is one running group supervisor.
 type Supervisor struct {
 	o      Options
+	g      units.Group
 	w      *config.Worker
 	log    *slog.Logger
 	disp   *sticky.Dispatcher
@@ -85,9 +70,6 @@ func New(o Options) (*Supervisor, error) {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
-	if o.RuntimeDir == "" {
-		o.RuntimeDir = generator.RuntimeDir
-	}
 	if o.StartTimeout <= 0 {
 		o.StartTimeout = 90 * time.Second
 	}
@@ -100,10 +82,10 @@ func New(o Options) (*Supervisor, error) {
 	if o.Emit == nil {
 		o.Emit = events.Write
 	}
-	s := &Supervisor{o: o, w: w, log: o.Log.With("group", o.Group), amount: w.Amount, state: map[int]units.UnitState{}, pids: map[int]uint32{}}
+	s := &Supervisor{o: o, g: units.Group{Name: o.Group, Scope: o.Scope}, w: w, log: o.Log.With("group", o.Group), amount: w.Amount, state: map[int]units.UnitState{}, pids: map[int]uint32{}}
 	if w.Sticky {
 		s.disp = sticky.NewDispatcher(sticky.DispatcherOptions{
-			Path: func(id int) string { return filepath.Join(o.RuntimeDir, o.Group, strconv.Itoa(id)+".sock") },
+			Path: s.g.HandoffPath,
 			Log:  s.log,
 		})
 	}
@@ -112,25 +94,6 @@ func New(o Options) (*Supervisor, error) {
 
 // Dispatcher returns the group's dispatcher, nil for a non-sticky group.
 func (s *Supervisor) Dispatcher() *sticky.Dispatcher { return s.disp }
-
-func (s *Supervisor) pattern() string { return "powerhouse-" + s.o.Group + "@*.service" }
-
-// instanceOf returns n for "powerhouse-GROUP@n.service".
-func (s *Supervisor) instanceOf(unit string) (int, bool) {
-	rest, ok := strings.CutPrefix(unit, "powerhouse-"+s.o.Group+"@")
-	if !ok {
-		return 0, false
-	}
-	rest, ok = strings.CutSuffix(rest, ".service")
-	if !ok {
-		return 0, false
-	}
-	n, err := strconv.Atoi(rest)
-	if err != nil || n < 1 || strconv.Itoa(n) != rest {
-		return 0, false
-	}
-	return n, true
-}
 
 // Run supervises until ctx ends (SIGTERM). It returns nil on a clean stop.
 func (s *Supervisor) Run(ctx context.Context) error {
@@ -204,11 +167,11 @@ loop:
 			if !ok {
 				break loop
 			}
-			if n, ok := s.instanceOf(name); ok {
+			if n, ok := s.g.InstanceOf(name); ok {
 				if st, err := s.o.Manager.State(ctx, name); err == nil {
 					s.observe(ctx, n, st)
 				}
-			} else if name == generator.SupervisorService(s.o.Group) {
+			} else if name == s.g.SupervisorUnit() {
 				continue
 			}
 		case <-tick.C:
@@ -237,11 +200,11 @@ loop:
 func (s *Supervisor) shutdown() {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	self, err := s.o.Manager.State(ctx, generator.SupervisorService(s.o.Group))
+	self, err := s.o.Manager.State(ctx, s.g.SupervisorUnit())
 	reason := "signal"
 	switch {
 	case err == nil && self.JobType != "":
-		reason = self.JobType // stop, restart
+		reason = string(self.JobType) // stop, restart
 	}
 	keep := err != nil || self.JobType != "stop"
 	detail := "its workers are stopped"
@@ -259,7 +222,7 @@ func (s *Supervisor) shutdown() {
 		wg.Add(1)
 		go func(n int) {
 			defer wg.Done()
-			if err := s.o.Manager.Stop(ctx, generator.WorkerService(s.o.Group, n)); err != nil {
+			if err := s.o.Manager.Stop(ctx, s.g.Instance(n)); err != nil {
 				s.log.Warn("stop failed", "instance", n, "err", err)
 			}
 		}(n)
@@ -307,7 +270,7 @@ func (s *Supervisor) converge(ctx context.Context) {
 		wg.Add(1)
 		go func(n int) {
 			defer wg.Done()
-			if err := s.o.Manager.Start(ctx, generator.WorkerService(s.o.Group, n)); err != nil {
+			if err := s.o.Manager.Start(ctx, s.g.Instance(n)); err != nil {
 				s.log.Warn("instance did not start", "instance", n, "err", err)
 			}
 		}(n)
@@ -329,11 +292,11 @@ func (s *Supervisor) converge(ctx context.Context) {
 				// what was queued before it left dispatch, and nothing
 				// can start it again.
 				if s.disp != nil {
-					if err := s.o.Manager.Stop(ctx, generator.HandoffSocketUnit(s.o.Group, n)); err != nil {
+					if err := s.o.Manager.Stop(ctx, s.g.HandoffSocket(n)); err != nil {
 						s.log.Warn("surplus instance's hand-off socket did not stop", "instance", n, "err", err)
 					}
 				}
-				if err := s.o.Manager.Stop(ctx, generator.WorkerService(s.o.Group, n)); err != nil {
+				if err := s.o.Manager.Stop(ctx, s.g.Instance(n)); err != nil {
 					s.log.Warn("surplus instance did not stop", "instance", n, "err", err)
 				}
 			}(n)
@@ -345,13 +308,13 @@ func (s *Supervisor) converge(ctx context.Context) {
 
 // refresh re-reads the state of every instance.
 func (s *Supervisor) refresh(ctx context.Context) error {
-	sts, err := s.o.Manager.States(ctx, s.pattern())
+	sts, err := s.o.Manager.States(ctx, s.g.InstancePattern())
 	if err != nil {
 		return err
 	}
 	seen := map[int]bool{}
 	for _, st := range sts {
-		if n, ok := s.instanceOf(st.Name); ok {
+		if n, ok := s.g.InstanceOf(st.Name); ok {
 			seen[n] = true
 			s.observe(ctx, n, st)
 		}
@@ -365,7 +328,7 @@ func (s *Supervisor) refresh(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	for _, n := range gone {
-		s.observe(ctx, n, units.UnitState{Name: generator.WorkerService(s.o.Group, n), LoadState: "not-found", ActiveState: "inactive"})
+		s.observe(ctx, n, units.UnitState{Name: s.g.Instance(n), LoadState: "not-found", ActiveState: "inactive"})
 	}
 	return nil
 }
@@ -375,8 +338,8 @@ func (s *Supervisor) refresh(ctx context.Context) error {
 func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 	var pid uint32
 	if st.ActiveState == "active" || st.ActiveState == "reloading" {
-		if v, err := s.o.Manager.Property(ctx, st.Name, "Service", "MainPID"); err == nil {
-			pid, _ = v.(uint32)
+		if p, err := s.o.Manager.MainPID(ctx, st.Name); err == nil {
+			pid = p
 		}
 	}
 	s.mu.Lock()
@@ -404,7 +367,7 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 	s.mu.Unlock()
 	if stopSocket {
 		go func() {
-			if err := s.o.Manager.Stop(ctx, generator.HandoffSocketUnit(s.o.Group, n)); err != nil {
+			if err := s.o.Manager.Stop(ctx, s.g.HandoffSocket(n)); err != nil {
 				s.log.Debug("hand-off socket not stopped", "instance", n, "err", err)
 			}
 		}()
@@ -436,23 +399,19 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 // or signal, and whether it was stopped on request.
 func (s *Supervisor) stopped(ctx context.Context, n int, st units.UnitState, pid uint32) {
 	f := map[string]string{"pid": fmt.Sprint(pid)}
-	code, _ := s.o.Manager.Property(ctx, st.Name, "Service", "ExecMainCode")
-	status, _ := s.o.Manager.Property(ctx, st.Name, "Service", "ExecMainStatus")
-	if res, err := s.o.Manager.Property(ctx, st.Name, "Service", "Result"); err == nil {
-		f["result"] = fmt.Sprint(res)
-	}
-	c, _ := code.(int32)
-	v, _ := status.(int32)
 	how := "ended"
-	switch c {
-	case 1: // CLD_EXITED
-		f["exit_code"] = fmt.Sprint(v)
-		how = fmt.Sprintf("exited with code %d", v)
-	case 2, 3: // CLD_KILLED, CLD_DUMPED
-		name := unix.SignalName(syscall.Signal(v))
-		f["signal"] = name
-		f["signal_number"] = fmt.Sprint(v)
-		how = "killed by " + name
+	if x, err := s.o.Manager.MainExit(ctx, st.Name); err == nil {
+		f["result"] = x.Result
+		switch x.Kind {
+		case units.Exited:
+			f["exit_code"] = fmt.Sprint(x.Status)
+			how = fmt.Sprintf("exited with code %d", x.Status)
+		case units.Killed, units.Dumped:
+			name := unix.SignalName(x.Signal())
+			f["signal"] = name
+			f["signal_number"] = fmt.Sprint(x.Status)
+			how = "killed by " + name
+		}
 	}
 	s.emit(events.WorkerStop, n, fmt.Sprintf("worker %s@%d (pid %d) %s", s.o.Group, n, pid, how), f)
 	if st.JobType == "stop" || (Stopping(st) && st.ActiveState != "failed") {
@@ -556,11 +515,6 @@ type DispatchCounters struct {
 	ProxyBusy      uint64 `json:"proxy_busy"`
 }
 
-// DispatchStatePath is where the supervisor of group publishes its counters.
-func DispatchStatePath(runtimeDir, group string) string {
-	return filepath.Join(runtimeDir, group, "dispatch.json")
-}
-
 func (s *Supervisor) publish() {
 	s.o.Notify("STATUS=" + s.status())
 	if s.disp == nil {
@@ -574,7 +528,7 @@ func (s *Supervisor) publish() {
 		PerInstance: st.PerInstance, InDispatch: s.disp.Up.Snapshot().IDs(), Queued: st.Queued}
 	b, err := json.Marshal(ds)
 	if err == nil {
-		_, err = units.WriteFile(DispatchStatePath(s.o.RuntimeDir, s.o.Group), b, units.Public)
+		_, err = units.WriteFile(s.g.DispatchStatePath(), b, units.Public)
 	}
 	if err != nil {
 		s.log.Debug("dispatch state not written", "err", err)
@@ -584,7 +538,7 @@ func (s *Supervisor) publish() {
 // writeGroupConfig writes the JSON configuration the workers read, for
 // their group's eyes only (WriteGroupConfig).
 func (s *Supervisor) writeGroupConfig(w *config.Worker) error {
-	readers, err := WriteGroupConfig(s.o.RuntimeDir, w)
+	readers, err := WriteGroupConfig(s.g, w)
 	if err != nil {
 		return fmt.Errorf("supervise: %w", err)
 	}

@@ -1,0 +1,200 @@
+package units
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// House-wide unit names.
+const (
+	// Target pulls in and stops the whole house.
+	Target = "powerhouse.target"
+	// PrepareService runs the [prepare] hook once before any worker.
+	PrepareService = "powerhouse-prepare.service"
+	// SupervisorTemplate is the supervisor template every group shares.
+	SupervisorTemplate = "powerhouse@.service"
+	// SupervisorPattern matches every group's supervisor.
+	SupervisorPattern = "powerhouse@*.service"
+	// HousePattern matches every unit of the house.
+	HousePattern = "powerhouse*"
+)
+
+// RuntimeBase is the directory under which every group keeps its runtime
+// files: /run/powerhouse for the system manager, $XDG_RUNTIME_DIR/powerhouse
+// for a user's.
+func (s Scope) RuntimeBase() string {
+	if s == User {
+		return filepath.Join(userRuntimeDir(), "powerhouse")
+	}
+	return "/run/powerhouse"
+}
+
+// UnitRuntimeBase is RuntimeBase as unit files write it: with the %t
+// specifier in user scope, which systemd resolves for each user.
+func (s Scope) UnitRuntimeBase() string {
+	if s == User {
+		return "%t/powerhouse"
+	}
+	return "/run/powerhouse"
+}
+
+// PrepareEnv is the environment file the [prepare] hook writes.
+func (s Scope) PrepareEnv() string { return filepath.Join(s.RuntimeBase(), "prepare.env") }
+
+// UnitPrepareEnv is PrepareEnv as unit files write it.
+func (s Scope) UnitPrepareEnv() string { return s.UnitRuntimeBase() + "/prepare.env" }
+
+// Flag is the command-line flag that selects s for systemctl and
+// powerhouse alike: "--user", or "" for the system.
+func (s Scope) Flag() string {
+	if s == User {
+		return "--user"
+	}
+	return ""
+}
+
+func (s Scope) String() string {
+	if s == User {
+		return "user"
+	}
+	return "system"
+}
+
+// userRuntimeDir is $XDG_RUNTIME_DIR, or what pam_systemd makes it when a
+// command runs without it (su, sudo -u).
+func userRuntimeDir() string {
+	if d := os.Getenv("XDG_RUNTIME_DIR"); filepath.IsAbs(d) {
+		return filepath.Clean(d)
+	}
+	return "/run/user/" + strconv.Itoa(os.Getuid())
+}
+
+// Group names the units and runtime paths of one worker group. It is the
+// one place that builds them: the generator, the supervisor, the CLI and
+// the tests all ask it, so a name cannot drift between writer and reader.
+// Name must be a valid group name (config validates it).
+type Group struct {
+	Name  string
+	Scope Scope
+	// Root, when set, replaces the scope's RuntimeBase for the runtime
+	// paths a process uses (tests; a house outside systemd). Unit files
+	// always get the scope's.
+	Root string
+}
+
+// SupervisorUnit is the group's supervisor: powerhouse@web.service.
+func (g Group) SupervisorUnit() string { return "powerhouse@" + g.Name + ".service" }
+
+// PublicSocket is the socket unit of the group's direct listeners, which
+// the supervisor template gets by name: powerhouse@web.socket.
+func (g Group) PublicSocket() string { return "powerhouse@" + g.Name + ".socket" }
+
+// ProxySocket is the socket unit of the group's PROXY protocol listeners:
+// powerhouse-proxy@web.socket, a concrete unit (its address filter is the
+// group's own) whose Service= is the supervisor. "proxy" is a reserved
+// group name, so this never names a worker unit.
+func (g Group) ProxySocket() string { return "powerhouse-proxy@" + g.Name + ".socket" }
+
+// WorkerTemplate is the group's worker template: powerhouse-web@.service.
+func (g Group) WorkerTemplate() string { return g.prefix() + ".service" }
+
+// HandoffTemplate is the template of the instances' hand-off sockets:
+// powerhouse-web@.socket.
+func (g Group) HandoffTemplate() string { return g.prefix() + ".socket" }
+
+// Instance is the service of instance n: powerhouse-web@3.service.
+func (g Group) Instance(n int) string { return g.prefix() + strconv.Itoa(n) + ".service" }
+
+// HandoffSocket is the hand-off socket unit of instance n:
+// powerhouse-web@3.socket.
+func (g Group) HandoffSocket(n int) string { return g.prefix() + strconv.Itoa(n) + ".socket" }
+
+// UnitHandoffSocket is the hand-off socket unit of the instance a worker
+// template is instantiated for: powerhouse-web@%i.socket.
+func (g Group) UnitHandoffSocket() string { return g.prefix() + "%i.socket" }
+
+// InstancePattern matches the services of every instance of the group.
+func (g Group) InstancePattern() string { return g.prefix() + "*.service" }
+
+// InstanceOf returns n for the service of instance n of this group, and
+// false for any other unit name.
+func (g Group) InstanceOf(unit string) (int, bool) {
+	rest, ok := strings.CutPrefix(unit, g.prefix())
+	if !ok {
+		return 0, false
+	}
+	rest, ok = strings.CutSuffix(rest, ".service")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	if err != nil || n < 1 || strconv.Itoa(n) != rest {
+		return 0, false
+	}
+	return n, true
+}
+
+// Owns reports whether unit is one of the group's own units (its sockets,
+// its worker and hand-off templates and their instances). The supervisor
+// template is every group's, so it is none's.
+func (g Group) Owns(unit string) bool {
+	switch unit {
+	case g.SupervisorUnit(), g.PublicSocket(), g.ProxySocket():
+		return true
+	}
+	rest, ok := strings.CutPrefix(unit, g.prefix())
+	return ok && !strings.Contains(rest, "@")
+}
+
+func (g Group) prefix() string { return "powerhouse-" + g.Name + "@" }
+
+// RuntimeDir is the group's runtime directory, where the files below live.
+// The supervisor unit's RuntimeDirectory= creates it.
+func (g Group) RuntimeDir() string {
+	if g.Root != "" {
+		return filepath.Join(g.Root, g.Name)
+	}
+	return filepath.Join(g.Scope.RuntimeBase(), g.Name)
+}
+
+// UnitRuntimeDir is RuntimeDir as unit files write it (%t in user scope).
+func (g Group) UnitRuntimeDir() string { return g.Scope.UnitRuntimeBase() + "/" + g.Name }
+
+// RuntimeDirectory is the RuntimeDirectory= value that creates RuntimeDir
+// (relative to /run or $XDG_RUNTIME_DIR), with %i for the group.
+const RuntimeDirectory = "powerhouse/%i"
+
+// HandoffPath is where instance n receives connections.
+func (g Group) HandoffPath(n int) string {
+	return filepath.Join(g.RuntimeDir(), strconv.Itoa(n)+".sock")
+}
+
+// UnitHandoffPath is the hand-off socket path in the hand-off template,
+// with %i for the instance.
+func (g Group) UnitHandoffPath() string { return g.UnitRuntimeDir() + "/%i.sock" }
+
+// ConfigPath is the JSON configuration the group's workers read.
+func (g Group) ConfigPath() string { return filepath.Join(g.RuntimeDir(), "config.json") }
+
+// UnitConfigPath is ConfigPath as unit files write it.
+func (g Group) UnitConfigPath() string { return g.UnitRuntimeDir() + "/config.json" }
+
+// DispatchStatePath is where a sticky group's supervisor publishes its
+// dispatch counters.
+func (g Group) DispatchStatePath() string { return filepath.Join(g.RuntimeDir(), "dispatch.json") }
+
+// ControlPath is the supervisor's control socket: the API the CLI and
+// ExecReload= call (supervisor.Client).
+func (g Group) ControlPath() string { return filepath.Join(g.RuntimeDir(), "control.sock") }
+
+// ReportPath is the datagram socket on which workers report to their
+// supervisor (package report).
+func (g Group) ReportPath() string { return filepath.Join(g.RuntimeDir(), "report.sock") }
+
+// UnitReportPath is ReportPath as unit files write it.
+func (g Group) UnitReportPath() string { return g.UnitRuntimeDir() + "/report.sock" }
+
+func (g Group) String() string { return fmt.Sprintf("%s (%s)", g.Name, g.Scope) }
