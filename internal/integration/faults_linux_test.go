@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/powerhouse/powerhouse/internal/helloclient"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // The load of TestIntegrationFaultsUnderLoad.
@@ -526,7 +527,7 @@ func faultsUnderLoad(t *testing.T, final bool) (slow bool) {
 		stopped = 2 // systemctl stop, then start
 		filled  = 3 // its worker gets SIGSTOP: the queue fills
 	)
-	unit := func(n int) string { return fmt.Sprintf("powerhouse-web@%d.service", n) }
+	unit := func(n int) string { return units.Group{Name: "web"}.Instance(n) }
 	const supervisor = "powerhouse@web.service"
 	mainPID := func(u string) uint32 {
 		pid, err := h.m.MainPID(ctx, u)

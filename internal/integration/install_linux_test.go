@@ -103,7 +103,7 @@ func TestIntegrationInstall(t *testing.T) {
 		return h.show("powerhouse-web@4.service", "ActiveState") == "inactive"
 	})
 	for i := 1; i <= 3; i++ {
-		if got := h.show(fmt.Sprintf("powerhouse-web@%d.service", i), "MainPID"); got != webPIDs[i] {
+		if got := h.show(units.Group{Name: "web"}.Instance(i), "MainPID"); got != webPIDs[i] {
 			t.Errorf("web@%d restarted (%s -> %s): only the supervisor should", i, webPIDs[i], got)
 		}
 	}
@@ -212,7 +212,7 @@ private_tmp = false
 			t.Errorf("prepare is %s, want failed", got)
 		}
 		for i := 1; i <= 2; i++ {
-			if got := h.show(fmt.Sprintf("powerhouse-w@%d.service", i), "ActiveState"); got == "active" {
+			if got := h.show(units.Group{Name: "w"}.Instance(i), "ActiveState"); got == "active" {
 				t.Errorf("worker %d started though prepare failed", i)
 			}
 		}

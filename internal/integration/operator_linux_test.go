@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/powerhouse/powerhouse/internal/sdbox"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // exitCode is the exit status of a command h.run ran, 0 when it succeeded.
@@ -99,7 +100,7 @@ func TestIntegrationOperatorEdges(t *testing.T) {
 		t.Errorf("powerhouse.target %s after the refused verbs", got)
 	}
 	for i := 1; i <= 4; i++ {
-		if got := h.show("powerhouse-web@"+string(rune('0'+i))+".service", "ActiveState"); got != "active" {
+		if got := h.show(units.Group{Name: "web"}.Instance(i), "ActiveState"); got != "active" {
 			t.Errorf("powerhouse-web@%d %s after the refused verbs", i, got)
 		}
 	}

@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/powerhouse/powerhouse/units"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,7 +14,7 @@ import (
 func pidsOf(h *house, group string, n int) map[int]string {
 	m := map[int]string{}
 	for i := 1; i <= n; i++ {
-		m[i] = h.show(fmt.Sprintf("powerhouse-%s@%d.service", group, i), "MainPID")
+		m[i] = h.show(units.Group{Name: group}.Instance(i), "MainPID")
 	}
 	return m
 }
@@ -37,7 +38,7 @@ func TestIntegrationReloadUnderLoad(t *testing.T) {
 			fresh.waitServed(t, 100)
 			kept.waitServed(t, 100)
 			start := time.Now()
-			h.systemctl("reload", "powerhouse@"+tc.group+".service")
+			h.systemctl("reload", units.Group{Name: tc.group}.SupervisorUnit())
 			took := time.Since(start)
 			fresh.waitServed(t, 100)
 			kept.waitServed(t, 100)
@@ -46,7 +47,7 @@ func TestIntegrationReloadUnderLoad(t *testing.T) {
 			if n := fresh.failed.Load() + kept.failed.Load(); n != 0 {
 				t.Errorf("%d requests failed during the reload: %v %v", n, fresh.failures, kept.failures)
 				if os.Getenv("POWERHOUSE_TEST_DEBUG") != "" {
-					j, _ := h.run("journalctl", "--no-pager", "-o", "short-precise", "-u", "powerhouse-"+tc.group+"@*", "-u", "powerhouse@"+tc.group)
+					j, _ := h.run("journalctl", "--no-pager", "-o", "short-precise", "-u", units.Group{Name: tc.group}.InstancePattern(), "-u", units.Group{Name: tc.group}.SupervisorUnit())
 					t.Logf("journal:\n%s", j)
 				}
 			}
@@ -174,7 +175,7 @@ func TestIntegrationSetScaleEvents(t *testing.T) {
 			}
 			running := 0
 			for i := 1; i <= 8; i++ {
-				if h.show(fmt.Sprintf("powerhouse-web@%d.service", i), "ActiveState") == "active" {
+				if h.show(units.Group{Name: "web"}.Instance(i), "ActiveState") == "active" {
 					running++
 					if i > n {
 						t.Errorf("scale %d: instance %d still running", n, i)
@@ -203,7 +204,7 @@ func TestIntegrationSetScaleEvents(t *testing.T) {
 		// stopped by the supervisor: until then it is busy with them.
 		waitFor(t, 10*time.Second, "the supervisor to finish the scale-down", func() bool {
 			for i := 3; i <= 6; i++ {
-				if h.show(fmt.Sprintf("powerhouse-web@%d.socket", i), "ActiveState") != "inactive" {
+				if h.show(units.Group{Name: "web"}.HandoffSocket(i), "ActiveState") != "inactive" {
 					return false
 				}
 			}

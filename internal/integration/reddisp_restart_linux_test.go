@@ -70,7 +70,7 @@ func redDispatchState(t *testing.T, h *house) supervisor.DispatchState {
 func TestIntegrationRedSupervisorRestartStuckWorker(t *testing.T) {
 	h := newHouse(t, demoConfig(t))
 	h.systemctl("start", "powerhouse.target")
-	unit := func(n int) string { return fmt.Sprintf("powerhouse-web@%d.service", n) }
+	unit := func(n int) string { return units.Group{Name: "web"}.Instance(n) }
 	waitFor(t, 30*time.Second, "web@1..4 active", func() bool {
 		for n := 1; n <= 4; n++ {
 			if h.show(unit(n), "ActiveState") != "active" {
@@ -168,7 +168,7 @@ func TestIntegrationRedSupervisorRestartStuckWorker(t *testing.T) {
 func TestIntegrationRedSupervisorRestartSlowStart(t *testing.T) {
 	h := newHouse(t, demoConfig(t))
 	h.systemctl("start", "powerhouse.target")
-	unit := func(n int) string { return fmt.Sprintf("powerhouse-web@%d.service", n) }
+	unit := func(n int) string { return units.Group{Name: "web"}.Instance(n) }
 	var others []string // sources whose instance is not web@3
 	waitFor(t, 30*time.Second, "web@1..4 to answer", func() bool {
 		others = others[:0]

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"github.com/powerhouse/powerhouse/units"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -64,7 +65,7 @@ func TestIntegrationRedScaleDownUnderLoad(t *testing.T) {
 	h.systemctl("start", "powerhouse.target")
 	waitFor(t, 30*time.Second, "web@1..4 active", func() bool {
 		for n := 1; n <= 4; n++ {
-			if h.show(fmt.Sprintf("powerhouse-web@%d.service", n), "ActiveState") != "active" {
+			if h.show(units.Group{Name: "web"}.Instance(n), "ActiveState") != "active" {
 				return false
 			}
 		}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"github.com/powerhouse/powerhouse/units"
 	"io"
 	"net/http"
 	"os"
@@ -200,7 +201,7 @@ func TestIntegrationSession(t *testing.T) {
 	h.systemctl("start", "powerhouse.target")
 	for _, g := range []string{"sticky", "shared"} {
 		for n := 1; n <= 4; n++ {
-			u := fmt.Sprintf("powerhouse-%s@%d.service", g, n)
+			u := units.Group{Name: g}.Instance(n)
 			if got := h.show(u, "ActiveState"); got != "active" {
 				t.Fatalf("%s: %s\n%s", u, got, h.journal())
 			}

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	"github.com/powerhouse/powerhouse/units"
 	"os"
 	"path/filepath"
 	"strings"
@@ -65,7 +66,7 @@ group = "root"
 		}
 		after := pidsOf(h, "py", 2)
 		for i := 1; i <= 2; i++ {
-			unit := fmt.Sprintf("powerhouse-py@%d.service", i)
+			unit := units.Group{Name: "py"}.Instance(i)
 			if after[i] == before[i] || after[i] == "0" {
 				t.Errorf("%s: PID %s before, %s after: want a new process", unit, before[i], after[i])
 			}

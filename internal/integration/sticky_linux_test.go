@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"github.com/powerhouse/powerhouse/units"
 	"net"
 	"net/netip"
 	"strings"
@@ -219,7 +220,7 @@ func TestIntegrationSticky(t *testing.T) {
 	t.Run("SIGKILL of the supervisor loses nothing", func(t *testing.T) {
 		pids := map[string]string{}
 		for n := 1; n <= 4; n++ {
-			u := fmt.Sprintf("powerhouse-web@%d.service", n)
+			u := units.Group{Name: "web"}.Instance(n)
 			pids[u] = h.show(u, "MainPID")
 		}
 		oldSup := h.show("powerhouse@web.service", "MainPID")
