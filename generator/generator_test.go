@@ -17,17 +17,29 @@ import (
 	"github.com/powerhouse/powerhouse/units"
 )
 
-var update = flag.Bool("update", false, "rewrite the golden files in ../testdata/golden")
+var update = flag.Bool("update", false, "rewrite the golden files in ../testdata/golden and golden-user")
 
 var testOpts = Options{Binary: "/usr/bin/powerhouse", ConfigPath: "/etc/powerhouse/powerhouse.toml"}
 
 // TestGolden generates the units of every testdata/config/*.good.toml and
-// compares them with testdata/golden/<name>/.
+// compares them with testdata/golden/<name>/ (system scope) and
+// testdata/golden-user/<name>/ (a user's manager: %t paths, no sandbox
+// that needs root).
 func TestGolden(t *testing.T) {
 	files, err := filepath.Glob("../testdata/config/*.good.toml")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no good configurations: %v", err)
 	}
+	userOpts := Options{Binary: "/home/u/bin/powerhouse", ConfigPath: "/home/u/.config/powerhouse/powerhouse.toml", User: true}
+	for _, scope := range []struct {
+		dir string
+		o   Options
+	}{{"../testdata/golden", testOpts}, {"../testdata/golden-user", userOpts}} {
+		t.Run(filepath.Base(scope.dir), func(t *testing.T) { goldenScope(t, files, scope.dir, scope.o) })
+	}
+}
+
+func goldenScope(t *testing.T, files []string, root string, o Options) {
 	for _, f := range files {
 		name := strings.TrimSuffix(filepath.Base(f), ".good.toml")
 		t.Run(name, func(t *testing.T) {
@@ -36,8 +48,8 @@ func TestGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			// A fixed path keeps relative exec paths and the output stable.
-			_, us := generate(t, testOpts, data)
-			dir := filepath.Join("../testdata/golden", name)
+			_, us := generate(t, o, data)
+			dir := filepath.Join(root, name)
 			if *update {
 				os.RemoveAll(dir)
 				if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -47,7 +59,7 @@ func TestGolden(t *testing.T) {
 			got := map[string]bool{}
 			for _, u := range us {
 				got[u.Name] = true
-				golden(t, filepath.Join(dir, u.Name), u.Render(testOpts))
+				golden(t, filepath.Join(dir, u.Name), u.Render(o))
 			}
 			entries, _ := os.ReadDir(dir)
 			for _, e := range entries {
