@@ -448,6 +448,10 @@ func (g *gen) serviceSettings(u *opts, s config.Service) {
 	if s.LimitNOFILE > 0 {
 		set("LimitNOFILE", fmt.Sprint(s.LimitNOFILE))
 	}
+	if g.o.User {
+		userHardening(u, s)
+		return
+	}
 	// Safe defaults for a network worker; each can be relaxed per group.
 	set("NoNewPrivileges", yesNo(s.NoNewPrivileges))
 	set("ProtectSystem", s.ProtectSystem)
@@ -469,22 +473,46 @@ func (g *gen) serviceSettings(u *opts, s config.Service) {
 		{"ProtectClock", "yes"},
 		{"ProtectHostname", "yes"},
 		{"ProtectProc", "invisible"}, // other users' processes are not there
+		{"RemoveIPC", "yes"},
+		{"KeyringMode", "private"},
+	} {
+		u.add("Service", d[0], d[1])
+	}
+	seccompHardening(u)
+	for _, p := range s.ReadWritePaths {
+		set("ReadWritePaths", PathEscape(p))
+	}
+}
+
+// userHardening is what a user's manager can apply to its workers. It runs
+// without privileges: it cannot drop capabilities from the bounding set
+// (CapabilityBoundingSet=, and the Protect*/PrivateDevices= settings that
+// imply it fail the start with 218/CAPABILITIES), nor set up mount
+// namespaces without user namespaces, which not every kernel allows. What
+// needs neither is a seccomp filter, which NoNewPrivileges= allows any
+// process to install: those settings all stay. The workers run as the
+// user, whose files they could touch anyway.
+func userHardening(u *opts, s config.Service) {
+	u.add("Service", "NoNewPrivileges", "yes")
+	u.add("Service", "MemoryDenyWriteExecute", yesNo(s.MemoryDenyWriteExecute))
+	seccompHardening(u)
+}
+
+// seccompHardening is the system-call filtering every worker gets, in both
+// scopes.
+func seccompHardening(u *opts) {
+	for _, d := range [][2]string{
 		{"RestrictNamespaces", "yes"},
 		{"RestrictRealtime", "yes"},
 		{"RestrictSUIDSGID", "yes"},
 		{"RestrictAddressFamilies", "AF_UNIX AF_INET AF_INET6"},
 		{"LockPersonality", "yes"},
-		{"RemoveIPC", "yes"},
-		{"KeyringMode", "private"},
 		{"SystemCallArchitectures", "native"},
 		{"SystemCallFilter", "@system-service"},
 		{"SystemCallFilter", "~@privileged"}, // @resources stays: Go and others raise RLIMIT_NOFILE at start
 		{"SystemCallErrorNumber", "EPERM"},
 	} {
 		u.add("Service", d[0], d[1])
-	}
-	for _, p := range s.ReadWritePaths {
-		set("ReadWritePaths", PathEscape(p))
 	}
 }
 
