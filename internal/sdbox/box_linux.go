@@ -59,6 +59,12 @@ type Options struct {
 	// exist in the box alone: its /etc is an overlay whose writes go to a
 	// tmpfs, checked before systemd-sysusers runs.
 	Sysusers []byte
+
+	// UserManagers lets the box run users' service managers (see
+	// UserManager): user@.service and user-runtime-dir@.service, masked
+	// otherwise, are left as the host has them, and the user managers get
+	// masks of their own (see userMasks) and bounded timeouts.
+	UserManagers bool
 }
 
 // Bind makes a host path visible inside a box.
@@ -119,6 +125,8 @@ type Box struct {
 	console     *console
 	cgroups     *boxCgroups
 	stopTimeout time.Duration
+	// userManagers: booted with Options.UserManagers.
+	userManagers bool
 
 	bootTime, poweroffTime time.Duration // measured, for the tests
 
@@ -224,7 +232,11 @@ func boot(ctx context.Context, opts Options) (_ *Box, err error) {
 		Generators:  opts.Generators != "",
 		Sysusers:    sysusersLines(opts.Sysusers),
 	})
-	archive, err := runArchive(masks(unitDirs), hasBus())
+	var userMasked []string
+	if opts.UserManagers {
+		userMasked = userMasks(userUnitDirs)
+	}
+	archive, err := runArchive(masks(unitDirs, opts.UserManagers), userMasked, hasBus())
 	if err != nil {
 		return nil, fmt.Errorf("sdbox boot: %w", err)
 	}
@@ -253,13 +265,14 @@ func boot(ctx context.Context, opts Options) (_ *Box, err error) {
 		Pdeathsig: syscall.SIGKILL,
 	}
 	b := &Box{
-		name:        opts.Name,
-		cmd:         cmd,
-		exited:      make(chan struct{}),
-		console:     con,
-		cgroups:     cg,
-		stopTimeout: opts.StopTimeout,
-		procs:       map[*Process]struct{}{},
+		name:         opts.Name,
+		cmd:          cmd,
+		exited:       make(chan struct{}),
+		console:      con,
+		cgroups:      cg,
+		stopTimeout:  opts.StopTimeout,
+		userManagers: opts.UserManagers,
+		procs:        map[*Process]struct{}{},
 	}
 	started := make(chan error, 1)
 	go b.keep(started)
@@ -497,14 +510,15 @@ func (b *Box) alive() bool {
 // dialPrivate connects to the box manager's private socket and
 // authenticates.
 func (b *Box) dialPrivate(ctx context.Context) (*godbus.Conn, error) {
-	return b.dialBus(ctx, "/run/systemd/private", false)
+	return b.dialBus(ctx, "/run/systemd/private", false, nil)
 }
 
-// dialBus connects to a D-Bus socket inside the box and authenticates
-// with EXTERNAL and the numeric uid, as go-systemd does; hello says Hello,
-// which a bus daemon wants and systemd's private socket does not.
-func (b *Box) dialBus(ctx context.Context, p string, hello bool) (*godbus.Conn, error) {
-	nc, err := b.dialInside(ctx, p)
+// dialBus connects to a D-Bus socket inside the box, as u (nil: root),
+// and authenticates with EXTERNAL and the numeric uid, as go-systemd
+// does; hello says Hello, which a bus daemon wants and systemd's private
+// socket does not.
+func (b *Box) dialBus(ctx context.Context, p string, hello bool, u *User) (*godbus.Conn, error) {
+	nc, err := b.dialInsideAs(ctx, p, u)
 	if err != nil {
 		return nil, err
 	}
@@ -513,7 +527,11 @@ func (b *Box) dialBus(ctx context.Context, p string, hello bool) (*godbus.Conn, 
 		nc.Close()
 		return nil, err
 	}
-	if err := conn.Auth([]godbus.Auth{godbus.AuthExternal(strconv.Itoa(os.Getuid()))}); err != nil {
+	uid := os.Getuid()
+	if u != nil {
+		uid = u.uid
+	}
+	if err := conn.Auth([]godbus.Auth{godbus.AuthExternal(strconv.Itoa(uid))}); err != nil {
 		conn.Close()
 		return nil, err
 	}
@@ -617,11 +635,23 @@ func (p *Process) killInside() bool {
 }
 
 // command prepares nsenter running name inside the box's mount, UTS, IPC,
-// PID and cgroup namespaces, at its root, with a clean environment.
+// PID and cgroup namespaces, at its root, as root, with a clean
+// environment.
 func (b *Box) command(name string, args ...string) *exec.Cmd {
-	a := []string{"--target", strconv.Itoa(b.pid), "--mount", "--uts", "--ipc", "--pid", "--cgroup", "--root", "--wd", "--",
-		"/usr/bin/env", "-i", "PATH=" + boxPath, "HOME=/root", "LANG=C.UTF-8", "SYSTEMD_PAGER=cat",
-		"SYSTEMD_COLORS=0", "TERM=dumb", name}
+	return b.commandAs(nil, name, args...)
+}
+
+// commandAs is command run as u (nil: root), with u's environment
+// (User.env) and in u's home directory. setpriv, inside the box, takes
+// the user's groups from the box's own user database.
+func (b *Box) commandAs(u *User, name string, args ...string) *exec.Cmd {
+	a := []string{"--target", strconv.Itoa(b.pid), "--mount", "--uts", "--ipc", "--pid", "--cgroup", "--root", "--wd", "--"}
+	env := []string{"PATH=" + boxPath, "HOME=/root", "LANG=C.UTF-8", "SYSTEMD_PAGER=cat", "SYSTEMD_COLORS=0", "TERM=dumb"}
+	if u != nil {
+		a = append(a, "/usr/bin/setpriv", "--reuid="+strconv.Itoa(u.uid), "--regid="+strconv.Itoa(u.gid), "--init-groups", "--")
+		env = append([]string{"--chdir=" + u.home}, u.env()...)
+	}
+	a = append(append(append(a, "/usr/bin/env", "-i"), env...), name)
 	cmd := exec.Command("nsenter", append(a, args...)...)
 	cmd.Dir = "/"
 	return cmd
@@ -673,8 +703,11 @@ func (b *Box) start(ctx context.Context, cmd *exec.Cmd) (*Process, error) {
 // box's root, with a minimal environment) and returns its combined output.
 // When ctx is done the command is killed inside the box.
 func (b *Box) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	return b.run(ctx, b.command(name, args...), name, args)
+}
+
+func (b *Box) run(ctx context.Context, cmd *exec.Cmd, name string, args []string) ([]byte, error) {
 	var out syncbuf.Buffer
-	cmd := b.command(name, args...)
 	cmd.Stdout, cmd.Stderr = &out, &out
 	// A daemon left behind by the command keeps the output pipe open: give
 	// up waiting for it shortly after the command itself exits.
@@ -692,11 +725,14 @@ func (b *Box) Run(ctx context.Context, name string, args ...string) ([]byte, err
 // Start starts name with args inside the box, like Run, and returns at
 // once. The command is killed when ctx is done, and by Close.
 func (b *Box) Start(ctx context.Context, name string, args ...string) (*Process, error) {
+	return b.startOutput(ctx, b.command(name, args...), name)
+}
+
+func (b *Box) startOutput(ctx context.Context, cmd *exec.Cmd, name string) (*Process, error) {
 	r, w, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("sdbox start %s: %w", name, err)
 	}
-	cmd := b.command(name, args...)
 	cmd.Stdout, cmd.Stderr = w, w
 	p, err := b.start(ctx, cmd)
 	w.Close()

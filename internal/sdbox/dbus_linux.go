@@ -27,7 +27,7 @@ func (b *Box) SystemBus(ctx context.Context) (*godbus.Conn, error) {
 	if !hasBus() {
 		return nil, errors.New("sdbox system bus: no dbus-daemon or dbus-broker on this machine (apt-get install dbus)")
 	}
-	conn, err := b.dialBus(ctx, "/run/dbus/system_bus_socket", true)
+	conn, err := b.dialBus(ctx, "/run/dbus/system_bus_socket", true, nil)
 	if err != nil {
 		return nil, fmt.Errorf("sdbox system bus: %w", err)
 	}

@@ -8,7 +8,10 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -23,18 +26,35 @@ import (
 //
 // The helper is the running binary itself, re-executed with dialEnv set:
 // the init function below then dials and exits before any test runs.
-const dialEnv = "SDBOX_INTERNAL_DIAL"
+//
+// A user's manager and bus (User.Manager, User.Bus) want the connection
+// made by that user: with dialAsEnv set to "UID:GID", the helper enters
+// the socket's directory while still root (the path goes through
+// /proc/PID/root, which only root may cross), drops to the user, and
+// connects to the socket by its name in there.
+const (
+	dialEnv   = "SDBOX_INTERNAL_DIAL"
+	dialAsEnv = "SDBOX_INTERNAL_DIAL_AS"
+)
 
 func init() {
 	if p := os.Getenv(dialEnv); p != "" {
-		os.Exit(dialHelper(p))
+		os.Exit(dialHelper(p, os.Getenv(dialAsEnv)))
 	}
 }
 
-// dialHelper connects to the unix socket at path and sends the connected
-// socket on fd 3, then waits for the other side to close fd 3.
-func dialHelper(path string) int {
+// dialHelper connects to the unix socket at path, as the user "UID:GID"
+// as says when not empty, and sends the connected socket on fd 3, then
+// waits for the other side to close fd 3.
+func dialHelper(path, as string) int {
 	back := os.NewFile(3, "sdbox-back")
+	if as != "" {
+		if err := becomeUser(path, as); err != nil {
+			fmt.Fprintf(os.Stderr, "sdbox dial helper: %v\n", err)
+			return 1
+		}
+		path = filepath.Base(path)
+	}
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err == nil {
 		err = unix.Connect(fd, &unix.SockaddrUnix{Name: path})
@@ -52,9 +72,38 @@ func dialHelper(path string) int {
 	return 0
 }
 
+// becomeUser enters the directory of path and becomes the user "UID:GID"
+// with no supplementary groups; Go applies the change to every thread.
+func becomeUser(path, as string) error {
+	u, g, ok := strings.Cut(as, ":")
+	uid, uerr := strconv.Atoi(u)
+	gid, gerr := strconv.Atoi(g)
+	if !ok || uerr != nil || gerr != nil || uid <= 0 || gid <= 0 {
+		return fmt.Errorf("bad user %q", as)
+	}
+	if err := os.Chdir(filepath.Dir(path)); err != nil {
+		return err
+	}
+	if err := syscall.Setgroups(nil); err != nil {
+		return fmt.Errorf("setgroups: %w", err)
+	}
+	if err := syscall.Setresgid(gid, gid, gid); err != nil {
+		return fmt.Errorf("setresgid: %w", err)
+	}
+	if err := syscall.Setresuid(uid, uid, uid); err != nil {
+		return fmt.Errorf("setresuid: %w", err)
+	}
+	return nil
+}
+
 // dialInside connects to the unix socket at p inside the box from a
 // process in the box's PID namespace and returns the connection.
 func (b *Box) dialInside(ctx context.Context, sock string) (net.Conn, error) {
+	return b.dialInsideAs(ctx, sock, nil)
+}
+
+// dialInsideAs is dialInside with the connection made by u (nil: root).
+func (b *Box) dialInsideAs(ctx context.Context, sock string, u *User) (net.Conn, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -71,6 +120,9 @@ func (b *Box) dialInside(ctx context.Context, sock string) (net.Conn, error) {
 	// GORACE: a race-enabled test binary would otherwise linger a second
 	// at exit.
 	cmd.Env = []string{dialEnv + "=" + b.Path(sock), "PATH=" + boxPath, "GORACE=atexit_sleep_ms=0"}
+	if u != nil {
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d:%d", dialAsEnv, u.uid, u.gid))
+	}
 	cmd.ExtraFiles = []*os.File{theirs}
 	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr

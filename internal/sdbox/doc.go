@@ -92,6 +92,49 @@
 // the authentication unread in its buffer (seen while it is busy booting)
 // until more bytes arrive, and a lone first call would then never return.
 //
+// # Users' service managers
+//
+// A box booted with Options.UserManagers runs users' service managers:
+//
+//	u, err := box.UserManager(ctx, "phuser") // useradd in the box, then user@UID.service
+//	u.WriteFile(ctx, u.Home()+"/.config/systemd/user/x.service", unit, 0o644)
+//	u.Systemctl(ctx, "start", "x.service") // systemctl --user, as the user
+//	u.Run(ctx, "/run/bin/tool", "--user")  // HOME, XDG_RUNTIME_DIR, DBUS_SESSION_BUS_ADDRESS set
+//	out, err := u.Journal(ctx, "x.service")
+//
+// UserManager creates the user with useradd inside the box, after
+// checking that the box's /etc is its overlay: the user exists in the box
+// alone, never in the host's user database. Its home is under
+// /var/lib/sdbox-home, on the box's /var overlay. Then it starts
+// user@UID.service itself, as logind would at a first login (logind stays
+// masked, so `loginctl enable-linger` is not available);
+// user-runtime-dir@UID.service mounts /run/user/UID first. Without
+// logind, pam_systemd does nothing (it checks for /run/systemd/seats), so
+// the box's drop-in for user@.service sets XDG_RUNTIME_DIR, without which
+// systemd --user refuses to start. UserManager returns once `systemctl
+// --user is-system-running` says running or degraded: user@UID.service
+// is ready at basic.target, before the user's sockets are.
+//
+// The user's commands (User.Run, User.Start, User.Systemctl) run through
+// nsenter and setpriv as the user, in its home, with HOME, USER,
+// XDG_RUNTIME_DIR and, when the user bus listens (package
+// dbus-user-session), DBUS_SESSION_BUS_ADDRESS. systemctl --user talks to
+// the manager over $XDG_RUNTIME_DIR/systemd/private and needs no bus;
+// go-systemd's NewUserConnectionContext uses the session bus and fails
+// without one. From the test process, User.Manager connects go-systemd
+// over the private socket and User.Bus to the user bus, both made by the
+// user inside the box, as for the system manager.
+//
+// The user managers read the host's user units: what the host's packages
+// hook into the targets they start (gpg-agent sockets and the like) is
+// masked in /run/systemd/user, except the user bus, and so is the user's
+// tmpfiles. Their stop timeouts are bounded, like the box's.
+//
+// The box's journal is a runtime one, which journald does not split per
+// user: the user cannot read it with journalctl --user, and root's
+// journalctl --user-unit matches root's own uid. User.Journal asks for
+// _SYSTEMD_USER_UNIT= as root.
+//
 // # What the box may not touch: the masks and why
 //
 // A box shares the host's kernel, network namespace and root file system.

@@ -53,3 +53,28 @@ func ExampleBox_Start() {
 	n, _ := p.Output.Read(buf)
 	fmt.Printf("%s", buf[:n])
 }
+
+// A regular user's service manager in a box, and a unit of that user's.
+func ExampleBox_UserManager() {
+	var t *testing.T // the test's
+	ctx := t.Context()
+	box, err := sdbox.Boot(ctx, t, sdbox.Options{UserManagers: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := box.UserManager(ctx, "phuser") // exists in the box alone
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := "[Service]\nType=oneshot\nExecStart=/bin/echo hello\n"
+	if err := u.WriteFile(ctx, u.Home()+"/.config/systemd/user/hello.service", []byte(unit), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{{"daemon-reload"}, {"start", "hello.service"}} {
+		if out, err := u.Systemctl(ctx, args...); err != nil { // systemctl --user, as phuser
+			t.Fatal(err, string(out))
+		}
+	}
+	out, _ := u.Journal(ctx, "hello.service")
+	fmt.Printf("%s", out)
+}

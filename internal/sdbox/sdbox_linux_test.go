@@ -177,7 +177,7 @@ func TestMasks(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got := masks([]string{dir, filepath.Join(dir, "missing")})
+	got := masks([]string{dir, filepath.Join(dir, "missing")}, false)
 	for _, u := range []string{"systemd-tmpfiles-setup.service", "systemd-tmpfiles-clean.timer", "systemd-sysctl.service",
 		"systemd-logind.service", "getty@.service", "vendor-thing.service"} {
 		if !slices.Contains(got, u) {
@@ -191,6 +191,40 @@ func TestMasks(t *testing.T) {
 	}
 	if !slices.IsSorted(got) || len(slices.Compact(slices.Clone(got))) != len(got) {
 		t.Error("masks are not sorted and unique")
+	}
+	// A box that runs user managers leaves their two units alone.
+	for _, tt := range []struct {
+		userManagers, masked bool
+	}{{false, true}, {true, false}} {
+		got := masks(nil, tt.userManagers)
+		for _, u := range []string{userManagerUnit, userRuntimeDirUnit} {
+			if slices.Contains(got, u) != tt.masked {
+				t.Errorf("userManagers=%v: %s masked=%v, want %v", tt.userManagers, u, !tt.masked, tt.masked)
+			}
+		}
+		if !slices.Contains(got, "systemd-logind.service") {
+			t.Errorf("userManagers=%v: logind is not masked", tt.userManagers)
+		}
+	}
+}
+
+func TestUserMasks(t *testing.T) {
+	dir := t.TempDir()
+	for _, l := range []string{"sockets.target.wants/gpg-agent.socket", "sockets.target.wants/dbus.socket",
+		"default.target.wants/vendor.service", "graphical-session-pre.target.wants/ssh-agent.service"} {
+		p := filepath.Join(dir, l)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("/dev/null", p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := userMasks([]string{dir})
+	want := []string{"gpg-agent.socket", "systemd-tmpfiles-clean.service", "systemd-tmpfiles-clean.timer",
+		"systemd-tmpfiles-setup.service", "vendor.service"}
+	if !slices.Equal(got, want) {
+		t.Errorf("user masks %v, want %v (the user bus kept, graphical sessions never started)", got, want)
 	}
 }
 
@@ -303,17 +337,26 @@ func TestResolveBinds(t *testing.T) {
 	}
 }
 
-func TestRunArchive(t *testing.T) {
-	data, err := runArchive([]string{"a.service", `system-systemd\x2dcryptsetup.slice`}, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+// untar extracts an archive with the real tar, as the box does.
+func untar(t *testing.T, data []byte) string {
+	t.Helper()
 	dir := t.TempDir()
-	// The real tar, as in the box.
 	cmd := exec.Command("tar", "-x", "-C", dir, "-f", "-")
 	cmd.Stdin = strings.NewReader(string(data))
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	return dir
+}
+
+func TestRunArchive(t *testing.T) {
+	data, err := runArchive([]string{"a.service", `system-systemd\x2dcryptsetup.slice`}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := untar(t, data)
+	if _, err := os.Stat(filepath.Join(dir, "systemd/user")); err == nil {
+		t.Error("systemd/user in the archive of a box without user managers")
 	}
 	for _, u := range []string{"a.service", `system-systemd\x2dcryptsetup.slice`} {
 		if l, err := os.Readlink(filepath.Join(dir, "systemd/system", u)); err != nil || l != "/dev/null" {
@@ -326,5 +369,24 @@ func TestRunArchive(t *testing.T) {
 	}
 	if conf, err := os.ReadFile(filepath.Join(dir, "systemd/system.conf.d/sdbox.conf")); err != nil || string(conf) != managerConf {
 		t.Errorf("drop-in: %q, %v", conf, err)
+	}
+}
+
+func TestRunArchiveUserManagers(t *testing.T) {
+	data, err := runArchive([]string{"a.service"}, []string{"gpg-agent.socket"}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := untar(t, data)
+	if l, err := os.Readlink(filepath.Join(dir, "systemd/user/gpg-agent.socket")); err != nil || l != "/dev/null" {
+		t.Errorf("user mask: %q, %v", l, err)
+	}
+	for f, want := range map[string]string{
+		"systemd/user.conf.d/sdbox.conf":                      userManagerConf,
+		"systemd/system/" + userManagerUnit + ".d/sdbox.conf": userServiceConf,
+	} {
+		if got, err := os.ReadFile(filepath.Join(dir, f)); err != nil || string(got) != want {
+			t.Errorf("%s: %q, %v", f, got, err)
+		}
 	}
 }
