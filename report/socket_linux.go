@@ -140,12 +140,18 @@ func (r *Receiver) Recv(ctx context.Context) (Message, Sender, error) {
 		return nil, Sender{}, fmt.Errorf("report: receive: %w", err)
 	}
 	r.uc.SetReadDeadline(time.Time{})
+	woken := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		// Wakes the read below; it is cleared at the next Recv.
 		r.uc.SetReadDeadline(time.Unix(1, 0))
+		close(woken)
 	})
 	n, oobn, flags, _, err := r.uc.ReadMsgUnix(r.buf, r.oob)
-	stop()
+	if !stop() {
+		// The function runs or ran: let it finish, or its deadline could
+		// land after the next Recv cleared it and fail that one.
+		<-woken
+	}
 	if err != nil {
 		if cerr := ctx.Err(); cerr != nil && errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil, Sender{}, fmt.Errorf("report: receive: %w", cerr)
