@@ -3,7 +3,10 @@ GO          ?= go
 PREFIX      ?= /usr/local
 DESTDIR     ?=
 VERSION     ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS     := -X github.com/powerhouse/powerhouse/cmd/powerhouse/cli.version=$(VERSION)
+# report.release is the release the supervisor and the workers built here
+# name to each other (report.Release).
+RELEASE     := -X github.com/powerhouse/powerhouse/report.release=$(VERSION)
+LDFLAGS     := -X github.com/powerhouse/powerhouse/cmd/powerhouse/cli.version=$(VERSION) $(RELEASE)
 STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Tests that boot a private systemd need root; they run one package at a
 # time so that two houses never fight over the demo's loopback ports.
@@ -18,8 +21,8 @@ all: build
 build:
 	@mkdir -p bin
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/powerhouse ./cmd/powerhouse
-	$(GO) build -trimpath -o bin/hello ./examples/hello
-	$(GO) build -trimpath -o bin/session ./examples/session
+	$(GO) build -trimpath -ldflags "$(RELEASE)" -o bin/hello ./examples/hello
+	$(GO) build -trimpath -ldflags "$(RELEASE)" -o bin/session ./examples/session
 
 # What the tests run for real (systemd, haproxy, node, ...): installed
 # when missing and root; otherwise named, with the command that installs it.
@@ -48,7 +51,7 @@ lint: vet fmt-check
 golden:
 	$(GO) test ./generator -run TestGolden -update
 
-# Every parser of outside input, FUZZTIME each (4 targets: about 4 min by
+# Every parser of outside input, FUZZTIME each (7 targets: about 7 min by
 # default). Crashers land in the package's testdata/fuzz and then run as
 # regression cases in `make test`.
 # Minimising a new input may take 60 s by default (counted in FUZZTIME,
@@ -58,6 +61,7 @@ FUZZFLAGS = -run '^$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 10s
 fuzz:
 	$(GO) test ./sticky $(FUZZFLAGS) -fuzz '^FuzzParseProxy$$'
 	$(GO) test ./handoff $(FUZZFLAGS) -fuzz '^FuzzParse$$'
+	$(GO) test ./report $(FUZZFLAGS) -fuzz '^FuzzDecode$$'
 	$(GO) test ./generator $(FUZZFLAGS) -fuzz '^FuzzGenerate$$'
 	$(GO) test ./units $(FUZZFLAGS) -fuzz '^FuzzManifest$$'
 	$(GO) test ./cmd/powerhouse/cli $(FUZZFLAGS) -fuzz '^FuzzParseArgs$$'

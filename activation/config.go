@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -109,9 +110,10 @@ func (c *ConfigFile) read() ([]byte, error) {
 // the one piece of package state: a worker has one configuration and one
 // SIGHUP, and these calls are the convenience for that.
 var std struct {
-	once sync.Once
-	cfg  *ConfigFile
-	hup  sync.Once
+	once  sync.Once
+	cfg   *ConfigFile
+	hup   sync.Once
+	hupOn atomic.Bool // the SIGHUP handler runs: Serve declares reload support
 }
 
 func defaultConfig() *ConfigFile {
@@ -141,6 +143,7 @@ func handleSIGHUP() {
 	std.hup.Do(func() {
 		ch := make(chan os.Signal, 1)
 		signal.Notify(ch, syscall.SIGHUP)
+		std.hupOn.Store(true)
 		go func() {
 			for range ch {
 				if err := defaultConfig().Reload(); err != nil {

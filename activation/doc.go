@@ -135,6 +135,24 @@
 // to 1 s) and accepts again; only a closed listener stops it. Workers that are not HTTP
 // servers can use go-systemd's daemon package the same way.
 //
+// # Reports to the supervisor
+//
+// When $POWERHOUSE_REPORT_SOCKET names the group's report socket (the
+// generated unit sets it), Serve talks back to the supervisor with
+// datagrams of package report (docs/report.md): a Hello before READY=1 and
+// every 30 seconds after (the library's release, the hand-off header
+// versions it reads, and whether SIGHUP reloads the configuration: it does
+// when the package's SIGHUP handler runs, or ServeConfig.ReloadOnSIGHUP
+// says the caller handles it),
+// Draining on SIGTERM, and the number of connections closed, at most every
+// 100 ms and only when it changed. Sends never block and never fail the
+// worker; the first failure is logged. Outside PowerHouse nothing is sent.
+//
+// A hand-off whose header version this library does not know (a
+// supervisor of another release) is never served: its connection is
+// closed, it is counted as malformed and logged, at most every 10 seconds,
+// naming both versions.
+//
 // # Identity and configuration
 //
 // IsWorker, Group and Instance read POWERHOUSE_GROUP and

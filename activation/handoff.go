@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/powerhouse/powerhouse/handoff"
+	"github.com/powerhouse/powerhouse/report"
 )
 
 // EnvSupervisorUID names the user id whose hand-offs a worker accepts: the
@@ -30,6 +31,10 @@ const EnvSupervisorUID = "POWERHOUSE_SUPERVISOR_UID"
 // costs nothing while idle, and it is safe for concurrent use. A malformed
 // datagram is counted (Malformed), its descriptors are closed and Accept
 // goes on with the next one; it never returns such a datagram as an error.
+// One whose header version this library does not know (a supervisor of
+// another release) is also logged, at most every 10 seconds, naming both
+// versions: every connection it hands over would otherwise be dropped
+// without a word.
 //
 // Only the supervisor may hand off. The listener sets SO_PASSCRED on the
 // socket, so that the kernel tells it who sent each datagram, and serves
@@ -67,6 +72,7 @@ type HandoffListener struct {
 	rejected   atomic.Uint64
 	lastReject atomic.Pointer[error]
 	rejectLog  time.Time // under mu: when a rejection was last logged
+	versionLog time.Time // under mu: when a version mismatch was last logged
 }
 
 // senders is the set of uids whose hand-offs are served: one or two.
@@ -192,6 +198,9 @@ func (l *HandoffListener) AcceptHandoff() (net.Conn, handoff.Header, error) {
 		if l.err != nil {
 			if errors.Is(l.err, handoff.ErrMalformed) {
 				l.countMalformed(l.err)
+				if ve := (*handoff.VersionError)(nil); errors.As(l.err, &ve) {
+					l.versionMismatch(ve)
+				}
 				continue
 			}
 			return nil, handoff.Header{}, l.opError(l.err)
@@ -202,6 +211,19 @@ func (l *HandoffListener) AcceptHandoff() (net.Conn, handoff.Header, error) {
 			continue
 		}
 		return c, l.hdr, nil
+	}
+}
+
+// versionMismatch logs a hand-off whose header version this library does
+// not know, at most every rejectLogEvery: the supervisor runs a release
+// this worker cannot work with, and every connection it hands over is
+// closed unserved, which must not go unnoticed. Called with mu held.
+func (l *HandoffListener) versionMismatch(ve *handoff.VersionError) {
+	if now := time.Now(); l.versionLog.IsZero() || now.Sub(l.versionLog) >= rejectLogEvery {
+		l.versionLog = now
+		n, _ := l.Malformed()
+		log.Printf("activation: hand-off socket %s: the supervisor sent a hand-off header of version %d, but this worker's library (powerhouse %s) understands hand-off header versions [%d]: the connection was closed unserved; run a supervisor and workers of compatible releases (%d malformed hand-offs so far)",
+			l.uc.LocalAddr(), ve.Version, report.Release(), handoff.Version, n)
 	}
 }
 

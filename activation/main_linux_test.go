@@ -51,6 +51,8 @@ func TestMain(m *testing.M) {
 		os.Exit(childFDLimit())
 	case "sendas":
 		os.Exit(childSendAs())
+	case "servecfg":
+		os.Exit(childServeConfig())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
 		os.Exit(2)

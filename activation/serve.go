@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
+
+	"github.com/powerhouse/powerhouse/report"
 )
 
 // EnvStopTimeout optionally tells a worker its unit's stop timeout
@@ -34,6 +36,17 @@ type ServeConfig struct {
 	// of it, keeping the rest to close connections and exit. Zero means
 	// $POWERHOUSE_STOP_TIMEOUT, else DefaultStopTimeout.
 	StopTimeout time.Duration
+	// ReportSocket is the group's report socket, where Serve tells the
+	// supervisor what the worker supports and how it is doing (package
+	// report). Empty means $POWERHOUSE_REPORT_SOCKET; with neither,
+	// nothing is reported.
+	ReportSocket string
+	// ReloadOnSIGHUP declares that the caller re-reads its configuration
+	// on SIGHUP itself (ConfigFile.Reload from its own signal handling),
+	// so that the supervisor signals the worker instead of restarting it.
+	// It need not be set when the package's SIGHUP handler runs (Serve,
+	// OnReconfigure): that is declared by itself.
+	ReloadOnSIGHUP bool
 }
 
 // Serve runs srv on l for the life of the worker; see ServeConfig.Serve. It
@@ -46,6 +59,15 @@ func Serve(ctx context.Context, srv *http.Server, l net.Listener) error {
 
 // Serve runs srv on l and does the worker's side of the systemd lifecycle:
 //
+//   - when the group has a report socket (ServeConfig.ReportSocket,
+//     $POWERHOUSE_REPORT_SOCKET), a Hello is sent to the supervisor before
+//     serving starts, and every 30 s after: this library's release, the
+//     hand-off versions it understands, and whether SIGHUP reloads the
+//     configuration (the package's SIGHUP handler runs, or
+//     ReloadOnSIGHUP); then Draining
+//     when the worker stops accepting, and the count of closed
+//     connections at most every 100 ms while it changes. Reports never
+//     block or fail serving; the first failure is logged;
 //   - READY=1 is sent to $NOTIFY_SOCKET when srv first calls Accept, that
 //     is once the worker is accepting;
 //   - when $WATCHDOG_USEC is set (and $WATCHDOG_PID is this process or
@@ -93,6 +115,13 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, l net.Listen
 		go watchdog(ctx, interval/2)
 	}
 
+	rep := newReporter(sc.reportSocket())
+	defer rep.stop()
+	var features report.Features
+	if sc.ReloadOnSIGHUP || std.hupOn.Load() {
+		features |= report.FeatureReloadOnSIGHUP
+	}
+
 	rl := &readyListener{Listener: l, closed: make(chan struct{})}
 	defer rl.stopping()
 	// Track connections that have not sent their first request yet: see
@@ -101,10 +130,16 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, l net.Listen
 	userHook := srv.ConnState
 	srv.ConnState = func(c net.Conn, st http.ConnState) {
 		rl.track(c, st)
+		if st == http.StateClosed {
+			rep.connClosed()
+		}
 		if userHook != nil {
 			userHook(c, st)
 		}
 	}
+	// Before READY=1 (the first Accept): the supervisor knows what the
+	// worker supports by the time systemd reports it started.
+	rep.hello(features)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(rl) }()
 	select {
@@ -118,6 +153,7 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, l net.Listen
 	}
 
 	// Shutdown closes the listener first, which sends STOPPING=1.
+	rep.draining()
 	sctx, scancel := context.WithTimeout(context.Background(), grace)
 	defer scancel()
 	rl.drainNew(sctx)

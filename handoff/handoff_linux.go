@@ -193,6 +193,10 @@ func receive(sock int, h *Header) (connFD int, cred Ucred, hasCred bool, err err
 	kept := min(nfds, len(fds))
 	var bad error
 	switch {
+	case peekVersion(buf[:n]) != nil:
+		// First: another version's datagram may be longer or carry other
+		// descriptors, and the receiver must say which version it got.
+		bad = peekVersion(buf[:n])
 	case msg.Flags&unix.MSG_CTRUNC != 0:
 		bad = fmt.Errorf("%w: control data truncated (more than %d descriptors or not enough free descriptors)", ErrMalformed, maxRecvFDs)
 	case msg.Flags&unix.MSG_TRUNC != 0:

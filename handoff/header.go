@@ -62,6 +62,33 @@ const (
 // or a datagram. Receivers count such datagrams and drop them.
 var ErrMalformed = errors.New("malformed hand-off")
 
+// VersionError is the error for a header whose version this package does
+// not know: the dispatcher runs a release whose hand-off format this
+// worker does not understand. It matches ErrMalformed too. Receive and
+// ReceiveFrom check the version before anything else (length, descriptor
+// count), since another version may differ in those.
+type VersionError struct {
+	// Version is the header's version byte.
+	Version uint8
+}
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("%v: hand-off header of version %d; this side understands version %d", ErrMalformed, e.Version, Version)
+}
+
+// Is makes a VersionError match ErrMalformed.
+func (e *VersionError) Is(target error) bool { return target == ErrMalformed }
+
+// peekVersion returns the VersionError of a datagram that starts with the
+// magic and a version other than Version, whatever follows (it may be
+// truncated), else nil.
+func peekVersion(b []byte) error {
+	if len(b) > offVersion && string(b[offMagic:offMagic+len(Magic)]) == Magic && b[offVersion] != Version {
+		return &VersionError{Version: b[offVersion]}
+	}
+	return nil
+}
+
 // Header is the payload of one hand-off datagram.
 //
 // The zero Source and Destination (netip.AddrPort{}) mean the connection did
@@ -107,7 +134,8 @@ func (h *Header) MarshalBinary() ([]byte, error) {
 }
 
 // UnmarshalBinary decodes b, which must be exactly one encoded header, into
-// h. Every field is checked: magic, version, unknown flags, family codes,
+// h. Every field is checked: magic, version (another version gives a
+// *VersionError, whatever the length), unknown flags, family codes,
 // lengths (b must have no bytes left over), the name's content and
 // addresses (CheckAddrPort: no port 0, no unspecified address).
 //
@@ -115,6 +143,9 @@ func (h *Header) MarshalBinary() ([]byte, error) {
 // that reuses one Header for every datagram does not allocate for names.
 // Errors match ErrMalformed; on error h is left unchanged.
 func (h *Header) UnmarshalBinary(b []byte) error {
+	if err := peekVersion(b); err != nil {
+		return err // another version's header may be of any length
+	}
 	if len(b) < fixedLen {
 		return fmt.Errorf("%w: header is %d bytes, shorter than the fixed %d", ErrMalformed, len(b), fixedLen)
 	}
@@ -123,9 +154,7 @@ func (h *Header) UnmarshalBinary(b []byte) error {
 		// decode from a stack buffer without allocating.
 		return fmt.Errorf("%w: bad magic %q", ErrMalformed, string(b[offMagic:offMagic+len(Magic)]))
 	}
-	if v := b[offVersion]; v != Version {
-		return fmt.Errorf("%w: version %d, want %d", ErrMalformed, v, Version)
-	}
+	// The version is Version: peekVersion returned any other.
 	flags := Flags(b[offFlags])
 	if flags&^knownFlags != 0 {
 		return fmt.Errorf("%w: unknown flags %#02x", ErrMalformed, byte(flags&^knownFlags))

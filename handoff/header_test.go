@@ -147,7 +147,9 @@ func TestParseRejects(t *testing.T) {
 		{name: "short", b: good[:fixedLen-1], want: "shorter"},
 		{name: "bad magic", b: with(0, 'X'), want: "magic"},
 		{name: "version 0", b: with(offVersion, 0), want: "version 0"},
-		{name: "version 2", b: with(offVersion, 2), want: "version 2"},
+		{name: "version 2", b: with(offVersion, 2), want: "hand-off header of version 2; this side understands version 1"},
+		{name: "version 2, header only", b: []byte("PHHO\x02"), want: "hand-off header of version 2; this side understands version 1"},
+		{name: "version 2, longer than v1", b: append([]byte("PHHO\x02"), make([]byte, MaxHeaderLen)...), want: "version 2"},
 		{name: "unknown flags", b: with(offFlags, 0x81), want: "flags"},
 		{name: "unknown family", b: with(offSrcFam, 5), want: "family 5"},
 		{name: "family 6 overruns", b: with(offSrcFam, family6), want: "name length"},
@@ -178,6 +180,11 @@ func TestParseRejects(t *testing.T) {
 			}
 			if h != (Header{Name: "before"}) {
 				t.Errorf("header changed on error: %+v", h)
+			}
+			var ve *VersionError
+			otherVersion := len(tt.b) > offVersion && string(tt.b[:len(Magic)]) == Magic && tt.b[offVersion] != Version
+			if isVersion := errors.As(err, &ve); isVersion != otherVersion {
+				t.Errorf("err = %v: VersionError %v, want it only for another version", err, isVersion)
 			}
 		})
 	}
