@@ -17,6 +17,7 @@ import (
 	"github.com/coreos/go-systemd/v22/unit"
 
 	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/report"
 	"github.com/powerhouse/powerhouse/units"
 )
 
@@ -380,6 +381,9 @@ func (g *gen) worker(w *config.Worker) Unit {
 		"POWERHOUSE_GROUP=" + w.Name,
 		"POWERHOUSE_INSTANCE=%i",
 		"POWERHOUSE_CONFIG=" + g.group(w).UnitConfigPath(),
+		// Where the library reports to the supervisor what the worker
+		// supports (SIGHUP reload), when it drains and what it closed.
+		report.SocketEnv + "=" + g.group(w).UnitReportPath(),
 	}
 	if w.Sticky {
 		// The uid the library accepts hand-offs from (SCM_CREDENTIALS on
