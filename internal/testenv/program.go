@@ -32,7 +32,6 @@ var programs = map[string]program{
 	"make":                    {pkg: "make", paths: []string{"/usr/bin/make"}},
 	"node":                    {pkg: "nodejs", paths: []string{"/usr/bin/node"}},
 	"python3":                 {pkg: "python3", paths: []string{"/usr/bin/python3", "/usr/local/bin/python3"}},
-	"systemd-analyze":         {pkg: "systemd", paths: []string{"/usr/bin/systemd-analyze", "/bin/systemd-analyze"}},
 	"systemd-socket-activate": {pkg: "systemd", paths: []string{"/usr/bin/systemd-socket-activate", "/lib/systemd/systemd-socket-activate", "/usr/lib/systemd/systemd-socket-activate"}},
 }
 
