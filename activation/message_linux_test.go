@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/powerhouse/powerhouse/activation"
+	"github.com/powerhouse/powerhouse/internal/testenv"
 )
 
 const hostJournal = "/run/systemd/journal/socket"
@@ -36,7 +37,8 @@ func TestSendJournal(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer j.Close()
-	bin := filepath.Join(dir, "activation.test")
+	// Out of /tmp and the source tree, as every binary a test builds.
+	bin := filepath.Join(testenv.Dir(t), "activation.test")
 	build := exec.Command(goTool, "test", "-c", "-o", bin,
 		"-ldflags=-X github.com/coreos/go-systemd/v22/journal.journalSocket="+sock, ".")
 	if out, err := build.CombinedOutput(); err != nil {

@@ -198,33 +198,55 @@ func TestDispatchFallback(t *testing.T) {
 func sockPath(dir string, id int) string { return filepath.Join(dir, strconv.Itoa(id)+".sock") }
 
 // fillQueue fills the kernel queue of the hand-off socket at path with
-// hand-offs from a socket of the test's own, as a worker that stopped
+// hand-offs from sockets of the test's own, as a worker that stopped
 // reading would leave it, and returns how many it took.
+//
+// A send fails with EAGAIN both when the receiver's queue holds
+// net.unix.max_dgram_qlen datagrams (the queue is full: what the test
+// needs) and when the sender's own send buffer is spent (which says
+// nothing of the queue, and lets the dispatcher's sends through: with a
+// large max_dgram_qlen a single filler stops there). So the queue is full
+// when a fresh socket cannot send even one: whatever the host's
+// max_dgram_qlen, the count is measured, not assumed.
 func fillQueue(t *testing.T, path string) int {
 	t.Helper()
-	s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(s) })
-	if err := unix.Connect(s, &unix.SockaddrUnix{Name: path}); err != nil {
-		t.Fatal(err)
-	}
 	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Close(pair[0]); unix.Close(pair[1]) })
 	h := handoff.Header{Name: "filler"}
-	for n := 0; ; n++ {
-		err := handoff.Send(s, "", &h, pair[0])
-		if errors.Is(err, unix.EAGAIN) {
-			return n
-		}
+	total := 0
+	// A bound on the sockets: max_dgram_qlen is an int, but a queue that
+	// takes more than this many sockets' worth is a test gone wrong.
+	for range 1024 {
+		s, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Kept open until the test ends: closing a sender does not take
+		// its datagrams back, but its descriptor count is the test's.
+		t.Cleanup(func() { unix.Close(s) })
+		if err := unix.Connect(s, &unix.SockaddrUnix{Name: path}); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for ; ; n++ {
+			err := handoff.Send(s, "", &h, pair[0])
+			if errors.Is(err, unix.EAGAIN) {
+				break
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n == 0 {
+			return total
+		}
+		total += n
 	}
+	t.Fatalf("the queue of %s took %d hand-offs and still had room", path, total)
+	return 0
 }
 
 // discard receives n hand-offs the test queued with fillQueue.

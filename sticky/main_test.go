@@ -30,6 +30,12 @@ func TestMain(m *testing.M) {
 		os.Exit(childStamp())
 	case "dispatch":
 		os.Exit(childDispatch())
+	case "netns":
+		if err := setUpNetns(); err != nil {
+			fmt.Fprintln(os.Stderr, "netns:", err)
+			os.Exit(2)
+		}
+		os.Exit(m.Run())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
 		os.Exit(2)

@@ -19,21 +19,14 @@ import (
 	"time"
 
 	"github.com/powerhouse/powerhouse/handoff"
+	"github.com/powerhouse/powerhouse/internal/testenv"
 )
 
-// build compiles hello into the test's temporary directory, as
-// `go build -o bin/hello ./examples/hello` does for the Makefile.
+// build compiles hello into a directory of the test's own, out of the
+// source tree (internal/testenv), as `make build` does into bin/hello.
 func build(t *testing.T) string {
 	t.Helper()
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("go command not in PATH: cannot build hello")
-	}
-	bin := filepath.Join(t.TempDir(), "hello")
-	if out, err := exec.Command(goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
+	return filepath.Join(testenv.Build(t, "./examples/hello"), "hello")
 }
 
 // start runs cmd with a clean PowerHouse environment plus env, and stops
@@ -213,19 +206,11 @@ func TestNoAddress(t *testing.T) {
 	}
 }
 
-// socketActivate finds systemd-socket-activate or skips the test.
+// socketActivate finds systemd-socket-activate, or skips the test (fails
+// it in CI) saying how to install it.
 func socketActivate(t *testing.T) string {
 	t.Helper()
-	if p, err := exec.LookPath("systemd-socket-activate"); err == nil {
-		return p
-	}
-	for _, p := range []string{"/usr/bin/systemd-socket-activate", "/lib/systemd/systemd-socket-activate", "/usr/lib/systemd/systemd-socket-activate"} {
-		if _, err := os.Stat(p); err == nil {
-			return p
-		}
-	}
-	t.Skip("systemd-socket-activate not found in PATH, /usr/bin, /lib/systemd or /usr/lib/systemd: install systemd (Debian: package systemd) to run this test")
-	return ""
+	return testenv.Program(t, "systemd-socket-activate")
 }
 
 // TestSystemdSocketActivate: `systemd-socket-activate -l 127.0.0.1:PORT

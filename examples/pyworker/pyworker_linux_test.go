@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/powerhouse/powerhouse/handoff"
+	"github.com/powerhouse/powerhouse/internal/testenv"
 )
 
 // Shared socket helpers (internal/sockettest).
@@ -95,10 +96,7 @@ func expectEOF(t *testing.T, c net.Conn, what string) {
 // the hand-off socket as descriptor 3, and hands it real TCP connections,
 // plain and through PROXY protocol, between malformed datagrams.
 func TestPythonWorker(t *testing.T) {
-	py, err := exec.LookPath("python3")
-	if err != nil {
-		t.Skip("python3 not found in PATH: install Python 3.9 or newer to run the Python worker test")
-	}
+	py := testenv.Program(t, "python3")
 	dir := t.TempDir()
 	path := filepath.Join(dir, "1.sock")
 	held, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})

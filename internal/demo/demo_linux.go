@@ -116,6 +116,9 @@ func Run(ctx context.Context, o Options, out io.Writer) int {
 // boot starts the box and installs the house in it.
 func (d *demo) boot(ctx context.Context) error {
 	var binds []sdbox.Bind
+	for _, b := range d.o.Binds {
+		binds = append(binds, sdbox.Bind{Source: b.Host, Target: b.Box})
+	}
 	for _, v := range d.o.Visible {
 		binds = append(binds, sdbox.Bind{Source: v, Target: v})
 	}

@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/powerhouse/powerhouse/internal/sdbox"
+	"github.com/powerhouse/powerhouse/internal/testenv"
 )
 
 func repoRoot() string {
@@ -28,34 +28,24 @@ func TestIntegrationDemo(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// In the repository, not in the host's /tmp: the box has its own.
-	dir, err := os.MkdirTemp(filepath.Join(root, "internal", "demo"), ".bin-")
-	if err == nil {
-		// MkdirTemp makes it 0700: the workers' user powerhouse must enter it.
-		err = os.Chmod(dir, 0o755)
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	for _, p := range []struct{ out, pkg string }{{"powerhouse", "./cmd/powerhouse"}, {"hello", "./examples/hello"}} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, p.out), p.pkg)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", p.pkg, err, out)
-		}
-	}
+	// Out of the source tree and /tmp (internal/testenv), and seen by the
+	// workers' user at boxBin whatever the host path's parents allow.
+	dir := testenv.Build(t, "./cmd/powerhouse", "./examples/hello")
+	const boxBin = "/run/powerhouse-test-bin"
 	cfg, err := os.ReadFile(filepath.Join(root, "testdata", "demo.toml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	// A relative worker path, as in testdata/demo.toml: install makes it
-	// absolute.
-	cfg = bytes.ReplaceAll(cfg, []byte(`"../bin/hello"`), []byte(`"./hello"`))
-	if !bytes.Contains(cfg, []byte(`exec   = "./hello"`)) {
+	cfg = bytes.ReplaceAll(cfg, []byte(`"../bin/hello"`), []byte(`"`+boxBin+`/hello"`))
+	if !bytes.Contains(cfg, []byte(`exec   = "`+boxBin+`/hello"`)) {
 		t.Fatalf("testdata/demo.toml no longer names ../bin/hello:\n%s", cfg)
 	}
-	o := Options{Config: filepath.Join(dir, "demo.toml"), Powerhouse: filepath.Join(dir, "powerhouse"), Visible: []string{root}}
+	o := Options{
+		Config:     filepath.Join(dir, "demo.toml"),
+		Powerhouse: filepath.Join(dir, "powerhouse"),
+		Visible:    []string{root},
+		Binds:      []Bind{{Host: dir, Box: boxBin}},
+	}
 	if err := os.WriteFile(o.Config, cfg, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +56,7 @@ func TestIntegrationDemo(t *testing.T) {
 		t.Fatalf("demo exited %d:\n%s", code, out.String())
 	}
 	for _, want := range []string{
-		"ExecStart=" + filepath.Join(dir, "hello"),
+		"ExecStart=" + boxBin + "/hello",
 		"5 of 5 by web@",
 		"12 of 12 client addresses always answered by the same instance",
 		"reload: ", " failed\n",
@@ -89,7 +79,8 @@ func TestIntegrationDemo(t *testing.T) {
 	// Nothing runs the binaries any more.
 	procs, _ := filepath.Glob("/proc/[0-9]*/exe")
 	for _, p := range procs {
-		if exe, err := os.Readlink(p); err == nil && strings.HasPrefix(exe, dir+"/") {
+		// The path as the box saw it, or as the host does.
+		if exe, err := os.Readlink(p); err == nil && (strings.HasPrefix(exe, dir+"/") || strings.HasPrefix(exe, boxBin+"/")) {
 			t.Errorf("%s still runs %s", filepath.Dir(p), exe)
 		}
 	}

@@ -21,7 +21,14 @@ type Options struct {
 	// Visible are host directories the box must see at their own paths
 	// (the repository): bound read-only into it.
 	Visible []string
+	// Binds are further host directories the box must see, each at a path
+	// of its own (the tests' binaries, where the workers' user reaches
+	// them): bound read-only into it.
+	Binds []Bind
 }
+
+// Bind shows the host directory Host at Box inside the box.
+type Bind struct{ Host, Box string }
 
 // report prints the tour and keeps the score: every claim is a check.
 type report struct {

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/powerhouse/powerhouse/internal/sdbox"
+	"github.com/powerhouse/powerhouse/internal/testenv"
 )
 
 // Beyond one machine (docs/scaling.md): HAProxy hashes clients over two
@@ -41,24 +42,6 @@ amount = 3
 sticky = true
 listen = [{ address = %[3]q, proxy_protocol = true, proxy_from = ["127.0.0.1"], name = "lb" }]
 `, host, filepath.Join(boxBin, "hello"), addr)
-}
-
-// requireHAProxy returns haproxy's path; without it the test is skipped,
-// or fails when $CI is set.
-func requireHAProxy(t *testing.T) string {
-	t.Helper()
-	p, err := exec.LookPath("haproxy")
-	if err != nil {
-		if _, serr := os.Stat("/usr/sbin/haproxy"); serr == nil {
-			return "/usr/sbin/haproxy"
-		}
-		why := "haproxy not found: `apt-get install haproxy`"
-		if os.Getenv("CI") != "" {
-			t.Fatal(why)
-		}
-		t.Skip("skipping: " + why)
-	}
-	return p
 }
 
 // startHAProxy runs haproxy with testdata/haproxy.cfg in the foreground on
@@ -162,7 +145,7 @@ func lbPerHost(m map[string]string) (hosts, instances map[string]int) {
 // going away moves only its own clients.
 func TestIntegrationHAProxy(t *testing.T) {
 	sdbox.Require(t) // first, so that a run without root says so
-	haproxy := requireHAProxy(t)
+	haproxy := testenv.Program(t, "haproxy")
 	a := newHouse(t, lbHostConfig("hosta", lbHostA))
 	a.systemctl("start", "powerhouse.target")
 	b := newHouse(t, lbHostConfig("hostb", lbHostB))

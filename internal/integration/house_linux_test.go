@@ -18,41 +18,47 @@ import (
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/generator"
 	"github.com/powerhouse/powerhouse/internal/sdbox"
+	"github.com/powerhouse/powerhouse/internal/testenv"
 	"github.com/powerhouse/powerhouse/units"
 )
 
 // bin holds the binaries under test, built once for the package in a
-// host directory; every box sees it, read-only, at boxBin.
+// directory of the run's own outside the source tree (internal/testenv);
+// every box sees it, read-only, at boxBin.
 var bin string
 
 // boxBin is where the binaries are inside a box: under the box's own /run,
 // whose directories are 0755, so that workers running as the unprivileged
-// user powerhouse reach them wherever the clone lives (a 0700 /tmp/tmp.X
-// or /root): paths on the host are not the workers' concern.
+// user powerhouse reach them wherever the host directory and the clone
+// live (under a 0700 /root or /tmp/tmp.X): paths on the host are not the
+// workers' concern.
 const boxBin = "/run/powerhouse-test-bin"
+
+// pyWorker is examples/pyworker/worker.py's copy in bin, for the same
+// reason: the clone's own path may not be open to the workers' user.
+const pyWorker = "worker.py"
 
 func TestMain(m *testing.M) {
 	code := func() int {
-		root := repoRoot()
-		dir, err := os.MkdirTemp("", "powerhouse-it-bin-")
+		b, err := testenv.NewBin()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer b.Remove()
+		if err := b.Build("./cmd/powerhouse", "./examples/hello", "./examples/session"); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		py, err := os.ReadFile(filepath.Join(repoRoot(), "examples", "pyworker", pyWorker))
 		if err == nil {
-			// MkdirTemp makes it 0700; the workers' user must enter it.
-			err = os.Chmod(dir, 0o755)
+			err = os.WriteFile(filepath.Join(b.Dir, pyWorker), py, 0o644)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		defer os.RemoveAll(dir)
-		for _, p := range []struct{ out, pkg string }{{"powerhouse", "./cmd/powerhouse"}, {"hello", "./examples/hello"}} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, p.out), p.pkg)
-			cmd.Dir = root
-			if out, err := cmd.CombinedOutput(); err != nil {
-				fmt.Fprintf(os.Stderr, "build %s: %v\n%s", p.pkg, err, out)
-				return 1
-			}
-		}
-		bin = dir
+		bin = b.Dir
 		return m.Run()
 	}()
 	os.Exit(code)
@@ -120,8 +126,10 @@ func bootHouse(t *testing.T, o sdbox.Options) *house {
 	o.Binds = append(o.Binds,
 		sdbox.Bind{Source: dir, Target: "/etc/powerhouse", Writable: true},
 		sdbox.Bind{Source: bin, Target: boxBin},
-		// The repository (binaries, testdata) at its own path, also when
-		// the clone lives under /tmp, which the box replaces.
+		// The repository (testdata, for commands run as root) at its own
+		// path, also when the clone lives under /tmp, which the box
+		// replaces. Workers must not need it: its path may be closed to
+		// their user (a 0700 clone directory); they get boxBin.
 		sdbox.Bind{Source: repoRoot(), Target: repoRoot()},
 	)
 	b, err := sdbox.Boot(ctx, t, o)

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/powerhouse/powerhouse/internal/testenv"
 	"github.com/powerhouse/powerhouse/units"
 )
 
@@ -15,11 +16,11 @@ import (
 // (the same bytes install writes). With DESTDIR it runs no
 // systemd-sysusers: the host's user database is left alone.
 func TestMakeInstall(t *testing.T) {
-	if _, err := exec.LookPath("make"); err != nil {
-		t.Skip("make not installed")
-	}
+	makeTool := testenv.Program(t, "make")
 	dest := t.TempDir()
-	cmd := exec.Command("make", "install", "DESTDIR="+dest, "PREFIX=/usr")
+	// BIN: make build's binaries go to a directory of the test's, not to
+	// the source tree's bin/.
+	cmd := exec.Command(makeTool, "install", "DESTDIR="+dest, "PREFIX=/usr", "BIN="+testenv.Dir(t))
 	cmd.Dir = repoRoot()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make install: %v\n%s", err, out)

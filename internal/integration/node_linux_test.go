@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/powerhouse/powerhouse/internal/testenv"
 )
 
 // nodeServer answers with its uid and how many CPUs os.cpus() sees, on the
@@ -22,13 +22,7 @@ const nodeServer = `const http = require('http'), os = require('os'); ` +
 // reads /proc/cpuinfo, which ProcSubset=pid hides. The group must serve,
 // as the unprivileged user, seeing the machine's CPUs.
 func TestIntegrationNodeWorker(t *testing.T) {
-	node, err := exec.LookPath("node")
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("node not found: apt-get install nodejs")
-		}
-		t.Skip("node not found: apt-get install nodejs")
-	}
+	node := testenv.Program(t, "node")
 	cfg := fmt.Sprintf(`title = "Node house"
 
 [[worker]]

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/powerhouse/powerhouse/internal/sdbox"
+	"github.com/powerhouse/powerhouse/internal/testenv"
 )
 
 // runnableBlocks returns the shell lines of every ```sh block of the README
@@ -44,32 +46,42 @@ func runnableBlocks(t *testing.T) [][]string {
 	return blocks
 }
 
+// boxReadme is the directory the README's commands run from inside the
+// box: the repository's root as they expect it, with bin/ (make build)
+// and testdata/, put together by the test.
+const boxReadme = "/run/powerhouse-test-readme"
+
 // TestIntegrationREADME runs every command of the README's runnable blocks,
-// in order, inside a private systemd, from the repository's root, as root:
-// each must succeed, so the README cannot drift from the program.
+// in order, inside a private systemd, from a copy of the repository's root,
+// as root: each must succeed, so the README cannot drift from the program.
 func TestIntegrationREADME(t *testing.T) {
 	blocks := runnableBlocks(t)
 	if len(blocks) < 2 {
 		t.Fatalf("README has %d runnable blocks", len(blocks))
 	}
-	root := repoRoot()
-	// The README's commands use the repository's bin/ (make build) and
-	// `powerhouse` on PATH.
-	for _, p := range []struct{ out, pkg string }{{"bin/powerhouse", "./cmd/powerhouse"}, {"bin/hello", "./examples/hello"}} {
-		cmd := exec.Command("go", "build", "-o", p.out, p.pkg)
-		cmd.Dir = root
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("build %s: %v\n%s", p.pkg, err, out)
-		}
+	testenv.Program(t, "curl") // the commands include a curl
+	// The README's commands use bin/ (make build) and testdata/ and
+	// `powerhouse` on PATH. Not the clone's own: it has no bin/ (and a
+	// test must not make one), and its path may be closed to the
+	// workers' user. bin/ is the binaries TestMain built, as the box sees
+	// them.
+	work := testenv.Dir(t)
+	if err := os.Symlink(boxBin, filepath.Join(work, "bin")); err != nil {
+		t.Fatal(err)
 	}
-	h := bootHouse(t, sdboxOptions())
+	if err := os.CopyFS(filepath.Join(work, "testdata"), os.DirFS(filepath.Join(repoRoot(), "testdata"))); err != nil {
+		t.Fatal(err)
+	}
+	o := sdboxOptions()
+	o.Binds = append(o.Binds, sdbox.Bind{Source: work, Target: boxReadme})
+	h := bootHouse(t, o)
 	n := 0
 	for _, b := range blocks {
 		for _, line := range b {
 			n++
 			cmdline := strings.TrimPrefix(line, "sudo ")
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-			out, err := h.box.Run(ctx, "/bin/sh", "-c", "cd '"+root+"' && PATH='"+filepath.Join(root, "bin")+"':$PATH && "+cmdline)
+			out, err := h.box.Run(ctx, "/bin/sh", "-c", "cd "+boxReadme+" && PATH="+boxReadme+"/bin:$PATH && "+cmdline)
 			cancel()
 			if err != nil {
 				t.Fatalf("README command %q failed: %v\n%s\njournal:\n%s", line, err, out, h.journal())

@@ -4,6 +4,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/powerhouse/powerhouse/internal/testenv"
 )
 
 // redLocalScript is what a local user tries: hand a descriptor to web@1
@@ -33,10 +35,7 @@ for g in ['web', 'api']:
 // group's config.json (0640, group powerhouse); the workers' user reads
 // config.json, as documented, but cannot hand off either.
 func TestIntegrationRedLocalUser(t *testing.T) {
-	python, err := findPython()
-	if err != nil {
-		t.Skip(err)
-	}
+	python := testenv.Program(t, "python3")
 	h := newHouse(t, demoConfig(t))
 	h.systemctl("start", "powerhouse.target")
 	waitFor(t, 30*time.Second, "web@1's hand-off socket", func() bool {

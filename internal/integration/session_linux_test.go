@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -24,38 +23,14 @@ const (
 	sessionRounds    = 6
 )
 
-var (
-	sessionOnce sync.Once
-	sessionErr  error
-)
-
-// sessionBinary builds examples/session into the package's bin directory,
-// once, beside the binaries TestMain builds.
-func sessionBinary(t *testing.T) string {
-	t.Helper()
-	p := filepath.Join(bin, "session")
-	sessionOnce.Do(func() {
-		cmd := exec.Command("go", "build", "-o", p, "./examples/session")
-		cmd.Dir = repoRoot()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			sessionErr = fmt.Errorf("build ./examples/session: %w\n%s", err, out)
-		}
-	})
-	if sessionErr != nil {
-		t.Fatal(sessionErr)
-	}
-	return p
-}
-
 // sessionConfig returns testdata/session.toml with the worker's path made
-// absolute for the binary under test.
+// absolute for the binary under test (TestMain builds it).
 func sessionConfig(t *testing.T) string {
 	t.Helper()
 	b, err := os.ReadFile(filepath.Join(repoRoot(), "testdata", "session.toml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	sessionBinary(t)
 	return strings.ReplaceAll(string(b), `"../bin/session"`, `"`+filepath.Join(boxBin, "session")+`"`)
 }
 

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/powerhouse/powerhouse/internal/testenv"
 )
 
 // TestIntegrationSetDelivery: `powerhouse set` delivers a new config the
@@ -18,11 +20,8 @@ import (
 // reload_signal = "SIGHUP" keeps its processes. The journal gets the keys
 // changed, never a value that is not public.
 func TestIntegrationSetDelivery(t *testing.T) {
-	py := filepath.Join(repoRoot(), "examples", "pyworker", "worker.py")
-	python, err := findPython()
-	if err != nil {
-		t.Skip(err)
-	}
+	py := filepath.Join(boxBin, pyWorker)
+	python := testenv.Program(t, "python3")
 	const pyURL = "http://127.0.0.1:9994/"
 	cfg := demoConfig(t) + fmt.Sprintf(`
 [[worker]]
@@ -143,15 +142,6 @@ func waitUntil(d time.Duration, cond func() bool) bool {
 		time.Sleep(20 * time.Millisecond)
 	}
 	return true
-}
-
-func findPython() (string, error) {
-	for _, p := range []string{"/usr/bin/python3", "/usr/local/bin/python3"} {
-		if _, err := os.Stat(p); err == nil {
-			return p, nil
-		}
-	}
-	return "", fmt.Errorf("no python3 in /usr/bin or /usr/local/bin: the Python worker cannot run")
 }
 
 func grepLines(s, sub string) string {
