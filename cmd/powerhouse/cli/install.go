@@ -90,12 +90,11 @@ func resolveExisting(p string) string {
 	}
 }
 
-func init() {
-	register(&command{
-		name:  "install",
-		args:  "[CONFIG]",
-		short: "install a configuration: copy it, write its units, reload systemd, enable the house",
-		long: `Validates CONFIG (default: the installed ` + config.DefaultPath + `), copies
+var installVerb = verb{
+	name:  "install",
+	args:  "[CONFIG]",
+	short: "install a configuration: copy it, write its units, reload systemd, enable the house",
+	long: `Validates CONFIG (default: the installed ` + config.DefaultPath + `), copies
 it to ` + config.DefaultPath + ` (--user: ~/.config/powerhouse/), writes the
 generated units to /etc/systemd/system (--user: ~/.config/systemd/user),
 enables powerhouse.target and asks systemd to reload. System scope: writes
@@ -122,34 +121,33 @@ copy may hold secrets: it is created 0600; a file already there keeps its
 mode, owner and group, but not what it granted others. A configuration
 already in place before the first install (CONFIG is the installed path)
 is adopted: uninstall leaves it.`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			user := fs.Bool("user", false, "install for the calling user's service manager")
-			root := fs.String("root", "", "write under `DIR` and talk to no systemd")
-			now := fs.Bool("now", false, "start the house, or apply the changes to it")
-			binary := fs.String("binary", "", "absolute `PATH` of powerhouse written into the units (default: this executable)")
-			return func(e *env, args []string) error {
-				src, err := configArg(args)
-				if err != nil {
-					return err
-				}
-				if err := emptyRoot(fs); err != nil {
-					return err
-				}
-				if *root == "" {
-					if err := requireRoot("install", *user); err != nil {
-						return err
-					}
-				}
-				if *root != "" && *now {
-					return usagef("--now cannot be used with --root")
-				}
-				if *binary != "" && (!filepath.IsAbs(*binary) || filepath.Clean(*binary) != *binary) {
-					return usagef("--binary %q is not a clean absolute path", *binary)
-				}
-				return install(e, src, *root, *binary, *user, *now)
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		user := fs.Bool("user", false, "install for the calling user's service manager")
+		root := fs.String("root", "", "write under `DIR` and talk to no systemd")
+		now := fs.Bool("now", false, "start the house, or apply the changes to it")
+		binary := fs.String("binary", "", "absolute `PATH` of powerhouse written into the units (default: this executable)")
+		return func(e *env, args []string) error {
+			src, err := configArg(args)
+			if err != nil {
+				return err
 			}
-		},
-	})
+			if err := emptyRoot(fs); err != nil {
+				return err
+			}
+			if *root == "" {
+				if err := requireRoot("install", *user); err != nil {
+					return err
+				}
+			}
+			if *root != "" && *now {
+				return usagef("--now cannot be used with --root")
+			}
+			if *binary != "" && (!filepath.IsAbs(*binary) || filepath.Clean(*binary) != *binary) {
+				return usagef("--binary %q is not a clean absolute path", *binary)
+			}
+			return install(e, src, *root, *binary, *user, *now)
+		}
+	},
 }
 
 func install(e *env, src, root, binary string, user, now bool) error {
@@ -420,11 +418,10 @@ func stopGroup(e *env, m units.Manager, g string) {
 	m.Stop(e.ctx, units.Group{Name: g}.ProxySocket())
 }
 
-func init() {
-	register(&command{
-		name:  "uninstall",
-		short: "stop the house and remove exactly the files install wrote",
-		long: `Stops powerhouse.target (every group's supervisor and workers), removes the
+var uninstallVerb = verb{
+	name:  "uninstall",
+	short: "stop the house and remove exactly the files install wrote",
+	long: `Stops powerhouse.target (every group's supervisor and workers), removes the
 files listed in the installation manifest (the configuration copy, the
 units, the enablement link) and nothing else, and asks systemd to reload.
 A configuration that was in place before install is left, and said so.
@@ -432,66 +429,65 @@ The manifest is checked first: an entry outside the installation's
 directories, with "..", relative, or behind a symbolic link is refused and
 nothing is removed. --root DIR removes them under DIR and talks to no
 systemd.`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			user := fs.Bool("user", false, "uninstall from the calling user's service manager")
-			root := fs.String("root", "", "remove under `DIR` and talk to no systemd")
-			return func(e *env, args []string) error {
-				if len(args) > 0 {
-					return usagef("takes no arguments")
-				}
-				if err := emptyRoot(fs); err != nil {
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		user := fs.Bool("user", false, "uninstall from the calling user's service manager")
+		root := fs.String("root", "", "remove under `DIR` and talk to no systemd")
+		return func(e *env, args []string) error {
+			if len(args) > 0 {
+				return usagef("takes no arguments")
+			}
+			if err := emptyRoot(fs); err != nil {
+				return err
+			}
+			if *root == "" {
+				if err := requireRoot("uninstall", *user); err != nil {
 					return err
 				}
-				if *root == "" {
-					if err := requireRoot("uninstall", *user); err != nil {
-						return err
-					}
-				}
-				lay, err := newLayout(*user, *root)
-				if err != nil {
+			}
+			lay, err := newLayout(*user, *root)
+			if err != nil {
+				return err
+			}
+			tree := lay.tree(*root)
+			if !tree.Installed() {
+				fmt.Fprintln(e.stdout, "uninstall: nothing installed")
+				return nil
+			}
+			var m units.Manager
+			if *root == "" {
+				if m, err = connect(e.ctx, *user); err != nil {
 					return err
 				}
-				tree := lay.tree(*root)
-				if !tree.Installed() {
-					fmt.Fprintln(e.stdout, "uninstall: nothing installed")
-					return nil
+				defer m.Close()
+				if err := m.Stop(e.ctx, units.Target); err != nil {
+					return err
 				}
-				var m units.Manager
-				if *root == "" {
-					if m, err = connect(e.ctx, *user); err != nil {
-						return err
-					}
-					defer m.Close()
-					if err := m.Stop(e.ctx, units.Target); err != nil {
-						return err
-					}
-					// Sockets and workers are PartOf the target; stop
-					// whatever is left of each group too.
-					if b, err := config.ReadFile(filepath.Join(*root, lay.configPath)); err == nil {
-						if c, err := config.Parse(lay.configPath, b); err == nil {
-							for _, w := range c.Workers {
-								stopGroup(e, m, w.Name)
-							}
+				// Sockets and workers are PartOf the target; stop
+				// whatever is left of each group too.
+				if b, err := config.ReadFile(filepath.Join(*root, lay.configPath)); err == nil {
+					if c, err := config.Parse(lay.configPath, b); err == nil {
+						for _, w := range c.Workers {
+							stopGroup(e, m, w.Name)
 						}
 					}
 				}
-				res, err := tree.Uninstall()
-				for _, p := range res.Removed {
-					fmt.Fprintf(e.stdout, "uninstall: removed %s\n", filepath.Join(*root, p))
-				}
-				for _, p := range res.Kept {
-					fmt.Fprintf(e.stdout, "uninstall: left %s: it was there before install (remove it yourself if it should go)\n", filepath.Join(*root, p))
-				}
-				if err != nil {
-					return err
-				}
-				if m != nil {
-					if err := m.DaemonReload(e.ctx); err != nil {
-						return fmt.Errorf("systemctl daemon-reload: %w", err)
-					}
-				}
-				return nil
 			}
-		},
-	})
+			res, err := tree.Uninstall()
+			for _, p := range res.Removed {
+				fmt.Fprintf(e.stdout, "uninstall: removed %s\n", filepath.Join(*root, p))
+			}
+			for _, p := range res.Kept {
+				fmt.Fprintf(e.stdout, "uninstall: left %s: it was there before install (remove it yourself if it should go)\n", filepath.Join(*root, p))
+			}
+			if err != nil {
+				return err
+			}
+			if m != nil {
+				if err := m.DaemonReload(e.ctx); err != nil {
+					return fmt.Errorf("systemctl daemon-reload: %w", err)
+				}
+			}
+			return nil
+		}
+	},
 }

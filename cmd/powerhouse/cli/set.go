@@ -19,12 +19,11 @@ import (
 	"github.com/powerhouse/powerhouse/units"
 )
 
-func init() {
-	register(&command{
-		name:  "set",
-		args:  "GROUP KEY=VALUE...",
-		short: "change a group's config live: saved in the configuration, delivered to the running workers",
-		long: `Sets keys of the group's [worker.config] table. VALUE is a JSON literal
+var setVerb = verb{
+	name:  "set",
+	args:  "GROUP KEY=VALUE...",
+	short: "change a group's config live: saved in the configuration, delivered to the running workers",
+	long: `Sets keys of the group's [worker.config] table. VALUE is a JSON literal
 (42, true, "text", [1,2], {"a":1}); a bare word is a string. The
 configuration file is edited in place (only the lines concerned; comments
 stay), validated, and written atomically; then the group's JSON config is
@@ -43,96 +42,95 @@ A command line is visible to every local user (ps) and is recorded with
 each journal entry the command writes (_CMDLINE): give a secret as KEY=-
 and its VALUE on standard input (at most 64 KiB; one final newline is
 dropped), e.g.  powerhouse set web password=- < secret.json`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			mf := addManagerFlags(fs)
-			return func(e *env, args []string) error {
-				if len(args) < 2 {
-					return usagef("expected GROUP and at least one KEY=VALUE")
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		mf := addManagerFlags(fs)
+		return func(e *env, args []string) error {
+			if len(args) < 2 {
+				return usagef("expected GROUP and at least one KEY=VALUE")
+			}
+			if err := requireRoot("set", *mf.user); err != nil {
+				return err
+			}
+			group := args[0]
+			// Everything that can be checked is, before standard input
+			// is read (a value given as KEY=- waits for it) and before
+			// anything is written: a typo in the group, a key given
+			// twice or a service manager out of reach changes nothing.
+			raw := map[string]string{}
+			var keys []string
+			for _, a := range args[1:] {
+				k, v, ok := strings.Cut(a, "=")
+				if !ok {
+					return usagef("%q is not KEY=VALUE", a)
 				}
-				if err := requireRoot("set", *mf.user); err != nil {
-					return err
+				if err := config.ValidKey(k); err != nil {
+					return usagef("%v", err)
 				}
-				group := args[0]
-				// Everything that can be checked is, before standard input
-				// is read (a value given as KEY=- waits for it) and before
-				// anything is written: a typo in the group, a key given
-				// twice or a service manager out of reach changes nothing.
-				raw := map[string]string{}
-				var keys []string
-				for _, a := range args[1:] {
-					k, v, ok := strings.Cut(a, "=")
-					if !ok {
-						return usagef("%q is not KEY=VALUE", a)
-					}
-					if err := config.ValidKey(k); err != nil {
-						return usagef("%v", err)
-					}
-					if _, dup := raw[k]; dup {
-						return usagef("key %s given twice", k)
-					}
-					if v == "-" && slices.ContainsFunc(keys, func(k string) bool { return raw[k] == "-" }) {
-						return usagef("only one KEY=- can read its value from standard input")
-					}
-					raw[k] = v
-					keys = append(keys, k)
+				if _, dup := raw[k]; dup {
+					return usagef("key %s given twice", k)
 				}
-				cfg := mf.path()
-				src, err := readInstalled(*mf.config, *mf.user)
-				if err != nil {
-					return err
+				if v == "-" && slices.ContainsFunc(keys, func(k string) bool { return raw[k] == "-" }) {
+					return usagef("only one KEY=- can read its value from standard input")
 				}
-				c, err := config.Parse(cfg, src)
-				if err != nil {
-					return err
-				}
-				if c.Worker(group) == nil {
-					return usagef("no group %q in %s", group, cfg)
-				}
-				values := map[string]any{}
-				for _, k := range keys {
-					v := raw[k]
-					if v == "-" {
-						if v, err = readValue(os.Stdin); err != nil {
-							return usagef("%s: %v", k, err)
-						}
-					}
-					val, err := config.ParseValue(v)
-					if err != nil {
+				raw[k] = v
+				keys = append(keys, k)
+			}
+			cfg := mf.path()
+			src, err := readInstalled(*mf.config, *mf.user)
+			if err != nil {
+				return err
+			}
+			c, err := config.Parse(cfg, src)
+			if err != nil {
+				return err
+			}
+			if c.Worker(group) == nil {
+				return usagef("no group %q in %s", group, cfg)
+			}
+			values := map[string]any{}
+			for _, k := range keys {
+				v := raw[k]
+				if v == "-" {
+					if v, err = readValue(os.Stdin); err != nil {
 						return usagef("%s: %v", k, err)
 					}
-					values[k] = val
 				}
-				// A bad value is refused before systemd is asked anything.
-				if _, err := config.SetGroupConfig(cfg, src, group, values); err != nil {
-					return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse set: %w", err)}
-				}
-				m, err := mf.connect(e)
+				val, err := config.ParseValue(v)
 				if err != nil {
-					return err
+					return usagef("%s: %v", k, err)
 				}
-				defer m.Close()
-				w, readers, err := editLocked(cfg, func(src []byte) ([]byte, error) {
-					out, err := config.SetGroupConfig(cfg, src, group, values)
-					if err != nil {
-						return nil, &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse set: %w", err)}
-					}
-					return out, nil
-				}, group, true)
-				if err != nil {
-					return err
-				}
-				how, err := deliver(e, m, w)
-				if err != nil {
-					return err
-				}
-				ev := reconfigureEvent(w, values, how)
-				_ = events.Write(ev)
-				fmt.Fprintf(e.stderr, "set %s: %s saved in %s; %s readable by %s; %s\n",
-					group, strings.ReplaceAll(ev.Fields["keys"], ",", ", "), cfg, units.Group{Name: group}.ConfigPath(), readers, how)
-				return nil
+				values[k] = val
 			}
-		},
-	})
+			// A bad value is refused before systemd is asked anything.
+			if _, err := config.SetGroupConfig(cfg, src, group, values); err != nil {
+				return &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse set: %w", err)}
+			}
+			m, err := mf.connect(e)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			w, readers, err := editLocked(cfg, func(src []byte) ([]byte, error) {
+				out, err := config.SetGroupConfig(cfg, src, group, values)
+				if err != nil {
+					return nil, &exitError{code: ExitUsage, err: fmt.Errorf("powerhouse set: %w", err)}
+				}
+				return out, nil
+			}, group, true)
+			if err != nil {
+				return err
+			}
+			how, err := deliver(e, m, w)
+			if err != nil {
+				return err
+			}
+			ev := reconfigureEvent(w, values, how)
+			_ = events.Write(ev)
+			fmt.Fprintf(e.stderr, "set %s: %s saved in %s; %s readable by %s; %s\n",
+				group, strings.ReplaceAll(ev.Fields["keys"], ",", ", "), cfg, units.Group{Name: group}.ConfigPath(), readers, how)
+			return nil
+		}
+	},
 }
 
 // editLocked applies edit to the configuration file cfg and writes the

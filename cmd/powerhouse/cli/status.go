@@ -23,50 +23,48 @@ type (
 	InstanceStatus = supervisor.InstanceStatus
 )
 
-func init() {
-	register(&command{
-		name:  "status",
-		args:  "[GROUP...]",
-		short: "show each group's supervisor and instances: state, PID, uptime, restarts, connections",
-		long: `For each group (all by default): the supervisor's state and, per instance,
+var statusVerb = verb{
+	name:  "status",
+	args:  "[GROUP...]",
+	short: "show each group's supervisor and instances: state, PID, uptime, restarts, connections",
+	long: `For each group (all by default): the supervisor's state and, per instance,
 its state, main PID, uptime, restart count (systemd's NRestarts) and, for
 sticky groups, the connections handed off to it. --json prints a stable
 JSON array of groups (see docs/status.md).`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			mf := addManagerFlags(fs)
-			asJSON := fs.Bool("json", false, "print JSON")
-			return func(e *env, args []string) error {
-				c, err := mf.load()
-				if err != nil {
-					return err
-				}
-				ws, err := groupsOf(c, args)
-				if err != nil {
-					return err
-				}
-				m, err := mf.connect(e)
-				if err != nil {
-					return err
-				}
-				defer m.Close()
-				var out []GroupStatus
-				for _, w := range ws {
-					gs, err := groupStatus(e, m, w)
-					if err != nil {
-						return err
-					}
-					out = append(out, gs)
-				}
-				if *asJSON {
-					enc := json.NewEncoder(e.stdout)
-					enc.SetIndent("", "  ")
-					return enc.Encode(out)
-				}
-				printStatus(e, out)
-				return nil
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		mf := addManagerFlags(fs)
+		asJSON := fs.Bool("json", false, "print JSON")
+		return func(e *env, args []string) error {
+			c, err := mf.load()
+			if err != nil {
+				return err
 			}
-		},
-	})
+			ws, err := groupsOf(c, args)
+			if err != nil {
+				return err
+			}
+			m, err := mf.connect(e)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			var out []GroupStatus
+			for _, w := range ws {
+				gs, err := groupStatus(e, m, w)
+				if err != nil {
+					return err
+				}
+				out = append(out, gs)
+			}
+			if *asJSON {
+				enc := json.NewEncoder(e.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(out)
+			}
+			printStatus(e, out)
+			return nil
+		}
+	},
 }
 
 func unitStatus(e *env, m units.Manager, unit string) (UnitStatus, error) {
