@@ -37,6 +37,10 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	argv0  string
+	// runtimeRoot, when set, replaces the scope's runtime directory in
+	// the paths of the groups' supervisors (units.Group.Root): tests
+	// point it at a stand-in supervisor's socket.
+	runtimeRoot string
 }
 
 // verb is one verb of the command line: a value in the verbs table, each
@@ -119,7 +123,12 @@ func Main() int {
 // Run runs the powerhouse command line args (args[0] is the program name)
 // and returns the process exit status.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	e := &env{ctx: ctx, stdout: stdout, stderr: stderr, argv0: "powerhouse"}
+	return (&env{ctx: ctx, stdout: stdout, stderr: stderr, argv0: "powerhouse"}).run(args)
+}
+
+// run runs the command line args in e.
+func (e *env) run(args []string) int {
+	stdout, stderr := e.stdout, e.stderr
 	if len(args) > 0 && filepath.Base(args[0]) == "powerhouse-generator" {
 		return runCommand(e, &systemdGeneratorVerb, args[1:])
 	}

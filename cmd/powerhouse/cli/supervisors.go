@@ -1,0 +1,86 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"syscall"
+	"time"
+
+	"github.com/powerhouse/powerhouse/supervisor"
+	"github.com/powerhouse/powerhouse/units"
+)
+
+// The verbs that act on a running group (reload, scale, set, status) are
+// clients of its supervisor's API (supervisor.Client on
+// units.Group.ControlPath): the supervisor carries the operation out,
+// reports its progress and emits its events; the verb prints what it
+// says.
+
+// scopeOf is the service manager a verb's --user flag selects.
+func scopeOf(user bool) units.Scope {
+	if user {
+		return units.User
+	}
+	return units.System
+}
+
+// group names the units and paths of group name in the scope user says.
+func (e *env) group(name string, user bool) units.Group {
+	return units.Group{Name: name, Scope: scopeOf(user), Root: e.runtimeRoot}
+}
+
+// client is the API of g's supervisor.
+func client(g units.Group) *supervisor.Client {
+	return &supervisor.Client{Path: g.ControlPath()}
+}
+
+// notRunning reports whether err, from a call to a supervisor, means that
+// none listens: its socket is not there, or nobody accepts on it.
+func notRunning(err error) bool {
+	return errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ECONNREFUSED)
+}
+
+// supervisorState says, for a message about a supervisor that does not
+// answer, what systemd knows of its unit: "powerhouse@web.service is
+// inactive". Best effort: without the service manager it names the
+// socket nobody answers on.
+func (e *env) supervisorState(g units.Group) string {
+	unit := g.SupervisorUnit()
+	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
+	defer cancel()
+	m, err := connect(ctx, g.Scope == units.User)
+	if err != nil {
+		return fmt.Sprintf("no supervisor answers on %s, and %v", g.ControlPath(), err)
+	}
+	defer m.Close()
+	st, err := m.State(ctx, unit)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("no supervisor answers on %s", g.ControlPath())
+	case st.ActiveState.AtRest():
+		return fmt.Sprintf("%s is %s", unit, st.ActiveState)
+	}
+	return fmt.Sprintf("%s is %s, but does not answer on %s yet", unit, st.ActiveState, g.ControlPath())
+}
+
+// callFailed is the error a verb returns for a call its supervisor
+// answered with a failure: the supervisor's message as it gave it (it
+// names the group and the instance), which is also what `systemctl
+// reload` shows, since ExecReload= runs the same verb.
+func callFailed(verb string, err error) error {
+	var ce *supervisor.CallError
+	if errors.As(err, &ce) {
+		return &exitError{code: ExitFailure, err: fmt.Errorf("powerhouse %s: %s", verb, ce.Message)}
+	}
+	return err
+}
+
+// progress prints a supervisor's progress replies as they come, one line
+// each, prefixed with the verb and the group.
+func (e *env) progress(verb, group string) func(supervisor.Progress) {
+	return func(p supervisor.Progress) {
+		fmt.Fprintf(e.stderr, "%s %s: %s\n", verb, group, p.Message)
+	}
+}
