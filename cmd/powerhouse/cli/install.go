@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/generator"
@@ -101,7 +103,12 @@ enables powerhouse.target and asks systemd to reload. System scope: writes
 ` + units.SysusersPath + ` and runs systemd-sysusers, which creates
 the static user and group "powerhouse" workers run as by default (under
 --root, only when DIR has an /etc/passwd). Uninstall leaves the user. --now also starts the
-house, or, when it runs, restarts or reloads only the groups that changed.
+house, or, when it runs, restarts or reloads only the groups that changed,
+and waits until every group's supervisor is ready (it dispatches to a
+ready instance): a group that is not fails the command, which names its
+supervisor unit, its state and result, and the last lines the supervisor
+wrote to the journal. While install writes, it holds the lock set and
+scale take on the configuration's directory.
 A [worker.service] user or group other than "powerhouse" must exist (on
 this system, or with --root in DIR/etc/passwd and DIR/etc/group when DIR
 has both; numeric ids are not checked): the supervisors join every
@@ -151,6 +158,7 @@ is adopted: uninstall leaves it.`,
 }
 
 func install(e *env, src, root, binary string, user, now bool) error {
+	began := time.Now()
 	lay, err := newLayout(user, root)
 	if err != nil {
 		return err
@@ -218,6 +226,18 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		fmt.Fprintf(e.stderr, "install: %s\n", n)
 	}
 
+	// set and scale edit the configuration under this lock: neither
+	// changes it while install replaces it and restarts what changed. A
+	// first install has no directory yet, and nothing to race with. The
+	// lock is released once systemd has the new units: the groups' start,
+	// which may take minutes, needs it no more.
+	unlock, err := lockExisting(filepath.Join(root, filepath.Dir(lay.configPath)))
+	if err != nil {
+		return err
+	}
+	release := sync.OnceFunc(unlock)
+	defer release()
+
 	var m units.Manager
 	if root == "" {
 		if m, err = connect(e.ctx, user); err != nil {
@@ -262,24 +282,41 @@ func install(e *env, src, root, binary string, user, now bool) error {
 			return fmt.Errorf("systemctl daemon-reload: %w", err)
 		}
 	}
+	release()
 	if !now {
 		return nil
+	}
+	var groups []string
+	for _, w := range c.Workers {
+		groups = append(groups, w.Name)
 	}
 	target, err := m.State(e.ctx, units.Target)
 	if err != nil {
 		return err
 	}
-	if target.ActiveState != "active" {
+	scope := scopeOf(user)
+	if target.ActiveState != units.Active {
 		fmt.Fprintf(e.stderr, "install: starting %s\n", units.Target)
-		return m.Start(e.ctx, units.Target)
+		if err := m.Start(e.ctx, units.Target); err != nil {
+			return err
+		}
+		return groupsReady(e, m, scope, groups, began)
 	}
 	for _, g := range affectedGroups(old, c, res.Written, lay.unitDir) {
 		fmt.Fprintf(e.stderr, "install: applying the change to group %s\n", g)
 		if err := applyGroup(e, m, old, c, g, res.Written, lay.unitDir); err != nil {
+			// Why the group's supervisor did not come back says more
+			// than the failed job.
+			if rerr := groupsReady(e, m, scope, []string{g}, began); rerr != nil {
+				return rerr
+			}
 			return err
 		}
 	}
-	return m.Start(e.ctx, units.Target)
+	if err := m.Start(e.ctx, units.Target); err != nil {
+		return err
+	}
+	return groupsReady(e, m, scope, groups, began)
 }
 
 // checkTargetAccounts refuses c when a user or group it names does not
@@ -342,7 +379,7 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 	w := c.Worker(g)
 	workerChanged := false
 	for _, p := range written {
-		if p == filepath.Join(unitDir, units.Group{Name: g}.WorkerTemplate()) || p == filepath.Join(unitDir, "powerhouse-"+g+"@.socket") {
+		if p == filepath.Join(unitDir, units.Group{Name: g}.WorkerTemplate()) || p == filepath.Join(unitDir, units.Group{Name: g}.HandoffTemplate()) {
 			workerChanged = true
 		}
 	}
@@ -409,13 +446,16 @@ func contains(list []string, s string) bool {
 
 // stopGroup stops a group's supervisor, workers and sockets.
 func stopGroup(e *env, m units.Manager, g string) {
-	m.Stop(e.ctx, units.Group{Name: g}.SupervisorUnit())
-	sts, _ := m.States(e.ctx, "powerhouse-"+g+"@*")
+	gr := units.Group{Name: g}
+	m.Stop(e.ctx, gr.SupervisorUnit())
+	sts, _ := m.States(e.ctx, units.HousePattern)
 	for _, st := range sts {
-		m.Stop(e.ctx, st.Name)
+		if gr.Owns(st.Name) {
+			m.Stop(e.ctx, st.Name)
+		}
 	}
-	m.Stop(e.ctx, units.Group{Name: g}.PublicSocket())
-	m.Stop(e.ctx, units.Group{Name: g}.ProxySocket())
+	m.Stop(e.ctx, gr.PublicSocket())
+	m.Stop(e.ctx, gr.ProxySocket())
 }
 
 var uninstallVerb = verb{

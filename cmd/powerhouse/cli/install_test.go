@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -250,5 +251,45 @@ func TestInstallManyGroups(t *testing.T) {
 	}
 	if code, stdout, stderr := run(t, "uninstall", "--root", root); code != 0 || strings.Count(stdout, "uninstall: removed") < 4*config.MaxGroups {
 		t.Errorf("uninstall: exit %d, %d files removed, %s", code, strings.Count(stdout, "uninstall: removed"), stderr)
+	}
+}
+
+// TestInstallTakesTheLock: install works under the lock set and scale
+// take on the configuration's directory, so that neither edits the file
+// while install replaces it: held by another, install waits in flock(2),
+// and goes on once it is released.
+func TestInstallTakesTheLock(t *testing.T) {
+	root := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := run(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", cfg); code != 0 {
+		t.Fatalf("first install: %d %s", code, stderr)
+	}
+	unlock, err := lockDir(filepath.Join(root, filepath.Dir(config.DefaultPath)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if err := os.WriteFile(cfg, []byte(tinyConfig+"amount = 2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := powerhouse(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", cfg)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitSyscall(t, cmd.Process.Pid, fmt.Sprintf("%d ", syscall.SYS_FLOCK))
+	if b, _ := os.ReadFile(filepath.Join(root, config.DefaultPath)); strings.Contains(string(b), "amount = 2") {
+		t.Error("install wrote the configuration while another held the lock")
+	}
+	unlock()
+	if err := waitExit(t, cmd, 10*time.Second); err != nil {
+		t.Fatalf("install after the lock was released: %v\n%s", err, out.String())
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, config.DefaultPath)); !strings.Contains(string(b), "amount = 2") {
+		t.Errorf("install did not write the new configuration:\n%s", b)
 	}
 }
