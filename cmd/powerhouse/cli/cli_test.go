@@ -261,7 +261,11 @@ func TestSuperviseByHand(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, _, stderr := run(t, "supervise", "--config", p, "w")
-	if code != ExitUsage || !strings.Contains(stderr, "runs as powerhouse@w.service, started by systemd: use `systemctl start powerhouse@w`") {
+	if code != ExitUsage || !strings.Contains(stderr, "runs as powerhouse@w.service, started by systemd: use `systemctl start powerhouse@w.service` or `powerhouse start`") {
 		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = run(t, "supervise", "--user", "--config", p, "w")
+	if code != ExitUsage || !strings.Contains(stderr, "use `systemctl --user start powerhouse@w.service` or `powerhouse --user start`") {
+		t.Errorf("--user: exit %d, stderr %q", code, stderr)
 	}
 }

@@ -186,25 +186,26 @@ const statusTimeout = 10 * time.Second
 // systemd's view of the group's units.
 func (sg statusGroup) status(e *env, user bool, m *units.Manager) (GroupStatus, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, statusTimeout)
-	gs, err := client(sg.g).Status(ctx)
+	gs, callErr := client(sg.g).Status(ctx)
 	cancel()
-	if err == nil {
+	if callErr == nil {
 		// The supervisor knows its dispatch set: in_dispatch means what
 		// it says.
 		gs.DispatchKnown = true
 		return gs, nil
 	}
 	if *m == nil {
+		var err error
 		if *m, err = connect(e.ctx, user); err != nil {
 			return gs, err
 		}
 	}
-	gs, serr := groupStatus(e, *m, sg.g, sg.w)
-	if serr != nil {
-		return gs, serr
+	gs, err := groupStatus(e, *m, sg.g, sg.w)
+	if err != nil {
+		return gs, err
 	}
-	if !notRunning(err) && gs.Supervisor.State != string(units.Inactive) && gs.Supervisor.State != string(units.Failed) {
-		fmt.Fprintf(e.stderr, "status %s: its supervisor did not answer (%v): showing systemd's view\n", sg.g.Name, err)
+	if !notRunning(callErr) && gs.Supervisor.State != string(units.Inactive) && gs.Supervisor.State != string(units.Failed) {
+		fmt.Fprintf(e.stderr, "status %s: its supervisor did not answer (%v): showing systemd's view\n", sg.g.Name, callErr)
 	}
 	return gs, nil
 }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/supervisor"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 var superviseVerb = verb{
@@ -40,7 +41,8 @@ restarted or killed the workers keep running.`,
 			// one would have no socket: systemd sets INVOCATION_ID
 			// for every unit it runs.
 			if os.Getenv("INVOCATION_ID") == "" {
-				return usagef("runs as powerhouse@%s.service, started by systemd: use `systemctl start powerhouse@%s` or `powerhouse start`", args[0], args[0])
+				unit := units.Group{Name: args[0]}.SupervisorUnit()
+				return usagef("runs as %s, started by systemd: use `systemctl %sstart %s` or `powerhouse %sstart`", unit, flagWord(*user), unit, flagWord(*user))
 			}
 			c, err := config.Load(*cfg)
 			if err != nil {

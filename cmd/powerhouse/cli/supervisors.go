@@ -26,6 +26,14 @@ func scopeOf(user bool) units.Scope {
 	return units.System
 }
 
+// flagWord is "--user " for a command line about the user's manager.
+func flagWord(user bool) string {
+	if f := scopeOf(user).Flag(); f != "" {
+		return f + " "
+	}
+	return ""
+}
+
 // group names the units and paths of group name in the scope user says.
 func (e *env) group(name string, user bool) units.Group {
 	return units.Group{Name: name, Scope: scopeOf(user), Root: e.runtimeRoot}
