@@ -2,6 +2,7 @@ package cli
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -291,5 +292,29 @@ func TestInstallTakesTheLock(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(root, config.DefaultPath)); !strings.Contains(string(b), "amount = 2") {
 		t.Errorf("install did not write the new configuration:\n%s", b)
+	}
+}
+
+// TestUserManagerPrivateSocket: a user manager reachable only on its
+// private socket (no dbus-user-session, no user bus) is found, as
+// units.Connect dials it; before, --user refused it for want of
+// $XDG_RUNTIME_DIR/bus.
+func TestUserManagerPrivateSocket(t *testing.T) {
+	t.Setenv("DBUS_SESSION_BUS_ADDRESS", "")
+	dir := t.TempDir()
+	t.Setenv("XDG_RUNTIME_DIR", dir)
+	if err := userBus(); err == nil {
+		t.Fatal("userBus found a manager in an empty runtime directory")
+	}
+	if err := os.Mkdir(filepath.Join(dir, "systemd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", filepath.Join(dir, "systemd", "private"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := userBus(); err != nil {
+		t.Errorf("userBus with the manager's private socket: %v", err)
 	}
 }

@@ -65,7 +65,7 @@ an error; otherwise it is skipped, and said so.`,
 					fmt.Fprintf(e.stderr, "reload %s: not running (%s), skipped\n", w.Name, e.supervisorState(g))
 					continue
 				case notRunning(err):
-					return &exitError{code: ExitFailure, err: fmt.Errorf("powerhouse reload: group %s is not running (%s): nothing to reload; powerhouse start starts the house", w.Name, e.supervisorState(g))}
+					return &exitError{code: ExitFailure, err: fmt.Errorf("powerhouse reload: group %s is not running (%s): nothing to reload; powerhouse %sstart starts the house", w.Name, e.supervisorState(g), flagWord(*user))}
 				case err != nil:
 					return callFailed("reload", err)
 				}
