@@ -163,6 +163,18 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	if err != nil {
 		return err
 	}
+	// set and scale edit the configuration under this lock: neither
+	// changes it while install reads it (CONFIG may be the installed
+	// file), replaces it and restarts what changed. A first install has
+	// no directory yet, and nothing to race with. The lock is released
+	// once systemd has the new units: the groups' start, which may take
+	// minutes, needs it no more.
+	unlock, err := lockExisting(filepath.Join(root, filepath.Dir(lay.configPath)))
+	if err != nil {
+		return err
+	}
+	release := sync.OnceFunc(unlock)
+	defer release()
 	data, err := config.ReadFile(src)
 	if err != nil && !isConfigError(err) {
 		err = fmt.Errorf("read configuration: %w", err)
@@ -225,18 +237,6 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	for _, n := range generator.Notes(c, o) {
 		fmt.Fprintf(e.stderr, "install: %s\n", n)
 	}
-
-	// set and scale edit the configuration under this lock: neither
-	// changes it while install replaces it and restarts what changed. A
-	// first install has no directory yet, and nothing to race with. The
-	// lock is released once systemd has the new units: the groups' start,
-	// which may take minutes, needs it no more.
-	unlock, err := lockExisting(filepath.Join(root, filepath.Dir(lay.configPath)))
-	if err != nil {
-		return err
-	}
-	release := sync.OnceFunc(unlock)
-	defer release()
 
 	var m units.Manager
 	if root == "" {
