@@ -96,7 +96,8 @@ var installVerb = verb{
 	name:  "install",
 	args:  "[CONFIG]",
 	short: "install a configuration: copy it, write its units, reload systemd, enable the house",
-	long: `Validates CONFIG (default: the installed ` + config.DefaultPath + `), copies
+	long: `Validates CONFIG (default: the installed ` + config.DefaultPath + `, with --user
+~/.config/powerhouse/powerhouse.toml), copies
 it to ` + config.DefaultPath + ` (--user: ~/.config/powerhouse/), writes the
 generated units to /etc/systemd/system (--user: ~/.config/systemd/user),
 enables powerhouse.target and asks systemd to reload. System scope: writes
@@ -137,6 +138,11 @@ is adopted: uninstall leaves it.`,
 			src, err := configArg(args)
 			if err != nil {
 				return err
+			}
+			if len(args) == 0 {
+				// The installed configuration of the scope: with --user,
+				// the user's, not the system's.
+				src = configPath("", *user)
 			}
 			if err := emptyRoot(fs); err != nil {
 				return err
@@ -179,7 +185,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	if err != nil && !isConfigError(err) {
 		err = fmt.Errorf("read configuration: %w", err)
 	}
-	if src == config.DefaultPath {
+	if src == configPath("", user) {
 		err = noConfigGiven(err, nil)
 	}
 	if err != nil {

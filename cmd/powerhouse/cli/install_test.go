@@ -157,6 +157,9 @@ func TestUserConfigDefault(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if code, _, stderr := run(t, "install", "--user", "--root", filepath.Join(t.TempDir(), "root"), "--binary", "/usr/bin/powerhouse"); code != 0 {
+		t.Errorf("install --user without CONFIG: exit %d, stderr %q; want the user's installed configuration", code, stderr)
+	}
 	for _, args := range [][]string{
 		{"status", "--user", "nosuch"},
 		{"reload", "--user", "nosuch"},
