@@ -64,10 +64,14 @@ func notReady(ctx context.Context, m units.Manager, g units.Group, st units.Unit
 	if g.Scope == units.User {
 		jc = "journalctl --user -u " + unit
 	}
-	if len(lines) == 0 {
-		return s + fmt.Sprintf(" (%s says more)", jc)
+	switch {
+	case len(lines) > 0:
+		return s + fmt.Sprintf("; its journal (%s) ends:\n    %s", jc, strings.Join(lines, "\n    "))
+	case g.Scope == units.User:
+		// A volatile journal is not split by user: only root reads it.
+		return s + fmt.Sprintf(" (%s says why; where the journal is root's alone: sudo journalctl _SYSTEMD_USER_UNIT=%s _UID=%d)", jc, unit, os.Getuid())
 	}
-	return s + fmt.Sprintf("; its journal (%s) ends:\n    %s", jc, strings.Join(lines, "\n    "))
+	return s + fmt.Sprintf(" (%s says why)", jc)
 }
 
 // Bounds of what journalTail reads: a few lines, each cut short, within a
