@@ -1,12 +1,15 @@
 package integration
 
 import (
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/powerhouse/powerhouse/internal/sdbox"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // TestIntegrationInstallNotReady: install --now fails when a group's
@@ -38,5 +41,47 @@ func TestIntegrationInstallNotReady(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("install --now output lacks %q:\n%s", want, out)
 		}
+	}
+}
+
+// TestIntegrationSupervisorDoesNotAnswer: a group whose supervisor unit
+// runs but does not answer on its control socket (here: the socket is
+// gone) is a failure of reload, scale and set, which name the unit, its
+// state and the socket, and not a group at rest; the CLI does not carry
+// the operation out behind its supervisor's back (before, reload
+// restarted the instances itself).
+func TestIntegrationSupervisorDoesNotAnswer(t *testing.T) {
+	h := bootHouse(t, sdbox.Options{})
+	cfg := "[[worker]]\nname = \"web\"\namount = 2\nexec = \"" + filepath.Join(boxBin, "hello") + "\"\n"
+	if err := os.MkdirAll(h.box.Path("/run/src"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(h.box.Path("/run/src/p.toml"), []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.powerhouse("install", "--now", "/run/src/p.toml"); err != nil {
+		t.Fatalf("install --now: %v\n%s\n%s", err, out, h.journal())
+	}
+	g := units.Group{Name: "web"}
+	if err := os.Remove(h.box.Path(g.ControlPath())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatal(err)
+	}
+	pid := h.show(g.Instance(1), "MainPID")
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"reload", "web"}, "powerhouse reload: group web: its supervisor does not answer (powerhouse@web.service is active, but nothing answers on /run/powerhouse/web/control.sock)"},
+		{[]string{"reload"}, "powerhouse reload: group web: its supervisor does not answer"},
+		{[]string{"scale", "web", "3"}, "powerhouse scale: group web: 3 instances saved in /etc/powerhouse/powerhouse.toml; its supervisor does not answer (powerhouse@web.service is active"},
+		{[]string{"set", "web", "k=1"}, "powerhouse set: group web: k saved in /etc/powerhouse/powerhouse.toml; its supervisor does not answer (powerhouse@web.service is active"},
+	} {
+		out, err := h.powerhouse(tc.args...)
+		if exitCode(t, err) != 1 || !strings.Contains(out, tc.want) || strings.Count(out, "\n") != 1 {
+			t.Errorf("%q: %v\n%s\nwant exit status 1 and one line %q", tc.args, err, out, tc.want)
+		}
+	}
+	if got := h.show(g.Instance(1), "MainPID"); got != pid {
+		t.Errorf("%s was restarted (PID %s -> %s) though its supervisor did not answer", g.Instance(1), pid, got)
 	}
 }

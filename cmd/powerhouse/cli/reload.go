@@ -60,13 +60,18 @@ an error; otherwise it is skipped, and said so.`,
 			for _, w := range groups {
 				g := e.group(w.Name, *user)
 				res, err := client(g).Reload(e.ctx, e.progress("reload", w.Name))
-				switch {
-				case notRunning(err) && len(args) == 0:
-					fmt.Fprintf(e.stderr, "reload %s: not running (%s), skipped\n", w.Name, e.supervisorState(g))
-					continue
-				case notRunning(err):
-					return &exitError{code: ExitFailure, err: fmt.Errorf("powerhouse reload: group %s is not running (%s): nothing to reload; powerhouse %sstart starts the house", w.Name, e.supervisorState(g), flagWord(*user))}
-				case err != nil:
+				if notRunning(err) {
+					state, stopped := e.supervisorState(g)
+					switch {
+					case !stopped:
+						return noAnswer("reload", g, state, "")
+					case len(args) == 0:
+						fmt.Fprintf(e.stderr, "reload %s: not running (%s), skipped\n", w.Name, state)
+						continue
+					}
+					return &exitError{code: ExitFailure, err: fmt.Errorf("powerhouse reload: group %s is not running (%s): nothing to reload; powerhouse %sstart starts the house", w.Name, state, flagWord(*user))}
+				}
+				if err != nil {
 					return callFailed("reload", err)
 				}
 				fmt.Fprintf(e.stderr, "reload %s: %s\n", w.Name, res.Message)

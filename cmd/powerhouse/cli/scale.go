@@ -66,8 +66,12 @@ with it.`,
 			res, err := client(g).Scale(ctx, n, e.progress("scale", group))
 			switch {
 			case notRunning(err):
+				state, stopped := e.supervisorState(g)
+				if !stopped {
+					return noAnswer("scale", g, state, fmt.Sprintf("%d instances saved in %s; ", n, cfg))
+				}
 				// The saved amount is what it starts with.
-				fmt.Fprintf(e.stderr, "scale %s: %d instances saved in %s; the group is not running (%s): it starts with them\n", group, n, cfg, e.supervisorState(g))
+				fmt.Fprintf(e.stderr, "scale %s: %d instances saved in %s; the group is not running (%s): it starts with them\n", group, n, cfg, state)
 				return nil
 			case errors.Is(err, context.DeadlineExceeded):
 				return fmt.Errorf("scale %s: %d instances saved in %s; no answer from the supervisor after %v: it goes on with the change (powerhouse status %s shows where it is)", group, n, cfg, *timeout, group)

@@ -121,7 +121,11 @@ dropped), e.g.  powerhouse set web password=- < secret.json`,
 			res, err := client(g).Reconfigure(e.ctx, e.progress("set", group))
 			switch {
 			case notRunning(err):
-				fmt.Fprintf(e.stderr, "%s; the group is not running (%s): its supervisor writes %s when it starts\n", saved, e.supervisorState(g), g.ConfigPath())
+				state, stopped := e.supervisorState(g)
+				if !stopped {
+					return noAnswer("set", g, state, fmt.Sprintf("%s saved in %s; ", strings.Join(keys, ", "), cfg))
+				}
+				fmt.Fprintf(e.stderr, "%s; the group is not running (%s): its supervisor writes %s when it starts\n", saved, state, g.ConfigPath())
 				return nil
 			case err != nil:
 				return callFailed("set", err)

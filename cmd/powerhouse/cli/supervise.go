@@ -75,6 +75,7 @@ restarted or killed the workers keep running.`,
 				Reload:  reload,
 				Config:  c,
 				Group:   args[0],
+				Scope:   scopeOf(*user),
 				Manager: m,
 				Files:   activation.Files(true),
 				Notify: func(state string) error {

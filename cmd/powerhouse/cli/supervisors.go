@@ -52,25 +52,34 @@ func notRunning(err error) bool {
 
 // supervisorState says, for a message about a supervisor that does not
 // answer, what systemd knows of its unit: "powerhouse@web.service is
-// inactive". Best effort: without the service manager it names the
-// socket nobody answers on.
-func (e *env) supervisorState(g units.Group) string {
+// inactive". stopped is false when the unit runs (or starts, or stops)
+// and its supervisor does not answer all the same: that is a failure,
+// not a group at rest. Best effort: without the service manager it names
+// the socket nobody answers on, and the group counts as stopped.
+func (e *env) supervisorState(g units.Group) (state string, stopped bool) {
 	unit := g.SupervisorUnit()
 	ctx, cancel := context.WithTimeout(e.ctx, 10*time.Second)
 	defer cancel()
 	m, err := connect(ctx, g.Scope == units.User)
 	if err != nil {
-		return fmt.Sprintf("no supervisor answers on %s, and %v", g.ControlPath(), err)
+		return fmt.Sprintf("no supervisor answers on %s, and %v", g.ControlPath(), err), true
 	}
 	defer m.Close()
 	st, err := m.State(ctx, unit)
 	switch {
 	case err != nil:
-		return fmt.Sprintf("no supervisor answers on %s", g.ControlPath())
+		return fmt.Sprintf("no supervisor answers on %s", g.ControlPath()), true
 	case st.ActiveState.AtRest():
-		return fmt.Sprintf("%s is %s", unit, st.ActiveState)
+		return fmt.Sprintf("%s is %s", unit, st.ActiveState), true
 	}
-	return fmt.Sprintf("%s is %s, but does not answer on %s yet", unit, st.ActiveState, g.ControlPath())
+	return fmt.Sprintf("%s is %s, but nothing answers on %s", unit, st.ActiveState, g.ControlPath()), false
+}
+
+// noAnswer is the error of a verb whose group's supervisor unit runs but
+// does not answer on its socket; done says what the verb did before
+// ("3 instances saved in F; "), if anything.
+func noAnswer(verb string, g units.Group, state, done string) error {
+	return &exitError{code: ExitFailure, err: fmt.Errorf("powerhouse %s: group %s: %sits supervisor does not answer (%s): see journalctl %s-u %s", verb, g.Name, done, state, flagWord(g.Scope == units.User), g.SupervisorUnit())}
 }
 
 // callFailed is the error a verb returns for a call its supervisor
