@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"errors"
 	"io/fs"
 	"os"
@@ -83,5 +84,41 @@ func TestIntegrationSupervisorDoesNotAnswer(t *testing.T) {
 	}
 	if got := h.show(g.Instance(1), "MainPID"); got != pid {
 		t.Errorf("%s was restarted (PID %s -> %s) though its supervisor did not answer", g.Instance(1), pid, got)
+	}
+}
+
+// TestIntegrationStatusFindsHouse: status without --config, where no
+// configuration is installed at the default path (a house generated for
+// another path, as a package or the systemd generator with
+// POWERHOUSE_GENERATOR_CONFIG makes it), reads the configuration its
+// supervisors run with (their ExecStart= --config) instead of failing.
+func TestIntegrationStatusFindsHouse(t *testing.T) {
+	h := bootHouse(t, sdbox.Options{})
+	cfg := "[[worker]]\nname = \"web\"\namount = 2\nexec = \"" + filepath.Join(boxBin, "hello") + "\"\n\n[[worker]]\nname = \"api\"\nexec = \"" + filepath.Join(boxBin, "hello") + "\"\n"
+	if err := os.MkdirAll(h.box.Path("/run/src"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(h.box.Path("/run/src/house.toml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.powerhouse("generate", "-o", "/etc/systemd/system", "/run/src/house.toml"); err != nil {
+		t.Fatalf("generate: %v\n%s", err, out)
+	}
+	h.systemctl("daemon-reload")
+	h.systemctl("start", "powerhouse.target")
+	out, err := h.powerhouse("status", "--json")
+	var gs []struct {
+		Group     string `json:"group"`
+		Type      string `json:"type"`
+		Amount    int    `json:"amount"`
+		Instances []struct {
+			State string `json:"state"`
+		} `json:"instances"`
+	}
+	if err != nil || json.Unmarshal([]byte(out), &gs) != nil {
+		t.Fatalf("status --json without an installed configuration: %v\n%s", err, out)
+	}
+	if len(gs) != 2 || gs[0].Group != "web" || gs[1].Group != "api" || gs[0].Type != "cluster" || gs[0].Amount != 2 || len(gs[0].Instances) != 2 {
+		t.Errorf("status --json: %+v, want web (2 instances) and api in the order of /run/src/house.toml\n%s", gs, out)
 	}
 }
