@@ -156,6 +156,7 @@ func TestOperationsThroughSupervisor(t *testing.T) {
 		wantCall  string // method web's supervisor gets; "" for none
 		wantParam string
 		wantErr   []string // stderr lines, in order
+		wantOut   string   // in stdout; "" for nothing
 		wantFile  string   // a line the configuration file holds after
 	}{
 		{
@@ -167,6 +168,33 @@ func TestOperationsThroughSupervisor(t *testing.T) {
 			}},
 			wantCall: supervisor.MethodReload,
 			wantErr:  []string{"reload web: restarting powerhouse-web@1.service (1/2)", "reload web: restarting powerhouse-web@2.service (2/2)", "reload web: 2 instances restarted"},
+		},
+		{
+			name: "reload --user, flag between verb and group",
+			args: []string{"reload", "--user", "web"},
+			answers: map[string]fakeAnswer{supervisor.MethodReload: {
+				result: supervisor.OperationResult{Message: "2 instances restarted"},
+			}},
+			wantCall: supervisor.MethodReload,
+			wantErr:  []string{"reload web: 2 instances restarted"},
+		},
+		{
+			name: "--user before the verb",
+			args: []string{"--user", "reload", "web"},
+			answers: map[string]fakeAnswer{supervisor.MethodReload: {
+				result: supervisor.OperationResult{Message: "2 instances restarted"},
+			}},
+			wantCall: supervisor.MethodReload,
+			wantErr:  []string{"reload web: 2 instances restarted"},
+		},
+		{
+			name: "status web --json, flag after the group",
+			args: []string{"status", "web", "--json"},
+			answers: map[string]fakeAnswer{supervisor.MethodStatus: {
+				result: supervisor.GroupStatus{Group: "web", Type: "cluster", Amount: 2},
+			}},
+			wantCall: supervisor.MethodStatus,
+			wantOut:  `"group": "web"`,
 		},
 		{
 			name: "reload, failure as the supervisor says it",
@@ -266,10 +294,13 @@ func TestOperationsThroughSupervisor(t *testing.T) {
 			if code != tc.wantCode {
 				t.Errorf("exit %d, want %d; stderr:\n%s", code, tc.wantCode, stderr)
 			}
-			if stdout != "" {
-				t.Errorf("stdout %q, want nothing", stdout)
+			if tc.wantOut == "" && stdout != "" || !strings.Contains(stdout, tc.wantOut) {
+				t.Errorf("stdout %q, want %q", stdout, tc.wantOut)
 			}
 			lines := strings.Split(strings.TrimSuffix(stderr, "\n"), "\n")
+			if stderr == "" {
+				lines = nil
+			}
 			if len(lines) != len(tc.wantErr) {
 				t.Errorf("stderr has %d lines, want %d:\n%s", len(lines), len(tc.wantErr), stderr)
 			}
@@ -281,8 +312,9 @@ func TestOperationsThroughSupervisor(t *testing.T) {
 			}
 			if f != nil {
 				calls := f.received()
-				if tc.wantCall == "" && len(calls) > 0 || tc.wantCall != "" && (len(calls) != 1 || calls[0].Method != tc.wantCall || !calls[0].More) {
-					t.Errorf("supervisor got %+v, want one call of %s asking for progress", calls, tc.wantCall)
+				wantMore := tc.wantCall != supervisor.MethodStatus
+				if tc.wantCall == "" && len(calls) > 0 || tc.wantCall != "" && (len(calls) != 1 || calls[0].Method != tc.wantCall || calls[0].More != wantMore) {
+					t.Errorf("supervisor got %+v, want one call of %s (progress asked for: %v)", calls, tc.wantCall, wantMore)
 				}
 				if tc.wantParam != "" && len(calls) == 1 && string(calls[0].Parameters) != tc.wantParam {
 					t.Errorf("parameters %s, want %s", calls[0].Parameters, tc.wantParam)
@@ -441,5 +473,28 @@ func TestConfigFlag(t *testing.T) {
 		if got := configFlag(tc.argv); got != tc.want {
 			t.Errorf("configFlag(%q) = %q, want %q", tc.argv, got, tc.want)
 		}
+	}
+}
+
+// TestScaleTimeout: scale waits for its supervisor's answer at most
+// --timeout, then says that the supervisor goes on with the change; the
+// amount is saved either way.
+func TestScaleTimeout(t *testing.T) {
+	root := t.TempDir()
+	cfg := writeConfig(t, twoGroups)
+	gate := make(chan struct{})
+	defer close(gate) // lets the stand-in end before its cleanup waits for it
+	startFake(t, root, "web", map[string]fakeAnswer{supervisor.MethodScale: {
+		progress: []supervisor.Progress{{Message: "starting powerhouse-web@3.service"}, {Message: "never sent"}},
+		gates:    []chan struct{}{gate},
+		result:   supervisor.OperationResult{Message: "3 instances running"},
+	}})
+	code, _, stderr := runIn(t, root, "scale", "web", "3", "--timeout", "300ms", "--config", cfg)
+	want := "scale web: 3 instances saved in " + cfg + "; no answer from the supervisor after 300ms: it goes on with the change"
+	if code != ExitFailure || !strings.Contains(stderr, "scale web: starting powerhouse-web@3.service\n") || !strings.Contains(stderr, want) {
+		t.Errorf("exit %d, stderr %q; want 1 and %q", code, stderr, want)
+	}
+	if b, _ := os.ReadFile(cfg); !strings.Contains(string(b), "amount = 3") {
+		t.Errorf("the amount was not saved:\n%s", b)
 	}
 }
