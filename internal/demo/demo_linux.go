@@ -15,11 +15,11 @@ import (
 	"strings"
 	"time"
 
-	"github.com/powerhouse/powerhouse/cmd/powerhouse/cli"
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/events"
 	"github.com/powerhouse/powerhouse/generator"
 	"github.com/powerhouse/powerhouse/internal/sdbox"
+	"github.com/powerhouse/powerhouse/supervisor"
 	"github.com/powerhouse/powerhouse/units"
 )
 
@@ -257,17 +257,22 @@ func (d *demo) statusScreen(ctx context.Context) error {
 }
 
 // waitDispatch waits until every instance of the sticky group is active
-// and in the supervisor's published dispatch set, and returns the status.
-func (d *demo) waitDispatch(ctx context.Context) ([]cli.GroupStatus, error) {
+// and in its supervisor's dispatch set, and returns the status of every
+// group, each as its supervisor reports it: the demo asks them over their
+// control sockets (supervisor.Client), as any program may.
+func (d *demo) waitDispatch(ctx context.Context) ([]supervisor.GroupStatus, error) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		js, err := d.powerhouse(ctx, "status", "--json")
-		if err != nil {
-			return nil, fmt.Errorf("powerhouse status --json: %w: %s", err, js)
-		}
-		var gs []cli.GroupStatus
-		if err := json.Unmarshal([]byte(js), &gs); err != nil {
-			return nil, fmt.Errorf("powerhouse status --json: %w", err)
+		var gs []supervisor.GroupStatus
+		var err error
+		for _, w := range d.cfg.Workers {
+			c := supervisor.Client{Path: d.box.Path(units.Group{Name: w.Name}.ControlPath())}
+			var s supervisor.GroupStatus
+			if s, err = c.Status(ctx); err != nil {
+				err = fmt.Errorf("status of group %s from its supervisor: %w", w.Name, err)
+				break
+			}
+			gs = append(gs, s)
 		}
 		in := 0
 		for _, g := range gs {
@@ -280,10 +285,19 @@ func (d *demo) waitDispatch(ctx context.Context) ([]cli.GroupStatus, error) {
 				}
 			}
 		}
-		if in == d.web.Amount || time.Now().After(deadline) {
+		switch {
+		case err == nil && in == d.web.Amount:
+			return gs, nil
+		case time.Now().After(deadline) && err != nil:
+			return nil, err
+		case time.Now().After(deadline):
 			return gs, nil
 		}
-		time.Sleep(100 * time.Millisecond) // poll: the supervisor publishes once a second
+		select { // poll: a supervisor starting its instances has no event to wait on from here
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 
@@ -349,7 +363,7 @@ func (d *demo) stickyScreen(ctx context.Context) error {
 
 // reloadScreen reloads the web group while clients keep asking.
 func (d *demo) reloadScreen(ctx context.Context) error {
-	d.title("Rolling reload under load: systemctl reload powerhouse@" + group)
+	d.title("Rolling reload under load: systemctl reload " + units.Group{Name: group}.SupervisorUnit())
 	n := d.web.Amount
 	before, err := d.pids(ctx, n)
 	if err != nil {

@@ -12,7 +12,7 @@ import (
 
 // flagValue returns a value fs's flag f accepts (its type is not known
 // here: the first candidate that Set takes), or "" for a bool flag.
-func flagValue(t *testing.T, c *command, f *flag.Flag) string {
+func flagValue(t *testing.T, c *verb, f *flag.Flag) string {
 	t.Helper()
 	if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
 		return ""
@@ -35,7 +35,8 @@ func flagValue(t *testing.T, c *command, f *flag.Flag) string {
 // the next word; "--" ends the flags; an unknown flag is an error that
 // names it, wherever it stands.
 func TestEveryVerbFlagsAnywhere(t *testing.T) {
-	for name, c := range commands {
+	for _, c := range verbs {
+		name := c.name
 		probe := flag.NewFlagSet(name, flag.ContinueOnError)
 		c.flags(probe)
 		t.Run(name, func(t *testing.T) {
@@ -147,5 +148,91 @@ func TestFlagsAfterArguments(t *testing.T) {
 	code, _, stderr := run(t, "prepare", "--output", out, "/bin/echo", "-n", "A=1")
 	if code != ExitUsage || !strings.Contains(stderr, "not defined: -n") || !strings.Contains(stderr, `go after "--"`) {
 		t.Errorf("prepare without --: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// TestVerbTable: the table names each verb once, and every verb has its
+// one line, its flags and a run function.
+func TestVerbTable(t *testing.T) {
+	seen := map[string]bool{}
+	for _, c := range verbs {
+		if c.name == "" || seen[c.name] {
+			t.Errorf("verb %q: empty or listed twice", c.name)
+		}
+		seen[c.name] = true
+		if c.short == "" || c.flags == nil {
+			t.Errorf("verb %s: no one-line description or no flags function", c.name)
+			continue
+		}
+		if c.flags(flag.NewFlagSet(c.name, flag.ContinueOnError)) == nil {
+			t.Errorf("verb %s: no run function", c.name)
+		}
+		if lookup(c.name) != c {
+			t.Errorf("lookup(%q) is not the table's verb", c.name)
+		}
+	}
+	if lookup("nosuch") != nil {
+		t.Error("lookup found a verb that is not in the table")
+	}
+}
+
+// TestSplitVerb: flags may come before the verb (`powerhouse --user
+// status`, as systemctl is written); a flag that takes a value in every
+// verb takes the next word with it; the verb's own flags are handed to
+// it in front of its arguments.
+func TestSplitVerb(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		wantVerb string
+		wantRest []string
+		wantErr  string
+	}{
+		{name: "verb first", args: []string{"status", "web", "--json"}, wantVerb: "status", wantRest: []string{"web", "--json"}},
+		{name: "bool flag first", args: []string{"--user", "status"}, wantVerb: "status", wantRest: []string{"--user"}},
+		{name: "value flag first", args: []string{"--config", "/f.toml", "reload", "web"}, wantVerb: "reload", wantRest: []string{"--config", "/f.toml", "web"}},
+		{name: "value flag with =", args: []string{"--config=/f.toml", "--user", "scale", "web", "3"}, wantVerb: "scale", wantRest: []string{"--config=/f.toml", "--user", "web", "3"}},
+		{name: "single dash", args: []string{"-user", "-config", "f", "set", "web", "k=-"}, wantVerb: "set", wantRest: []string{"-user", "-config", "f", "web", "k=-"}},
+		{name: "-- after the verb kept", args: []string{"--user", "run", "--", "cmd", "-x"}, wantVerb: "run", wantRest: []string{"--user", "--", "cmd", "-x"}},
+		{name: "unknown flag taken as bool", args: []string{"--nope", "status"}, wantVerb: "status", wantRest: []string{"--nope"}},
+		{name: "negative number is the verb", args: []string{"-1"}, wantVerb: "-1", wantRest: []string{}},
+		{name: "no verb", args: []string{"--user", "--config", "f"}, wantErr: "no VERB after the flags"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, rest, err := splitVerb(tc.args)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Errorf("err %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || v != tc.wantVerb || !reflect.DeepEqual(rest, tc.wantRest) && !(len(rest) == 0 && len(tc.wantRest) == 0) {
+				t.Errorf("verb %q rest %q err %v; want %q %q", v, rest, err, tc.wantVerb, tc.wantRest)
+			}
+		})
+	}
+}
+
+// TestFlagsBeforeVerb runs verbs with flags before the verb, end to end:
+// the same as after it.
+func TestFlagsBeforeVerb(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"--config", cfg, "status", "nosuch", "--json"},
+		{"--config=" + cfg, "reload", "nosuch"},
+		{"--user", "--config", cfg, "scale", "nosuch", "2"},
+		{"--config", cfg, "set", "nosuch", "k=1"},
+	} {
+		code, _, stderr := run(t, args...)
+		if code != ExitUsage || !strings.Contains(stderr, `no group "nosuch"`) || !strings.Contains(stderr, cfg) {
+			t.Errorf("%q: exit %d, stderr %q; want 2 and no group \"nosuch\"", args, code, stderr)
+		}
+	}
+	code, stdout, _ := run(t, "--user", "version")
+	if code != ExitUsage {
+		t.Errorf("--user version: exit %d, stdout %q; want 2 (version has no --user)", code, stdout)
 	}
 }

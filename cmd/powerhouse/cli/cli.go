@@ -37,30 +37,61 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	argv0  string
+	// runtimeRoot, when set, replaces the scope's runtime directory in
+	// the paths of the groups' supervisors (units.Group.Root): tests
+	// point it at a stand-in supervisor's socket.
+	runtimeRoot string
 }
 
-// command is one verb.
-type command struct {
+// verb is one verb of the command line: a value in the verbs table, each
+// declared in its own file with its usage text.
+type verb struct {
 	name  string
 	args  string // synopsis after the verb and its flags
 	short string // one line for `powerhouse help`
 	long  string // paragraphs after the synopsis
 	// flags declares the verb's flags on fs; it returns the function that
-	// runs the verb with the remaining arguments.
+	// runs the verb with the remaining arguments, bound to those flags.
 	flags func(fs *flag.FlagSet) func(e *env, args []string) error
 	// signals says that the verb stops cleanly when its context ends, and
 	// wants SIGINT and SIGTERM to end it (a supervisor stops its workers,
 	// run stops its instances). Other verbs keep the default: a signal
 	// ends them at once, wherever they wait (standard input, a FIFO, a
-	// D-Bus call), as it ends any command; catching it for them left
-	// Ctrl-C and systemctl stop with no effect.
+	// D-Bus call, a supervisor's answer), as it ends any command;
+	// catching it for them left Ctrl-C and systemctl stop with no effect.
+	// An operation a supervisor carries out goes on without its caller.
 	signals bool
 }
 
-// commands is the verb registry, filled by each verb's file.
-var commands = map[string]*command{}
+// verbs is the command line: every verb, declared once, here.
+var verbs = []*verb{
+	&generateVerb,
+	&verifyVerb,
+	&installVerb,
+	&uninstallVerb,
+	&startVerb,
+	&stopVerb,
+	&reloadVerb,
+	&setVerb,
+	&scaleVerb,
+	&statusVerb,
+	&eventsVerb,
+	&runVerb,
+	&superviseVerb,
+	&prepareVerb,
+	&systemdGeneratorVerb,
+	&versionVerb,
+}
 
-func register(c *command) { commands[c.name] = c }
+// lookup returns the verb called name, or nil.
+func lookup(name string) *verb {
+	for _, v := range verbs {
+		if v.name == name {
+			return v
+		}
+	}
+	return nil
+}
 
 // usageError is an error in the arguments: exit status 2.
 type usageError struct{ msg string }
@@ -92,19 +123,23 @@ func Main() int {
 // Run runs the powerhouse command line args (args[0] is the program name)
 // and returns the process exit status.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	e := &env{ctx: ctx, stdout: stdout, stderr: stderr, argv0: "powerhouse"}
+	return (&env{ctx: ctx, stdout: stdout, stderr: stderr, argv0: "powerhouse"}).run(args)
+}
+
+// run runs the command line args in e.
+func (e *env) run(args []string) int {
+	stdout, stderr := e.stdout, e.stderr
 	if len(args) > 0 && filepath.Base(args[0]) == "powerhouse-generator" {
-		return runCommand(e, commands["systemd-generator"], args[1:])
+		return runCommand(e, &systemdGeneratorVerb, args[1:])
 	}
 	if len(args) < 2 {
 		printHelp(stderr)
 		return ExitUsage
 	}
-	verb := args[1]
-	switch verb {
+	switch args[1] {
 	case "-h", "--help", "help":
 		if len(args) > 2 {
-			if c, ok := commands[args[2]]; ok {
+			if c := lookup(args[2]); c != nil {
 				printUsage(stdout, c)
 				return ExitOK
 			}
@@ -114,22 +149,69 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		printHelp(stdout)
 		return ExitOK
 	case "--version", "-v":
-		verb = "version"
+		return runCommand(e, &versionVerb, args[2:])
 	}
-	c, ok := commands[verb]
-	if !ok && isFlag(verb) {
-		// `powerhouse --config F status`: flags belong to a verb.
-		fmt.Fprintf(stderr, "powerhouse: %s: flags go after the verb: powerhouse VERB [flags] [args] (see `powerhouse help`)\n", verb)
+	name, rest, err := splitVerb(args[1:])
+	if err != nil {
+		fmt.Fprintf(stderr, "powerhouse: %v (see `powerhouse help`)\n", err)
 		return ExitUsage
 	}
-	if !ok {
-		fmt.Fprintf(stderr, "powerhouse: unknown verb %q (see `powerhouse help`)\n", verb)
+	c := lookup(name)
+	if c == nil {
+		fmt.Fprintf(stderr, "powerhouse: unknown verb %q (see `powerhouse help`)\n", name)
 		return ExitUsage
 	}
-	return runCommand(e, c, args[2:])
+	return runCommand(e, c, rest)
 }
 
-func runCommand(e *env, c *command, args []string) int {
+// splitVerb finds the verb in args (the command line after the program
+// name) and returns it with the rest of the words, the flags given before
+// it first: `powerhouse --user status web` is `powerhouse status --user
+// web`, as `systemctl --user status` is written. A flag before the verb
+// takes the next word as its value when every verb that has the flag
+// gives it a value (--config FILE); the verb's own parser then takes or
+// refuses each flag as if it had come after it.
+func splitVerb(args []string) (string, []string, error) {
+	values := valueFlags()
+	var lead []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if !isFlag(a) || a == "--" {
+			return a, append(lead, args[i+1:]...), nil
+		}
+		lead = append(lead, a)
+		name, _, hasValue := strings.Cut(strings.TrimPrefix(a[1:], "-"), "=")
+		if !hasValue && values[name] && i+1 < len(args) {
+			i++
+			lead = append(lead, args[i])
+		}
+	}
+	return "", nil, fmt.Errorf("%s: no VERB after the flags", strings.Join(args, " "))
+}
+
+// valueFlags lists the flags that take a value in every verb that has
+// them.
+func valueFlags() map[string]bool {
+	values := map[string]bool{}
+	boolean := map[string]bool{}
+	for _, c := range verbs {
+		fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
+		c.flags(fs)
+		fs.VisitAll(func(f *flag.Flag) {
+			if bf, ok := f.Value.(interface{ IsBoolFlag() bool }); ok && bf.IsBoolFlag() {
+				boolean[f.Name] = true
+			} else {
+				values[f.Name] = true
+			}
+		})
+	}
+	for n := range boolean {
+		delete(values, n)
+	}
+	return values
+}
+
+func runCommand(e *env, c *verb, args []string) int {
 	if c.signals {
 		ctx, stop := signal.NotifyContext(e.ctx, os.Interrupt, syscall.SIGTERM)
 		defer stop()
@@ -264,7 +346,7 @@ func isFlag(a string) bool {
 	return len(a) >= 2 && a[0] == '-' && (a[1] < '0' || a[1] > '9')
 }
 
-func synopsis(c *command, fs *flag.FlagSet) string {
+func synopsis(c *verb, fs *flag.FlagSet) string {
 	s := "powerhouse " + c.name
 	if hasFlags(fs) {
 		s += " [flags]"
@@ -281,7 +363,7 @@ func hasFlags(fs *flag.FlagSet) bool {
 	return n > 0
 }
 
-func printUsage(w io.Writer, c *command) {
+func printUsage(w io.Writer, c *verb) {
 	fs := flag.NewFlagSet(c.name, flag.ContinueOnError)
 	c.flags(fs)
 	fmt.Fprintf(w, "usage: %s\n\n%s\n", synopsis(c, fs), c.short)
@@ -302,20 +384,21 @@ worker group (sticky dispatch, rolling reloads, events in journald).
 
 usage: powerhouse VERB [flags] [args]
 
-Flags may come before or after the arguments (status web --json); "--"
-ends them, so that a COMMAND keeps its own (run ... -- COMMAND -x).
+Flags may come before or after the verb and its arguments (status web
+--json, --user status); "--" ends them, so that a COMMAND keeps its own
+(run ... -- COMMAND -x).
 
 verbs:
 `)
-	names := make([]string, 0, len(commands))
-	for n, c := range commands {
+	var listed []*verb
+	for _, c := range verbs {
 		if c.short != "" && !strings.HasPrefix(c.short, "(internal)") {
-			names = append(names, n)
+			listed = append(listed, c)
 		}
 	}
-	sort.Strings(names)
-	for _, n := range names {
-		fmt.Fprintf(w, "  %-12s %s\n", n, commands[n].short)
+	sort.Slice(listed, func(i, j int) bool { return listed[i].name < listed[j].name })
+	for _, c := range listed {
+		fmt.Fprintf(w, "  %-12s %s\n", c.name, c.short)
 	}
 	fmt.Fprint(w, "\nRun `powerhouse VERB --help` for a verb's flags and arguments.\n")
 }

@@ -21,10 +21,11 @@ func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 // TestEveryVerbHasHelp walks the registry: each verb answers --help with
 // its usage on stdout and exit status 0.
 func TestEveryVerbHasHelp(t *testing.T) {
-	if len(commands) < 3 {
-		t.Fatalf("only %d verbs registered", len(commands))
+	if len(verbs) < 3 {
+		t.Fatalf("only %d verbs in the table", len(verbs))
 	}
-	for name, c := range commands {
+	for _, c := range verbs {
+		name := c.name
 		t.Run(name, func(t *testing.T) {
 			if c.short == "" {
 				t.Error("no one-line description")
@@ -53,7 +54,8 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown verb", []string{"frobnicate"}, `unknown verb "frobnicate"`},
 		{"unknown flag", []string{"generate", "--nope"}, "flag provided but not defined: --nope"},
 		{"unknown flag after an argument", []string{"generate", "x.toml", "--nope"}, "flag provided but not defined: --nope"},
-		{"flag before the verb", []string{"--config", "x.toml", "status"}, "--config: flags go after the verb"},
+		{"flags and no verb", []string{"--config", "x.toml"}, "--config x.toml: no VERB after the flags"},
+		{"flag before the verb that the verb lacks", []string{"--json", "start"}, "flag provided but not defined: --json"},
 		{"flag value missing", []string{"install", "--root", "--now"}, "flag --root needs a value, not the flag --now"},
 		{"bool value", []string{"status", "--json=maybe"}, `invalid value "maybe" for flag --json: want true or false`},
 		{"duration value", []string{"scale", "w", "2", "--timeout", "soon"}, `invalid value "soon" for flag --timeout: want a duration such as 30s or 2m`},
@@ -259,7 +261,11 @@ func TestSuperviseByHand(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, _, stderr := run(t, "supervise", "--config", p, "w")
-	if code != ExitUsage || !strings.Contains(stderr, "runs as powerhouse@w.service, started by systemd: use `systemctl start powerhouse@w`") {
+	if code != ExitUsage || !strings.Contains(stderr, "runs as powerhouse@w.service, started by systemd: use `systemctl start powerhouse@w.service` or `powerhouse start`") {
 		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = run(t, "supervise", "--user", "--config", p, "w")
+	if code != ExitUsage || !strings.Contains(stderr, "use `systemctl --user start powerhouse@w.service` or `powerhouse --user start`") {
+		t.Errorf("--user: exit %d, stderr %q", code, stderr)
 	}
 }

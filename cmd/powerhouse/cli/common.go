@@ -59,9 +59,10 @@ func connect(ctx context.Context, user bool) (units.Manager, error) {
 	return units.Connect(ctx, units.User)
 }
 
-// userBus checks that the calling user's bus can be found as the D-Bus
-// library looks for it: $DBUS_SESSION_BUS_ADDRESS, else
-// $XDG_RUNTIME_DIR/bus.
+// userBus checks that the calling user's manager can be found as
+// units.Connect looks for it: its private socket
+// $XDG_RUNTIME_DIR/systemd/private, else the user bus
+// ($DBUS_SESSION_BUS_ADDRESS, else $XDG_RUNTIME_DIR/bus).
 func userBus() error {
 	if os.Getenv("DBUS_SESSION_BUS_ADDRESS") != "" {
 		return nil
@@ -73,13 +74,14 @@ func userBus() error {
 	runDir := "/run/user/" + strconv.Itoa(os.Getuid())
 	linger := fmt.Sprintf("log in as %s (a login starts it), or run `loginctl enable-linger %s` as root", name, name)
 	dir := os.Getenv("XDG_RUNTIME_DIR")
+	reachable := func(d string) bool { return isSocket(d+"/systemd/private") || isSocket(d+"/bus") }
 	switch {
-	case dir == "" && isSocket(runDir+"/bus"):
+	case dir == "" && reachable(runDir):
 		return fmt.Errorf("--user: XDG_RUNTIME_DIR is not set, so your service manager cannot be found: set XDG_RUNTIME_DIR=%s", runDir)
 	case dir == "":
-		return fmt.Errorf("--user: no service manager of user %s is running (XDG_RUNTIME_DIR is not set and %s/bus does not exist): %s, then set XDG_RUNTIME_DIR=%s", name, runDir, linger, runDir)
-	case !isSocket(dir + "/bus"):
-		return fmt.Errorf("--user: no service manager of user %s is running (no bus at %s/bus): %s", name, dir, linger)
+		return fmt.Errorf("--user: no service manager of user %s is running (XDG_RUNTIME_DIR is not set and %s/systemd/private does not exist): %s, then set XDG_RUNTIME_DIR=%s", name, runDir, linger, runDir)
+	case !reachable(dir):
+		return fmt.Errorf("--user: no service manager of user %s is running (no %s/systemd/private, no bus at %s/bus): %s", name, dir, dir, linger)
 	}
 	return nil
 }

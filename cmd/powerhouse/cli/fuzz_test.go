@@ -18,8 +18,9 @@ func FuzzParseArgs(f *testing.F) {
 	f.Add("status\x00web\x00--json")
 	f.Add("set\x00web\x00key=--x\x00--config=F\x00--\x00-x")
 	f.Add("install\x00--root\x00--now\x00-\x00-1\x00--=\x00---x")
-	names := make([]string, 0, len(commands))
-	for n := range commands {
+	names := make([]string, 0, len(verbs))
+	for _, c := range verbs {
+		n := c.name
 		names = append(names, n)
 	}
 	sort.Strings(names)
@@ -28,8 +29,8 @@ func FuzzParseArgs(f *testing.F) {
 		for _, n := range names {
 			fs := flag.NewFlagSet(n, flag.ContinueOnError)
 			fs.SetOutput(io.Discard)
-			commands[n].flags(fs)
-			pos, err := parseArgs(fs, args, strings.Contains(commands[n].args, "-- COMMAND"))
+			lookup(n).flags(fs)
+			pos, err := parseArgs(fs, args, strings.Contains(lookup(n).args, "-- COMMAND"))
 			if err != nil {
 				continue
 			}

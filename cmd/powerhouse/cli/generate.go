@@ -13,12 +13,11 @@ import (
 	"github.com/powerhouse/powerhouse/units"
 )
 
-func init() {
-	register(&command{
-		name:  "generate",
-		args:  "[CONFIG]",
-		short: "print or write the systemd units for a configuration",
-		long: `Reads CONFIG (default ` + config.DefaultPath + `), validates it and
+var generateVerb = verb{
+	name:  "generate",
+	args:  "[CONFIG]",
+	short: "print or write the systemd units for a configuration",
+	long: `Reads CONFIG (default ` + config.DefaultPath + `), validates it and
 generates the house's units. Without -o, every unit is printed to standard
 output, each preceded by a line "### <unit file name>". With -o DIR, the
 units are written into DIR (created if missing); files that already hold
@@ -40,44 +39,43 @@ changed [worker.config] to its running workers (see reload_signal).
 
 Exit status: 0 on success, 2 for bad arguments or configuration (one
 problem per line, as file:line: key: what is wrong), 1 otherwise.`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			out := fs.String("o", "", "write the unit files into `DIR` instead of printing them")
-			po := pathFlags(fs)
-			return func(e *env, args []string) error {
-				c, o, err := po.load(args)
-				if err != nil {
-					return err
-				}
-				us, err := generator.Generate(c, o)
-				if err != nil {
-					return err
-				}
-				printWarnings(e, c)
-				for i := range c.Workers {
-					fmt.Fprintf(e.stderr, "generate: group %s: %s\n", c.Workers[i].Name, setDelivery(&c.Workers[i]))
-				}
-				for _, n := range generator.Notes(c, o) {
-					fmt.Fprintf(e.stderr, "generate: %s\n", n)
-				}
-				if *out == "" {
-					for _, u := range us {
-						fmt.Fprintf(e.stdout, "### %s\n", u.Name)
-						e.stdout.Write(u.Render(o))
-					}
-					return nil
-				}
-				if err := os.MkdirAll(*out, 0o755); err != nil {
-					return fmt.Errorf("create %s: %w", *out, err)
-				}
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		out := fs.String("o", "", "write the unit files into `DIR` instead of printing them")
+		po := pathFlags(fs)
+		return func(e *env, args []string) error {
+			c, o, err := po.load(args)
+			if err != nil {
+				return err
+			}
+			us, err := generator.Generate(c, o)
+			if err != nil {
+				return err
+			}
+			printWarnings(e, c)
+			for i := range c.Workers {
+				fmt.Fprintf(e.stderr, "generate: group %s: %s\n", c.Workers[i].Name, setDelivery(&c.Workers[i]))
+			}
+			for _, n := range generator.Notes(c, o) {
+				fmt.Fprintf(e.stderr, "generate: %s\n", n)
+			}
+			if *out == "" {
 				for _, u := range us {
-					if _, err := units.WriteFile(filepath.Join(*out, u.Name), u.Render(o), units.Public); err != nil {
-						return err
-					}
+					fmt.Fprintf(e.stdout, "### %s\n", u.Name)
+					e.stdout.Write(u.Render(o))
 				}
 				return nil
 			}
-		},
-	})
+			if err := os.MkdirAll(*out, 0o755); err != nil {
+				return fmt.Errorf("create %s: %w", *out, err)
+			}
+			for _, u := range us {
+				if _, err := units.WriteFile(filepath.Join(*out, u.Name), u.Render(o), units.Public); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	},
 }
 
 // pathOptions are the flags of every verb that reads a configuration and

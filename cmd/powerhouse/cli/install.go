@@ -8,6 +8,8 @@ import (
 	"reflect"
 	"sort"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/generator"
@@ -90,19 +92,24 @@ func resolveExisting(p string) string {
 	}
 }
 
-func init() {
-	register(&command{
-		name:  "install",
-		args:  "[CONFIG]",
-		short: "install a configuration: copy it, write its units, reload systemd, enable the house",
-		long: `Validates CONFIG (default: the installed ` + config.DefaultPath + `), copies
+var installVerb = verb{
+	name:  "install",
+	args:  "[CONFIG]",
+	short: "install a configuration: copy it, write its units, reload systemd, enable the house",
+	long: `Validates CONFIG (default: the installed ` + config.DefaultPath + `, with --user
+~/.config/powerhouse/powerhouse.toml), copies
 it to ` + config.DefaultPath + ` (--user: ~/.config/powerhouse/), writes the
 generated units to /etc/systemd/system (--user: ~/.config/systemd/user),
 enables powerhouse.target and asks systemd to reload. System scope: writes
 ` + units.SysusersPath + ` and runs systemd-sysusers, which creates
 the static user and group "powerhouse" workers run as by default (under
 --root, only when DIR has an /etc/passwd). Uninstall leaves the user. --now also starts the
-house, or, when it runs, restarts or reloads only the groups that changed.
+house, or, when it runs, restarts or reloads only the groups that changed,
+and waits until every group's supervisor is ready (it dispatches to a
+ready instance): a group that is not fails the command, which names its
+supervisor unit, its state and result, and the last lines the supervisor
+wrote to the journal. While install writes, it holds the lock set and
+scale take on the configuration's directory.
 A [worker.service] user or group other than "powerhouse" must exist (on
 this system, or with --root in DIR/etc/passwd and DIR/etc/group when DIR
 has both; numeric ids are not checked): the supervisors join every
@@ -122,46 +129,63 @@ copy may hold secrets: it is created 0600; a file already there keeps its
 mode, owner and group, but not what it granted others. A configuration
 already in place before the first install (CONFIG is the installed path)
 is adopted: uninstall leaves it.`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			user := fs.Bool("user", false, "install for the calling user's service manager")
-			root := fs.String("root", "", "write under `DIR` and talk to no systemd")
-			now := fs.Bool("now", false, "start the house, or apply the changes to it")
-			binary := fs.String("binary", "", "absolute `PATH` of powerhouse written into the units (default: this executable)")
-			return func(e *env, args []string) error {
-				src, err := configArg(args)
-				if err != nil {
-					return err
-				}
-				if err := emptyRoot(fs); err != nil {
-					return err
-				}
-				if *root == "" {
-					if err := requireRoot("install", *user); err != nil {
-						return err
-					}
-				}
-				if *root != "" && *now {
-					return usagef("--now cannot be used with --root")
-				}
-				if *binary != "" && (!filepath.IsAbs(*binary) || filepath.Clean(*binary) != *binary) {
-					return usagef("--binary %q is not a clean absolute path", *binary)
-				}
-				return install(e, src, *root, *binary, *user, *now)
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		user := fs.Bool("user", false, "install for the calling user's service manager")
+		root := fs.String("root", "", "write under `DIR` and talk to no systemd")
+		now := fs.Bool("now", false, "start the house, or apply the changes to it")
+		binary := fs.String("binary", "", "absolute `PATH` of powerhouse written into the units (default: this executable)")
+		return func(e *env, args []string) error {
+			src, err := configArg(args)
+			if err != nil {
+				return err
 			}
-		},
-	})
+			if len(args) == 0 {
+				// The installed configuration of the scope: with --user,
+				// the user's, not the system's.
+				src = configPath("", *user)
+			}
+			if err := emptyRoot(fs); err != nil {
+				return err
+			}
+			if *root == "" {
+				if err := requireRoot("install", *user); err != nil {
+					return err
+				}
+			}
+			if *root != "" && *now {
+				return usagef("--now cannot be used with --root")
+			}
+			if *binary != "" && (!filepath.IsAbs(*binary) || filepath.Clean(*binary) != *binary) {
+				return usagef("--binary %q is not a clean absolute path", *binary)
+			}
+			return install(e, src, *root, *binary, *user, *now)
+		}
+	},
 }
 
 func install(e *env, src, root, binary string, user, now bool) error {
+	began := time.Now()
 	lay, err := newLayout(user, root)
 	if err != nil {
 		return err
 	}
+	// set and scale edit the configuration under this lock: neither
+	// changes it while install reads it (CONFIG may be the installed
+	// file), replaces it and restarts what changed. A first install has
+	// no directory yet, and nothing to race with. The lock is released
+	// once systemd has the new units: the groups' start, which may take
+	// minutes, needs it no more.
+	unlock, err := lockExisting(filepath.Join(root, filepath.Dir(lay.configPath)))
+	if err != nil {
+		return err
+	}
+	release := sync.OnceFunc(unlock)
+	defer release()
 	data, err := config.ReadFile(src)
 	if err != nil && !isConfigError(err) {
 		err = fmt.Errorf("read configuration: %w", err)
 	}
-	if src == config.DefaultPath {
+	if src == configPath("", user) {
 		err = noConfigGiven(err, nil)
 	}
 	if err != nil {
@@ -264,24 +288,41 @@ func install(e *env, src, root, binary string, user, now bool) error {
 			return fmt.Errorf("systemctl daemon-reload: %w", err)
 		}
 	}
+	release()
 	if !now {
 		return nil
+	}
+	var groups []string
+	for _, w := range c.Workers {
+		groups = append(groups, w.Name)
 	}
 	target, err := m.State(e.ctx, units.Target)
 	if err != nil {
 		return err
 	}
-	if target.ActiveState != "active" {
+	scope := scopeOf(user)
+	if target.ActiveState != units.Active {
 		fmt.Fprintf(e.stderr, "install: starting %s\n", units.Target)
-		return m.Start(e.ctx, units.Target)
+		if err := m.Start(e.ctx, units.Target); err != nil {
+			return err
+		}
+		return groupsReady(e, m, scope, groups, began)
 	}
 	for _, g := range affectedGroups(old, c, res.Written, lay.unitDir) {
 		fmt.Fprintf(e.stderr, "install: applying the change to group %s\n", g)
 		if err := applyGroup(e, m, old, c, g, res.Written, lay.unitDir); err != nil {
+			// Why the group's supervisor did not come back says more
+			// than the failed job.
+			if rerr := groupsReady(e, m, scope, []string{g}, began); rerr != nil {
+				return rerr
+			}
 			return err
 		}
 	}
-	return m.Start(e.ctx, units.Target)
+	if err := m.Start(e.ctx, units.Target); err != nil {
+		return err
+	}
+	return groupsReady(e, m, scope, groups, began)
 }
 
 // checkTargetAccounts refuses c when a user or group it names does not
@@ -344,7 +385,7 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 	w := c.Worker(g)
 	workerChanged := false
 	for _, p := range written {
-		if p == filepath.Join(unitDir, units.Group{Name: g}.WorkerTemplate()) || p == filepath.Join(unitDir, "powerhouse-"+g+"@.socket") {
+		if p == filepath.Join(unitDir, units.Group{Name: g}.WorkerTemplate()) || p == filepath.Join(unitDir, units.Group{Name: g}.HandoffTemplate()) {
 			workerChanged = true
 		}
 	}
@@ -411,20 +452,22 @@ func contains(list []string, s string) bool {
 
 // stopGroup stops a group's supervisor, workers and sockets.
 func stopGroup(e *env, m units.Manager, g string) {
-	m.Stop(e.ctx, units.Group{Name: g}.SupervisorUnit())
-	sts, _ := m.States(e.ctx, "powerhouse-"+g+"@*")
+	gr := units.Group{Name: g}
+	m.Stop(e.ctx, gr.SupervisorUnit())
+	sts, _ := m.States(e.ctx, units.HousePattern)
 	for _, st := range sts {
-		m.Stop(e.ctx, st.Name)
+		if gr.Owns(st.Name) {
+			m.Stop(e.ctx, st.Name)
+		}
 	}
-	m.Stop(e.ctx, units.Group{Name: g}.PublicSocket())
-	m.Stop(e.ctx, units.Group{Name: g}.ProxySocket())
+	m.Stop(e.ctx, gr.PublicSocket())
+	m.Stop(e.ctx, gr.ProxySocket())
 }
 
-func init() {
-	register(&command{
-		name:  "uninstall",
-		short: "stop the house and remove exactly the files install wrote",
-		long: `Stops powerhouse.target (every group's supervisor and workers), removes the
+var uninstallVerb = verb{
+	name:  "uninstall",
+	short: "stop the house and remove exactly the files install wrote",
+	long: `Stops powerhouse.target (every group's supervisor and workers), removes the
 files listed in the installation manifest (the configuration copy, the
 units, the enablement link) and nothing else, and asks systemd to reload.
 A configuration that was in place before install is left, and said so.
@@ -432,66 +475,65 @@ The manifest is checked first: an entry outside the installation's
 directories, with "..", relative, or behind a symbolic link is refused and
 nothing is removed. --root DIR removes them under DIR and talks to no
 systemd.`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			user := fs.Bool("user", false, "uninstall from the calling user's service manager")
-			root := fs.String("root", "", "remove under `DIR` and talk to no systemd")
-			return func(e *env, args []string) error {
-				if len(args) > 0 {
-					return usagef("takes no arguments")
-				}
-				if err := emptyRoot(fs); err != nil {
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		user := fs.Bool("user", false, "uninstall from the calling user's service manager")
+		root := fs.String("root", "", "remove under `DIR` and talk to no systemd")
+		return func(e *env, args []string) error {
+			if len(args) > 0 {
+				return usagef("takes no arguments")
+			}
+			if err := emptyRoot(fs); err != nil {
+				return err
+			}
+			if *root == "" {
+				if err := requireRoot("uninstall", *user); err != nil {
 					return err
 				}
-				if *root == "" {
-					if err := requireRoot("uninstall", *user); err != nil {
-						return err
-					}
-				}
-				lay, err := newLayout(*user, *root)
-				if err != nil {
+			}
+			lay, err := newLayout(*user, *root)
+			if err != nil {
+				return err
+			}
+			tree := lay.tree(*root)
+			if !tree.Installed() {
+				fmt.Fprintln(e.stdout, "uninstall: nothing installed")
+				return nil
+			}
+			var m units.Manager
+			if *root == "" {
+				if m, err = connect(e.ctx, *user); err != nil {
 					return err
 				}
-				tree := lay.tree(*root)
-				if !tree.Installed() {
-					fmt.Fprintln(e.stdout, "uninstall: nothing installed")
-					return nil
+				defer m.Close()
+				if err := m.Stop(e.ctx, units.Target); err != nil {
+					return err
 				}
-				var m units.Manager
-				if *root == "" {
-					if m, err = connect(e.ctx, *user); err != nil {
-						return err
-					}
-					defer m.Close()
-					if err := m.Stop(e.ctx, units.Target); err != nil {
-						return err
-					}
-					// Sockets and workers are PartOf the target; stop
-					// whatever is left of each group too.
-					if b, err := config.ReadFile(filepath.Join(*root, lay.configPath)); err == nil {
-						if c, err := config.Parse(lay.configPath, b); err == nil {
-							for _, w := range c.Workers {
-								stopGroup(e, m, w.Name)
-							}
+				// Sockets and workers are PartOf the target; stop
+				// whatever is left of each group too.
+				if b, err := config.ReadFile(filepath.Join(*root, lay.configPath)); err == nil {
+					if c, err := config.Parse(lay.configPath, b); err == nil {
+						for _, w := range c.Workers {
+							stopGroup(e, m, w.Name)
 						}
 					}
 				}
-				res, err := tree.Uninstall()
-				for _, p := range res.Removed {
-					fmt.Fprintf(e.stdout, "uninstall: removed %s\n", filepath.Join(*root, p))
-				}
-				for _, p := range res.Kept {
-					fmt.Fprintf(e.stdout, "uninstall: left %s: it was there before install (remove it yourself if it should go)\n", filepath.Join(*root, p))
-				}
-				if err != nil {
-					return err
-				}
-				if m != nil {
-					if err := m.DaemonReload(e.ctx); err != nil {
-						return fmt.Errorf("systemctl daemon-reload: %w", err)
-					}
-				}
-				return nil
 			}
-		},
-	})
+			res, err := tree.Uninstall()
+			for _, p := range res.Removed {
+				fmt.Fprintf(e.stdout, "uninstall: removed %s\n", filepath.Join(*root, p))
+			}
+			for _, p := range res.Kept {
+				fmt.Fprintf(e.stdout, "uninstall: left %s: it was there before install (remove it yourself if it should go)\n", filepath.Join(*root, p))
+			}
+			if err != nil {
+				return err
+			}
+			if m != nil {
+				if err := m.DaemonReload(e.ctx); err != nil {
+					return fmt.Errorf("systemctl daemon-reload: %w", err)
+				}
+			}
+			return nil
+		}
+	},
 }

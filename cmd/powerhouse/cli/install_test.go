@@ -2,9 +2,11 @@ package cli
 
 import (
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,36 +98,14 @@ func TestPrepareEnvIsSecret(t *testing.T) {
 	}
 }
 
-// TestReconfigureEventKeepsValuesOut: master.reconfigure names the keys
-// changed; only the values of public_config keys reach the journal.
-func TestReconfigureEventKeepsValuesOut(t *testing.T) {
-	for _, tc := range []struct {
-		name       string
-		public     []string
-		wantValues string // the "values" field; "" for none
-	}{
-		{name: "nothing public"},
-		{name: "port public", public: []string{"port"}, wantValues: `{"port":8080}`},
-		{name: "public key not set", public: []string{"mode"}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			w := &config.Worker{Name: "web", PublicConfig: tc.public}
-			ev := reconfigureEvent(w, map[string]any{"password": "s3cret", "port": int64(8080)}, "sent SIGHUP")
-			if ev.Fields["keys"] != "password,port" || ev.Fields["values"] != tc.wantValues {
-				t.Errorf("fields %v; want keys password,port and values %q", ev.Fields, tc.wantValues)
-			}
-			if s := ev.String() + ev.Message; strings.Contains(s, "s3cret") || (tc.wantValues == "" && strings.Contains(s, "8080")) {
-				t.Errorf("a value reached the event: %s / %s", ev.Message, ev.String())
-			}
-		})
-	}
-}
-
 // TestUserWithoutManager: --user without a user service manager to talk
 // to says what is missing and how to get one, in one line, for every
 // verb that has --user, and install writes nothing. Before, the D-Bus
 // library tried to start a bus of its own: `exec: "dbus-launch":
-// executable file not found in $PATH`.
+// executable file not found in $PATH`. reload and scale need no manager
+// (they call the group's supervisor): without one, no group runs, which
+// they say (reload of every group skips it, scale saves the amount), with
+// what is missing.
 func TestUserWithoutManager(t *testing.T) {
 	home := t.TempDir()
 	cfg := filepath.Join(t.TempDir(), "p.toml")
@@ -140,17 +120,21 @@ func TestUserWithoutManager(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("XDG_RUNTIME_DIR", tc.runtimeDir)
-			for _, args := range [][]string{
-				{"install", "--user", "--binary", "/usr/bin/powerhouse", cfg},
-				{"status", "--user", "--config", cfg},
-				{"reload", "--user", "--config", cfg},
-				{"start", "--user"},
-				{"stop", "--user"},
-				{"scale", "--user", "--config", cfg, "w", "1"},
+			for _, v := range []struct {
+				args []string
+				code int
+			}{
+				{[]string{"install", "--user", "--binary", "/usr/bin/powerhouse", cfg}, ExitFailure},
+				{[]string{"status", "--user", "--config", cfg}, ExitFailure},
+				{[]string{"reload", "--user", "--config", cfg}, ExitOK},
+				{[]string{"reload", "--user", "--config", cfg, "w"}, ExitFailure},
+				{[]string{"start", "--user"}, ExitFailure},
+				{[]string{"stop", "--user"}, ExitFailure},
+				{[]string{"scale", "--user", "--config", cfg, "w", "1"}, ExitOK},
 			} {
-				code, _, stderr := runWithin(t, 10*time.Second, args...)
-				if code != ExitFailure || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "loginctl enable-linger") || strings.Count(stderr, "\n") != 1 {
-					t.Errorf("%q: exit %d, stderr %q; want 1 and one line %q", args, code, stderr, tc.want)
+				code, _, stderr := runWithin(t, 10*time.Second, v.args...)
+				if code != v.code || !strings.Contains(stderr, tc.want) || !strings.Contains(stderr, "loginctl enable-linger") || strings.Count(stderr, "\n") != 1 {
+					t.Errorf("%q: exit %d, stderr %q; want %d and one line %q", v.args, code, stderr, v.code, tc.want)
 				}
 			}
 			if _, err := os.Stat(filepath.Join(home, ".config")); !os.IsNotExist(err) {
@@ -172,6 +156,9 @@ func TestUserConfigDefault(t *testing.T) {
 	}
 	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
 		t.Fatal(err)
+	}
+	if code, _, stderr := run(t, "install", "--user", "--root", filepath.Join(t.TempDir(), "root"), "--binary", "/usr/bin/powerhouse"); code != 0 {
+		t.Errorf("install --user without CONFIG: exit %d, stderr %q; want the user's installed configuration", code, stderr)
 	}
 	for _, args := range [][]string{
 		{"status", "--user", "nosuch"},
@@ -268,5 +255,69 @@ func TestInstallManyGroups(t *testing.T) {
 	}
 	if code, stdout, stderr := run(t, "uninstall", "--root", root); code != 0 || strings.Count(stdout, "uninstall: removed") < 4*config.MaxGroups {
 		t.Errorf("uninstall: exit %d, %d files removed, %s", code, strings.Count(stdout, "uninstall: removed"), stderr)
+	}
+}
+
+// TestInstallTakesTheLock: install works under the lock set and scale
+// take on the configuration's directory, so that neither edits the file
+// while install replaces it: held by another, install waits in flock(2),
+// and goes on once it is released.
+func TestInstallTakesTheLock(t *testing.T) {
+	root := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "p.toml")
+	if err := os.WriteFile(cfg, []byte(tinyConfig), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := run(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", cfg); code != 0 {
+		t.Fatalf("first install: %d %s", code, stderr)
+	}
+	unlock, err := lockDir(filepath.Join(root, filepath.Dir(config.DefaultPath)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	if err := os.WriteFile(cfg, []byte(tinyConfig+"amount = 2\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := powerhouse(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", cfg)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitSyscall(t, cmd.Process.Pid, fmt.Sprintf("%d ", syscall.SYS_FLOCK))
+	if b, _ := os.ReadFile(filepath.Join(root, config.DefaultPath)); strings.Contains(string(b), "amount = 2") {
+		t.Error("install wrote the configuration while another held the lock")
+	}
+	unlock()
+	if err := waitExit(t, cmd, 10*time.Second); err != nil {
+		t.Fatalf("install after the lock was released: %v\n%s", err, out.String())
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, config.DefaultPath)); !strings.Contains(string(b), "amount = 2") {
+		t.Errorf("install did not write the new configuration:\n%s", b)
+	}
+}
+
+// TestUserManagerPrivateSocket: a user manager reachable only on its
+// private socket (no dbus-user-session, no user bus) is found, as
+// units.Connect dials it; before, --user refused it for want of
+// $XDG_RUNTIME_DIR/bus.
+func TestUserManagerPrivateSocket(t *testing.T) {
+	t.Setenv("DBUS_SESSION_BUS_ADDRESS", "")
+	dir := t.TempDir()
+	t.Setenv("XDG_RUNTIME_DIR", dir)
+	if err := userBus(); err == nil {
+		t.Fatal("userBus found a manager in an empty runtime directory")
+	}
+	if err := os.Mkdir(filepath.Join(dir, "systemd"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("unix", filepath.Join(dir, "systemd", "private"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := userBus(); err != nil {
+		t.Errorf("userBus with the manager's private socket: %v", err)
 	}
 }

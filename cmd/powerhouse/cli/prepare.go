@@ -14,42 +14,40 @@ import (
 
 var envKeyRE = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
-func init() {
-	register(&command{
-		name:  "prepare",
-		args:  "--output FILE -- COMMAND [ARG...]",
-		short: "run the [prepare] hook and keep its KEY=VALUE output (what powerhouse-prepare.service runs)",
-		long: `Runs COMMAND; every line it prints to standard output of the form
+var prepareVerb = verb{
+	name:  "prepare",
+	args:  "--output FILE -- COMMAND [ARG...]",
+	short: "run the [prepare] hook and keep its KEY=VALUE output (what powerhouse-prepare.service runs)",
+	long: `Runs COMMAND; every line it prints to standard output of the form
 KEY=VALUE (blank lines and lines starting with # are ignored) becomes an
 environment variable of every worker, through the file FILE that the worker
 units read (EnvironmentFile=). A command that fails, or prints any other
 line, fails the hook and writes nothing, and the workers do not start.`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			out := fs.String("output", "", "environment `FILE` to write")
-			return func(e *env, args []string) error {
-				if *out == "" || len(args) == 0 {
-					return usagef("expected --output FILE and a COMMAND")
-				}
-				cmd := exec.CommandContext(e.ctx, args[0], args[1:]...)
-				stdout := &boundedBuffer{max: maxPrepareOutput}
-				cmd.Stdout, cmd.Stderr = stdout, e.stderr
-				if err := cmd.Run(); err != nil {
-					if stdout.over {
-						return fmt.Errorf("prepare command %s: printed more than %d bytes: that is no environment", args[0], maxPrepareOutput)
-					}
-					return fmt.Errorf("prepare command %s: %w", args[0], err)
-				}
-				env, err := parseEnvLines(stdout.buf.Bytes())
-				if err != nil {
-					return fmt.Errorf("prepare command %s: %w", args[0], err)
-				}
-				if _, err := units.WriteFile(*out, env, units.Secret); err != nil {
-					return err
-				}
-				return nil
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		out := fs.String("output", "", "environment `FILE` to write")
+		return func(e *env, args []string) error {
+			if *out == "" || len(args) == 0 {
+				return usagef("expected --output FILE and a COMMAND")
 			}
-		},
-	})
+			cmd := exec.CommandContext(e.ctx, args[0], args[1:]...)
+			stdout := &boundedBuffer{max: maxPrepareOutput}
+			cmd.Stdout, cmd.Stderr = stdout, e.stderr
+			if err := cmd.Run(); err != nil {
+				if stdout.over {
+					return fmt.Errorf("prepare command %s: printed more than %d bytes: that is no environment", args[0], maxPrepareOutput)
+				}
+				return fmt.Errorf("prepare command %s: %w", args[0], err)
+			}
+			env, err := parseEnvLines(stdout.buf.Bytes())
+			if err != nil {
+				return fmt.Errorf("prepare command %s: %w", args[0], err)
+			}
+			if _, err := units.WriteFile(*out, env, units.Secret); err != nil {
+				return err
+			}
+			return nil
+		}
+	},
 }
 
 // maxPrepareOutput bounds what the hook may print: it becomes every

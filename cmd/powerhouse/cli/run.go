@@ -24,13 +24,12 @@ type listFlag []string
 func (l *listFlag) String() string     { return strings.Join(*l, ",") }
 func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
-func init() {
-	register(&command{
-		name:    "run",
-		signals: true,
-		args:    "[--listen ADDR]... [--instances N] -- COMMAND [ARG...]",
-		short:   "run a sticky house without systemd, in the foreground (development, benchmarks)",
-		long: `Starts N instances of COMMAND, each with its own hand-off socket passed as
+var runVerb = verb{
+	name:    "run",
+	signals: true,
+	args:    "[--listen ADDR]... [--instances N] -- COMMAND [ARG...]",
+	short:   "run a sticky house without systemd, in the foreground (development, benchmarks)",
+	long: `Starts N instances of COMMAND, each with its own hand-off socket passed as
 systemd would (LISTEN_FDS=1, LISTEN_FDNAMES=handoff), listens on every
 --listen address and dispatches each connection to the instance chosen by
 the client's address, exactly as a sticky group's supervisor does. It is
@@ -40,31 +39,30 @@ protocol header; only peers in --proxy-from (default: loopback,
 127.0.0.0/8 and ::1) may connect there, any other is closed before a byte
 is read. Instances are not restarted; when one exits, run stops
 them all and exits. SIGINT or SIGTERM stops them too.`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			var listen, proxy listFlag
-			fs.Var(&listen, "listen", "accept on `ADDR` (host:port or :port); repeatable")
-			fs.Var(&proxy, "proxy", "accept PROXY protocol clients on `ADDR`; repeatable")
-			var from listFlag
-			fs.Var(&from, "proxy-from", "trust PROXY headers from `PREFIX` (a CIDR or one address) only; repeatable (default 127.0.0.0/8 and ::1)")
-			n := fs.Int("instances", 2, "number of instances")
-			return func(e *env, args []string) error {
-				if len(args) == 0 {
-					return usagef("expected -- COMMAND")
-				}
-				if len(listen)+len(proxy) == 0 {
-					return usagef("expected at least one --listen or --proxy address")
-				}
-				if *n < 1 || *n > 1024 {
-					return usagef("--instances must be from 1 to 1024")
-				}
-				trust, err := parseProxyFrom(from)
-				if err != nil {
-					return usagef("%v", err)
-				}
-				return runHouse(e, listen, proxy, trust, *n, args)
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		var listen, proxy listFlag
+		fs.Var(&listen, "listen", "accept on `ADDR` (host:port or :port); repeatable")
+		fs.Var(&proxy, "proxy", "accept PROXY protocol clients on `ADDR`; repeatable")
+		var from listFlag
+		fs.Var(&from, "proxy-from", "trust PROXY headers from `PREFIX` (a CIDR or one address) only; repeatable (default 127.0.0.0/8 and ::1)")
+		n := fs.Int("instances", 2, "number of instances")
+		return func(e *env, args []string) error {
+			if len(args) == 0 {
+				return usagef("expected -- COMMAND")
 			}
-		},
-	})
+			if len(listen)+len(proxy) == 0 {
+				return usagef("expected at least one --listen or --proxy address")
+			}
+			if *n < 1 || *n > 1024 {
+				return usagef("--instances must be from 1 to 1024")
+			}
+			trust, err := parseProxyFrom(from)
+			if err != nil {
+				return usagef("%v", err)
+			}
+			return runHouse(e, listen, proxy, trust, *n, args)
+		}
+	},
 }
 
 // parseProxyFrom turns --proxy-from values into prefixes: a CIDR, or one

@@ -15,31 +15,29 @@ import (
 	"github.com/powerhouse/powerhouse/units"
 )
 
-func init() {
-	register(&command{
-		name:  "systemd-generator",
-		args:  "NORMAL_DIR [EARLY_DIR LATE_DIR]",
-		short: "(internal) run as a systemd generator: write the house's units at boot and daemon-reload",
-		long: `Installed as /usr/lib/systemd/system-generators/powerhouse-generator (a
+var systemdGeneratorVerb = verb{
+	name:  "systemd-generator",
+	args:  "NORMAL_DIR [EARLY_DIR LATE_DIR]",
+	short: "(internal) run as a systemd generator: write the house's units at boot and daemon-reload",
+	long: `Installed as /usr/lib/systemd/system-generators/powerhouse-generator (a
 link to powerhouse), systemd runs it at boot and at every daemon-reload. It
 reads ` + config.DefaultPath + ` (or $POWERHOUSE_GENERATOR_CONFIG) and writes
 the units, and the link that makes multi-user.target want powerhouse.target,
 into NORMAL_DIR. Without a configuration it writes nothing. A configuration
 with problems is reported to the kernel log and nothing is written: boot
 goes on without the house. It never talks to D-Bus.`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			return func(e *env, args []string) error {
-				if len(args) != 1 && len(args) != 3 {
-					return usagef("expected NORMAL_DIR [EARLY_DIR LATE_DIR]")
-				}
-				if err := runGenerator(args[0]); err != nil {
-					logGenerator(e.stderr, err)
-					return &exitError{code: ExitFailure}
-				}
-				return nil
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		return func(e *env, args []string) error {
+			if len(args) != 1 && len(args) != 3 {
+				return usagef("expected NORMAL_DIR [EARLY_DIR LATE_DIR]")
 			}
-		},
-	})
+			if err := runGenerator(args[0]); err != nil {
+				logGenerator(e.stderr, err)
+				return &exitError{code: ExitFailure}
+			}
+			return nil
+		}
+	},
 }
 
 func runGenerator(dir string) error {

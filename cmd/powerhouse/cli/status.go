@@ -1,12 +1,15 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"os"
+	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -23,50 +26,188 @@ type (
 	InstanceStatus = supervisor.InstanceStatus
 )
 
-func init() {
-	register(&command{
-		name:  "status",
-		args:  "[GROUP...]",
-		short: "show each group's supervisor and instances: state, PID, uptime, restarts, connections",
-		long: `For each group (all by default): the supervisor's state and, per instance,
+var statusVerb = verb{
+	name:  "status",
+	args:  "[GROUP...]",
+	short: "show each group's supervisor and instances: state, PID, uptime, restarts, connections",
+	long: `For each group (all by default): the supervisor's state and, per instance,
 its state, main PID, uptime, restart count (systemd's NRestarts) and, for
-sticky groups, the connections handed off to it. --json prints a stable
-JSON array of groups (see docs/status.md).`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			mf := addManagerFlags(fs)
-			asJSON := fs.Bool("json", false, "print JSON")
-			return func(e *env, args []string) error {
-				c, err := mf.load()
-				if err != nil {
-					return err
+sticky groups, the connections handed off to it. Each group's supervisor
+answers for its group; for a group whose supervisor does not run, systemd's
+view of its units is shown. Without --config, the groups are those of the
+installed configuration, or, when it cannot be read (it is root's alone),
+those whose supervisor units systemd knows, with the configuration file
+their supervisors run with. --json prints a stable JSON array of groups
+(see docs/status.md).`,
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		mf := addManagerFlags(fs)
+		asJSON := fs.Bool("json", false, "print JSON")
+		return func(e *env, args []string) error {
+			var out []GroupStatus
+			var m units.Manager
+			defer func() {
+				if m != nil {
+					m.Close()
 				}
-				ws, err := groupsOf(c, args)
-				if err != nil {
-					return err
-				}
-				m, err := mf.connect(e)
-				if err != nil {
-					return err
-				}
-				defer m.Close()
-				var out []GroupStatus
-				for _, w := range ws {
-					gs, err := groupStatus(e, m, w)
-					if err != nil {
-						return err
-					}
-					out = append(out, gs)
-				}
-				if *asJSON {
-					enc := json.NewEncoder(e.stdout)
-					enc.SetIndent("", "  ")
-					return enc.Encode(out)
-				}
-				printStatus(e, out)
-				return nil
+			}()
+			groups, err := statusGroups(e, mf, args, &m)
+			if err != nil {
+				return err
 			}
-		},
-	})
+			for _, sg := range groups {
+				gs, err := sg.status(e, *mf.user, &m)
+				if err != nil {
+					return err
+				}
+				out = append(out, gs)
+			}
+			if *asJSON {
+				enc := json.NewEncoder(e.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(out)
+			}
+			printStatus(e, out)
+			return nil
+		}
+	},
+}
+
+// statusGroup is a group status shows: its name and, when the
+// configuration could be read, its settings.
+type statusGroup struct {
+	g units.Group
+	w *config.Worker // nil: the configuration is not readable
+}
+
+// statusGroups lists the groups status shows, in the configuration's
+// order: those of --config, else of the installed configuration. When
+// that is missing or not readable (a user who is not root), the running
+// house names them: the supervisor units systemd has loaded, and the
+// configuration their ExecStart= gives (--config FILE), if readable.
+// *m is the service manager, connected if needed.
+func statusGroups(e *env, mf *managerFlags, args []string, m *units.Manager) ([]statusGroup, error) {
+	c, err := mf.load()
+	if err != nil && (*mf.config != "" || !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, fs.ErrPermission)) {
+		return nil, err
+	}
+	if err == nil {
+		ws, err := groupsOf(c, args)
+		if err != nil {
+			return nil, err
+		}
+		var out []statusGroup
+		for _, w := range ws {
+			out = append(out, statusGroup{g: e.group(w.Name, *mf.user), w: w})
+		}
+		return out, nil
+	}
+	loadErr := err
+	if *m, err = connect(e.ctx, *mf.user); err != nil {
+		return nil, loadErr
+	}
+	sups, err := (*m).States(e.ctx, units.SupervisorPattern)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	var exec []string
+	for _, st := range sups {
+		name, ok := groupOfSupervisor(st.Name)
+		if !ok {
+			continue
+		}
+		names = append(names, name)
+		if a, err := (*m).ExecStart(e.ctx, st.Name); err == nil && (exec == nil || st.ActiveState.Running()) {
+			exec = a
+		}
+	}
+	if len(names) == 0 {
+		return nil, loadErr
+	}
+	if p := configFlag(exec); p != "" {
+		if c, err := config.Load(p); err == nil {
+			ws, err := groupsOf(c, args)
+			if err != nil {
+				return nil, err
+			}
+			var out []statusGroup
+			for _, w := range ws {
+				out = append(out, statusGroup{g: e.group(w.Name, *mf.user), w: w})
+			}
+			return out, nil
+		}
+	}
+	sort.Strings(names)
+	if len(args) > 0 {
+		for _, a := range args {
+			if !slices.Contains(names, a) {
+				return nil, usagef("no group %q among the house's supervisors (%s)", a, strings.Join(names, ", "))
+			}
+		}
+		names = args
+	}
+	var out []statusGroup
+	for _, n := range names {
+		out = append(out, statusGroup{g: e.group(n, *mf.user)})
+	}
+	return out, nil
+}
+
+// groupOfSupervisor returns the group whose supervisor unit is unit.
+func groupOfSupervisor(unit string) (string, bool) {
+	prefix, suffix, _ := strings.Cut(units.SupervisorPattern, "*")
+	name, ok := strings.CutPrefix(unit, prefix)
+	if name, ok2 := strings.CutSuffix(name, suffix); ok && ok2 && name != "" && (units.Group{Name: name}).SupervisorUnit() == unit {
+		return name, true
+	}
+	return "", false
+}
+
+// configFlag returns the --config value of a supervisor's ExecStart=
+// argument vector, "" when it has none.
+func configFlag(argv []string) string {
+	for i, a := range argv {
+		if v, ok := strings.CutPrefix(a, "--config="); ok {
+			return v
+		}
+		if a == "--config" && i+1 < len(argv) {
+			return argv[i+1]
+		}
+	}
+	return ""
+}
+
+// statusTimeout bounds a supervisor's answer to Status: it is read from
+// memory, and a supervisor that does not answer in that time is shown as
+// systemd sees it.
+const statusTimeout = 10 * time.Second
+
+// status asks the group's supervisor; when it does not answer, it shows
+// systemd's view of the group's units.
+func (sg statusGroup) status(e *env, user bool, m *units.Manager) (GroupStatus, error) {
+	ctx, cancel := context.WithTimeout(e.ctx, statusTimeout)
+	gs, callErr := client(sg.g).Status(ctx)
+	cancel()
+	if callErr == nil {
+		// The supervisor knows its dispatch set: in_dispatch means what
+		// it says.
+		gs.DispatchKnown = true
+		return gs, nil
+	}
+	if *m == nil {
+		var err error
+		if *m, err = connect(e.ctx, user); err != nil {
+			return gs, err
+		}
+	}
+	gs, err := groupStatus(e, *m, sg.g, sg.w)
+	if err != nil {
+		return gs, err
+	}
+	if !notRunning(callErr) && gs.Supervisor.State != string(units.Inactive) && gs.Supervisor.State != string(units.Failed) {
+		fmt.Fprintf(e.stderr, "status %s: its supervisor did not answer (%v): showing systemd's view\n", sg.g.Name, callErr)
+	}
+	return gs, nil
 }
 
 func unitStatus(e *env, m units.Manager, unit string) (UnitStatus, error) {
@@ -75,29 +216,36 @@ func unitStatus(e *env, m units.Manager, unit string) (UnitStatus, error) {
 		return UnitStatus{}, err
 	}
 	us := UnitStatus{Unit: unit, State: string(st.ActiveState), SubState: st.SubState}
-	if st.LoadState == "loaded" {
+	if st.LoadState == units.Loaded {
 		us.PID, _ = m.MainPID(e.ctx, unit)
 	}
 	return us, nil
 }
 
-func groupStatus(e *env, m units.Manager, w *config.Worker) (GroupStatus, error) {
-	gs := GroupStatus{Group: w.Name, Type: string(w.Type), Sticky: w.Sticky, Amount: w.Amount, Config: w.Config}
+// groupStatus is systemd's view of group g: its supervisor unit and its
+// instances, with the dispatch counters its supervisor last published.
+// w is nil when the configuration is not readable: the group's type is
+// then unknown, and its amount is the instances systemd knows.
+func groupStatus(e *env, m units.Manager, g units.Group, w *config.Worker) (GroupStatus, error) {
+	gs := GroupStatus{Group: g.Name}
+	if w != nil {
+		gs.Type, gs.Sticky, gs.Amount, gs.Config = string(w.Type), w.Sticky, w.Amount, w.Config
+	}
 	// The live config is the one the workers read.
-	if b, err := os.ReadFile(units.Group{Name: w.Name}.ConfigPath()); err == nil {
+	if b, err := os.ReadFile(g.ConfigPath()); err == nil {
 		var live map[string]any
 		if json.Unmarshal(b, &live) == nil {
 			gs.Config = live
 		}
 	}
-	sup, err := unitStatus(e, m, units.Group{Name: w.Name}.SupervisorUnit())
+	sup, err := unitStatus(e, m, g.SupervisorUnit())
 	if err != nil {
 		return gs, err
 	}
 	gs.Supervisor = sup
 	var ds supervisor.DispatchState
-	if w.Sticky {
-		if b, err := os.ReadFile(units.Group{Name: w.Name}.DispatchStatePath()); err == nil {
+	if gs.Sticky {
+		if b, err := os.ReadFile(g.DispatchStatePath()); err == nil {
 			gs.DispatchKnown = json.Unmarshal(b, &ds) == nil
 		}
 		c := ds.DispatchCounters
@@ -107,14 +255,14 @@ func groupStatus(e *env, m units.Manager, w *config.Worker) (GroupStatus, error)
 	for _, id := range ds.InDispatch {
 		in[id] = true
 	}
-	sts, err := m.States(e.ctx, "powerhouse-"+w.Name+"@*.service")
+	sts, err := m.States(e.ctx, g.InstancePattern())
 	if err != nil {
 		return gs, err
 	}
 	seen := map[int]bool{}
 	for _, st := range sts {
-		n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimPrefix(st.Name, "powerhouse-"+w.Name+"@"), ".service"))
-		if err != nil {
+		n, ok := g.InstanceOf(st.Name)
+		if !ok {
 			continue
 		}
 		seen[n] = true
@@ -122,17 +270,20 @@ func groupStatus(e *env, m units.Manager, w *config.Worker) (GroupStatus, error)
 			HandedOff: ds.PerInstance[n], Queued: ds.Queued[n], InDispatch: in[n]}
 		is.PID, _ = m.MainPID(e.ctx, st.Name)
 		is.Restarts, _ = m.Restarts(e.ctx, st.Name)
-		if st.ActiveState == "active" {
+		if st.ActiveState == units.Active {
 			if t, err := m.Since(e.ctx, st.Name); err == nil && !t.IsZero() {
 				is.UptimeSeconds = time.Since(t).Round(time.Millisecond).Seconds()
 			}
 		}
 		gs.Instances = append(gs.Instances, is)
 	}
+	if w == nil {
+		gs.Amount = len(seen)
+	}
 	// Instances the configuration wants but systemd has not loaded.
-	for n := 1; n <= w.Amount; n++ {
+	for n := 1; n <= gs.Amount; n++ {
 		if !seen[n] {
-			gs.Instances = append(gs.Instances, InstanceStatus{Instance: n, UnitStatus: UnitStatus{Unit: units.Group{Name: w.Name}.Instance(n), State: "inactive", SubState: "dead"}})
+			gs.Instances = append(gs.Instances, InstanceStatus{Instance: n, UnitStatus: UnitStatus{Unit: g.Instance(n), State: string(units.Inactive), SubState: "dead"}})
 		}
 	}
 	sort.Slice(gs.Instances, func(i, j int) bool { return gs.Instances[i].Instance < gs.Instances[j].Instance })
@@ -145,6 +296,9 @@ func printStatus(e *env, gs []GroupStatus) {
 			fmt.Fprintln(e.stdout)
 		}
 		kind := g.Type
+		if kind == "" {
+			kind = "type unknown: the configuration is not readable"
+		}
 		if g.Sticky {
 			kind += ", sticky"
 		}

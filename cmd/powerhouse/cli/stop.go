@@ -9,50 +9,50 @@ import (
 	"github.com/powerhouse/powerhouse/units"
 )
 
-func init() {
-	for _, v := range []struct{ name, short, long string }{
-		{"stop", "stop the whole house: every worker drains and exits (systemctl stop powerhouse.target)",
-			"Stops powerhouse.target and waits: each supervisor logs master.shutdown, each worker gets SIGTERM, finishes its requests and exits."},
-		{"start", "start the whole house (systemctl start powerhouse.target)",
-			"Starts powerhouse.target and waits until every supervisor reported ready."},
-	} {
-		v := v
-		register(&command{
-			name: v.name, short: v.short, long: v.long,
-			flags: func(fs *flag.FlagSet) func(*env, []string) error {
-				// No --config: the verb acts on powerhouse.target, whatever
-				// configuration made it, and a flag that changed nothing
-				// would only mislead.
-				user := fs.Bool("user", false, "talk to the user's service manager instead of the system's")
-				return func(e *env, args []string) error {
-					if len(args) > 0 {
-						return usagef("takes no arguments")
-					}
-					if err := requireRoot(v.name, *user); err != nil {
-						return err
-					}
-					m, err := connect(e.ctx, *user)
-					if err != nil {
-						return err
-					}
-					defer m.Close()
-					if v.name == "stop" {
-						if err = m.Stop(e.ctx, units.Target); err == nil {
-							// The target is ordered after the groups, so its
-							// own stop job ends first: wait for the rest.
-							err = waitStopped(e, m)
-						}
-					} else {
-						err = m.Start(e.ctx, units.Target)
-					}
-					if err != nil {
-						return err
-					}
-					fmt.Fprintf(e.stderr, "%s: %s done\n", units.Target, v.name)
-					return nil
+var (
+	stopVerb = targetVerb("stop", "stop the whole house: every worker drains and exits (systemctl stop powerhouse.target)",
+		"Stops powerhouse.target and waits: each supervisor logs master.shutdown, each worker gets SIGTERM, finishes its requests and exits.")
+	startVerb = targetVerb("start", "start the whole house (systemctl start powerhouse.target)",
+		"Starts powerhouse.target and waits until every supervisor reported ready.")
+)
+
+// targetVerb is start or stop: the verb name does to powerhouse.target.
+func targetVerb(name, short, long string) verb {
+	return verb{
+		name: name, short: short, long: long,
+		flags: func(fs *flag.FlagSet) func(*env, []string) error {
+			// No --config: the verb acts on powerhouse.target, whatever
+			// configuration made it, and a flag that changed nothing
+			// would only mislead.
+			user := fs.Bool("user", false, "talk to the user's service manager instead of the system's")
+			return func(e *env, args []string) error {
+				if len(args) > 0 {
+					return usagef("takes no arguments")
 				}
-			},
-		})
+				if err := requireRoot(name, *user); err != nil {
+					return err
+				}
+				m, err := connect(e.ctx, *user)
+				if err != nil {
+					return err
+				}
+				defer m.Close()
+				if name == "stop" {
+					if err = m.Stop(e.ctx, units.Target); err == nil {
+						// The target is ordered after the groups, so its
+						// own stop job ends first: wait for the rest.
+						err = waitStopped(e, m)
+					}
+				} else {
+					err = m.Start(e.ctx, units.Target)
+				}
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(e.stderr, "%s: %s done\n", units.Target, name)
+				return nil
+			}
+		},
 	}
 }
 

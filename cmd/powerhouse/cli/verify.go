@@ -16,12 +16,11 @@ import (
 	"github.com/powerhouse/powerhouse/units"
 )
 
-func init() {
-	register(&command{
-		name:  "verify",
-		args:  "[CONFIG]",
-		short: "check a configuration and the units it generates",
-		long: `Validates CONFIG (default ` + config.DefaultPath + `), generates its units into
+var verifyVerb = verb{
+	name:  "verify",
+	args:  "[CONFIG]",
+	short: "check a configuration and the units it generates",
+	long: `Validates CONFIG (default ` + config.DefaultPath + `), generates its units into
 a temporary directory and, when systemd-analyze is installed, runs
 "systemd-analyze verify" on one instance of every unit. Whatever it reports
 is printed; any finding makes the exit status non-zero. A [worker.service]
@@ -30,45 +29,44 @@ configuration may be meant for another machine, but install refuses it.
 
 Exit status: 0 when everything is clean, 2 for a bad configuration, 1 when
 systemd-analyze reports a finding or cannot run.`,
-		flags: func(fs *flag.FlagSet) func(*env, []string) error {
-			po := pathFlags(fs)
-			return func(e *env, args []string) error {
-				c, o, err := po.load(args)
-				if err != nil {
-					return err
+	flags: func(fs *flag.FlagSet) func(*env, []string) error {
+		po := pathFlags(fs)
+		return func(e *env, args []string) error {
+			c, o, err := po.load(args)
+			if err != nil {
+				return err
+			}
+			us, err := generator.Generate(c, o)
+			if err != nil {
+				return err
+			}
+			printWarnings(e, c)
+			// verify also checks configurations meant for other
+			// machines: an account missing here is only a warning
+			// (install refuses it on the system it installs to).
+			if errs, err := checkAccounts(c, hostAccounts()); err != nil {
+				fmt.Fprintf(e.stderr, "warning: %v\n", err)
+			} else {
+				for _, w := range errs {
+					fmt.Fprintf(e.stderr, "warning: %s (install refuses this)\n", w)
 				}
-				us, err := generator.Generate(c, o)
-				if err != nil {
-					return err
-				}
-				printWarnings(e, c)
-				// verify also checks configurations meant for other
-				// machines: an account missing here is only a warning
-				// (install refuses it on the system it installs to).
-				if errs, err := checkAccounts(c, hostAccounts()); err != nil {
-					fmt.Fprintf(e.stderr, "warning: %v\n", err)
-				} else {
-					for _, w := range errs {
-						fmt.Fprintf(e.stderr, "warning: %s (install refuses this)\n", w)
-					}
-				}
-				analyze, err := exec.LookPath("systemd-analyze")
-				if err != nil {
-					fmt.Fprintf(e.stdout, "%s: configuration OK, %d units; systemd-analyze not found, units not verified\n", c.File, len(us))
-					return nil
-				}
-				out, err := verifyUnits(e.ctx, analyze, c, o, us)
-				if len(out) > 0 {
-					e.stdout.Write(out)
-				}
-				if err != nil {
-					return &exitError{code: ExitFailure, err: fmt.Errorf("powerhouse verify: %w", err)}
-				}
-				fmt.Fprintf(e.stdout, "%s: OK, %d units verified\n", c.File, len(us))
+			}
+			analyze, err := exec.LookPath("systemd-analyze")
+			if err != nil {
+				fmt.Fprintf(e.stdout, "%s: configuration OK, %d units; systemd-analyze not found, units not verified\n", c.File, len(us))
 				return nil
 			}
-		},
-	})
+			out, err := verifyUnits(e.ctx, analyze, c, o, us)
+			if len(out) > 0 {
+				e.stdout.Write(out)
+			}
+			if err != nil {
+				return &exitError{code: ExitFailure, err: fmt.Errorf("powerhouse verify: %w", err)}
+			}
+			fmt.Fprintf(e.stdout, "%s: OK, %d units verified\n", c.File, len(us))
+			return nil
+		}
+	},
 }
 
 // verifyUnits writes us into a temporary directory and runs systemd-analyze
