@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/powerhouse/powerhouse/units"
 	"os"
 	"path/filepath"
 	"strings"
@@ -137,7 +138,7 @@ func TestIntegrationUserScope(t *testing.T) {
 	t.Run("systemctl --user reload under load", func(t *testing.T) {
 		before := map[string]string{}
 		for i := 1; i <= 3; i++ {
-			unit := fmt.Sprintf("powerhouse-web@%d.service", i)
+			unit := units.Group{Name: "web", Scope: units.User}.Instance(i)
 			before[unit] = show(unit, "MainPID")
 		}
 		var addrs []string
