@@ -70,6 +70,8 @@ restarted or killed the workers keep running.`,
 						}
 					}
 				}()
+				// WatchdogSec= of the unit; 0 without.
+				wd, _ := daemon.SdWatchdogEnabled(false)
 				s, err := supervisor.New(supervisor.Options{
 					Reload:  reload,
 					Config:  c,
@@ -80,7 +82,8 @@ restarted or killed the workers keep running.`,
 						_, err := daemon.SdNotify(false, state)
 						return err
 					},
-					Log: log,
+					Log:      log,
+					Watchdog: wd,
 				})
 				if err != nil {
 					return err
