@@ -48,7 +48,7 @@ lint: vet fmt-check
 golden:
 	$(GO) test ./generator -run TestGolden -update
 
-# Every parser of outside input, FUZZTIME each (4 targets: about 4 min by
+# Every parser of outside input, FUZZTIME each (7 targets: about 7 min by
 # default). Crashers land in the package's testdata/fuzz and then run as
 # regression cases in `make test`.
 # Minimising a new input may take 60 s by default (counted in FUZZTIME,
@@ -60,6 +60,7 @@ fuzz:
 	$(GO) test ./handoff $(FUZZFLAGS) -fuzz '^FuzzParse$$'
 	$(GO) test ./generator $(FUZZFLAGS) -fuzz '^FuzzGenerate$$'
 	$(GO) test ./units $(FUZZFLAGS) -fuzz '^FuzzManifest$$'
+	$(GO) test ./supervisor $(FUZZFLAGS) -fuzz '^FuzzRequest$$'
 	$(GO) test ./cmd/powerhouse/cli $(FUZZFLAGS) -fuzz '^FuzzParseArgs$$'
 	$(GO) test ./cmd/powerhouse/cli $(FUZZFLAGS) -fuzz '^FuzzGenerateVerb$$'
 

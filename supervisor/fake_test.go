@@ -37,6 +37,9 @@ type fakeManager struct {
 	hold map[string]chan struct{}
 	// busErr, when set, is the error of every call (the bus went away).
 	busErr error
+	// stall, when set, makes State wait until it closes (a manager that
+	// does not answer).
+	stall chan struct{}
 	// log records every job and signal, in order: "restart UNIT", ...
 	log []string
 }
@@ -198,6 +201,12 @@ func (f *fakeManager) Signal(ctx context.Context, name string, sig syscall.Signa
 
 func (f *fakeManager) State(ctx context.Context, name string) (units.UnitState, error) {
 	f.mu.Lock()
+	if stall := f.stall; stall != nil {
+		f.mu.Unlock()
+		<-stall
+		f.mu.Lock()
+		f.stall = nil
+	}
 	defer f.mu.Unlock()
 	if err := f.busy(); err != nil {
 		return units.UnitState{}, err

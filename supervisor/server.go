@@ -69,6 +69,9 @@ func parseCall(req request) (call, error) {
 		return c, noParams()
 	case MethodScale:
 		var p ScaleParameters
+		if len(bytes.TrimSpace(req.Parameters)) == 0 {
+			return c, invalid(`%s needs parameters {"amount": N}`, req.Method)
+		}
 		dec := json.NewDecoder(bytes.NewReader(req.Parameters))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&p); err != nil {
