@@ -44,7 +44,7 @@ func TestMain(m *testing.M) {
 			return 1
 		}
 		defer os.RemoveAll(dir)
-		for _, p := range []struct{ out, pkg string }{{"powerhouse", "./cmd/powerhouse"}, {"hello", "./examples/hello"}} {
+		for _, p := range []struct{ out, pkg string }{{"powerhouse", "./cmd/powerhouse"}, {"hello", "./examples/hello"}, {"supcall", "./internal/integration/testdata/supcall"}} {
 			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, p.out), p.pkg)
 			cmd.Dir = root
 			if out, err := cmd.CombinedOutput(); err != nil {
