@@ -355,6 +355,7 @@ func (s *Supervisor) checkReady(serve func()) {
 	s.ready = true
 	s.mu.Unlock()
 	if first {
+		s.publish() // dispatch.json from the start, for status
 		s.o.Notify("READY=1\nSTATUS=" + s.status())
 		s.log.Info("supervisor ready", "up", up, "instances", amount, "sticky", s.disp != nil)
 	}
