@@ -127,7 +127,7 @@ func (f *fakeManager) jobs() []string {
 	return append([]string(nil), f.log...)
 }
 
-func (f *fakeManager) start(name string, restart bool) error {
+func (f *fakeManager) start(ctx context.Context, name string, restart bool) error {
 	verb := "start"
 	if restart {
 		verb = "restart"
@@ -139,11 +139,25 @@ func (f *fakeManager) start(name string, restart bool) error {
 	}
 	f.log = append(f.log, verb+" "+name)
 	hold := f.hold[name]
+	if hold != nil {
+		// The job runs until released: the unit is activating.
+		u := f.unit(name)
+		u.st.ActiveState, u.st.SubState, u.st.JobType = units.Activating, "start", units.JobType(verb)
+		f.changed(name)
+	}
 	f.mu.Unlock()
-	if hold != nil && restart {
-		<-hold
+	if hold != nil {
+		select {
+		case <-hold:
+		case <-ctx.Done():
+			f.mu.Lock()
+			f.unit(name).st.JobType = units.NoJob
+			f.mu.Unlock()
+			return fmt.Errorf("%s %s: %w", verb, name, ctx.Err())
+		}
 	}
 	f.mu.Lock()
+	f.unit(name).st.JobType = units.NoJob
 	defer f.mu.Unlock()
 	u := f.unit(name)
 	if res, ok := f.fail[name]; ok {
@@ -169,8 +183,8 @@ func (f *fakeManager) start(name string, restart bool) error {
 	return nil
 }
 
-func (f *fakeManager) Start(ctx context.Context, name string) error   { return f.start(name, false) }
-func (f *fakeManager) Restart(ctx context.Context, name string) error { return f.start(name, true) }
+func (f *fakeManager) Start(ctx context.Context, name string) error   { return f.start(ctx, name, false) }
+func (f *fakeManager) Restart(ctx context.Context, name string) error { return f.start(ctx, name, true) }
 
 func (f *fakeManager) Stop(ctx context.Context, name string) error {
 	f.mu.Lock()

@@ -55,35 +55,56 @@ func TestReadyDegraded(t *testing.T) {
 	})
 }
 
-// TestReadyOnlyWithAnInstanceUp: no READY=1 while nothing runs; the start
-// fails after StartTimeout, naming each instance and systemd's Result
-// (here start-limit-hit), so `systemctl start` ends with a reason.
+// TestReadyOnlyWithAnInstanceUp: no READY=1 while nothing runs. The
+// start fails, naming each instance, its state and systemd's Result, so
+// that `systemctl start` ends with a reason: at once when every start job
+// failed (here at the start limit: nothing brings them back), and after
+// StartTimeout when the starts hang.
 func TestReadyOnlyWithAnInstanceUp(t *testing.T) {
-	r := newRig(t, apiTOML, "api", func(f *fakeManager, o *Options) {
-		for n := 1; n <= 3; n++ {
-			f.fail[fmt.Sprintf("powerhouse-api@%d.service", n)] = "start-limit-hit"
-		}
-		o.StartTimeout = 300 * time.Millisecond
-	})
-	ctx := t.Context()
-	err := r.s.Run(ctx)
-	if err == nil {
-		t.Fatal("Run succeeded with no instance up")
-	}
-	for _, want := range []string{"no instance of group api became ready within 300ms", "powerhouse-api@1.service failed", "result start-limit-hit", "powerhouse-api@3.service"} {
-		if !strings.Contains(err.Error(), want) {
-			t.Errorf("error %q lacks %q", err, want)
-		}
-	}
-	if got := r.n.find("READY=1"); len(got) != 0 {
-		t.Errorf("READY=1 sent with no instance up: %q", got)
-	}
-	if got := r.n.find("STATUS=failed: no instance"); len(got) == 0 {
-		t.Errorf("no STATUS= with the failure: %q", r.n.notify)
-	}
-	// systemd's own start timeout is pushed past ours.
-	if got := r.n.find("EXTEND_TIMEOUT_USEC=10300000"); len(got) == 0 {
-		t.Errorf("no EXTEND_TIMEOUT_USEC for the start: %q", r.n.notify)
+	for _, tc := range []struct {
+		name    string
+		prepare func(f *fakeManager, unit string)
+		timeout time.Duration
+		want    []string
+	}{
+		{name: "start limit hit", timeout: time.Minute,
+			prepare: func(f *fakeManager, unit string) { f.fail[unit] = "start-limit-hit" },
+			want:    []string{"no instance of group api is up, and systemd is starting none: ", "powerhouse-api@1.service failed (failed), result start-limit-hit", "powerhouse-api@3.service"}},
+		{name: "starts hang", timeout: 300 * time.Millisecond,
+			prepare: func(f *fakeManager, unit string) { f.hold[unit] = make(chan struct{}) },
+			want:    []string{"no instance of group api became ready within 300ms: ", "powerhouse-api@1.service activating (start)", "powerhouse-api@3.service"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, apiTOML, "api", func(f *fakeManager, o *Options) {
+				for n := 1; n <= 3; n++ {
+					tc.prepare(f, fmt.Sprintf("powerhouse-api@%d.service", n))
+				}
+				o.StartTimeout = tc.timeout
+			})
+			start := time.Now()
+			err := r.s.Run(t.Context())
+			if err == nil {
+				t.Fatal("Run succeeded with no instance up")
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("the start failed after %v", d)
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q lacks %q", err, want)
+				}
+			}
+			if got := r.n.find("READY=1"); len(got) != 0 {
+				t.Errorf("READY=1 sent with no instance up: %q", got)
+			}
+			if got := r.n.find("STATUS=failed: no instance"); len(got) == 0 {
+				t.Errorf("no STATUS= with the failure: %q", r.n.notify)
+			}
+			// systemd's own start timeout is pushed past ours.
+			if got := r.n.find(fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (tc.timeout + extendMargin).Microseconds())); len(got) == 0 {
+				t.Errorf("no EXTEND_TIMEOUT_USEC for the start: %q", r.n.notify)
+			}
+		})
 	}
 }
 

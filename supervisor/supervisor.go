@@ -44,8 +44,10 @@ type Options struct {
 	Log  *slog.Logger
 	// StartTimeout bounds, at start, the wait for a first instance to be
 	// ready: past it the supervisor fails its start, naming each
-	// instance and why it is not up. It also bounds the start and stop
-	// jobs of one scale. Default 90s.
+	// instance and why it is not up (it fails at once when every start
+	// job ended and no instance is up or coming). It also bounds the
+	// start and stop jobs of one scale. Default: the workers' start
+	// timeout (timeout_start, systemd's 90s by default) plus 10s.
 	StartTimeout time.Duration
 	// Reload delivers a request to re-read the configuration file
 	// (SIGHUP, the way of releases before the control socket): it runs
@@ -117,7 +119,7 @@ func New(o Options) (*Supervisor, error) {
 		o.Log = slog.Default()
 	}
 	if o.StartTimeout <= 0 {
-		o.StartTimeout = 90 * time.Second
+		o.StartTimeout = span(w.Service.TimeoutStart) + extendMargin
 	}
 	if o.Poll <= 0 {
 		o.Poll = 5 * time.Second
@@ -202,7 +204,9 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		serve()
 	}
 	// Instances 1..amount run, and no other: the first operation.
+	startOver := make(chan struct{})
 	s.submit("start", func(ctx context.Context, progress func(Progress)) (OperationResult, error) {
+		defer close(startOver)
 		return s.scaleTo(ctx, -1, progress)
 	}, nil)
 	// systemd's own start timeout (TimeoutStartSec=, 90s by default)
@@ -278,13 +282,21 @@ loop:
 		case <-heartbeat.C:
 		case <-startTimer.C:
 			if !s.isReady() {
-				runErr = s.startFailed(ctx)
+				runErr = s.startFailed(ctx, fmt.Sprintf("became ready within %v", s.o.StartTimeout))
 				break loop
 			}
 		case <-pub.C:
 			s.publish()
 		}
 		s.checkReady(serve)
+		// Every start job ended and every instance is at rest with
+		// nothing to bring it back (failed: its start limit hit, or
+		// Restart= gave up): waiting longer would only hold up
+		// `systemctl start`.
+		if !s.isReady() && closed(startOver) && s.allDown() {
+			runErr = s.startFailed(ctx, "is up, and systemd is starting none")
+			break loop
+		}
 		s.o.Notify("STATUS=" + s.status())
 	}
 	s.o.Notify("STOPPING=1")
@@ -361,26 +373,49 @@ func (s *Supervisor) checkReady(serve func()) {
 	}
 }
 
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// allDown reports whether every instance wanted is at rest with no job.
+func (s *Supervisor) allDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for n := 1; n <= s.amount; n++ {
+		st, ok := s.state[n]
+		if ok && (!st.ActiveState.AtRest() || st.JobType != units.NoJob) {
+			return false
+		}
+	}
+	return true
+}
+
 // startFailed is the end of a start in which no instance became ready
-// within StartTimeout: it names each instance, its state and systemd's
-// Result, in the log and in STATUS=, and returns the error Run ends with.
-func (s *Supervisor) startFailed(ctx context.Context) error {
+// (within StartTimeout, or at all): it names each instance, its state and
+// systemd's Result, in the log and in STATUS=, and returns the error Run
+// ends with. why completes "no instance of group G ...".
+func (s *Supervisor) startFailed(ctx context.Context, why string) error {
 	_, amount := s.upCount()
-	var why []string
+	var each []string
 	for n := 1; n <= amount; n++ {
 		unit := s.g.Instance(n)
 		st, err := s.o.Manager.State(ctx, unit)
 		if err != nil {
-			why = append(why, fmt.Sprintf("%s: %v", unit, err))
+			each = append(each, fmt.Sprintf("%s: %v", unit, err))
 			continue
 		}
 		d := fmt.Sprintf("%s %s (%s)", unit, st.ActiveState, st.SubState)
 		if x, err := s.o.Manager.MainExit(ctx, unit); err == nil && x.Result != "" && x.Result != "success" {
 			d += ", result " + x.Result
 		}
-		why = append(why, d)
+		each = append(each, d)
 	}
-	msg := fmt.Sprintf("no instance of group %s became ready within %v: %s", s.o.Group, s.o.StartTimeout, strings.Join(why, "; "))
+	msg := fmt.Sprintf("no instance of group %s %s: %s", s.o.Group, why, strings.Join(each, "; "))
 	s.log.Error(msg)
 	s.o.Notify("STATUS=failed: " + msg)
 	return errors.New(msg)

@@ -127,3 +127,38 @@ func TestIntegrationReloadOutlivesClient(t *testing.T) {
 		return strings.Contains(out, "reload slow: 3 instances restarted")
 	})
 }
+
+// TestIntegrationStartFailsWithReason: a group whose workers can never
+// start (they exit at once, until systemd's start limit stops them) does
+// not hold `systemctl start` for the whole start timeout: the supervisor
+// fails its start once no instance is up or coming, and its log and
+// STATUS= name each instance and why.
+func TestIntegrationStartFailsWithReason(t *testing.T) {
+	h := newHouse(t, `
+[[worker]]
+name = "bad"
+amount = 2
+listen = ["127.0.0.1:9996"]
+exec = "/bin/false"
+`)
+	bad := units.Group{Name: "bad"}
+	// The workers' socket first, as powerhouse.target starts it (the
+	// target itself does not fail with a unit it wants).
+	h.systemctl("start", bad.PublicSocket())
+	start := time.Now()
+	out, err := h.box.Systemctl(t.Context(), "start", bad.SupervisorUnit())
+	took := time.Since(start)
+	if err == nil {
+		t.Fatalf("systemctl start of a group that cannot run succeeded:\n%s", out)
+	}
+	if took > 30*time.Second {
+		t.Errorf("systemctl start failed after %v", took)
+	}
+	j, _ := h.run("journalctl", "--no-pager", "-o", "cat", "-u", bad.SupervisorUnit())
+	for _, want := range []string{"no instance of group bad is up, and systemd is starting none", bad.Instance(1) + " failed (failed), result "} {
+		if !strings.Contains(j, want) {
+			t.Errorf("the supervisor's journal lacks %q:\n%s", want, j)
+		}
+	}
+	t.Logf("systemctl start failed after %v", took.Round(time.Millisecond))
+}
