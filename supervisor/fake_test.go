@@ -183,8 +183,10 @@ func (f *fakeManager) start(ctx context.Context, name string, restart bool) erro
 	return nil
 }
 
-func (f *fakeManager) Start(ctx context.Context, name string) error   { return f.start(ctx, name, false) }
-func (f *fakeManager) Restart(ctx context.Context, name string) error { return f.start(ctx, name, true) }
+func (f *fakeManager) Start(ctx context.Context, name string) error { return f.start(ctx, name, false) }
+func (f *fakeManager) Restart(ctx context.Context, name string) error {
+	return f.start(ctx, name, true)
+}
 
 func (f *fakeManager) Stop(ctx context.Context, name string) error {
 	f.mu.Lock()
