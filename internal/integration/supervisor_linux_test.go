@@ -162,3 +162,38 @@ exec = "/bin/false"
 	}
 	t.Logf("systemctl start failed after %v", took.Round(time.Millisecond))
 }
+
+// TestIntegrationSupervisorWatchdog: the supervisor reads WatchdogSec=
+// from its environment (WATCHDOG_USEC) and feeds the watchdog: under a
+// 2 s one (a drop-in; the generator writes 30 s) it runs on, unrestarted,
+// for several periods, and systemd records its pings.
+func TestIntegrationSupervisorWatchdog(t *testing.T) {
+	h := newHouse(t, slowConfig())
+	if b, err := h.box.ReadFile("/etc/systemd/system/" + units.SupervisorTemplate); err != nil || !strings.Contains(string(b), "\nWatchdogSec=30s\n") {
+		t.Errorf("the supervisor template has no WatchdogSec=30s (%v):\n%s", err, b)
+	}
+	if err := h.box.WriteFile("/etc/systemd/system/"+slowGroup.SupervisorUnit()+".d/watchdog.conf", []byte("[Service]\nWatchdogSec=2s\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.systemctl("daemon-reload")
+	h.systemctl("start", "powerhouse.target")
+	if got := h.show(slowGroup.SupervisorUnit(), "WatchdogUSec"); got != "2s" {
+		t.Errorf("WatchdogUSec = %q, want the drop-in's 2s", got)
+	}
+	pid := h.show(slowGroup.SupervisorUnit(), "MainPID")
+	first := h.show(slowGroup.SupervisorUnit(), "WatchdogTimestampMonotonic")
+	deadline := time.Now().Add(6 * time.Second) // three periods
+	for time.Now().Before(deadline) {
+		if p := h.show(slowGroup.SupervisorUnit(), "MainPID"); p != pid {
+			j, _ := h.run("journalctl", "--no-pager", "-o", "cat", "-u", slowGroup.SupervisorUnit())
+			t.Fatalf("the supervisor was restarted (pid %s, then %s):\n%s", pid, p, j)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if last := h.show(slowGroup.SupervisorUnit(), "WatchdogTimestampMonotonic"); last == first || last == "0" {
+		t.Errorf("no watchdog ping recorded: WatchdogTimestampMonotonic %s, then %s", first, last)
+	}
+	if n := h.show(slowGroup.SupervisorUnit(), "NRestarts"); n != "0" {
+		t.Errorf("NRestarts = %s", n)
+	}
+}
