@@ -371,9 +371,32 @@ func (s *Supervisor) converge(ctx context.Context, progress func(Progress)) (sta
 }
 
 // reconfigure is MethodReconfigure: re-read the configuration file, write
-// the group's config.json, deliver the keys that changed to the running
-// workers, apply a changed amount, and report master.reconfigure.
+// the group's config.json, deliver the keys that changed (against the
+// configuration in force) to the running workers, apply a changed amount,
+// and report master.reconfigure.
 func (s *Supervisor) reconfigure(ctx context.Context, progress func(Progress)) (OperationResult, error) {
+	return s.reconfigureFrom(ctx, progress, nil)
+}
+
+// reconfigureSIGHUP is Reconfigure on SIGHUP, the way of releases before
+// the control socket, whose `set` wrote config.json and delivered it
+// itself, then `scale` sent SIGHUP for the amount: the keys to deliver are
+// those that differ from what config.json holds, so that what such a set
+// delivered is not delivered (a rolling restart) again.
+func (s *Supervisor) reconfigureSIGHUP(ctx context.Context, progress func(Progress)) (OperationResult, error) {
+	return s.reconfigureFrom(ctx, progress, func() (map[string]any, error) {
+		b, err := os.ReadFile(s.g.ConfigPath())
+		if err != nil {
+			return nil, err
+		}
+		var m map[string]any
+		return m, json.Unmarshal(b, &m)
+	})
+}
+
+// reconfigureFrom compares the new [worker.config] with baseline's, or
+// with the one in force when baseline is nil or fails.
+func (s *Supervisor) reconfigureFrom(ctx context.Context, progress func(Progress), baseline func() (map[string]any, error)) (OperationResult, error) {
 	c, err := config.Load(s.o.Config.File)
 	if err != nil {
 		return OperationResult{}, failed("reconfigure %s: configuration not reloaded: %v", s.o.Group, err)
@@ -383,9 +406,14 @@ func (s *Supervisor) reconfigure(ctx context.Context, progress func(Progress)) (
 		return OperationResult{}, failed("reconfigure %s: the group is no longer in %s", s.o.Group, c.File)
 	}
 	s.mu.Lock()
-	old, oldAmount := s.w, s.amount
+	old, oldAmount := s.w.Config, s.amount
 	s.mu.Unlock()
-	keys := changedKeys(old.Config, w.Config)
+	if baseline != nil {
+		if b, err := baseline(); err == nil {
+			old = b
+		}
+	}
+	keys := changedKeys(old, w.Config)
 	if err := s.writeGroupConfig(w); err != nil {
 		return OperationResult{}, failed("reconfigure %s: %v", s.o.Group, err)
 	}
@@ -425,7 +453,7 @@ func (s *Supervisor) reconfigure(ctx context.Context, progress func(Progress)) (
 func changedKeys(old, cur map[string]any) []string {
 	var keys []string
 	for k, v := range cur {
-		if ov, ok := old[k]; !ok || !reflect.DeepEqual(ov, v) {
+		if ov, ok := old[k]; !ok || !reflect.DeepEqual(asJSON(ov), asJSON(v)) {
 			keys = append(keys, k)
 		}
 	}
@@ -436,6 +464,20 @@ func changedKeys(old, cur map[string]any) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// asJSON is v as the workers read it: TOML's int64 and the float64 of a
+// decoded config.json compare equal.
+func asJSON(v any) any {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return v
+	}
+	var out any
+	if json.Unmarshal(b, &out) != nil {
+		return v
+	}
+	return out
 }
 
 // deliver brings the running workers to their new configuration and says

@@ -487,3 +487,55 @@ func TestSpan(t *testing.T) {
 		}
 	}
 }
+
+// TestSIGHUPDeliversOnlyWhatWorkersLack: on SIGHUP the keys to deliver
+// are those config.json does not hold yet. A `set` of an earlier release
+// wrote config.json and delivered it itself, then its `scale` sent
+// SIGHUP: that scale must not deliver the set's keys again (a second
+// rolling restart, a second master.reconfigure). A file edited by hand,
+// then SIGHUP, is delivered.
+func TestSIGHUPDeliversOnlyWhatWorkersLack(t *testing.T) {
+	// An integer: TOML's int64 and config.json's float64 are the same.
+	toml := strings.Replace(apiTOML, `color = "blue"`, "color = \"blue\"\nport = 8080", 1)
+	r := newRig(t, toml, "api", nil)
+	r.run()
+	r.waitAll()
+	restarts := func() int {
+		n := 0
+		for _, j := range r.f.jobs() {
+			if strings.HasPrefix(j, "restart ") {
+				n++
+			}
+		}
+		return n
+	}
+	// The earlier release's set: file and config.json both say red.
+	red := strings.Replace(toml, `"blue"`, `"red"`, 1)
+	if err := os.WriteFile(r.cfg, []byte(red), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(r.s.g.ConfigPath(), []byte(`{"color":"red","port":8080,"secret":"s3cret"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Its scale: the amount in the file, then SIGHUP.
+	if err := os.WriteFile(r.cfg, []byte(strings.Replace(red, "amount = 3", "amount = 2", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.hup <- struct{}{}
+	waitFor(t, r.n, "scale to 2", func() bool { return len(r.n.find("STATUS=2/2 instances up")) > 0 && r.s.runningOp() == "" })
+	if n := restarts(); n != 0 || len(r.n.eventsOf(events.MasterReconfigure)) != 0 {
+		t.Errorf("the set's keys were delivered again: %d restarts, %d master.reconfigure", n, len(r.n.eventsOf(events.MasterReconfigure)))
+	}
+	// By hand, then SIGHUP: delivered.
+	if err := os.WriteFile(r.cfg, []byte(strings.Replace(strings.Replace(red, "amount = 3", "amount = 2", 1), `"red"`, `"green"`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.hup <- struct{}{}
+	waitFor(t, r.n, "master.reconfigure", func() bool { return len(r.n.eventsOf(events.MasterReconfigure)) == 1 && r.s.runningOp() == "" })
+	if ev := r.n.eventsOf(events.MasterReconfigure)[0]; ev.Fields["keys"] != "color" {
+		t.Errorf("master.reconfigure keys %q, want color", ev.Fields["keys"])
+	}
+	if n := restarts(); n != 2 {
+		t.Errorf("%d restarts, want 2 (a rolling restart of the 2 instances)", n)
+	}
+}

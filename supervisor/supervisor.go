@@ -276,7 +276,7 @@ loop:
 			}
 		case <-s.o.Reload:
 			// SIGHUP: the old way to apply a changed amount.
-			if err := s.submit("reconfigure", s.reconfigure, nil); err != nil {
+			if err := s.submit("reconfigure", s.reconfigureSIGHUP, nil); err != nil {
 				s.log.Warn("SIGHUP: configuration not reloaded", "err", err)
 			}
 		case <-heartbeat.C:
