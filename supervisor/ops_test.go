@@ -77,7 +77,7 @@ func TestReadyOnlyWithAnInstanceUp(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, apiTOML, "api", func(f *fakeManager, o *Options) {
 				for n := 1; n <= 3; n++ {
-					tc.prepare(f, fmt.Sprintf("powerhouse-api@%d.service", n))
+					tc.prepare(f, units.Group{Name: "api"}.Instance(n))
 				}
 				o.StartTimeout = tc.timeout
 			})
@@ -314,11 +314,15 @@ func TestReconfigure(t *testing.T) {
 			}
 			var signals, restarts []int
 			for _, j := range r.f.jobs() {
-				var n int
-				if _, err := fmt.Sscanf(j, "signal hangup powerhouse-api@%d.service", &n); err == nil {
-					signals = append(signals, n)
+				verb, unit, _ := strings.Cut(strings.TrimPrefix(j, "signal hangup"), " ")
+				if verb == "" {
+					verb = "signal"
 				}
-				if _, err := fmt.Sscanf(j, "restart powerhouse-api@%d.service", &n); err == nil {
+				n, ok := r.s.g.InstanceOf(unit)
+				switch {
+				case ok && verb == "signal":
+					signals = append(signals, n)
+				case ok && verb == "restart":
 					restarts = append(restarts, n)
 				}
 			}
