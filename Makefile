@@ -83,6 +83,7 @@ fuzz:
 	$(GO) test ./report $(FUZZFLAGS) -fuzz '^FuzzDecode$$'
 	$(GO) test ./generator $(FUZZFLAGS) -fuzz '^FuzzGenerate$$'
 	$(GO) test ./units $(FUZZFLAGS) -fuzz '^FuzzManifest$$'
+	$(GO) test ./supervisor $(FUZZFLAGS) -fuzz '^FuzzRequest$$'
 	$(GO) test ./cmd/powerhouse/cli $(FUZZFLAGS) -fuzz '^FuzzParseArgs$$'
 	$(GO) test ./cmd/powerhouse/cli $(FUZZFLAGS) -fuzz '^FuzzGenerateVerb$$'
 

@@ -197,6 +197,9 @@ func (g *gen) supervisor() Unit {
 	u.add("Service", "ExecReload", ExecLine(append([]string{g.o.Binary, "reload"}, args...))+" %i")
 	u.add("Service", "Restart", "always")
 	u.add("Service", "RestartSec", "500ms")
+	// The supervisor feeds it only while its D-Bus and dispatch loops
+	// both go round: a wedged supervisor is restarted, its workers stay.
+	u.add("Service", "WatchdogSec", "30s")
 	// The group's configuration file for its workers lives here, and must
 	// outlive a supervisor restart: workers keep running meanwhile.
 	u.add("Service", "RuntimeDirectory", units.RuntimeDirectory)

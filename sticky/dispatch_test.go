@@ -404,3 +404,34 @@ func waitForB(b *testing.B, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestDispatchBeats: each accept loop's beat grows by two per connection
+// and is even while the loop waits (the supervisor's watchdog reads an
+// odd, unchanged beat as a loop wedged in a dispatch).
+func TestDispatchBeats(t *testing.T) {
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 1)
+	d, addr := startDispatcher(t, dir, false, 1)
+	var b []uint64
+	waitBeats := func(want uint64) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if b = d.Beats(); len(b) == 1 && b[0] == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("beats %v, want [%d]", b, want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	waitBeats(0)
+	for i := 1; i <= 3; i++ {
+		c := dialFrom(t, "127.0.0.1", addr)
+		_, wc := ws[1].receive(t)
+		wc.Close()
+		c.Close()
+		waitBeats(uint64(2 * i))
+	}
+}

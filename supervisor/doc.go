@@ -1,7 +1,21 @@
 // Package supervisor is the master of one worker group: it runs as
 // powerhouse@GROUP.service, starts and watches the group's instances
-// through systemd, and for a sticky group dispatches the connections of the
-// group's public sockets to the instances that are up.
+// through systemd (units.Manager), for a sticky group dispatches the
+// connections of the group's public sockets to the instances that are up,
+// and carries out every operation on the group — rolling reload, scale,
+// reconfigure, status — for the callers of its control socket
+// (units.Group.ControlPath; Client is the typed client, api.go the
+// protocol). docs/ARCHITECTURE.md section 1 is the design.
+//
+// Operations run one at a time, in the order they came, in the
+// supervisor's own goroutine: a caller that goes away leaves its
+// operation running to its end, logged and reported as events.
+//
+// Readiness: READY=1 once an instance is up; STATUS= says "degraded: 1/3
+// instances up" when fewer run than wanted; a start in which no instance
+// comes up fails with each instance's state and systemd's Result. The
+// watchdog (WatchdogSec=) is fed only while the main loop and the
+// dispatch loops go round.
 //
 // Membership: an instance takes connections while systemd is running it or
 // bringing it back (a restart, an automatic restart after a crash: its

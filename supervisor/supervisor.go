@@ -3,6 +3,7 @@ package supervisor
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -26,8 +28,12 @@ type Options struct {
 	Config *config.Config
 	Group  string
 	// Scope is the manager the group runs under.
-	Scope   units.Scope
-	Manager units.Manager
+	Scope units.Scope
+	// RuntimeRoot, when set, replaces the scope's runtime directory for
+	// every file the supervisor writes and binds (units.Group.Root):
+	// tests.
+	RuntimeRoot string
+	Manager     units.Manager
 	// Files are the sockets systemd passed (LISTEN_FDS): the group's
 	// public listening sockets.
 	Files []*os.File
@@ -36,29 +42,71 @@ type Options struct {
 	// Emit records an event; default events.Write (journald).
 	Emit func(events.Event) error
 	Log  *slog.Logger
-	// StartTimeout bounds the wait for the instances to start before the
-	// supervisor reports ready anyway. Default 90s.
+	// StartTimeout bounds, at start, the wait for a first instance to be
+	// ready: past it the supervisor fails its start, naming each
+	// instance and why it is not up (it fails at once when every start
+	// job ended and no instance is up or coming). It also bounds the
+	// start and stop jobs of one scale. Default: the workers' start
+	// timeout (timeout_start, systemd's 90s by default) plus 10s.
 	StartTimeout time.Duration
-	// Reload delivers a request to re-read the configuration file (SIGHUP):
-	// a changed amount starts or stops instances.
+	// Reload delivers a request to re-read the configuration file
+	// (SIGHUP, the way of releases before the control socket): it runs
+	// Reconfigure as an operation, so a changed amount starts or stops
+	// instances.
 	Reload <-chan struct{}
 	// Poll is the interval of the full state refresh that backs up the
 	// change signals. Default 5s.
 	Poll time.Duration
+	// Watchdog is the period within which systemd wants WATCHDOG=1
+	// (WatchdogSec=, WATCHDOG_USEC); 0 for no watchdog. The supervisor
+	// sends it only while its main loop and its dispatch loops are alive.
+	Watchdog time.Duration
+	// Reports is what the group's workers declared over the report
+	// socket (package report); nil: none declared anything.
+	Reports Reports
+}
+
+// Reports is the supervisor's view of what its workers declared over the
+// report channel (package report, which implements it).
+type Reports interface {
+	// ReloadsOnSIGHUP reports whether the running worker of instance n
+	// declared that it re-reads its configuration on SIGHUP.
+	ReloadsOnSIGHUP(n int) bool
 }
 
 // Supervisor is one running group supervisor.
 type Supervisor struct {
-	o      Options
-	g      units.Group
-	w      *config.Worker
-	log    *slog.Logger
-	disp   *sticky.Dispatcher
+	o   Options
+	g   units.Group
+	log *slog.Logger
+	// disp is the group's dispatcher, nil for a group that is not sticky.
+	disp *sticky.Dispatcher
+	// uid is the supervisor's own, which may make every call.
+	uid int
+
 	mu     sync.Mutex
-	amount int // instances wanted; guarded by mu
+	w      *config.Worker // the group's configuration in force; guarded by mu
+	amount int            // instances wanted; guarded by mu
 	state  map[int]units.UnitState
 	pids   map[int]uint32 // main PID last seen active
-	quiet  bool           // record states without reporting events (start-up)
+	ready  bool           // READY=1 was sent
+	quiet  bool           // record states without reporting events (start-up); main loop only
+
+	// The operations: one at a time, in the order they came.
+	opMu     sync.Mutex
+	ops      chan *operation
+	running  string // the operation running now, "" for none; guarded by opMu
+	waiting  int    // operations queued behind it; guarded by opMu
+	stopping bool   // no more operations; guarded by opMu
+	// kick asks the main loop to re-read every instance (after an operation).
+	kick chan struct{}
+
+	// mainBeat is when the main loop last went round (UnixNano), for the
+	// watchdog; beats returns the dispatch loops' (sticky.Dispatcher.Beats).
+	mainBeat atomic.Int64
+	beats    func() []uint64
+	// serving says that the dispatcher runs.
+	serving atomic.Bool
 }
 
 // New checks o and returns a supervisor ready to Run.
@@ -71,7 +119,7 @@ func New(o Options) (*Supervisor, error) {
 		o.Log = slog.Default()
 	}
 	if o.StartTimeout <= 0 {
-		o.StartTimeout = 90 * time.Second
+		o.StartTimeout = span(w.Service.TimeoutStart) + extendMargin
 	}
 	if o.Poll <= 0 {
 		o.Poll = 5 * time.Second
@@ -82,12 +130,16 @@ func New(o Options) (*Supervisor, error) {
 	if o.Emit == nil {
 		o.Emit = events.Write
 	}
-	s := &Supervisor{o: o, g: units.Group{Name: o.Group, Scope: o.Scope}, w: w, log: o.Log.With("group", o.Group), amount: w.Amount, state: map[int]units.UnitState{}, pids: map[int]uint32{}}
+	s := &Supervisor{o: o, g: units.Group{Name: o.Group, Scope: o.Scope, Root: o.RuntimeRoot}, w: w,
+		log: o.Log.With("group", o.Group), amount: w.Amount, state: map[int]units.UnitState{}, pids: map[int]uint32{},
+		uid: os.Geteuid(), ops: make(chan *operation, maxWaiting), kick: make(chan struct{}, 1)}
+	s.beats = func() []uint64 { return nil }
 	if w.Sticky {
 		s.disp = sticky.NewDispatcher(sticky.DispatcherOptions{
 			Path: s.g.HandoffPath,
 			Log:  s.log,
 		})
+		s.beats = s.disp.Beats
 	}
 	return s, nil
 }
@@ -95,68 +147,87 @@ func New(o Options) (*Supervisor, error) {
 // Dispatcher returns the group's dispatcher, nil for a non-sticky group.
 func (s *Supervisor) Dispatcher() *sticky.Dispatcher { return s.disp }
 
-// Run supervises until ctx ends (SIGTERM). It returns nil on a clean stop.
+// Run supervises until ctx ends (SIGTERM). It returns nil on a clean stop,
+// and an error when the group cannot run: no instance became ready within
+// StartTimeout, a listener or the control socket could not be set up.
 func (s *Supervisor) Run(ctx context.Context) error {
-	if err := s.writeGroupConfig(s.w); err != nil {
+	if err := s.writeGroupConfig(s.worker()); err != nil {
 		return err
 	}
 	listeners, err := s.listeners()
 	if err != nil {
 		return err
 	}
+	ctl, err := s.listenControl()
+	if err != nil {
+		closeListeners(listeners)
+		return err
+	}
 	changes, err := s.o.Manager.Watch(ctx)
 	if err != nil {
+		ctl.Close()
+		closeListeners(listeners)
 		return err
 	}
 	// Learn what runs already (after a supervisor restart the workers kept
-	// running: no worker.start for them), then make sure instances
-	// 1..amount run and no other does.
+	// running: no worker.start for them).
 	s.quiet = true
 	err = s.refresh(ctx)
 	s.quiet = false
 	if err != nil {
+		ctl.Close()
+		closeListeners(listeners)
 		return err
 	}
+	s.checkIn()
+	// The operations run in their own goroutine, under a context of the
+	// supervisor's: a caller that goes away leaves its operation running.
+	opCtx, stopOps := context.WithCancel(ctx)
+	opsDone := make(chan struct{})
+	go func() { defer close(opsDone); s.runOps(opCtx) }()
+	ctlDone := make(chan struct{})
+	go func() { defer close(ctlDone); s.serveControl(opCtx, ctl) }()
+	wdDone := make(chan struct{})
+	go func() { defer close(wdDone); s.watchdog(opCtx) }()
+
 	dctx, stopDispatch := context.WithCancel(context.WithoutCancel(ctx))
-	defer stopDispatch()
 	dispatchErr := make(chan error, 1)
-	serving := false
 	serve := func() {
-		if s.disp != nil && !serving {
-			serving = true
+		if s.disp != nil && s.serving.CompareAndSwap(false, true) {
 			go func() { dispatchErr <- s.disp.Serve(dctx, listeners) }()
 		}
 	}
-	// After a restart, instances are up already: serve them at once.
-	// converge waits for every start job, up to StartTimeout, and one
-	// instance slow to start (or hanging in its start) must not leave the
-	// others' clients in the kernel's backlog meanwhile. At first start,
-	// with nothing up, connections wait in the backlog for converge
-	// instead of being closed for want of an instance.
+	// After a restart, instances are up already: serve them at once, and
+	// say ready. At first start, with nothing up, connections wait in the
+	// kernel's backlog until a first instance is ready.
 	if s.disp != nil && s.disp.Up.Len() > 0 {
 		serve()
 	}
-	s.converge(ctx)
-	if err := s.refresh(ctx); err != nil {
-		if serving {
-			stopDispatch()
-			<-dispatchErr
-		}
-		return err
-	}
-	serve()
-	s.publish()
-	s.o.Notify("READY=1\nSTATUS=" + s.status())
-	s.log.Info("supervisor ready", "instances", s.w.Amount, "sticky", s.w.Sticky)
+	// Instances 1..amount run, and no other: the first operation.
+	startOver := make(chan struct{})
+	s.submit("start", func(ctx context.Context, progress func(Progress)) (OperationResult, error) {
+		defer close(startOver)
+		return s.scaleTo(ctx, -1, progress)
+	}, nil)
+	// systemd's own start timeout (TimeoutStartSec=, 90s by default)
+	// must not end the start before ours does, which says why.
+	s.o.Notify(fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (s.o.StartTimeout + extendMargin).Microseconds()))
+	startTimer := time.NewTimer(s.o.StartTimeout)
+	defer startTimer.Stop()
 
 	tick := time.NewTicker(s.o.Poll)
 	defer tick.Stop()
 	// Counters change with every connection: publish them once a second.
 	pub := time.NewTicker(time.Second)
 	defer pub.Stop()
+	heartbeat := time.NewTicker(heartbeatPeriod(s.o.Watchdog))
+	defer heartbeat.Stop()
+	var rewatch <-chan time.Time
 	var runErr error
+	s.checkReady(serve)
 loop:
 	for {
+		s.checkIn()
 		select {
 		case <-ctx.Done():
 			break loop
@@ -165,33 +236,265 @@ loop:
 			break loop
 		case name, ok := <-changes:
 			if !ok {
-				break loop
+				// The manager's bus went away and Watch gave up: watch
+				// again, shortly; the poll keeps the state meanwhile.
+				changes = nil
+				rewatch = time.After(time.Second)
+				s.log.Warn("lost the watch on systemd; watching again")
+				continue
 			}
-			if n, ok := s.g.InstanceOf(name); ok {
+			if name == "" {
+				// A reconnect: changes were lost meanwhile.
+				if err := s.refresh(ctx); err != nil {
+					s.log.Warn("refresh failed", "err", err)
+				}
+			} else if n, ok := s.g.InstanceOf(name); ok {
 				if st, err := s.o.Manager.State(ctx, name); err == nil {
 					s.observe(ctx, n, st)
+				} else {
+					s.log.Warn("state not read", "unit", name, "err", err)
 				}
-			} else if name == s.g.SupervisorUnit() {
-				continue
+			}
+		case <-rewatch:
+			rewatch = nil
+			if c, err := s.o.Manager.Watch(ctx); err == nil {
+				changes = c
+				if err := s.refresh(ctx); err != nil {
+					s.log.Warn("refresh failed", "err", err)
+				}
+			} else {
+				s.log.Warn("watch on systemd failed; trying again", "err", err)
+				rewatch = time.After(time.Second)
 			}
 		case <-tick.C:
 			if err := s.refresh(ctx); err != nil {
 				s.log.Warn("refresh failed", "err", err)
 			}
+		case <-s.kick:
+			if err := s.refresh(ctx); err != nil {
+				s.log.Warn("refresh failed", "err", err)
+			}
 		case <-s.o.Reload:
-			s.reconfigure(ctx)
+			// SIGHUP: the old way to apply a changed amount.
+			if err := s.submit("reconfigure", s.reconfigureSIGHUP, nil); err != nil {
+				s.log.Warn("SIGHUP: configuration not reloaded", "err", err)
+			}
+		case <-heartbeat.C:
+		case <-startTimer.C:
+			if !s.isReady() {
+				runErr = s.startFailed(ctx, fmt.Sprintf("became ready within %v", s.o.StartTimeout))
+				break loop
+			}
 		case <-pub.C:
 			s.publish()
+		}
+		s.checkReady(serve)
+		// Every start job ended and every instance is at rest with
+		// nothing to bring it back (failed: its start limit hit, or
+		// Restart= gave up): waiting longer would only hold up
+		// `systemctl start`.
+		if !s.isReady() && closed(startOver) && s.allDown() {
+			runErr = s.startFailed(ctx, "is up, and systemd is starting none")
+			break loop
 		}
 		s.o.Notify("STATUS=" + s.status())
 	}
 	s.o.Notify("STOPPING=1")
+	// No operation starts any more; the running one ends with the
+	// context, the waiting ones are told the supervisor stops.
+	stopOps()
+	<-opsDone
+	<-ctlDone
+	<-wdDone
 	stopDispatch()
-	if s.disp != nil && runErr == nil {
+	if s.serving.Load() && runErr == nil {
 		<-dispatchErr
+	}
+	if !s.serving.Load() {
+		closeListeners(listeners)
 	}
 	s.shutdown()
 	return runErr
+}
+
+func closeListeners(ls []sticky.Listener) {
+	for _, l := range ls {
+		l.File.Close()
+	}
+}
+
+// extendMargin is added to each EXTEND_TIMEOUT_USEC= for the time the
+// supervisor itself takes around the jobs it waits for.
+const extendMargin = 10 * time.Second
+
+// worker returns the group's configuration in force.
+func (s *Supervisor) worker() *config.Worker {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w
+}
+
+// upCount counts the instances up (active or reloading) among 1..amount.
+func (s *Supervisor) upCount() (up, amount int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for n, st := range s.state {
+		if n <= s.amount && st.ActiveState.Running() {
+			up++
+		}
+	}
+	return up, s.amount
+}
+
+func (s *Supervisor) isReady() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ready
+}
+
+// checkReady reports READY=1 once an instance is up: for a sticky group
+// the dispatcher then serves, and the instance is in its set (an
+// instance up is a member); for another group, an active instance takes
+// connections on the shared socket itself.
+func (s *Supervisor) checkReady(serve func()) {
+	up, amount := s.upCount()
+	if up == 0 {
+		return
+	}
+	serve()
+	s.mu.Lock()
+	first := !s.ready
+	s.ready = true
+	s.mu.Unlock()
+	if first {
+		s.publish() // dispatch.json from the start, for status
+		s.o.Notify("READY=1\nSTATUS=" + s.status())
+		s.log.Info("supervisor ready", "up", up, "instances", amount, "sticky", s.disp != nil)
+	}
+}
+
+func closed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
+	}
+}
+
+// allDown reports whether every instance wanted is at rest with no job.
+func (s *Supervisor) allDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for n := 1; n <= s.amount; n++ {
+		st, ok := s.state[n]
+		if ok && (!st.ActiveState.AtRest() || st.JobType != units.NoJob) {
+			return false
+		}
+	}
+	return true
+}
+
+// startFailed is the end of a start in which no instance became ready
+// (within StartTimeout, or at all): it names each instance, its state and
+// systemd's Result, in the log and in STATUS=, and returns the error Run
+// ends with. why completes "no instance of group G ...".
+func (s *Supervisor) startFailed(ctx context.Context, why string) error {
+	_, amount := s.upCount()
+	var each []string
+	for n := 1; n <= amount; n++ {
+		unit := s.g.Instance(n)
+		st, err := s.o.Manager.State(ctx, unit)
+		if err != nil {
+			each = append(each, fmt.Sprintf("%s: %v", unit, err))
+			continue
+		}
+		d := fmt.Sprintf("%s %s (%s)", unit, st.ActiveState, st.SubState)
+		if x, err := s.o.Manager.MainExit(ctx, unit); err == nil && x.Result != "" && x.Result != "success" {
+			d += ", result " + x.Result
+		}
+		each = append(each, d)
+	}
+	msg := fmt.Sprintf("no instance of group %s %s: %s", s.o.Group, why, strings.Join(each, "; "))
+	s.log.Error(msg)
+	s.o.Notify("STATUS=failed: " + msg)
+	return errors.New(msg)
+}
+
+// checkIn records that the main loop went round, for the watchdog.
+func (s *Supervisor) checkIn() { s.mainBeat.Store(time.Now().UnixNano()) }
+
+// heartbeatPeriod is how often an idle main loop checks in: four times
+// per watchdog period (the watchdog wants one within half of it).
+func heartbeatPeriod(wd time.Duration) time.Duration {
+	if wd <= 0 {
+		return time.Hour
+	}
+	return max(wd/4, time.Millisecond)
+}
+
+// watchdog sends WATCHDOG=1 three times per period while alive says the
+// supervisor is alive, and nothing otherwise: systemd then kills and
+// restarts it (its workers keep running).
+func (s *Supervisor) watchdog(ctx context.Context) {
+	if s.o.Watchdog <= 0 {
+		return
+	}
+	t := time.NewTicker(max(s.o.Watchdog/3, time.Millisecond))
+	defer t.Stop()
+	var lv liveness
+	warned := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if why := lv.check(now, s.o.Watchdog, time.Unix(0, s.mainBeat.Load()), s.beats()); why != "" {
+				if !warned {
+					s.log.Error("watchdog not fed: systemd will restart the supervisor", "why", why)
+					warned = true
+				}
+				continue
+			}
+			warned = false
+			s.o.Notify("WATCHDOG=1")
+		}
+	}
+}
+
+// liveness follows the dispatch loops' beats across watchdog checks.
+type liveness struct {
+	last  []uint64
+	since []time.Time // when last[i] was first seen odd and unchanged
+}
+
+// check returns why the supervisor is not alive at now, "" when it is:
+// its main loop last checked in at main, over half a period ago; or a
+// dispatch loop's beat stayed odd (inside one dispatch) and unchanged for
+// half a period.
+func (lv *liveness) check(now time.Time, period time.Duration, main time.Time, beats []uint64) string {
+	if d := now.Sub(main); d > period/2 {
+		return fmt.Sprintf("main loop last went round %v ago", d.Round(time.Millisecond))
+	}
+	if len(lv.since) != len(beats) {
+		lv.since = make([]time.Time, len(beats))
+		lv.last = make([]uint64, len(beats))
+	}
+	why := ""
+	for i, b := range beats {
+		if b%2 == 1 && b == lv.last[i] {
+			if lv.since[i].IsZero() {
+				lv.since[i] = now
+			}
+			if d := now.Sub(lv.since[i]); d >= period/2 && why == "" {
+				why = fmt.Sprintf("dispatch loop %d inside one dispatch for %v", i, d.Round(time.Millisecond))
+			}
+		} else {
+			lv.since[i] = time.Time{}
+		}
+		lv.last[i] = b
+	}
+	return why
 }
 
 // shutdown stops the group's workers when the supervisor itself is being
@@ -226,81 +529,6 @@ func (s *Supervisor) shutdown() {
 				s.log.Warn("stop failed", "instance", n, "err", err)
 			}
 		}(n)
-	}
-	s.mu.Unlock()
-	wg.Wait()
-}
-
-// reconfigure re-reads the configuration file and applies a new amount.
-func (s *Supervisor) reconfigure(ctx context.Context) {
-	c, err := config.Load(s.o.Config.File)
-	if err != nil {
-		s.log.Warn("configuration not reloaded", "err", err)
-		return
-	}
-	w := c.Worker(s.o.Group)
-	if w == nil {
-		s.log.Warn("configuration not reloaded: the group is gone", "file", c.File)
-		return
-	}
-	s.mu.Lock()
-	old := s.amount
-	s.amount = w.Amount
-	s.mu.Unlock()
-	if err := s.writeGroupConfig(w); err != nil {
-		s.log.Warn("group config not written", "err", err)
-	}
-	if old != w.Amount {
-		s.log.Info("scaling", "from", old, "to", w.Amount)
-	}
-	s.converge(ctx)
-	if err := s.refresh(ctx); err != nil {
-		s.log.Warn("refresh failed", "err", err)
-	}
-}
-
-// converge starts instances 1..amount and stops any instance above.
-func (s *Supervisor) converge(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(ctx, s.o.StartTimeout)
-	defer cancel()
-	var wg sync.WaitGroup
-	s.mu.Lock()
-	amount := s.amount
-	for n := 1; n <= amount; n++ {
-		wg.Add(1)
-		go func(n int) {
-			defer wg.Done()
-			if err := s.o.Manager.Start(ctx, s.g.Instance(n)); err != nil {
-				s.log.Warn("instance did not start", "instance", n, "err", err)
-			}
-		}(n)
-	}
-	for n, st := range s.state {
-		if n > amount && st.ActiveState != "inactive" && st.ActiveState != "failed" {
-			// Out of dispatch first: a connection sent to a surplus
-			// instance while it stops would be queued in its hand-off
-			// socket and start it again (socket activation), and a
-			// scale-down under load never ended.
-			if s.disp != nil && s.disp.Up.Remove(n) {
-				s.log.Info("instance leaves dispatch", "instance", n, "reason", "scale-down")
-			}
-			wg.Add(1)
-			go func(n int) {
-				defer wg.Done()
-				// Stopping the hand-off socket stops the service too
-				// (Requires=), in one transaction: the worker drains
-				// what was queued before it left dispatch, and nothing
-				// can start it again.
-				if s.disp != nil {
-					if err := s.o.Manager.Stop(ctx, s.g.HandoffSocket(n)); err != nil {
-						s.log.Warn("surplus instance's hand-off socket did not stop", "instance", n, "err", err)
-					}
-				}
-				if err := s.o.Manager.Stop(ctx, s.g.Instance(n)); err != nil {
-					s.log.Warn("surplus instance did not stop", "instance", n, "err", err)
-				}
-			}(n)
-		}
 	}
 	s.mu.Unlock()
 	wg.Wait()
@@ -464,17 +692,17 @@ func Stopping(st units.UnitState) bool {
 	return false
 }
 
+// status is the STATUS= line: how many instances are up of those wanted
+// ("degraded: 1/3 instances up" when fewer), and the dispatch counters.
 func (s *Supervisor) status() string {
-	s.mu.Lock()
-	up := 0
-	for _, st := range s.state {
-		if st.ActiveState == "active" {
-			up++
-		}
+	up, amount := s.upCount()
+	msg := fmt.Sprintf("%d/%d instances up", up, amount)
+	switch {
+	case !s.isReady():
+		msg = "starting: " + msg
+	case up < amount:
+		msg = "degraded: " + msg
 	}
-	amount := s.amount
-	s.mu.Unlock()
-	msg := fmt.Sprintf("%d/%d instances active", up, amount)
 	if s.disp != nil {
 		st := s.disp.Stats()
 		msg += fmt.Sprintf(", %d in dispatch, %d connections handed off, %d sticky misses, %d dropped, %d PROXY errors",
@@ -486,6 +714,9 @@ func (s *Supervisor) status() string {
 		if queued > 0 {
 			msg += fmt.Sprintf(", %d waiting for a full hand-off queue", queued)
 		}
+	}
+	if op := s.runningOp(); op != "" {
+		msg += "; " + op + " running"
 	}
 	return msg
 }
@@ -515,18 +746,22 @@ type DispatchCounters struct {
 	ProxyBusy      uint64 `json:"proxy_busy"`
 }
 
+// dispatchState returns the dispatcher's counters and set, nil-safe.
+func (s *Supervisor) dispatchState() DispatchState {
+	st := s.disp.Stats()
+	return DispatchState{
+		DispatchCounters: DispatchCounters{HandedOff: st.HandedOff, StickyMiss: st.StickyMiss, Dropped: st.Dropped,
+			ProxyErrors: st.ProxyErrors, QueueFull: st.QueueFull, SendErrors: st.SendErrors, Redials: st.Redials,
+			AcceptErrors: st.AcceptErrors, ProxyUntrusted: st.ProxyUntrusted, ProxyBusy: st.ProxyBusy},
+		PerInstance: st.PerInstance, InDispatch: s.disp.Up.Snapshot().IDs(), Queued: st.Queued}
+}
+
 func (s *Supervisor) publish() {
 	s.o.Notify("STATUS=" + s.status())
 	if s.disp == nil {
 		return
 	}
-	st := s.disp.Stats()
-	ds := DispatchState{
-		DispatchCounters: DispatchCounters{HandedOff: st.HandedOff, StickyMiss: st.StickyMiss, Dropped: st.Dropped,
-			ProxyErrors: st.ProxyErrors, QueueFull: st.QueueFull, SendErrors: st.SendErrors, Redials: st.Redials,
-			AcceptErrors: st.AcceptErrors, ProxyUntrusted: st.ProxyUntrusted, ProxyBusy: st.ProxyBusy},
-		PerInstance: st.PerInstance, InDispatch: s.disp.Up.Snapshot().IDs(), Queued: st.Queued}
-	b, err := json.Marshal(ds)
+	b, err := json.Marshal(s.dispatchState())
 	if err == nil {
 		_, err = units.WriteFile(s.g.DispatchStatePath(), b, units.Public)
 	}

@@ -267,23 +267,69 @@ func (m *dbusManager) Close() error {
 }
 
 // job runs one job-enqueueing call and waits until systemd reports its end.
+// systemd reports it on the connection that enqueued the job: when that
+// connection closes meanwhile (daemon-reexec), the end is never reported
+// there, and job follows the unit on a new connection until its job is
+// gone instead of waiting for ever.
 func (m *dbusManager) job(ctx context.Context, what, unit string, enqueue func(c *sdbus.Conn) func(context.Context, string, string, chan<- string) (int, error)) error {
 	ch := make(chan string, 1)
+	var conn *sdbus.Conn
 	err := m.call(ctx, func(ctx context.Context, c *sdbus.Conn) error {
+		conn = c
 		_, err := enqueue(c)(ctx, unit, "replace", ch)
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", what, unit, err)
 	}
-	select {
-	case res := <-ch:
-		if res != "done" {
-			return fmt.Errorf("%s %s: job %s", what, unit, res)
+	check := time.NewTicker(jobCheck)
+	defer check.Stop()
+	for {
+		select {
+		case res := <-ch:
+			if res != "done" {
+				return fmt.Errorf("%s %s: job %s", what, unit, res)
+			}
+			return nil
+		case <-ctx.Done():
+			return fmt.Errorf("%s %s: %w", what, unit, ctx.Err())
+		case <-check.C:
+			if !conn.Connected() {
+				return m.settle(ctx, what, unit)
+			}
 		}
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("%s %s: %w", what, unit, ctx.Err())
+	}
+}
+
+// jobCheck is how often a job's wait checks that its connection lives.
+const jobCheck = time.Second
+
+// settle waits, on a new connection, until unit has no job pending, and
+// says whether what (start, restart, stop) ended as asked: systemd's
+// report of the job was lost with the old connection.
+func (m *dbusManager) settle(ctx context.Context, what, unit string) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st, err := m.State(ctx, unit)
+		if err == nil && st.JobType == NoJob {
+			ok := st.ActiveState.Running()
+			if what == "stop" {
+				ok = st.ActiveState.AtRest()
+			}
+			if !ok {
+				return fmt.Errorf("%s %s: the connection to systemd closed during the job; the unit is now %s (%s)", what, unit, st.ActiveState, st.SubState)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return fmt.Errorf("%s %s: the connection to systemd closed during the job: %w", what, unit, err)
+			}
+			return fmt.Errorf("%s %s: %w", what, unit, ctx.Err())
+		case <-tick.C:
+		}
 	}
 }
 

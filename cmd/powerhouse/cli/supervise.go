@@ -71,13 +71,16 @@ restarted or killed the workers keep running.`,
 					}
 				}
 			}()
+			// WatchdogSec= of the unit; 0 without.
+			wd, _ := daemon.SdWatchdogEnabled(false)
 			s, err := supervisor.New(supervisor.Options{
-				Reload:  reload,
-				Config:  c,
-				Group:   args[0],
-				Scope:   scopeOf(*user),
-				Manager: m,
-				Files:   activation.Files(true),
+				Watchdog: wd,
+				Reload:   reload,
+				Config:   c,
+				Group:    args[0],
+				Scope:    scopeOf(*user),
+				Manager:  m,
+				Files:    activation.Files(true),
 				Notify: func(state string) error {
 					_, err := daemon.SdNotify(false, state)
 					return err

@@ -1,0 +1,545 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/powerhouse/powerhouse/events"
+	"github.com/powerhouse/powerhouse/units"
+)
+
+func callErrName(err error) string {
+	var ce *CallError
+	if errors.As(err, &ce) {
+		return ce.Name
+	}
+	return ""
+}
+
+// TestReadyDegraded: one instance of three never starts (its start job
+// fails): the supervisor reports READY=1 with the two that run, and
+// STATUS= says it is degraded; the failed one is named in Status.
+func TestReadyDegraded(t *testing.T) {
+	r := newRig(t, apiTOML, "api", func(f *fakeManager, o *Options) {
+		f.fail["powerhouse-api@3.service"] = "exit-code"
+	})
+	r.run()
+	r.waitReady()
+	waitFor(t, r.n, "degraded status", func() bool { return len(r.n.find("STATUS=degraded: 2/3 instances up")) > 0 })
+	var gs GroupStatus
+	waitFor(t, r.n, "the start to end", func() bool { return r.s.runningOp() == "" })
+	gs, err := r.client().Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(gs.Instances) != 3 || gs.Instances[2].State != "failed" || gs.Instances[0].PID == 0 || gs.Instances[0].State != "active" {
+		t.Errorf("status instances: %+v", gs.Instances)
+	}
+	if gs.Supervisor.PID != uint32(os.Getpid()) || gs.Supervisor.Unit != "powerhouse@api.service" {
+		t.Errorf("status supervisor: %+v", gs.Supervisor)
+	}
+	// The third comes up (an operator fixed it): no longer degraded.
+	r.f.mu.Lock()
+	delete(r.f.fail, r.instance(3))
+	r.f.mu.Unlock()
+	r.f.set(r.instance(3), units.Active, "")
+	waitFor(t, r.n, "3/3 up", func() bool {
+		s := r.n.find("STATUS=3/3 instances up")
+		return len(s) > 0
+	})
+}
+
+// TestReadyOnlyWithAnInstanceUp: no READY=1 while nothing runs. The
+// start fails, naming each instance, its state and systemd's Result, so
+// that `systemctl start` ends with a reason: at once when every start job
+// failed (here at the start limit: nothing brings them back), and after
+// StartTimeout when the starts hang.
+func TestReadyOnlyWithAnInstanceUp(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		prepare func(f *fakeManager, unit string)
+		timeout time.Duration
+		want    []string
+	}{
+		{name: "start limit hit", timeout: time.Minute,
+			prepare: func(f *fakeManager, unit string) { f.fail[unit] = "start-limit-hit" },
+			want:    []string{"no instance of group api is up, and systemd is starting none: ", "powerhouse-api@1.service failed (failed), result start-limit-hit", "powerhouse-api@3.service"}},
+		{name: "starts hang", timeout: 300 * time.Millisecond,
+			prepare: func(f *fakeManager, unit string) { f.hold[unit] = make(chan struct{}) },
+			want:    []string{"no instance of group api became ready within 300ms: ", "powerhouse-api@1.service activating (start)", "powerhouse-api@3.service"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, apiTOML, "api", func(f *fakeManager, o *Options) {
+				for n := 1; n <= 3; n++ {
+					tc.prepare(f, units.Group{Name: "api"}.Instance(n))
+				}
+				o.StartTimeout = tc.timeout
+			})
+			start := time.Now()
+			err := r.s.Run(t.Context())
+			if err == nil {
+				t.Fatal("Run succeeded with no instance up")
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Errorf("the start failed after %v", d)
+			}
+			for _, want := range tc.want {
+				if !strings.Contains(err.Error(), want) {
+					t.Errorf("error %q lacks %q", err, want)
+				}
+			}
+			if got := r.n.find("READY=1"); len(got) != 0 {
+				t.Errorf("READY=1 sent with no instance up: %q", got)
+			}
+			if got := r.n.find("STATUS=failed: no instance"); len(got) == 0 {
+				t.Errorf("no STATUS= with the failure: %q", r.n.notify)
+			}
+			// systemd's own start timeout is pushed past ours.
+			if got := r.n.find(fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (tc.timeout + extendMargin).Microseconds())); len(got) == 0 {
+				t.Errorf("no EXTEND_TIMEOUT_USEC for the start: %q", r.n.notify)
+			}
+		})
+	}
+}
+
+// TestReload: a rolling reload restarts instance after instance, each
+// with its progress line, its EXTEND_TIMEOUT_USEC= and its worker.reload
+// event emitted by the supervisor.
+func TestReload(t *testing.T) {
+	r := newRig(t, apiTOML+"[worker.service]\ntimeout_start = \"20s\"\ntimeout_stop = \"5s\"\n", "api", nil)
+	r.run()
+	r.waitAll()
+	var lines []string
+	res, err := r.client().Reload(context.Background(), func(p Progress) { lines = append(lines, p.Message) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(res.Instances, []int{1, 2, 3}) || res.Message != "reload api: 3 instances restarted" {
+		t.Errorf("result %+v", res)
+	}
+	want := []string{"reload api: restarting powerhouse-api@1.service (1/3)", "reload api: restarting powerhouse-api@2.service (2/3)", "reload api: restarting powerhouse-api@3.service (3/3)"}
+	if !slices.Equal(lines, want) {
+		t.Errorf("progress %q, want %q", lines, want)
+	}
+	var restarts []string
+	for _, j := range r.f.jobs() {
+		if strings.HasPrefix(j, "restart ") {
+			restarts = append(restarts, j)
+		}
+	}
+	if !slices.Equal(restarts, []string{"restart powerhouse-api@1.service", "restart powerhouse-api@2.service", "restart powerhouse-api@3.service"}) {
+		t.Errorf("jobs %q", restarts)
+	}
+	// 5s stop + 20s start + 10s margin.
+	if got := r.n.find("EXTEND_TIMEOUT_USEC=35000000"); len(got) != 3 {
+		t.Errorf("EXTEND_TIMEOUT_USEC sent %d times, want 3: %q", len(got), r.n.notify)
+	}
+	if ev := r.n.eventsOf(events.WorkerReload); len(ev) != 3 || ev[0].Instance != 1 || ev[2].Instance != 3 {
+		t.Errorf("worker.reload events %+v", ev)
+	}
+}
+
+// TestReloadFailureNamesInstance: an instance that does not come back
+// ends the reload with an error naming it and why; the instances after
+// it keep their old process.
+func TestReloadFailureNamesInstance(t *testing.T) {
+	r := newRig(t, apiTOML, "api", nil)
+	r.run()
+	r.waitAll()
+	r.f.mu.Lock()
+	r.f.fail[r.instance(2)] = "timeout"
+	pid3 := r.f.units[r.instance(3)].pid
+	r.f.mu.Unlock()
+	_, err := r.client().Reload(context.Background(), nil)
+	if callErrName(err) != ErrFailed {
+		t.Fatalf("error %v, want %s", err, ErrFailed)
+	}
+	want := "reload api: instance 2 (powerhouse-api@2.service) did not become ready: restart powerhouse-api@2.service: job failed (result timeout); instances 3 keep their old process"
+	if err.Error() != want {
+		t.Errorf("error %q,\nwant %q", err, want)
+	}
+	r.f.mu.Lock()
+	if p := r.f.units[r.instance(3)].pid; p != pid3 {
+		t.Errorf("instance 3 restarted: pid %d -> %d", pid3, p)
+	}
+	r.f.mu.Unlock()
+}
+
+func TestReloadNotReloadable(t *testing.T) {
+	r := newRig(t, strings.Replace(apiTOML, "amount = 3", "amount = 1\nreloadable = false", 1), "api", nil)
+	r.run()
+	r.waitAll()
+	_, err := r.client().Reload(context.Background(), nil)
+	if callErrName(err) != ErrFailed || !strings.Contains(err.Error(), "group api is not reloadable (reloadable = false in "+r.cfg+")") {
+		t.Errorf("error %v", err)
+	}
+}
+
+// TestReloadOutlivesItsCaller: a caller that goes away after the first
+// instance leaves the reload running to its end: every instance is
+// restarted and reported. Then two callers at once: the second waits,
+// told so, and both succeed one after the other.
+func TestReloadOutlivesItsCaller(t *testing.T) {
+	r := newRig(t, apiTOML, "api", nil)
+	r.run()
+	r.waitAll()
+	hold := make(chan struct{})
+	r.f.mu.Lock()
+	r.f.hold[r.instance(2)] = hold
+	r.f.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() {
+		_, err := r.client().Reload(ctx, func(p Progress) {
+			if p.Instance == 2 {
+				cancel() // the operator's Ctrl-C, during the second instance
+			}
+		})
+		errc <- err
+	}()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the caller's call ended with %v, want context.Canceled", err)
+	}
+	// A second caller comes while it runs: it waits its turn.
+	var lines []string
+	second := make(chan error, 1)
+	go func() {
+		_, err := r.client().Reload(context.Background(), func(p Progress) { lines = append(lines, p.Message) })
+		second <- err
+	}()
+	waitFor(t, r.n, "the second reload to queue", func() bool {
+		r.s.opMu.Lock()
+		defer r.s.opMu.Unlock()
+		return r.s.waiting == 1
+	})
+	close(hold)
+	waitFor(t, r.n, "3 worker.reload events", func() bool { return len(r.n.eventsOf(events.WorkerReload)) >= 3 })
+	if err := <-second; err != nil {
+		t.Fatal(err)
+	}
+	if len(lines) == 0 || !strings.Contains(lines[0], "reload api: waiting for the running reload to end") {
+		t.Errorf("the second caller was not told it waits: %q", lines)
+	}
+	if n := len(r.n.eventsOf(events.WorkerReload)); n != 6 {
+		t.Errorf("%d worker.reload events, want 6", n)
+	}
+}
+
+// TestScale: up and down, with the instances started and stopped named;
+// a start failure names the instance; a bad amount is InvalidParameter.
+func TestScale(t *testing.T) {
+	r := newRig(t, apiTOML, "api", nil)
+	r.run()
+	r.waitAll()
+	c := r.client()
+	res, err := c.Scale(context.Background(), 5, nil)
+	if err != nil || res.Message != "scale api: 5 instances running; started 4, 5" {
+		t.Fatalf("scale 5: %+v %v", res, err)
+	}
+	var lines []string
+	res, err = c.Scale(context.Background(), 2, func(p Progress) { lines = append(lines, p.Message) })
+	if err != nil || res.Message != "scale api: 2 instances running; stopped 3, 4, 5" {
+		t.Fatalf("scale 2: %+v %v", res, err)
+	}
+	if len(lines) != 3 || !strings.Contains(strings.Join(lines, "\n"), "scale api: stopping powerhouse-api@4.service") {
+		t.Errorf("progress %q", lines)
+	}
+	for n := 3; n <= 5; n++ {
+		st, _ := r.f.State(context.Background(), r.instance(n))
+		if st.ActiveState != units.Inactive {
+			t.Errorf("instance %d %s after scale 2", n, st.ActiveState)
+		}
+	}
+	waitFor(t, r.n, "status 2/2", func() bool { return len(r.n.find("STATUS=2/2 instances up")) > 0 })
+	r.f.mu.Lock()
+	r.f.fail[r.instance(4)] = "exit-code"
+	r.f.mu.Unlock()
+	_, err = c.Scale(context.Background(), 4, nil)
+	if callErrName(err) != ErrFailed || !strings.Contains(err.Error(), "instance 4 (powerhouse-api@4.service) did not start: start powerhouse-api@4.service: job failed (result exit-code)") {
+		t.Errorf("scale with a failing instance: %v", err)
+	}
+	for _, n := range []int{0, 1025} {
+		if _, err := c.Scale(context.Background(), n, nil); callErrName(err) != ErrInvalid {
+			t.Errorf("scale %d: %v, want %s", n, err, ErrInvalid)
+		}
+	}
+}
+
+// TestReconfigure: keys changed in the file reach the running workers, by
+// SIGHUP where the configuration or the worker's report says it re-reads
+// it, by a rolling restart otherwise; master.reconfigure carries the
+// keys, and values only for public_config keys. A changed amount scales.
+func TestReconfigure(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		extra    string // [[worker]] keys
+		reports  map[int]bool
+		signals  []int
+		restarts []int
+		how      string
+	}{
+		{name: "reload_signal", extra: `reload_signal = "SIGHUP"`, signals: []int{1, 2, 3},
+			how: `sent SIGHUP to 3 running workers (reload_signal = "SIGHUP"), which re-read it without a restart`},
+		{name: "restart", restarts: []int{1, 2, 3}, how: "restarted 3 instances one at a time (no reload_signal: the workers may not handle SIGHUP)"},
+		{name: "declared by report", reports: map[int]bool{2: true}, signals: []int{2}, restarts: []int{1, 3},
+			how: "sent SIGHUP to 1 running workers (they declared it over the report channel), which re-read it without a restart; restarted 2 instances one at a time"},
+		{name: "not reloadable", extra: "reloadable = false",
+			how: "3 running workers keep the old configuration until they restart"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			toml := strings.Replace(apiTOML, "amount = 3", "amount = 3\npublic_config = [\"color\"]\n"+tc.extra, 1)
+			r := newRig(t, toml, "api", func(f *fakeManager, o *Options) {
+				if tc.reports != nil {
+					o.Reports = reportsOf(tc.reports)
+				}
+			})
+			r.run()
+			r.waitReady()
+			edited := strings.Replace(strings.Replace(toml, `"blue"`, `"red"`, 1), `"s3cret"`, `"other"`, 1)
+			if err := os.WriteFile(r.cfg, []byte(edited), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			res, err := r.client().Reconfigure(context.Background(), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(res.Keys, []string{"color", "secret"}) || !strings.Contains(res.Message, tc.how) {
+				t.Errorf("result %+v, want keys color, secret and %q", res, tc.how)
+			}
+			var signals, restarts []int
+			for _, j := range r.f.jobs() {
+				verb, unit, _ := strings.Cut(strings.TrimPrefix(j, "signal hangup"), " ")
+				if verb == "" {
+					verb = "signal"
+				}
+				n, ok := r.s.g.InstanceOf(unit)
+				switch {
+				case ok && verb == "signal":
+					signals = append(signals, n)
+				case ok && verb == "restart":
+					restarts = append(restarts, n)
+				}
+			}
+			if !slices.Equal(signals, tc.signals) || !slices.Equal(restarts, tc.restarts) {
+				t.Errorf("SIGHUP to %v and restarts of %v, want %v and %v", signals, restarts, tc.signals, tc.restarts)
+			}
+			ev := r.n.eventsOf(events.MasterReconfigure)
+			if len(ev) != 1 || ev[0].Fields["keys"] != "color,secret" || ev[0].Fields["values"] != `{"color":"red"}` {
+				t.Errorf("master.reconfigure %+v", ev)
+			}
+			b, err := os.ReadFile(r.s.g.ConfigPath())
+			if err != nil || !strings.Contains(string(b), `"red"`) {
+				t.Errorf("config.json: %s %v", b, err)
+			}
+			// Unchanged: nothing delivered, nothing reported.
+			res, err = r.client().Reconfigure(context.Background(), nil)
+			if err != nil || res.Message != "reconfigure api: configuration unchanged" || len(r.n.eventsOf(events.MasterReconfigure)) != 1 {
+				t.Errorf("second reconfigure: %+v %v", res, err)
+			}
+		})
+	}
+}
+
+type reportsOf map[int]bool
+
+func (r reportsOf) ReloadsOnSIGHUP(n int) bool { return r[n] }
+
+// TestSIGHUPAppliesAmount: SIGHUP (Options.Reload), the way `powerhouse
+// scale` of earlier releases asks, re-reads the file and scales.
+func TestSIGHUPAppliesAmount(t *testing.T) {
+	r := newRig(t, apiTOML, "api", nil)
+	r.run()
+	r.waitAll()
+	if err := os.WriteFile(r.cfg, []byte(strings.Replace(apiTOML, "amount = 3", "amount = 1", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.hup <- struct{}{}
+	waitFor(t, r.n, "scale to 1", func() bool { return len(r.n.find("STATUS=1/1 instances up")) > 0 && r.s.runningOp() == "" })
+	for _, n := range []int{2, 3} {
+		if st, _ := r.f.State(context.Background(), r.instance(n)); st.ActiveState != units.Inactive {
+			t.Errorf("instance %d %s", n, st.ActiveState)
+		}
+	}
+	// A broken file changes nothing and says so in the log.
+	if err := os.WriteFile(r.cfg, []byte("amount = ["), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.client().Reconfigure(context.Background(), nil)
+	if callErrName(err) != ErrFailed || !strings.Contains(err.Error(), "configuration not reloaded") {
+		t.Errorf("reconfigure of a broken file: %v", err)
+	}
+}
+
+// TestBusLoss: systemd's bus goes away (every call fails, the watch
+// closes) and comes back: the supervisor keeps running, watches again and
+// sees what changed meanwhile.
+func TestBusLoss(t *testing.T) {
+	r := newRig(t, apiTOML, "api", nil)
+	r.run()
+	r.waitAll()
+	r.f.setBus(errors.New("connection closed"))
+	// Calls fail meanwhile: an operation fails, the supervisor stays.
+	if _, err := r.client().Reload(context.Background(), nil); callErrName(err) != ErrFailed {
+		t.Errorf("reload without a bus: %v", err)
+	}
+	r.f.mu.Lock()
+	r.f.unit(r.instance(2)).st.ActiveState = units.Failed // changed while nobody watched
+	r.f.mu.Unlock()
+	r.f.setBus(nil)
+	waitFor(t, r.n, "the lost change", func() bool { return len(r.n.find("STATUS=degraded: 2/3 instances up")) > 0 })
+	waitFor(t, r.n, "a new watch", func() bool {
+		r.f.mu.Lock()
+		defer r.f.mu.Unlock()
+		return len(r.f.watches) == 1
+	})
+	// An empty name (units.Manager's reconnect) re-reads everything.
+	r.f.mu.Lock()
+	r.f.unit(r.instance(2)).st.ActiveState = units.Active
+	r.f.watches[0] <- ""
+	r.f.mu.Unlock()
+	waitFor(t, r.n, "3/3 after a re-read", func() bool { return len(r.n.find("STATUS=3/3 instances up")) > 0 })
+	select {
+	case err := <-r.done:
+		t.Fatalf("Run ended: %v", err)
+	default:
+	}
+}
+
+// TestFlapping: an instance that crashes and is restarted by systemd
+// again and again is reported each time (worker.stop, worker.start).
+func TestFlapping(t *testing.T) {
+	r := newRig(t, apiTOML, "api", nil)
+	r.run()
+	r.waitAll()
+	of1 := func(t events.Type) int {
+		n := 0
+		for _, e := range r.n.eventsOf(t) {
+			if e.Instance == 1 {
+				n++
+			}
+		}
+		return n
+	}
+	starts := of1(events.WorkerStart)
+	for i := 0; i < 3; i++ {
+		r.f.set(r.instance(1), units.Failed, "signal")
+		waitFor(t, r.n, "worker.stop", func() bool { return of1(events.WorkerStop) == i+1 })
+		r.f.set(r.instance(1), units.Active, "")
+		waitFor(t, r.n, "worker.start", func() bool { return of1(events.WorkerStart) == starts+i+1 })
+	}
+	stops := r.n.eventsOf(events.WorkerStop)
+	if stops[0].Fields["signal"] != "SIGKILL" || stops[0].Fields["result"] != "signal" {
+		t.Errorf("worker.stop %+v", stops[0])
+	}
+	gs, err := r.client().Status(context.Background())
+	if err != nil || gs.Instances[0].Restarts != 3 {
+		t.Errorf("status after 3 crashes: %+v %v", gs.Instances, err)
+	}
+}
+
+// TestStopEndsWaitingOperations: operations queued when the supervisor
+// stops fail with Stopping, and later calls are refused.
+func TestStopEndsWaitingOperations(t *testing.T) {
+	r := newRig(t, apiTOML, "api", nil)
+	r.run()
+	r.waitAll()
+	hold := make(chan struct{})
+	r.f.mu.Lock()
+	r.f.hold[r.instance(1)] = hold
+	r.f.mu.Unlock()
+	first := make(chan error, 1)
+	go func() { _, err := r.client().Reload(context.Background(), nil); first <- err }()
+	waitFor(t, r.n, "the reload to run", func() bool { return r.s.runningOp() == "reload" })
+	second := make(chan error, 1)
+	go func() { _, err := r.client().Scale(context.Background(), 2, nil); second <- err }()
+	waitFor(t, r.n, "the scale to queue", func() bool {
+		r.s.opMu.Lock()
+		defer r.s.opMu.Unlock()
+		return r.s.waiting == 1
+	})
+	r.stop()
+	close(hold)
+	if err := <-second; callErrName(err) != ErrStopping {
+		t.Errorf("queued scale: %v, want %s", err, ErrStopping)
+	}
+	<-first
+	if err := <-r.done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	r.done <- nil // for the cleanup
+	if ev := r.n.eventsOf(events.MasterShutdown); len(ev) != 1 {
+		t.Errorf("master.shutdown events %+v", ev)
+	}
+}
+
+func TestSpan(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+	}{
+		{"", 90 * time.Second}, {"30", 30 * time.Second}, {"500ms", 500 * time.Millisecond}, {"2min", 2 * time.Minute},
+		{"1h", time.Hour}, {"infinity", maxExtend}, {"9999999h", maxExtend}, {"99999999999999999999999", maxExtend}, {"10us", 10 * time.Microsecond},
+	} {
+		if got := span(tc.in); got != tc.want {
+			t.Errorf("span(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+	}
+}
+
+// TestSIGHUPDeliversOnlyWhatWorkersLack: on SIGHUP the keys to deliver
+// are those config.json does not hold yet. A `set` of an earlier release
+// wrote config.json and delivered it itself, then its `scale` sent
+// SIGHUP: that scale must not deliver the set's keys again (a second
+// rolling restart, a second master.reconfigure). A file edited by hand,
+// then SIGHUP, is delivered.
+func TestSIGHUPDeliversOnlyWhatWorkersLack(t *testing.T) {
+	// An integer: TOML's int64 and config.json's float64 are the same.
+	toml := strings.Replace(apiTOML, `color = "blue"`, "color = \"blue\"\nport = 8080", 1)
+	r := newRig(t, toml, "api", nil)
+	r.run()
+	r.waitAll()
+	restarts := func() int {
+		n := 0
+		for _, j := range r.f.jobs() {
+			if strings.HasPrefix(j, "restart ") {
+				n++
+			}
+		}
+		return n
+	}
+	// The earlier release's set: file and config.json both say red.
+	red := strings.Replace(toml, `"blue"`, `"red"`, 1)
+	if err := os.WriteFile(r.cfg, []byte(red), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(r.s.g.ConfigPath(), []byte(`{"color":"red","port":8080,"secret":"s3cret"}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Its scale: the amount in the file, then SIGHUP.
+	if err := os.WriteFile(r.cfg, []byte(strings.Replace(red, "amount = 3", "amount = 2", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.hup <- struct{}{}
+	waitFor(t, r.n, "scale to 2", func() bool { return len(r.n.find("STATUS=2/2 instances up")) > 0 && r.s.runningOp() == "" })
+	if n := restarts(); n != 0 || len(r.n.eventsOf(events.MasterReconfigure)) != 0 {
+		t.Errorf("the set's keys were delivered again: %d restarts, %d master.reconfigure", n, len(r.n.eventsOf(events.MasterReconfigure)))
+	}
+	// By hand, then SIGHUP: delivered.
+	if err := os.WriteFile(r.cfg, []byte(strings.Replace(strings.Replace(red, "amount = 3", "amount = 2", 1), `"red"`, `"green"`, 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.hup <- struct{}{}
+	waitFor(t, r.n, "master.reconfigure", func() bool { return len(r.n.eventsOf(events.MasterReconfigure)) == 1 && r.s.runningOp() == "" })
+	if ev := r.n.eventsOf(events.MasterReconfigure)[0]; ev.Fields["keys"] != "color" {
+		t.Errorf("master.reconfigure keys %q, want color", ev.Fields["keys"])
+	}
+	if n := restarts(); n != 2 {
+		t.Errorf("%d restarts, want 2 (a rolling restart of the 2 instances)", n)
+	}
+}
