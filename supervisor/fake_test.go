@@ -287,8 +287,26 @@ func (f *fakeManager) Since(ctx context.Context, name string) (t time.Time, err 
 	return
 }
 
+// UnitByPID names the unit whose main process is pid, as systemd would
+// (a worker's own children aside).
 func (f *fakeManager) UnitByPID(ctx context.Context, pid uint32) (string, error) {
-	return "", errors.New("fake: no unit by pid")
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for name, u := range f.units {
+		if u.pid == pid && pid != 0 {
+			return name, nil
+		}
+	}
+	return "", fmt.Errorf("fake: no unit has pid %d", pid)
+}
+
+// setPID makes pid the main process of unit (a report from this test
+// process then comes from that unit) and tells the watchers.
+func (f *fakeManager) setPID(name string, pid uint32) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.unit(name).pid = pid
+	f.changed(name)
 }
 func (f *fakeManager) ExecStart(ctx context.Context, name string) ([]string, error) {
 	return nil, errors.New("fake: no ExecStart")

@@ -107,6 +107,8 @@ type Supervisor struct {
 	beats    func() []uint64
 	// serving says that the dispatcher runs.
 	serving atomic.Bool
+	// declared is what the workers said over the report socket.
+	declared declared
 }
 
 // New checks o and returns a supervisor ready to Run.
@@ -134,6 +136,10 @@ func New(o Options) (*Supervisor, error) {
 		log: o.Log.With("group", o.Group), amount: w.Amount, state: map[int]units.UnitState{}, pids: map[int]uint32{},
 		uid: os.Geteuid(), ops: make(chan *operation, maxWaiting), kick: make(chan struct{}, 1)}
 	s.beats = func() []uint64 { return nil }
+	s.declared.hello = map[int]heard{}
+	if s.o.Reports == nil {
+		s.o.Reports = workerReports{s}
+	}
 	if w.Sticky {
 		s.disp = sticky.NewDispatcher(sticky.DispatcherOptions{
 			Path: s.g.HandoffPath,
@@ -189,6 +195,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	go func() { defer close(ctlDone); s.serveControl(opCtx, ctl) }()
 	wdDone := make(chan struct{})
 	go func() { defer close(wdDone); s.watchdog(opCtx) }()
+	// Workers that cannot report are served all the same: without the
+	// socket they are only taken for workers that declare nothing.
+	reportsDone := make(chan struct{})
+	if r, err := s.listenReports(); err != nil {
+		s.log.Warn("workers cannot report to this supervisor", "err", err)
+		close(reportsDone)
+	} else {
+		go func() { defer close(reportsDone); defer r.Close(); s.serveReports(opCtx, r) }()
+	}
 
 	dctx, stopDispatch := context.WithCancel(context.WithoutCancel(ctx))
 	dispatchErr := make(chan error, 1)
@@ -306,6 +321,7 @@ loop:
 	<-opsDone
 	<-ctlDone
 	<-wdDone
+	<-reportsDone
 	stopDispatch()
 	if s.serving.Load() && runErr == nil {
 		<-dispatchErr

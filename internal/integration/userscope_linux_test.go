@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"github.com/powerhouse/powerhouse/units"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,12 +12,6 @@ import (
 
 	"github.com/powerhouse/powerhouse/internal/sdbox"
 )
-
-// userScopeGate is the environment variable that runs
-// TestIntegrationUserScope. The gate exists only while `--user` does not
-// work yet (issue 12, section 2); the integrator removes it, and this
-// comment, once the product passes the test, so that CI runs it.
-const userScopeGate = "POWERHOUSE_TEST_USERSCOPE"
 
 // userHouseConfig is the user's house: one sticky group of three hello
 // instances on the demo's web port.
@@ -63,10 +56,6 @@ type userStatus struct {
 // (sdbox.Box.UserManager: useradd in the box's private /etc, then
 // user@UID.service started directly, as logind is masked there).
 func TestIntegrationUserScope(t *testing.T) {
-	if os.Getenv(userScopeGate) != "1" {
-		// The integrator removes this gate once --user works (issue 12).
-		t.Skipf("set %s=1: --user does not work yet (issue 12, section 2)", userScopeGate)
-	}
 	h := bootHouse(t, sdbox.Options{UserManagers: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

@@ -1,0 +1,140 @@
+package supervisor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/powerhouse/powerhouse/handoff"
+	"github.com/powerhouse/powerhouse/report"
+)
+
+// declared is what the group's workers said over the report socket: the
+// last Hello of each instance's worker, with the PID that sent it, so that
+// a Hello from a process that has since been replaced counts for nothing.
+type declared struct {
+	mu    sync.Mutex
+	hello map[int]heard
+	// refused counts datagrams refused or from no instance of the group;
+	// logged at most once a minute.
+	refused    uint64
+	lastLogged time.Time
+}
+
+type heard struct {
+	pid   uint32
+	hello report.Hello
+}
+
+// helloOf returns the Hello that instance n's worker, main process pid,
+// sent; false when it sent none.
+func (d *declared) helloOf(n int, pid uint32) (report.Hello, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	h, ok := d.hello[n]
+	if !ok || pid == 0 || h.pid != pid {
+		return report.Hello{}, false
+	}
+	return h.hello, true
+}
+
+// workerReports answers Options.Reports from what the workers declared,
+// for the process each instance runs now.
+type workerReports struct{ s *Supervisor }
+
+func (r workerReports) ReloadsOnSIGHUP(n int) bool {
+	r.s.mu.Lock()
+	pid := r.s.pids[n]
+	r.s.mu.Unlock()
+	h, ok := r.s.declared.helloOf(n, pid)
+	return ok && h.Features.Has(report.FeatureReloadOnSIGHUP)
+}
+
+// listenReports binds the group's report socket, which the workers' group
+// may send to (the supervisor owns the file and is a member of that
+// group). In a user's house, or without that group, it stays the
+// supervisor's own: its workers run as the same user.
+func (s *Supervisor) listenReports() (*report.Receiver, error) {
+	gid := -1
+	if os.Geteuid() == 0 {
+		if g, _, err := WorkerGroup(s.worker().Service); err == nil {
+			gid = g
+		}
+	}
+	r, err := report.Listen(s.g.ReportPath(), 0o660, gid)
+	if err != nil {
+		return nil, fmt.Errorf("report socket: %w", err)
+	}
+	return r, nil
+}
+
+// serveReports receives the workers' reports until ctx ends. A datagram
+// is attributed to an instance by its sender's PID (GetUnitByPID): a
+// process of another group, or of none, is refused, since every group's
+// workers may share one user and group.
+func (s *Supervisor) serveReports(ctx context.Context, r *report.Receiver) {
+	for {
+		m, from, err := r.Recv(ctx)
+		var de *report.DatagramError
+		switch {
+		case errors.As(err, &de):
+			var ve *report.VersionError
+			if errors.As(err, &ve) {
+				// A worker of another release: loudly, naming both.
+				s.log.Error("a worker reports in a format this supervisor does not read", "pid", de.Sender.PID, "err", err)
+				continue
+			}
+			s.refusedReport(err)
+			continue
+		case err != nil:
+			if ctx.Err() == nil && !errors.Is(err, os.ErrClosed) {
+				s.log.Warn("report socket: receiving ended", "err", err)
+			}
+			return
+		}
+		unit, err := s.o.Manager.UnitByPID(ctx, uint32(from.PID))
+		n, ok := s.g.InstanceOf(unit)
+		if err != nil || !ok {
+			s.refusedReport(fmt.Errorf("report from pid %d, which is no instance of group %s (unit %q, %v)", from.PID, s.g.Name, unit, err))
+			continue
+		}
+		switch m := m.(type) {
+		case report.Hello:
+			s.declared.mu.Lock()
+			prev, known := s.declared.hello[n]
+			s.declared.hello[n] = heard{pid: uint32(from.PID), hello: m}
+			s.declared.mu.Unlock()
+			if known && prev.pid == uint32(from.PID) {
+				continue // the periodic repeat
+			}
+			if err := m.Compatible(handoff.Version); err != nil {
+				s.log.Error("instance cannot take this supervisor's hand-offs", "instance", n, "unit", unit, "err", err)
+				continue
+			}
+			s.log.Debug("worker declared", "instance", n, "pid", from.PID, "release", m.Release, "features", m.Features.String())
+		case report.Draining:
+			s.log.Debug("worker draining", "instance", n, "pid", from.PID)
+		case report.Closed:
+			// Counted by the library; the supervisor has no use for it yet.
+		}
+	}
+}
+
+// refusedReport counts a refused report and logs it, at most once a minute.
+func (s *Supervisor) refusedReport(err error) {
+	d := &s.declared
+	d.mu.Lock()
+	d.refused++
+	n := d.refused
+	log := time.Since(d.lastLogged) >= time.Minute
+	if log {
+		d.lastLogged = time.Now()
+	}
+	d.mu.Unlock()
+	if log {
+		s.log.Warn("report refused", "refused_so_far", n, "err", err)
+	}
+}
