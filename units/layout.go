@@ -137,6 +137,17 @@ func (g Group) InstanceOf(unit string) (int, bool) {
 	return n, true
 }
 
+// GroupOfSupervisor returns the group whose supervisor unit is unit
+// (powerhouse@web.service: web), and false for any other unit.
+func GroupOfSupervisor(unit string) (string, bool) {
+	prefix, suffix, _ := strings.Cut(SupervisorPattern, "*")
+	name, ok := strings.CutPrefix(unit, prefix)
+	if name, ok2 := strings.CutSuffix(name, suffix); ok && ok2 && name != "" && (Group{Name: name}).SupervisorUnit() == unit {
+		return name, true
+	}
+	return "", false
+}
+
 // Owns reports whether unit is one of the group's own units (its sockets,
 // its worker and hand-off templates and their instances). The supervisor
 // template is every group's, so it is none's.

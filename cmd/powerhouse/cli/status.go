@@ -90,7 +90,7 @@ func statusGroups(e *env, mf *managerFlags, args []string, m *units.Manager) ([]
 	if err != nil && (*mf.config != "" || !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, fs.ErrPermission)) {
 		return nil, err
 	}
-	if err == nil {
+	fromConfig := func(c *config.Config) ([]statusGroup, error) {
 		ws, err := groupsOf(c, args)
 		if err != nil {
 			return nil, err
@@ -100,6 +100,9 @@ func statusGroups(e *env, mf *managerFlags, args []string, m *units.Manager) ([]
 			out = append(out, statusGroup{g: e.group(w.Name, *mf.user), w: w})
 		}
 		return out, nil
+	}
+	if err == nil {
+		return fromConfig(c)
 	}
 	loadErr := err
 	if *m, err = connect(e.ctx, *mf.user); err != nil {
@@ -112,7 +115,7 @@ func statusGroups(e *env, mf *managerFlags, args []string, m *units.Manager) ([]
 	var names []string
 	var exec []string
 	for _, st := range sups {
-		name, ok := groupOfSupervisor(st.Name)
+		name, ok := units.GroupOfSupervisor(st.Name)
 		if !ok {
 			continue
 		}
@@ -126,15 +129,7 @@ func statusGroups(e *env, mf *managerFlags, args []string, m *units.Manager) ([]
 	}
 	if p := configFlag(exec); p != "" {
 		if c, err := config.Load(p); err == nil {
-			ws, err := groupsOf(c, args)
-			if err != nil {
-				return nil, err
-			}
-			var out []statusGroup
-			for _, w := range ws {
-				out = append(out, statusGroup{g: e.group(w.Name, *mf.user), w: w})
-			}
-			return out, nil
+			return fromConfig(c)
 		}
 	}
 	sort.Strings(names)
@@ -151,16 +146,6 @@ func statusGroups(e *env, mf *managerFlags, args []string, m *units.Manager) ([]
 		out = append(out, statusGroup{g: e.group(n, *mf.user)})
 	}
 	return out, nil
-}
-
-// groupOfSupervisor returns the group whose supervisor unit is unit.
-func groupOfSupervisor(unit string) (string, bool) {
-	prefix, suffix, _ := strings.Cut(units.SupervisorPattern, "*")
-	name, ok := strings.CutPrefix(unit, prefix)
-	if name, ok2 := strings.CutSuffix(name, suffix); ok && ok2 && name != "" && (units.Group{Name: name}).SupervisorUnit() == unit {
-		return name, true
-	}
-	return "", false
 }
 
 // configFlag returns the --config value of a supervisor's ExecStart=

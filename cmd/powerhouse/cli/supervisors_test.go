@@ -437,27 +437,6 @@ func TestStatusFromSupervisor(t *testing.T) {
 	}
 }
 
-// TestGroupOfSupervisor: the group is read back from a supervisor unit's
-// name through units.Group, and nothing else is taken for one.
-func TestGroupOfSupervisor(t *testing.T) {
-	for _, tc := range []struct {
-		unit, want string
-		ok         bool
-	}{
-		{units.Group{Name: "web"}.SupervisorUnit(), "web", true},
-		{units.Group{Name: "a-b_c"}.SupervisorUnit(), "a-b_c", true},
-		{units.Group{Name: "web"}.Instance(1), "", false},
-		{units.Group{Name: "web"}.PublicSocket(), "", false},
-		{units.SupervisorTemplate, "", false},
-		{units.Target, "", false},
-	} {
-		got, ok := groupOfSupervisor(tc.unit)
-		if got != tc.want || ok != tc.ok {
-			t.Errorf("groupOfSupervisor(%q) = %q %v, want %q %v", tc.unit, got, ok, tc.want, tc.ok)
-		}
-	}
-}
-
 // TestConfigFlag reads the configuration from a supervisor's ExecStart=.
 func TestConfigFlag(t *testing.T) {
 	for _, tc := range []struct {
