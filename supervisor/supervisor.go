@@ -239,7 +239,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	defer heartbeat.Stop()
 	var rewatch <-chan time.Time
 	var runErr error
-	s.checkReady(serve)
+	s.checkReady(serve, false)
 loop:
 	for {
 		s.checkIn()
@@ -296,14 +296,18 @@ loop:
 			}
 		case <-heartbeat.C:
 		case <-startTimer.C:
-			if !s.isReady() {
+			if up, _ := s.upCount(); !s.isReady() && up > 0 {
+				// Start jobs still pending past the timeout: serve, and
+				// say ready, with what is up (STATUS= says degraded).
+				s.checkReady(serve, true)
+			} else if !s.isReady() {
 				runErr = s.startFailed(ctx, fmt.Sprintf("became ready within %v", s.o.StartTimeout))
 				break loop
 			}
 		case <-pub.C:
 			s.publish()
 		}
-		s.checkReady(serve)
+		s.checkReady(serve, closed(startOver))
 		// Every start job ended and every instance is at rest with
 		// nothing to bring it back (failed: its start limit hit, or
 		// Restart= gave up): waiting longer would only hold up
@@ -368,16 +372,21 @@ func (s *Supervisor) isReady() bool {
 	return s.ready
 }
 
-// checkReady reports READY=1 once an instance is up: for a sticky group
-// the dispatcher then serves, and the instance is in its set (an
-// instance up is a member); for another group, an active instance takes
-// connections on the shared socket itself.
-func (s *Supervisor) checkReady(serve func()) {
+// checkReady serves once an instance is up (for a sticky group the
+// dispatcher then serves, and the instance is in its set: an instance up
+// is a member; for another group, an active instance takes connections on
+// the shared socket itself), and reports READY=1 once, besides, the start
+// jobs have ended (started is closed): `systemctl start` returns with the
+// house up, or degraded and saying so, never with instances still coming.
+func (s *Supervisor) checkReady(serve func(), started bool) {
 	up, amount := s.upCount()
 	if up == 0 {
 		return
 	}
 	serve()
+	if !started {
+		return
+	}
 	s.mu.Lock()
 	first := !s.ready
 	s.ready = true

@@ -53,7 +53,7 @@ func TestIntegrationInstallNotReady(t *testing.T) {
 // restarted the instances itself).
 func TestIntegrationSupervisorDoesNotAnswer(t *testing.T) {
 	h := bootHouse(t, sdbox.Options{})
-	cfg := "[[worker]]\nname = \"web\"\namount = 2\nexec = \"" + filepath.Join(boxBin, "hello") + "\"\n"
+	cfg := "[[worker]]\nname = \"web\"\namount = 2\nlisten = [\"127.0.0.1:9999\"]\nexec = \"" + filepath.Join(boxBin, "hello") + "\"\n"
 	if err := os.MkdirAll(h.box.Path("/run/src"), 0o755); err != nil {
 		t.Fatal(err)
 	}

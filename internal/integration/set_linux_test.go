@@ -33,7 +33,14 @@ listen = ["127.0.0.1:9994"]
 public_config = ["level"]
 [worker.service]
 group = "root"
-`, python, py)
+
+[[worker]]
+name   = "lib"
+exec   = %q
+amount = 2
+sticky = true
+listen = ["127.0.0.1:9993"]
+`, python, py, filepath.Join(boxBin, "hello"))
 	h := newHouse(t, cfg)
 	h.systemctl("start", "powerhouse.target")
 	running := func(group string, n int) func() bool {
@@ -60,7 +67,7 @@ group = "root"
 		if err != nil {
 			t.Fatalf("set: %v\n%s\n%s", err, out, h.journal())
 		}
-		if !strings.Contains(out, "restarted the 2 instances one at a time") {
+		if !strings.Contains(out, "restarted 2 instances one at a time") {
 			t.Errorf("set does not say it restarted the instances:\n%s", out)
 		}
 		after := pidsOf(h, "py", 2)
@@ -110,6 +117,30 @@ group = "root"
 		}
 		if all, _ := h.run("journalctl", "--no-pager", "-o", "json"); strings.Contains(all, "s3cret") {
 			t.Errorf("a secret value reached the journal:\n%s", grepLines(all, "s3cret"))
+		}
+	})
+
+	// hello uses the activation library, which tells its supervisor over
+	// the report socket that it re-reads its configuration on SIGHUP: a
+	// group without reload_signal is signalled, not restarted.
+	t.Run("SIGHUP declared over the report channel", func(t *testing.T) {
+		if !waitUntil(20*time.Second, running("lib", 2)) {
+			t.Fatalf("lib instances not running: %v", pidsOf(h, "lib", 2))
+		}
+		before := pidsOf(h, "lib", 2)
+		out, err := h.powerhouse("set", "--config", boxConfig, "lib", `greeting="declared"`)
+		if err != nil {
+			t.Fatalf("set: %v\n%s", err, out)
+		}
+		if !strings.Contains(out, "sent SIGHUP to 2 running workers (they declared it over the report channel)") {
+			t.Errorf("set does not say it signalled the workers that declared it:\n%s\n%s", out, h.journal())
+		}
+		waitFor(t, 5*time.Second, "lib workers to re-read their config", func() bool {
+			body, err := getBody(client(clientAddr(0)), "http://127.0.0.1:9993/config")
+			return err == nil && strings.Contains(body, `"greeting":"declared"`)
+		})
+		if after := pidsOf(h, "lib", 2); fmt.Sprint(after) != fmt.Sprint(before) {
+			t.Errorf("lib workers restarted: %v -> %v", before, after)
 		}
 	})
 
