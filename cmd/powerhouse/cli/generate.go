@@ -43,15 +43,10 @@ problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 		out := fs.String("o", "", "write the unit files into `DIR` instead of printing them")
 		po := pathFlags(fs)
 		return func(e *env, args []string) error {
-			c, o, err := po.load(args)
+			c, o, us, err := po.generate(e, args)
 			if err != nil {
 				return err
 			}
-			us, err := generator.Generate(c, o)
-			if err != nil {
-				return err
-			}
-			printWarnings(e, c)
 			for i := range c.Workers {
 				fmt.Fprintf(e.stderr, "generate: group %s: %s\n", c.Workers[i].Name, setDelivery(&c.Workers[i]))
 			}
@@ -123,6 +118,21 @@ func (p *pathOptions) load(args []string) (*config.Config, generator.Options, er
 
 // noConfigGiven explains a missing default CONFIG: a new user's first
 // `powerhouse generate` got only "no such file or directory".
+// generate loads the configuration args name, generates its units and
+// prints its warnings: the first steps of generate and verify.
+func (p *pathOptions) generate(e *env, args []string) (*config.Config, generator.Options, []generator.Unit, error) {
+	c, o, err := p.load(args)
+	if err != nil {
+		return nil, o, nil, err
+	}
+	us, err := generator.Generate(c, o)
+	if err != nil {
+		return nil, o, nil, err
+	}
+	printWarnings(e, c)
+	return c, o, us, nil
+}
+
 func noConfigGiven(err error, args []string) error {
 	if len(args) == 0 && errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w: no CONFIG given, and no house is installed there (name the configuration file as CONFIG)", err)

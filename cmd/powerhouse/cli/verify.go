@@ -32,15 +32,10 @@ systemd-analyze reports a finding or cannot run.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		po := pathFlags(fs)
 		return func(e *env, args []string) error {
-			c, o, err := po.load(args)
+			c, o, us, err := po.generate(e, args)
 			if err != nil {
 				return err
 			}
-			us, err := generator.Generate(c, o)
-			if err != nil {
-				return err
-			}
-			printWarnings(e, c)
 			// verify also checks configurations meant for other
 			// machines: an account missing here is only a warning
 			// (install refuses it on the system it installs to).
