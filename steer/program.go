@@ -15,7 +15,9 @@ import (
 //	proto := ctx.eth_protocol
 //	IPv4: load 4 bytes at network offset 12 (saddr): hi = 0, lo = 0x0000ffff<<32 | be32
 //	IPv6: load 16 bytes at network offset 8 (saddr): hi, lo = be64, be64
-//	anything else, or a failed load: SK_PASS without a selection
+//	no packet (a migration from a closing listener's accept queue): the
+//	  same from ctx->migrating_sk's remote address
+//	anything else: SK_PASS without a selection
 //	bucket := mix64(mix64(hi ^ keySalt) ^ lo) >> 52
 //	instance := table[bucket]                 (missing: SK_PASS)
 //	bpf_sk_select_reuseport(ctx, socks, &instance, 0)   (an empty slot or an
@@ -34,11 +36,14 @@ const (
 	bucketShift = 64 - 12 // sticky.Buckets = 1<<12
 
 	hdrStartNet = 1 // BPF_HDR_START_NET
+	afInet      = 2
+	afInet6     = 10
 	skPass      = 1 // SK_PASS
 
 	// Offsets of the packet's protocol (skb->protocol, network byte order)
 	// in the two contexts the code runs in.
 	reuseportEthProtocol = 20 // struct sk_reuseport_md.eth_protocol
+	reuseportMigratingSk = 48 // struct sk_reuseport_md.migrating_sk
 	skbProtocol          = 16 // struct __sk_buff.protocol (the test build)
 
 	// noInstance fills the buckets of an empty set: no socket array is that
@@ -73,8 +78,11 @@ func u64(v uint64) int64 { return int64(v) }
 
 // bucketCode computes the bucket of the packet's source address into rHi,
 // reading the protocol at protoOff in the context; it jumps to label "pass"
-// when it cannot. The context must be in rCtx.
-func bucketCode(protoOff int16) asm.Instructions {
+// when it cannot. The context must be in rCtx. With migrating, a context
+// without a readable packet (a listener closing and its accept queue
+// migrating: the kernel passes an empty one) takes the address from the
+// migrating socket instead, its remote address.
+func bucketCode(protoOff int16, migrating bool) asm.Instructions {
 	load := func(off, size int32) asm.Instructions {
 		return asm.Instructions{
 			asm.Mov.Reg(asm.R1, rCtx),
@@ -84,7 +92,7 @@ func bucketCode(protoOff int16) asm.Instructions {
 			asm.Mov.Imm(asm.R4, size),
 			asm.Mov.Imm(asm.R5, hdrStartNet),
 			asm.FnSkbLoadBytesRelative.Call(),
-			asm.JNE.Imm(asm.R0, 0, "pass"),
+			asm.JNE.Imm(asm.R0, 0, "nopacket"),
 		}
 	}
 	mix := func(r asm.Register) asm.Instructions {
@@ -100,7 +108,7 @@ func bucketCode(protoOff int16) asm.Instructions {
 	insns = append(insns,
 		asm.LoadMem(asm.R7, rCtx, protoOff, asm.Word),
 		asm.JEq.Imm(asm.R7, ethP(0x0800), "ipv4"),
-		asm.JNE.Imm(asm.R7, ethP(0x86dd), "pass"),
+		asm.JNE.Imm(asm.R7, ethP(0x86dd), "nopacket"),
 	)
 	// IPv6: the source address is 16 bytes at offset 8 of the header.
 	insns = append(insns, load(8, 16)...)
@@ -121,7 +129,13 @@ func bucketCode(protoOff int16) asm.Instructions {
 		asm.LoadImm(asm.R1, v4Prefix, asm.DWord),
 		asm.Or.Reg(rLo, asm.R1),
 		asm.Mov.Imm(rHi, 0),
+		asm.Ja.Label("hash"),
 	)
+	if migrating {
+		insns = append(insns, sockAddrCode()...)
+	} else {
+		insns = append(insns, asm.Ja.Label("pass").WithSymbol("nopacket"))
+	}
 	// hash: rHi = mix64(mix64(hi ^ keySalt) ^ lo) >> 52.
 	insns = append(insns, asm.LoadImm(asm.R1, u64(keySalt), asm.DWord).WithSymbol("hash"), asm.Xor.Reg(rHi, asm.R1))
 	insns = append(insns, mix(rHi)...)
@@ -131,12 +145,55 @@ func bucketCode(protoOff int16) asm.Instructions {
 	return insns
 }
 
+// sockAddrCode ("nopacket") loads rHi, rLo from ctx->migrating_sk's remote
+// address (struct bpf_sock: family at 4, dst_ip4 at 52, dst_ip6 at 56, all
+// in network byte order, read 32 bits at a time as the verifier requires)
+// and jumps to "hash"; without a migrating socket, to "pass". A dual-stack
+// socket holds an IPv4 client as ::ffff:a.b.c.d, the same 16 bytes the
+// packet path hashes.
+func sockAddrCode() asm.Instructions {
+	word := func(dst asm.Register, off int16) asm.Instructions {
+		return asm.Instructions{
+			asm.LoadMem(dst, asm.R1, off, asm.Word),
+			asm.HostTo(asm.BE, dst, asm.Word),
+		}
+	}
+	// Two words of dst_ip6 into one big-endian 64-bit half.
+	half := func(dst asm.Register, off int16) asm.Instructions {
+		insns := word(dst, off)
+		insns = append(insns, asm.LSh.Imm(dst, 32))
+		insns = append(insns, word(asm.R2, off+4)...)
+		return append(insns, asm.Or.Reg(dst, asm.R2))
+	}
+	insns := asm.Instructions{
+		asm.LoadMem(asm.R1, rCtx, reuseportMigratingSk, asm.DWord).WithSymbol("nopacket"),
+		asm.JEq.Imm(asm.R1, 0, "pass"),
+		asm.LoadMem(asm.R2, asm.R1, 4, asm.Word),
+		asm.JEq.Imm(asm.R2, afInet, "sock4"),
+		asm.JNE.Imm(asm.R2, afInet6, "pass"),
+	}
+	insns = append(insns, half(rHi, 56)...)
+	insns = append(insns, half(rLo, 64)...)
+	insns = append(insns, asm.Ja.Label("hash"))
+	v4 := word(rLo, 52)
+	v4[0] = v4[0].WithSymbol("sock4")
+	insns = append(insns, v4...)
+	return append(insns,
+		asm.LoadImm(asm.R1, v4Prefix, asm.DWord),
+		asm.Or.Reg(rLo, asm.R1),
+		asm.Mov.Imm(rHi, 0),
+		asm.Ja.Label("hash"),
+	)
+}
+
 // steerCode is the sk_reuseport program: the bucket, then the instance from
 // table, then the socket from socks. The map references are resolved by the
 // loader from the maps named in ProgramSpec's instructions.
-func steerCode() asm.Instructions {
+// With migrating, it reads a migrating socket's address when there is no
+// packet (ctx->migrating_sk exists from Linux 5.14, as does migration).
+func steerCode(migrating bool) asm.Instructions {
 	insns := asm.Instructions{asm.Mov.Reg(rCtx, asm.R1)}
-	insns = append(insns, bucketCode(reuseportEthProtocol)...)
+	insns = append(insns, bucketCode(reuseportEthProtocol, migrating)...)
 	insns = append(insns,
 		// instance := table[bucket]
 		asm.StoreMem(asm.RFP, stackKey, rHi, asm.Word),
@@ -166,7 +223,7 @@ func steerCode() asm.Instructions {
 // cannot be test-run): it returns the bucket, or bucketTestFail.
 func bucketTestCode() asm.Instructions {
 	insns := asm.Instructions{asm.Mov.Reg(rCtx, asm.R1)}
-	insns = append(insns, bucketCode(skbProtocol)...)
+	insns = append(insns, bucketCode(skbProtocol, false)...)
 	insns = append(insns,
 		asm.Mov.Reg(asm.R0, rHi),
 		asm.Return(),

@@ -111,10 +111,23 @@ func Load(listeners, maxInstances int) (*Steering, error) {
 }
 
 // loadProgram loads the program for one socket array, as
-// select-or-migrate where the kernel has it (5.14) and as plain select
-// otherwise.
+// select-or-migrate where the kernel has it (5.14) and as plain select,
+// without reading migrating sockets, otherwise.
 func loadProgram(table, socks *ebpf.Map) (*ebpf.Program, error) {
-	insns := steerCode()
+	prog, err := newProgram(table, socks, true)
+	if err != nil && (errors.Is(err, unix.EINVAL) || errors.Is(err, ebpf.ErrNotSupported)) {
+		if prog2, err2 := newProgram(table, socks, false); err2 == nil {
+			return prog2, nil
+		}
+	}
+	if err != nil {
+		return nil, explain("load the sk_reuseport program", err)
+	}
+	return prog, nil
+}
+
+func newProgram(table, socks *ebpf.Map, migrating bool) (*ebpf.Program, error) {
+	insns := steerCode(migrating)
 	for i := range insns {
 		switch insns[i].Reference() {
 		case tableName:
@@ -129,20 +142,13 @@ func loadProgram(table, socks *ebpf.Map) (*ebpf.Program, error) {
 	}
 	spec := &ebpf.ProgramSpec{
 		Name: progName, Type: ebpf.SkReuseport,
-		AttachType:   ebpf.AttachSkReuseportSelectOrMigrate,
+		AttachType:   ebpf.AttachSkReuseportSelect,
 		Instructions: insns, License: "Dual MIT/GPL",
 	}
-	prog, err := ebpf.NewProgram(spec)
-	if err != nil && (errors.Is(err, unix.EINVAL) || errors.Is(err, ebpf.ErrNotSupported)) {
-		spec.AttachType = ebpf.AttachSkReuseportSelect
-		if prog2, err2 := ebpf.NewProgram(spec); err2 == nil {
-			return prog2, nil
-		}
+	if migrating {
+		spec.AttachType = ebpf.AttachSkReuseportSelectOrMigrate
 	}
-	if err != nil {
-		return nil, explain("load the sk_reuseport program", err)
-	}
-	return prog, nil
+	return ebpf.NewProgram(spec)
 }
 
 // explain wraps err with what failed and the usual reason.
