@@ -663,3 +663,70 @@ func BenchmarkConnect(b *testing.B) {
 		})
 	}
 }
+
+// TestSteerFallsBackToHash: an empty table (no instance up) and a detached
+// program both leave placement to the kernel's hash: connections are
+// served, and one source's connections spread over the group (the hash
+// covers the source port) instead of sticking. Steering first, so the
+// spread shows the fallback and not a group that never steered.
+func TestSteerFallsBackToHash(t *testing.T) {
+	up := sticky.NewSet(1, 2, 3, 4)
+	s := load(t, 1, 8)
+	g := listenGroup(t, "127.0.0.1", up.IDs()...)
+	g.steer(s, 0, up)
+	src := netip.MustParseAddr("127.0.0.9")
+	spread := func() map[int]int {
+		seen := map[int]int{}
+		for range 24 {
+			seen[g.connect(src)]++
+		}
+		return seen
+	}
+	if seen := spread(); len(seen) != 1 {
+		t.Fatalf("steered, one source reached %v", seen)
+	}
+	if _, err := s.SetTable(sticky.NewSet()); err != nil {
+		t.Fatal(err)
+	}
+	if sh := s.Shares(); len(sh) != 0 {
+		t.Errorf("empty table: Shares = %v", sh)
+	}
+	if seen := spread(); len(seen) < 2 {
+		t.Errorf("with an empty table one source reached only %v", seen)
+	}
+	if _, err := s.SetTable(up); err != nil {
+		t.Fatal(err)
+	}
+	if seen := spread(); len(seen) != 1 {
+		t.Fatalf("table refilled, one source reached %v", seen)
+	}
+	if err := Detach(g.fds[3]); err != nil {
+		t.Fatal(err)
+	}
+	if seen := spread(); len(seen) < 2 {
+		t.Errorf("detached, one source reached only %v", seen)
+	}
+}
+
+// FuzzProgramAgreesWithBucket: for any 16 bytes, as an IPv6 source and (its
+// first 4) as an IPv4 one, the program's bucket is sticky.Bucket's.
+func FuzzProgramAgreesWithBucket(f *testing.F) {
+	f.Add(make([]byte, 16))
+	f.Add([]byte{0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1})
+	f.Add([]byte{0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 2})
+	prog := bucketProgram(f)
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) < 16 {
+			return
+		}
+		for _, a := range []netip.Addr{netip.AddrFrom16([16]byte(b[:16])), netip.AddrFrom4([4]byte(b[:4]))} {
+			got, err := prog.Run(&ebpf.RunOptions{Data: packet(a)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want := sticky.Bucket(a); int(got) != want {
+				t.Fatalf("program: bucket %d for %v, sticky.Bucket: %d", got, a, want)
+			}
+		}
+	})
+}
