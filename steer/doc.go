@@ -70,7 +70,7 @@
 //	files, _ := s.Files()                // once after Load: FDSTORE=1, FDNAME=f.Name(), FDPOLL=0
 //
 // An instance whose listener systemd re-created: SetSocket with the new
-// descriptor. An instance stopped: SetTable without it, and close the
-// supervisor's copy of its socket (or ClearSocket), or it stays in the
-// group. [Steering.Shares] gives the bucket count per instance for status.
+// descriptor. An instance stopped: SetTable without it first, then close
+// the supervisor's copy of its socket (or it stays in the group), so that
+// the connections queued on it migrate to their buckets' new instances. [Steering.Shares] gives the bucket count per instance for status.
 package steer

@@ -59,7 +59,8 @@ type listener struct {
 
 // Load creates the bucket table and, for each of listeners listen addresses,
 // a program and a socket array with room for instance numbers 0 to
-// maxInstances-1. Every bucket starts empty, so until [Steering.SetTable]
+// maxInstances-1 (instances are numbered from 1: pass the highest number
+// plus one, with room for scaling up). Every bucket starts empty, so until [Steering.SetTable]
 // the kernel's own hash places connections. Nothing is attached yet.
 //
 // Errors name the step that failed and, for the usual causes, why: a
@@ -357,6 +358,13 @@ func (s *Steering) Files() ([]*os.File, error) {
 // socket array and the table, and reads the table back (Shares reports it
 // at once). The programs stay attached: Adopt changes nothing in the
 // kernel. The descriptors are duplicated: the caller still owns files.
+//
+// When the group changed while the supervisor was down (other listen
+// addresses than [Steering.Listeners], or instance numbers past
+// [Steering.MaxInstances]), close the adopted Steering and Load a new one:
+// Attach replaces a group's program at once, with no gap in placement.
+// Remove the old descriptors from the store (FDSTOREREMOVE=1) before
+// storing the new ones.
 func Adopt(files []*os.File) (*Steering, error) {
 	var tableFile *os.File
 	progs, socks := map[int]*os.File{}, map[int]*os.File{}

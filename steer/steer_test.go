@@ -479,6 +479,22 @@ func TestSteerIPv6(t *testing.T) {
 	}
 }
 
+// TestSteerDualStack: IPv6 sockets bound to ::ffff:127.0.0.1 take IPv4
+// clients; the packets are IPv4, the sockets IPv6, and each client reaches
+// the Pick of its address (which is the Pick of its IPv4-mapped form).
+func TestSteerDualStack(t *testing.T) {
+	up := sticky.NewSet(1, 2, 3, 4)
+	s := load(t, 1, 8)
+	g := listenGroup(t, "::ffff:127.0.0.1", up.IDs()...)
+	g.steer(s, 0, up)
+	srcs := loopbackSources(20)
+	for a, id := range g.placements(srcs, 2) {
+		if want := pick(t, up, netip.AddrFrom16(a.As16())); id != want {
+			t.Errorf("%v reached %d on a dual-stack socket, Pick says %d", a, id, want)
+		}
+	}
+}
+
 // TestSocketErrors: the socket array takes listening SO_REUSEPORT sockets
 // by instance number within its size, and says which rule a refusal broke.
 func TestSocketErrors(t *testing.T) {

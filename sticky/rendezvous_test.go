@@ -107,8 +107,9 @@ func TestPickFollowsBucket(t *testing.T) {
 			}
 		}
 	}
-	if x, y := NewSet(1, 2, 3).PickBucket(Buckets + 5); x != mustPickBucket(t, NewSet(1, 2, 3), 5) || y != true {
-		t.Errorf("PickBucket(Buckets+5) = %d, not bucket 5's instance", x)
+	s := NewSet(1, 2, 3)
+	if id, ok := s.PickBucket(Buckets + 5); !ok || id != mustPickBucket(t, s, 5) {
+		t.Errorf("PickBucket(Buckets+5) = %d, %v; not bucket 5's instance", id, ok)
 	}
 }
 
