@@ -22,14 +22,22 @@
 // When the program cannot place a connection it returns SK_PASS without a
 // selection, and the kernel picks a socket by its own hash of the 4-tuple,
 // as with plain SO_REUSEPORT: the connection is served, not refused, but not
-// sticky. That happens when the bucket's instance has no socket in the array
-// (its listener was closed: the kernel clears the slot itself), when the
-// table leaves the bucket empty (no instance up), and when there is no
-// packet to read, as when a listener closes and the kernel migrates the
-// connections already in its accept queue (tcp_migrate_req=1, with the
-// program loaded as BPF_SK_REUSEPORT_SELECT_OR_MIGRATE): those go to a
-// socket chosen by hash. A request still in its handshake that migrates when
-// the handshake's last packet arrives is placed like a new connection.
+// sticky. That happens when the bucket's instance has no socket in the
+// array (its listener was closed: the kernel clears the slot itself), when
+// the table leaves the bucket empty (no instance up), and for packets that
+// are neither IPv4 nor IPv6.
+//
+// # Migration
+//
+// With net.ipv4.tcp_migrate_req=1 (a per-namespace sysctl; the installer's
+// business, not this package's), a listener that closes hands the
+// connections queued on it to the others of its group instead of resetting
+// them, and the kernel asks the program where (it is loaded as
+// BPF_SK_REUSEPORT_SELECT_OR_MIGRATE). There may be no packet then; the
+// program takes the client address from the migrating socket instead, so
+// each connection goes to its bucket's instance in the table as it is by
+// then. Hence the order when an instance stops: the table first, then the
+// socket. Kernels before 5.14 get the program without migration.
 //
 // # Several listen addresses
 //
