@@ -104,12 +104,8 @@ func Generate(c *config.Config, o Options) ([]Unit, error) {
 	if len(c.Workers) == 0 {
 		return nil, errors.New("generate: the configuration has no worker group")
 	}
-	if o.User {
-		for i := range c.Workers {
-			if c.Workers[i].KernelDispatch() {
-				return nil, c.WorkerError(i, "dispatch", "%q needs a system manager: the supervisor loads a BPF program (CAP_BPF), which a user's manager cannot grant; install the house for the system, or keep dispatch = %q with --user", config.Kernel, config.Handoff)
-			}
-		}
+	if err := CheckScope(c, o); err != nil {
+		return nil, err
 	}
 	g := &gen{c: c, o: o}
 	units := []Unit{g.target(), g.supervisor()}
@@ -136,6 +132,21 @@ func Generate(c *config.Config, o Options) ([]Unit, error) {
 		}
 	}
 	return units, nil
+}
+
+// CheckScope refuses what c asks for that the manager of o cannot run,
+// as a configuration error at the key: kernel mode (dispatch = "kernel")
+// under a user's manager, which cannot grant the supervisor CAP_BPF.
+func CheckScope(c *config.Config, o Options) error {
+	if !o.User {
+		return nil
+	}
+	for i := range c.Workers {
+		if c.Workers[i].KernelDispatch() {
+			return config.ErrorList{c.WorkerError(i, "dispatch", "%q needs a system manager: the supervisor loads a BPF program (CAP_BPF), which a user's manager cannot grant; install the house for the system, or keep dispatch = %q with --user", config.Kernel, config.Handoff)}
+		}
+	}
+	return nil
 }
 
 type gen struct {

@@ -604,11 +604,14 @@ func kernelMode(t *testing.T, o Options, src []byte) bool {
 			continue
 		}
 		_, err := Generate(c, o)
-		var ce *config.Error
+		var l config.ErrorList
 		if !o.User {
 			return true
 		}
-		if !errors.As(err, &ce) || ce.Key != "worker.dispatch" || ce.Line != c.WorkerError(i, "dispatch", "").Line || ce.Line == 0 || !strings.Contains(ce.Msg, "needs a system manager") {
+		if !errors.As(err, &l) || len(l) != 1 {
+			t.Fatalf("Generate --user of a kernel-mode group: %v; want one configuration error", err)
+		}
+		if ce := l[0]; ce.Key != "worker.dispatch" || ce.Line != c.WorkerError(i, "dispatch", "").Line || ce.Line == 0 || !strings.Contains(ce.Msg, "needs a system manager") {
 			t.Errorf("Generate --user of a kernel-mode group: %v; want the dispatch key's line and why", err)
 		}
 		return true

@@ -29,7 +29,7 @@ type layout struct {
 func (l layout) tree(root string) units.Tree {
 	dirs := []string{filepath.Dir(l.configPath), l.unitDir}
 	if !l.user {
-		dirs = append(dirs, filepath.Dir(units.SysusersPath))
+		dirs = append(dirs, filepath.Dir(units.SysusersPath), filepath.Dir(units.SysctlFile))
 	}
 	return units.Tree{Root: root, Manifest: l.manifest, Dirs: dirs}
 }
@@ -122,13 +122,20 @@ are gone are removed. Every write is atomic. --root DIR writes the same
 tree under DIR and talks to no systemd (packaging, images). Workers given
 by a relative path in CONFIG are written with absolute paths.
 
-Nothing is written outside the configuration's directory and the unit
-directory, and no symbolic link in the target tree is followed: a link at
-a unit's path or as a directory on the way is an error. The configuration
-copy may hold secrets: it is created 0600; a file already there keeps its
-mode, owner and group, but not what it granted others. A configuration
-already in place before the first install (CONFIG is the installed path)
-is adopted: uninstall leaves it.`,
+A house with a dispatch = "kernel" group also gets
+/etc/sysctl.d/50-powerhouse.conf (net.ipv4.tcp_migrate_req = 1, applied by
+systemd-sysctl at boot: install sets no sysctl), removed with the last
+such group; a kernel that cannot steer is warned about in one line. --user
+refuses kernel mode.
+
+Nothing is written outside the configuration's directory, the unit
+directory and (system scope) sysusers.d and sysctl.d, and no symbolic link
+in the target tree is followed: a link at a unit's path or as a directory
+on the way is an error. The configuration copy may hold secrets: it is
+created 0600; a file already there keeps its mode, owner and group, but
+not what it granted others. A configuration already in place before the
+first install (CONFIG is the installed path) is adopted: uninstall leaves
+it.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		user := fs.Bool("user", false, "install for the calling user's service manager")
 		root := fs.String("root", "", "write under `DIR` and talk to no systemd")
@@ -197,6 +204,9 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		return err
 	}
 	printWarnings(e, given)
+	if err := generator.CheckScope(given, generator.Options{User: user}); err != nil {
+		return err // said of the file given, not of its installed copy
+	}
 	if !user {
 		// A user or group that does not exist fails the workers, and a
 		// group fails every supervisor of the house (they join all the
@@ -239,7 +249,14 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	if !user {
 		// The workers' default user; user managers run workers as their user.
 		files = append(files, units.File{Path: units.SysusersPath, Data: units.Sysusers, Perm: units.Public})
+		// Kernel mode's sysctl, for systemd-sysctl to apply at boot: the
+		// house sets no sysctl itself. Generate refuses kernel mode
+		// under --user.
+		if f, ok := sysctlFile(c); ok {
+			files = append(files, f)
+		}
 	}
+	warnKernelMode(e, "install", c, root)
 	for _, n := range generator.Notes(c, o) {
 		fmt.Fprintf(e.stderr, "install: %s\n", n)
 	}

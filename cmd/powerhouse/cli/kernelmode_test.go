@@ -1,0 +1,73 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/powerhouse/powerhouse/units"
+)
+
+const kernelConfig = "[[worker]]\nname = \"web\"\nexec = \"/bin/true\"\nsticky = true\nlisten = [\"127.0.0.1:9999\"]\ndispatch = \"kernel\"\n"
+
+// TestInstallKernelModeSysctl: a house with a kernel-mode group ships
+// net.ipv4.tcp_migrate_req=1 as a sysctl.d file under the install root,
+// with the supervisor's drop-in; a second install changes nothing; a
+// configuration without kernel mode removes both, and so does uninstall.
+// Everything happens under --root: no sysctl of this machine is touched.
+func TestInstallKernelModeSysctl(t *testing.T) {
+	root := t.TempDir()
+	sysctl := filepath.Join(root, units.SysctlFile)
+	dropIn := filepath.Join(root, "/etc/systemd/system", units.Group{Name: "web"}.KernelDropIn())
+	install := func(cfg string) string {
+		t.Helper()
+		src := filepath.Join(t.TempDir(), "p.toml")
+		os.WriteFile(src, []byte(cfg), 0o644)
+		code, stdout, stderr := run(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", src)
+		if code != 0 {
+			t.Fatalf("install: %d %s", code, stderr)
+		}
+		return stdout
+	}
+	install(kernelConfig)
+	b, err := os.ReadFile(sysctl)
+	if err != nil || !strings.Contains(string(b), "\nnet.ipv4.tcp_migrate_req = 1\n") {
+		t.Fatalf("%s: %v\n%s", sysctl, err, b)
+	}
+	if fi, err := os.Stat(sysctl); err != nil || fi.Mode().Perm() != 0o644 {
+		t.Errorf("%s mode: %v %v", sysctl, fi, err)
+	}
+	if d, err := os.ReadFile(dropIn); err != nil || !strings.Contains(string(d), "Sockets=powerhouse-web@1.socket") {
+		t.Errorf("drop-in %s: %v\n%s", dropIn, err, d)
+	}
+	if out := install(kernelConfig); !strings.Contains(out, "no change") {
+		t.Errorf("second install:\n%s", out)
+	}
+	out := install(strings.Replace(kernelConfig, "dispatch = \"kernel\"\n", "", 1))
+	for _, p := range []string{sysctl, dropIn} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("install without kernel mode left %s:\n%s", p, out)
+		}
+	}
+	install(kernelConfig)
+	if code, _, stderr := run(t, "uninstall", "--root", root); code != 0 {
+		t.Fatalf("uninstall: %d %s", code, stderr)
+	}
+	for _, p := range []string{sysctl, dropIn} {
+		if _, err := os.Stat(p); err == nil {
+			t.Errorf("uninstall left %s", p)
+		}
+	}
+}
+
+// TestKernelModeUserRefused: --user refuses a kernel-mode group, naming
+// the file, line and key (generate and install alike), exit status 2.
+func TestKernelModeUserRefused(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "p.toml")
+	os.WriteFile(src, []byte(kernelConfig), 0o644)
+	want := src + ":6: worker.dispatch: \"kernel\" needs a system manager"
+	if code, _, stderr := run(t, "install", "--user", "--root", t.TempDir(), "--binary", "/usr/bin/powerhouse", src); code != 2 || !strings.Contains(stderr, want) {
+		t.Errorf("install --user: exit %d, stderr:\n%s\nwant %q", code, stderr, want)
+	}
+}
