@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/powerhouse/powerhouse/supervisor"
 	"github.com/powerhouse/powerhouse/units"
 )
 
@@ -69,5 +70,27 @@ func TestKernelModeUserRefused(t *testing.T) {
 	want := src + ":6: worker.dispatch: \"kernel\" needs a system manager"
 	if code, _, stderr := run(t, "install", "--user", "--root", t.TempDir(), "--binary", "/usr/bin/powerhouse", src); code != 2 || !strings.Contains(stderr, want) {
 		t.Errorf("install --user: exit %d, stderr:\n%s\nwant %q", code, stderr, want)
+	}
+}
+
+// TestStatusDispatchMode: status shows a sticky group's dispatch mode,
+// from the configuration, in JSON and in text, whatever the supervisor
+// answered.
+func TestStatusDispatchMode(t *testing.T) {
+	root := t.TempDir()
+	cfg := writeConfig(t, kernelConfig)
+	web := supervisor.GroupStatus{
+		Group: "web", Type: "cluster", Sticky: true, Amount: 1,
+		Supervisor: supervisor.UnitStatus{Unit: "powerhouse@web.service", State: "active", SubState: "running", PID: 42},
+		Config:     map[string]any{},
+	}
+	startFake(t, root, "web", map[string]fakeAnswer{supervisor.MethodStatus: {result: web}})
+	code, stdout, stderr := runIn(t, root, "status", "web", "--json", "--config", cfg)
+	if code != 0 || !strings.Contains(stdout, `"dispatch_mode": "kernel"`) {
+		t.Errorf("status --json: exit %d %s\n%s", code, stderr, stdout)
+	}
+	code, stdout, stderr = runIn(t, root, "status", "web", "--config", cfg)
+	if code != 0 || !strings.Contains(stdout, "group web (cluster, sticky, dispatch kernel), 1 instance;") {
+		t.Errorf("status: exit %d %s\n%s", code, stderr, stdout)
 	}
 }
