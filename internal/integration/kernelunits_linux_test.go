@@ -261,4 +261,3 @@ func (h *house) fdInode(pid string, fd int) string {
 	ino, _ := strings.CutPrefix(strings.TrimSpace(out), "socket:[")
 	return strings.TrimSuffix(ino, "]")
 }
-
