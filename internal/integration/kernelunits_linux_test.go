@@ -20,17 +20,20 @@ import (
 // the test takes no port lock (sdbox.Exclusive).
 const kernelPort = 19391
 
+// kernelGroup is the kernel-mode group's name.
+const kernelGroup = "kweb"
+
 // kernelHouseConfig is a kernel-mode group of four examples/hello.
 var kernelHouseConfig = fmt.Sprintf(`title = "kernel units"
 
 [[worker]]
-name     = "kweb"
+name     = %q
 exec     = %q
 amount   = 4
 sticky   = true
 dispatch = "kernel"
 listen   = ["127.0.0.1:%d"]
-`, filepath.Join(boxBin, "hello"), kernelPort)
+`, kernelGroup, filepath.Join(boxBin, "hello"), kernelPort)
 
 // supervisorStandIn replaces the group's supervisor process, and only
 // that, with one that holds what systemd passed it (sleep inherits the
@@ -64,28 +67,9 @@ ExecReload=
 //     stopping its socket then closes systemd's copy, and the supervisor's
 //     copy keeps it in the group until the supervisor closes it.
 func TestIntegrationKernelUnits(t *testing.T) {
-	h := bootKernelHouse(t)
-	src := h.box.Path("/run/src/kernel.toml")
-	os.MkdirAll(filepath.Dir(src), 0o755)
-	if err := os.WriteFile(src, []byte(kernelHouseConfig), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	out, err := h.powerhouse("install", "/run/src/kernel.toml")
-	if err != nil {
-		t.Fatalf("install: %v\n%s", err, out)
-	}
+	h, g := installKernelHouse(t, supervisorStandIn)
 	if b, err := os.ReadFile(h.box.Path(units.SysctlFile)); err != nil || !strings.Contains(string(b), "net.ipv4.tcp_migrate_req = 1") {
 		t.Errorf("%s in the box: %v %q", units.SysctlFile, err, b)
-	}
-	g := units.Group{Name: "kweb"}
-	dropIns := h.box.Path("/etc/systemd/system/" + g.SupervisorUnit() + ".d")
-	if err := os.WriteFile(filepath.Join(dropIns, "90-test-standin.conf"), []byte(supervisorStandIn), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	h.systemctl("daemon-reload")
-	h.systemctl("start", units.Target)
-	for n := 1; n <= 4; n++ { // what the supervisor does
-		h.systemctl("start", g.Instance(n))
 	}
 	sup := h.show(g.SupervisorUnit(), "MainPID")
 
@@ -180,6 +164,75 @@ func TestIntegrationKernelUnits(t *testing.T) {
 	h.systemctl("stop", g.SupervisorUnit())
 	if ls := h.listeners(); len(ls) != 3 {
 		t.Errorf("%d listening sockets with instance 4 and the supervisor stopped, want 3:\n%v", len(ls), ls)
+	}
+}
+
+// installKernelHouse boots a box, installs kernelHouseConfig with the
+// real CLI, replaces the supervisor's ExecStart= with standIn (a drop-in
+// that sorts after the generated one), starts the house and instances 1
+// to 4, as the supervisor would.
+func installKernelHouse(t *testing.T, standIn string) (*house, units.Group) {
+	t.Helper()
+	h := bootKernelHouse(t)
+	src := h.box.Path("/run/src/kernel.toml")
+	os.MkdirAll(filepath.Dir(src), 0o755)
+	if err := os.WriteFile(src, []byte(kernelHouseConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := h.powerhouse("install", "/run/src/kernel.toml")
+	if err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	g := units.Group{Name: kernelGroup}
+	dropIns := h.box.Path("/etc/systemd/system/" + g.SupervisorUnit() + ".d")
+	if err := os.WriteFile(filepath.Join(dropIns, "90-test-standin.conf"), []byte(standIn), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.systemctl("daemon-reload")
+	h.systemctl("start", units.Target)
+	for n := 1; n <= 4; n++ {
+		h.systemctl("start", g.Instance(n))
+	}
+	return h, g
+}
+
+// TestIntegrationKernelSupervisorUnit: the generated supervisor unit
+// with its kernel-mode drop-in lets the supervisor steer, and nothing it
+// lacks stops it. The test binary runs as the supervisor (only ExecStart=
+// replaced; bpfProbe) and, with the instance sockets systemd passed it,
+// creates a REUSEPORT_SOCKARRAY, fills it by descriptor name, loads and
+// attaches an sk_reuseport program that picks instance 1's socket: every
+// connection, from any source, is then served by instance 1.
+func TestIntegrationKernelSupervisorUnit(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(self)
+	if err == nil {
+		err = os.WriteFile(filepath.Join(bin, "bpf-probe"), data, 0o755)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, g := installKernelHouse(t, "[Service]\nType=exec\nWatchdogSec=0\nExecReload=\nExecStart=\nExecStart="+filepath.Join(boxBin, "bpf-probe")+"\nEnvironment="+bpfProbeEnv+"="+kernelGroup+"\n")
+	var res []byte
+	waitFor(t, 20*time.Second, "the probe's result", func() bool {
+		res, err = os.ReadFile(h.box.Path(bpfProbeResult(g.Name)))
+		return err == nil
+	})
+	if string(res) != "ok" {
+		t.Fatalf("the supervisor unit could not steer: %s", res)
+	}
+	url := fmt.Sprintf("http://127.0.0.1:%d/", kernelPort)
+	for i := 0; i < 20; i++ {
+		r, err := get(client(fmt.Sprintf("127.0.0.%d", 2+i)), url)
+		if err != nil {
+			t.Fatalf("request %d: %v\n%s", i, err, h.journal())
+		}
+		if r.Instance != "kweb@1" {
+			t.Errorf("request %d from 127.0.0.%d served by %s, want kweb@1 (the program picks slot 0)", i, 2+i, r.Instance)
+		}
 	}
 }
 
