@@ -138,6 +138,10 @@ func (g Group) InstanceSocketTemplate() string { return g.HandoffTemplate() }
 // powerhouse-web@%i.socket.
 func (g Group) UnitInstanceSocket() string { return g.UnitHandoffSocket() }
 
+// InstanceSocketPattern matches the socket units of every instance of
+// the group: powerhouse-web@*.socket.
+func (g Group) InstanceSocketPattern() string { return g.prefix() + "*.socket" }
+
 // InstanceFDPrefix starts the FileDescriptorName= of a kernel-mode
 // instance socket: "instance-3" for instance 3. The name has no group in
 // it: a supervisor receives its own group's sockets only.

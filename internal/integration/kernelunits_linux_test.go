@@ -314,3 +314,49 @@ func (h *house) fdInode(pid string, fd int) string {
 	ino, _ := strings.CutPrefix(strings.TrimSpace(out), "socket:[")
 	return strings.TrimSuffix(ino, "]")
 }
+
+// TestIntegrationKernelModeSwitch: install --now of a configuration that
+// switches a running sticky group from hand-off to kernel mode replaces
+// its instances' hand-off sockets with listening ones (a restart of the
+// services alone would keep the datagram sockets running).
+func TestIntegrationKernelModeSwitch(t *testing.T) {
+	handoff := strings.Replace(kernelHouseConfig, "dispatch = \"kernel\"\n", "", 1)
+	h := bootKernelHouse(t)
+	src := h.box.Path("/run/src/kernel.toml")
+	os.MkdirAll(filepath.Dir(src), 0o755)
+	if err := os.WriteFile(src, []byte(handoff), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.powerhouse("install", "/run/src/kernel.toml"); err != nil {
+		t.Fatalf("install: %v\n%s", err, out)
+	}
+	g := units.Group{Name: kernelGroup}
+	dropIns := h.box.Path("/etc/systemd/system/" + g.SupervisorUnit() + ".d")
+	os.MkdirAll(dropIns, 0o755)
+	if err := os.WriteFile(filepath.Join(dropIns, "90-test-standin.conf"), []byte(supervisorStandIn), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.systemctl("daemon-reload")
+	h.systemctl("start", units.Target)
+	for n := 1; n <= 4; n++ {
+		h.systemctl("start", g.Instance(n))
+	}
+	if got := h.show(g.InstanceSocket(1), "Listen"); !strings.Contains(got, "(Datagram)") {
+		t.Fatalf("hand-off mode: %s listens on %q, want its hand-off socket", g.InstanceSocket(1), got)
+	}
+
+	if err := os.WriteFile(src, []byte(kernelHouseConfig), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.powerhouse("install", "--now", "/run/src/kernel.toml"); err != nil {
+		t.Fatalf("install --now in kernel mode: %v\n%s", err, out)
+	}
+	for n := 1; n <= 4; n++ {
+		if got := h.show(g.InstanceSocket(n), "Listen"); got != fmt.Sprintf("127.0.0.1:%d (Stream)", kernelPort) {
+			t.Errorf("kernel mode: %s listens on %q", g.InstanceSocket(n), got)
+		}
+	}
+	if ls := h.listeners(); len(ls) != 4 {
+		t.Errorf("%d listening sockets on port %d after the switch, want 4:\n%v", len(ls), kernelPort, ls)
+	}
+}

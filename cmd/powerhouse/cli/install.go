@@ -432,11 +432,18 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 			start = append(start, s)
 		}
 	}
-	if len(gone)+len(start) > 0 {
+	// A sticky group that changed dispatch mode has instance sockets of
+	// the other kind running (hand-off datagram sockets where kernel mode
+	// wants listening ones, or the reverse), which restarting their
+	// services would not rebind: they are stopped too (Requires= takes
+	// each instance down with its socket), and the restarted supervisor
+	// brings the group up again on the new units.
+	remade := instanceSocketsToRemake(e, m, old, w)
+	if len(gone)+len(start)+len(remade) > 0 {
 		if err := m.Stop(e.ctx, units.Group{Name: g}.SupervisorUnit()); err != nil {
 			return err
 		}
-		for _, s := range append(gone, start...) {
+		for _, s := range append(append(gone, start...), remade...) {
 			m.Stop(e.ctx, s) // a unit never started cannot be stopped: fine
 		}
 		for _, s := range start {
@@ -448,7 +455,7 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 	if err := m.Restart(e.ctx, units.Group{Name: g}.SupervisorUnit()); err != nil {
 		return err
 	}
-	if workerChanged && w.Reloadable {
+	if workerChanged && w.Reloadable && len(remade) == 0 { // remade: already stopped, they start on the new units
 		for n := 1; n <= w.Amount; n++ {
 			if err := m.Restart(e.ctx, units.Group{Name: g}.Instance(n)); err != nil {
 				return fmt.Errorf("group %s: instance %d: %w", g, n, err)
@@ -456,6 +463,24 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 		}
 	}
 	return nil
+}
+
+// instanceSocketsToRemake lists the loaded instance sockets of group w
+// when its dispatch mode changed from old (see applyGroup), else none.
+func instanceSocketsToRemake(e *env, m units.Manager, old *config.Config, w *config.Worker) []string {
+	if old == nil {
+		return nil
+	}
+	prev := old.Worker(w.Name)
+	if prev == nil || !prev.Sticky || !w.Sticky || prev.KernelDispatch() == w.KernelDispatch() {
+		return nil
+	}
+	sts, _ := m.States(e.ctx, units.Group{Name: w.Name}.InstanceSocketPattern())
+	var out []string
+	for _, st := range sts {
+		out = append(out, st.Name)
+	}
+	return out
 }
 
 func contains(list []string, s string) bool {
