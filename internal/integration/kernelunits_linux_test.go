@@ -72,6 +72,12 @@ func TestIntegrationKernelUnits(t *testing.T) {
 		t.Errorf("%s in the box: %v %q", units.SysctlFile, err, b)
 	}
 	sup := h.show(g.SupervisorUnit(), "MainPID")
+	// systemd logs settings it cannot use while loading units
+	// (FileDescriptorName= with a character it refuses, say).
+	if j := h.journal(); strings.Contains(j, "Unknown key") || strings.Contains(j, "bad-setting") ||
+		strings.Contains(j, "Failed to parse") || strings.Contains(j, "Ignoring") || strings.Contains(j, "Invalid") {
+		t.Errorf("systemd complained while loading the kernel-mode units:\n%s", j)
+	}
 
 	// Four listening sockets on the address, one per instance, each held
 	// by the supervisor too.
