@@ -2,6 +2,7 @@ package cli
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -92,5 +93,25 @@ func TestStatusDispatchMode(t *testing.T) {
 	code, stdout, stderr = runIn(t, root, "status", "web", "--config", cfg)
 	if code != 0 || !strings.Contains(stdout, "group web (cluster, sticky, dispatch kernel), 1 instance;") {
 		t.Errorf("status: exit %d %s\n%s", code, stderr, stdout)
+	}
+}
+
+// TestKernelModeGenerateVerify: generate -o and verify handle the
+// kernel-mode supervisor drop-in, which lives in a directory of its own.
+func TestKernelModeGenerateVerify(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "p.toml")
+	os.WriteFile(src, []byte(kernelConfig), 0o644)
+	out := t.TempDir()
+	if code, _, stderr := run(t, "generate", "-o", out, "--binary", "/usr/bin/powerhouse", src); code != 0 {
+		t.Fatalf("generate -o: %d %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(out, units.Group{Name: "web"}.KernelDropIn())); err != nil {
+		t.Errorf("generate -o: %v", err)
+	}
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Skip("systemd-analyze not found: apt-get install systemd")
+	}
+	if code, _, stderr := run(t, "verify", "--binary", "/bin/true", src); code != 0 {
+		t.Errorf("verify: exit %d\n%s", code, stderr)
 	}
 }
