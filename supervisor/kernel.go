@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/generator"
 	"github.com/powerhouse/powerhouse/sticky"
 	"github.com/powerhouse/powerhouse/units"
 )
@@ -293,6 +294,16 @@ func (s *Supervisor) storePrograms(k *kernel) {
 	fs, err := k.st.Files()
 	if err != nil {
 		s.log.Warn("steering not stored: a supervisor restart will load it anew", "err", err)
+		return
+	}
+	if len(fs) > generator.KernelFDStoreMax {
+		// systemd would keep the first ones only, and a restarted
+		// supervisor could not adopt a part.
+		s.log.Warn("steering not stored: more descriptors than the unit's FileDescriptorStoreMax=; a supervisor restart will load it anew",
+			"descriptors", len(fs), "max", generator.KernelFDStoreMax)
+		for _, f := range fs {
+			f.Close()
+		}
 		return
 	}
 	for _, f := range fs {

@@ -408,7 +408,7 @@ func (s *Supervisor) checkReady(serve func(), started bool) {
 	if first {
 		s.publish() // dispatch.json from the start, for status
 		s.o.Notify("READY=1\nSTATUS=" + s.status())
-		s.log.Info("supervisor ready", "up", up, "instances", amount, "sticky", s.disp != nil)
+		s.log.Info("supervisor ready", "up", up, "instances", amount, "sticky", s.disp != nil || s.kern != nil, "kernel", s.kern != nil)
 	}
 }
 
