@@ -8,3 +8,5 @@ require (
 	github.com/godbus/dbus/v5 v5.2.4
 	golang.org/x/sys v0.50.0
 )
+
+require github.com/cilium/ebpf v0.22.0

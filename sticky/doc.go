@@ -14,14 +14,19 @@
 // are up: a restarting instance stays in the set (its hand-off socket queues
 // in the kernel meanwhile), and a failed or stopped one is removed.
 //
-// Keys are IP addresses. IPv4 addresses and their IPv4-mapped IPv6 form hash
-// the same, so a dual-stack listener does not split a client; zones are
-// ignored. Instances are the numbers systemd gives them (the %i of
+// Keys are IP addresses, hashed to one of [Buckets] buckets ([Bucket]);
+// instances score the bucket, not the address, so that a table of the
+// winner of each bucket ([Set.PickBucket]) places clients exactly as Pick
+// does: kernel steering (package steer) loads that table into a BPF map.
+// IPv4 addresses and their IPv4-mapped IPv6 form hash the same, so a
+// dual-stack listener does not split a client; zones are ignored. Instances
+// are the numbers systemd gives them (the %i of
 // powerhouse-<group>@<n>.service), so a dispatcher can keep per-instance
 // state in a slice indexed by id. Each instance's seed is precomputed; a
-// lookup is one 64-bit mix of the address and one per instance, with no
-// allocation and no lock. [Set] is immutable and safe for concurrent use;
-// [Instances] publishes a new Set atomically when membership changes.
+// lookup is three 64-bit mixes for the address and its bucket and one per
+// instance, with no allocation and no lock. [Set] is immutable and safe for
+// concurrent use; [Instances] publishes a new Set atomically when
+// membership changes.
 //
 // The hash has no secret key, on purpose: scores are the same in every
 // process, on every run and every host, so a restarted or upgraded

@@ -10,7 +10,8 @@ import (
 )
 
 // Set is an immutable set of worker instances among which client addresses
-// are spread by rendezvous (highest-random-weight) hashing.
+// are spread by rendezvous (highest-random-weight) hashing of their
+// [Bucket].
 //
 // Instances are identified by the number systemd gives them (the %i of
 // powerhouse-<group>@<n>.service). A Set never changes after it is built, so
@@ -103,7 +104,7 @@ func (s *Set) find(id int) (int, bool) {
 }
 
 // Pick returns the instance that serves addr: the one with the highest
-// score for addr. ok is false when s is empty.
+// score for addr's bucket, [Bucket](addr). ok is false when s is empty.
 //
 // An IPv4 address and its IPv4-mapped IPv6 form (::ffff:a.b.c.d) pick the
 // same instance; an IPv6 zone is ignored. The zero netip.Addr is a key like
@@ -112,10 +113,20 @@ func (s *Set) find(id int) (int, bool) {
 //
 // Pick does not allocate.
 func (s *Set) Pick(addr netip.Addr) (id int, ok bool) {
+	return s.PickBucket(Bucket(addr))
+}
+
+// PickBucket returns the instance that serves bucket b, in [0, Buckets):
+// the instance with the highest rendezvous score for b. Pick(addr) is
+// PickBucket(Bucket(addr)); kernel steering fills its table with
+// PickBucket(b) for every b, which is why a client reaches the same instance
+// whether the dispatcher or the kernel places its connection. ok is false
+// when s is empty. A b out of range is reduced modulo Buckets.
+func (s *Set) PickBucket(b int) (id int, ok bool) {
 	if s.Len() == 0 {
 		return 0, false
 	}
-	k := addrKey(addr)
+	k := bucketKey(b)
 	best := 0
 	bestScore := score(k, s.members[0].seed)
 	for i := 1; i < len(s.members); i++ {
@@ -129,11 +140,11 @@ func (s *Set) Pick(addr netip.Addr) (id int, ok bool) {
 }
 
 // Order appends every instance of s to dst in the order of preference for
-// addr, most preferred first, and returns the extended slice. Its first
-// element is the instance Pick returns; a dispatcher that cannot use it (its
-// queue is full) tries the next, and so on. Removing an instance from the set
-// removes it from every order without changing the relative order of the
-// others.
+// addr's bucket, most preferred first, and returns the extended slice. Its
+// first element is the instance Pick returns; a dispatcher that cannot use
+// it (its queue is full) tries the next, and so on. Removing an instance
+// from the set removes it from every order without changing the relative
+// order of the others.
 //
 // Order does not allocate when dst has room for Len more ids and s has at most
 // 64 instances.
@@ -142,7 +153,7 @@ func (s *Set) Order(addr netip.Addr, dst []int) []int {
 	if n == 0 {
 		return dst
 	}
-	k := addrKey(addr)
+	k := bucketKey(Bucket(addr))
 	var stack [64]scored
 	var sc []scored
 	if n <= len(stack) {
@@ -234,10 +245,25 @@ func (in *Instances) Replace(ids ...int) {
 // (Stafford's "Mix13"), a bijection on 64 bits whose output bits each depend
 // on every input bit; that is what rendezvous hashing needs from a hash,
 // since it only compares scores.
+//
+// A client address goes to one of Buckets buckets, and the buckets, not the
+// addresses, are what instances score. The indirection is for kernel
+// steering (package steer): its BPF program computes Bucket from the packet
+// and looks the instance up in a table user space fills with PickBucket, so
+// the program stays a few dozen instructions and both modes agree.
+
+// Buckets is the number of buckets client addresses are spread over. With n
+// instances each wins about Buckets/n of them, within a few percent
+// (binomial: a standard deviation of sqrt((n-1)/Buckets) of its share, 3% at
+// n = 4); the table a kernel program reads has one entry per bucket.
+const Buckets = 1 << bucketBits
+
+const bucketBits = 12
 
 const (
-	keySalt  = 0x9e3779b97f4a7c15 // 2^64 / golden ratio; splits the constant high half of IPv4 keys from zero
-	seedSalt = 0xd1b54a32d192ed03 // keeps instance seeds apart from address keys
+	keySalt    = 0x9e3779b97f4a7c15 // 2^64 / golden ratio; splits the constant high half of IPv4 keys from zero
+	seedSalt   = 0xd1b54a32d192ed03 // keeps instance seeds apart from address keys
+	bucketSalt = 0x2545f4914f6cdd1d // keeps bucket keys apart from instance seeds
 )
 
 func mix64(z uint64) uint64 {
@@ -245,6 +271,19 @@ func mix64(z uint64) uint64 {
 	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
 	return z ^ (z >> 31)
 }
+
+// Bucket returns the bucket of addr, in [0, Buckets): the top 12 bits of
+// mix64(mix64(hi ^ 0x9e3779b97f4a7c15) ^ lo), where hi and lo are the first
+// and last 8 bytes of addr's 16-byte form read big-endian, and mix64 is the
+// splitmix64 finaliser. An IPv4 address counts in its IPv4-mapped form
+// (hi = 0, lo = 0x0000ffff_aabbccdd), so 1.2.3.4 and ::ffff:1.2.3.4 share a
+// bucket; an IPv6 zone is dropped; all 16 bytes of an IPv6 address count.
+//
+// This is the one definition of the mapping. Package steer's BPF program
+// computes the same function in the kernel; its tests check that the two
+// agree, so a change here must be made there too (and is a remap of every
+// client, to say in the release notes).
+func Bucket(addr netip.Addr) int { return int(addrKey(addr) >> (64 - bucketBits)) }
 
 // addrKey hashes the 16-byte form of addr. As16 gives IPv4 addresses in
 // their IPv4-mapped form, which is what makes 1.2.3.4 and ::ffff:1.2.3.4 the
@@ -257,6 +296,10 @@ func addrKey(addr netip.Addr) uint64 {
 	// for IPv4 all the entropy is in the last 32 bits of lo.
 	return mix64(mix64(hi^keySalt) ^ lo)
 }
+
+// bucketKey is the key bucket b is scored by. The & keeps an out-of-range b
+// from being a bucket of its own.
+func bucketKey(b int) uint64 { return mix64(uint64(b&(Buckets-1)) ^ bucketSalt) }
 
 func instanceSeed(id int) uint64 { return mix64(uint64(id) ^ seedSalt) }
 

@@ -2,6 +2,7 @@ package sticky
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net/netip"
 	"slices"
@@ -49,33 +50,140 @@ func mustPick(t *testing.T, s *Set, a netip.Addr) int {
 }
 
 // TestPickStable pins the hash. Dispatchers restarted on a new PowerHouse
-// version must send clients where the old one did, so a change to these
-// values is a change of behaviour for users, not a refactoring.
+// version must send clients where the old one did, and the kernel program of
+// package steer computes the same buckets, so a change to these values is a
+// change of behaviour for users (a remap of every client, for the release
+// notes), not a refactoring.
 func TestPickStable(t *testing.T) {
 	s := NewSet(1, 2, 3, 4)
 	var got []int
 	for _, a := range loopbackClients(12) {
 		got = append(got, mustPick(t, s, a))
 	}
-	want := []int{3, 1, 3, 3, 4, 3, 3, 2, 3, 1, 1, 4}
+	want := []int{1, 2, 3, 1, 3, 3, 2, 1, 4, 3, 2, 2}
 	if !slices.Equal(got, want) {
 		t.Errorf("picks for 127.0.0.2..13 over 1..4 = %v, want %v", got, want)
 	}
-}
-
-func TestPickDeterministic(t *testing.T) {
-	a := NewSet(4, 2, 3, 1, 2)
-	b := NewSet(1, 2, 3, 4)
-	for _, addr := range randomAddrs(rand.New(rand.NewPCG(1, 2)), 1000, false) {
-		x, y := mustPick(t, a, addr), mustPick(t, b, addr)
-		if x != y {
-			t.Fatalf("Pick(%v) = %d on a set built in another order, %d in order", addr, x, y)
-		}
-		if again := mustPick(t, a, addr); again != x {
-			t.Fatalf("Pick(%v) = %d then %d", addr, x, again)
+	// Package steer's tests check its BPF program against Bucket; these
+	// pin Bucket itself.
+	for _, tt := range []struct {
+		addr string
+		want int
+	}{
+		{"127.0.0.2", 3553},
+		{"::ffff:127.0.0.2", 3553},
+		{"192.0.2.7", 2172},
+		{"0.0.0.0", 829},
+		{"255.255.255.255", 2387},
+		{"2001:db8::1", 1225},
+		{"::", 1154},
+	} {
+		if got := Bucket(netip.MustParseAddr(tt.addr)); got != tt.want {
+			t.Errorf("Bucket(%s) = %d, want %d", tt.addr, got, tt.want)
 		}
 	}
 }
+
+// TestPickFollowsBucket is the property kernel steering rests on: an
+// address's instance depends on its bucket alone, so a table with
+// PickBucket(b) for every bucket b places every client where Pick does.
+func TestPickFollowsBucket(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	sets := []*Set{NewSet(1), NewSet(1, 2, 3, 4), NewSet(2, 5, 7, 11, 13), NewSet(3, 9, 27, 81, 100, 200, 300, 400)}
+	addrs := append(randomAddrs(r, 5000, false), randomAddrs(r, 5000, true)...)
+	var order []int
+	for _, s := range sets {
+		for _, a := range addrs {
+			b := Bucket(a)
+			if b < 0 || b >= Buckets {
+				t.Fatalf("Bucket(%v) = %d, out of [0, %d)", a, b, Buckets)
+			}
+			want, _ := s.PickBucket(b)
+			if got := mustPick(t, s, a); got != want {
+				t.Fatalf("set %v: Pick(%v) = %d, PickBucket(Bucket = %d) = %d", s.IDs(), a, got, b, want)
+			}
+			if order = s.Order(a, order[:0]); order[0] != want {
+				t.Fatalf("set %v: Order(%v)[0] = %d, PickBucket = %d", s.IDs(), a, order[0], want)
+			}
+		}
+	}
+	s := NewSet(1, 2, 3)
+	if id, ok := s.PickBucket(Buckets + 5); !ok || id != mustPickBucket(t, s, 5) {
+		t.Errorf("PickBucket(Buckets+5) = %d, %v; not bucket 5's instance", id, ok)
+	}
+}
+
+func mustPickBucket(t *testing.T, s *Set, b int) int {
+	t.Helper()
+	id, ok := s.PickBucket(b)
+	if !ok {
+		t.Fatalf("PickBucket(%d) on %v: not ok", b, s.IDs())
+	}
+	return id
+}
+
+// TestBucketUsesEveryByte: flipping any one bit of the 16-byte form moves
+// an address to another bucket (but for the 1/4096 chance of landing in
+// the same one), so an IPv6 client's whole address counts, prefix and
+// interface identifier alike.
+func TestBucketUsesEveryByte(t *testing.T) {
+	addrs := randomAddrs(rand.New(rand.NewPCG(23, 24)), 200, true)
+	for bit := range 128 {
+		same := 0
+		for _, a := range addrs {
+			b := a.As16()
+			b[bit/8] ^= 0x80 >> (bit % 8)
+			if Bucket(netip.AddrFrom16(b)) == Bucket(a) {
+				same++
+			}
+		}
+		if same > 4 {
+			t.Errorf("flipping bit %d left %d of %d addresses in their bucket", bit, same, len(addrs))
+		}
+	}
+}
+
+// TestBucketDistribution: addresses spread evenly over the buckets, by a
+// chi-squared statistic within 6 standard deviations of its mean (the
+// number of buckets less one), including the low-entropy case of one /16.
+func TestBucketDistribution(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	block := make([]netip.Addr, 0, 1<<16)
+	for a, i := netip.MustParseAddr("10.1.0.0"), 0; i < 1<<16; a, i = a.Next(), i+1 {
+		block = append(block, a)
+	}
+	tests := []struct {
+		name  string
+		addrs []netip.Addr
+	}{
+		{"random IPv4", randomAddrs(r, 200_000, false)},
+		{"random IPv6", randomAddrs(r, 200_000, true)},
+		{"IPv4 /16", block},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var count [Buckets]int
+			for _, a := range tt.addrs {
+				count[Bucket(a)]++
+			}
+			mean := float64(len(tt.addrs)) / Buckets
+			chi2 := 0.0
+			for _, c := range count {
+				d := float64(c) - mean
+				chi2 += d * d / mean
+			}
+			df := float64(Buckets - 1)
+			if sd := math.Sqrt(2 * df); math.Abs(chi2-df) > 6*sd {
+				t.Errorf("chi-squared %.0f over %d buckets, want %.0f ± %.0f", chi2, Buckets, df, 6*sd)
+			}
+		})
+	}
+}
+
+// shareTolerance is how far (relative) an instance's share of clients may
+// stray from 1/n: 4 standard deviations of its share of buckets (a binomial
+// over Buckets draws) plus 3% for the addresses' spread over buckets.
+func shareTolerance(n int) float64 { return 4*math.Sqrt(float64(n-1)/Buckets) + 0.03 }
 
 func TestPickDistribution(t *testing.T) {
 	t.Run("loopback clients", func(t *testing.T) {
@@ -116,12 +224,36 @@ func TestPickDistribution(t *testing.T) {
 			for _, a := range tt.addrs {
 				count[mustPick(t, s, a)]++
 			}
-			fair := 1 / float64(len(tt.ids))
+			fair, tol := 1/float64(len(tt.ids)), shareTolerance(len(tt.ids))
 			for _, id := range tt.ids {
 				share := float64(count[id]) / float64(len(tt.addrs))
-				// ±5% of the fair share, e.g. 23.75%..26.25% for 4.
-				if share < fair*0.95 || share > fair*1.05 {
-					t.Errorf("instance %d got %.2f%% of keys, want %.2f%% ±5%%", id, share*100, fair*100)
+				if share < fair*(1-tol) || share > fair*(1+tol) {
+					t.Errorf("instance %d got %.2f%% of keys, want %.2f%% ±%.0f%%", id, share*100, fair*100, tol*100)
+				}
+			}
+		})
+	}
+}
+
+// TestBucketShares: the buckets themselves are shared fairly, for the
+// instance counts a group has (the table kernel steering loads).
+func TestBucketShares(t *testing.T) {
+	for _, n := range []int{2, 3, 4, 8, 16, 64} {
+		t.Run(fmt.Sprint(n, " instances"), func(t *testing.T) {
+			ids := make([]int, n)
+			for i := range ids {
+				ids[i] = i + 1
+			}
+			s := NewSet(ids...)
+			count := map[int]int{}
+			for b := range Buckets {
+				count[mustPickBucket(t, s, b)]++
+			}
+			p := 1 / float64(n)
+			mean, sd := Buckets*p, math.Sqrt(Buckets*p*(1-p))
+			for _, id := range ids {
+				if math.Abs(float64(count[id])-mean) > 4*sd {
+					t.Errorf("instance %d won %d buckets, want %.0f ± %.0f", id, count[id], mean, 4*sd)
 				}
 			}
 		})
@@ -151,6 +283,28 @@ func TestRemoveMovesOnlyThatInstancesKeys(t *testing.T) {
 	}
 }
 
+// TestRemoveMovesOnlyThatInstancesBuckets is the same property on the table
+// kernel steering loads: when an instance leaves, the only buckets whose
+// entry changes are the ones it held.
+func TestRemoveMovesOnlyThatInstancesBuckets(t *testing.T) {
+	full := NewSet(1, 2, 3, 4, 5)
+	for _, gone := range full.IDs() {
+		less := full.Without(gone)
+		held := 0
+		for b := range Buckets {
+			before, after := mustPickBucket(t, full, b), mustPickBucket(t, less, b)
+			if before == gone {
+				held++
+			} else if after != before {
+				t.Fatalf("bucket %d moved from %d to %d though only %d left", b, before, after, gone)
+			}
+		}
+		if held == 0 {
+			t.Errorf("instance %d held no buckets", gone)
+		}
+	}
+}
+
 func TestAddMovesKeysOnlyToNewInstance(t *testing.T) {
 	addrs := randomAddrs(rand.New(rand.NewPCG(7, 8)), 50_000, false)
 	for _, n := range []int{1, 2, 4, 8} {
@@ -172,7 +326,7 @@ func TestAddMovesKeysOnlyToNewInstance(t *testing.T) {
 				}
 			}
 			share, want := float64(moved)/float64(len(addrs)), 1/float64(n+1)
-			if share < want*0.95 || share > want*1.05 {
+			if tol := shareTolerance(n + 1); share < want*(1-tol) || share > want*(1+tol) {
 				t.Errorf("%.2f%% of keys moved to the new instance, want about %.2f%%", share*100, want*100)
 			}
 		})
