@@ -68,6 +68,7 @@ type options struct {
 	timeout   time.Duration
 	hold      time.Duration
 	watchPID  int
+	workers   []int // -watch-workers
 	label     string
 }
 
@@ -85,8 +86,14 @@ func main() {
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Second, "per-request timeout (counted as an error)")
 	flag.DurationVar(&o.hold, "hold", 0, "hold mode: open -conns keep-alive connections, one request on each, keep them open this long while -watch-pid is sampled")
 	flag.IntVar(&o.watchPID, "watch-pid", 0, "report CPU time (utime+stime, /proc/PID/stat) over the measured window and VmRSS/VmHWM of this `pid`")
+	var workers string
+	flag.StringVar(&workers, "watch-workers", "", "comma-separated `pids` whose CPU time (utime+stime) over the measured window is reported together (the row's workers)")
 	flag.StringVar(&o.label, "label", "", "copied into the result line")
 	flag.Parse()
+	if err := o.parseWorkers(workers); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(2)
+	}
 
 	if err := o.resolve(rawURL, base); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
@@ -148,6 +155,39 @@ func (o *options) resolve(rawURL, base string) error {
 		return fmt.Errorf("-conns %d needs more open files than RLIMIT_NOFILE %d allows", o.conns, rl.Cur)
 	}
 	return nil
+}
+
+// maxWatched bounds -watch-workers.
+const maxWatched = 1024
+
+func (o *options) parseWorkers(list string) error {
+	if list == "" {
+		return nil
+	}
+	for _, f := range strings.Split(list, ",") {
+		pid, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || pid < 1 {
+			return fmt.Errorf("-watch-workers: %q is not a pid", f)
+		}
+		o.workers = append(o.workers, pid)
+	}
+	if len(o.workers) > maxWatched {
+		return fmt.Errorf("-watch-workers: %d pids, at most %d", len(o.workers), maxWatched)
+	}
+	return nil
+}
+
+// workersTicks sums the CPU time of the -watch-workers processes.
+func (o *options) workersTicks() (uint64, error) {
+	var t uint64
+	for _, pid := range o.workers {
+		s, err := sampleProc(pid)
+		if err != nil {
+			return 0, err
+		}
+		t += s.cpuTicks
+	}
+	return t, nil
 }
 
 // source returns the i-th source address (i from 0).
@@ -681,23 +721,7 @@ func runLoad(ctx context.Context, o *options) error {
 			w.run(ctx, win, &next)
 		}(ws[i])
 	}
-	// Sample the watched process at the window's edges.
-	var p0, p1 procSample
-	var perr error
-	if o.watchPID > 0 {
-		select {
-		case <-time.After(time.Until(win.start)):
-		case <-ctx.Done():
-		}
-		p0, perr = sampleProc(o.watchPID)
-		select {
-		case <-time.After(time.Until(win.end)):
-		case <-ctx.Done():
-		}
-		if perr == nil {
-			p1, perr = sampleProc(o.watchPID)
-		}
-	}
+	w0, w1, p0, p1, werr, perr := o.sampleWindow(ctx, win)
 	wg.Wait()
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -722,12 +746,56 @@ func runLoad(ctx context.Context, o *options) error {
 				o.watchPID, cpuMS, perUnit(cpuMS*1000, r.opened), perUnit(cpuMS*1000, r.requests), p1.rss, p1.hwmKiB)
 		}
 	}
+	o.appendWorkers(&line, w0, w1, werr, r)
 	fmt.Println(line.String())
 	fmt.Fprintf(os.Stderr, "%s %s, %d conns from %d source address(es), %v (+%v warm-up): %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors (%s); %d connections opened; instances answering: %s; sources that always reached the same instance: %d of %d\n",
 		o.addr, map[bool]string{true: "keep-alive", false: "new connection per request"}[o.keepalive],
 		o.conns, max(o.sources, 1), o.duration, o.warmup, r.rps, r.p50, r.p99, r.errTotal(), r.errString(),
 		r.opened, r.spreadString(), r.sourcesSticky, r.sourcesUsed)
 	return nil
+}
+
+// sampleWindow samples the watched process and workers at the window's
+// edges.
+func (o *options) sampleWindow(ctx context.Context, win window) (w0, w1 uint64, p0, p1 procSample, werr, perr error) {
+	if o.watchPID == 0 && len(o.workers) == 0 {
+		return
+	}
+	sample := func() (uint64, procSample, error, error) {
+		var p procSample
+		var perr error
+		if o.watchPID > 0 {
+			p, perr = sampleProc(o.watchPID)
+		}
+		w, werr := o.workersTicks()
+		return w, p, werr, perr
+	}
+	select {
+	case <-time.After(time.Until(win.start)):
+	case <-ctx.Done():
+	}
+	w0, p0, werr, perr = sample()
+	select {
+	case <-time.After(time.Until(win.end)):
+	case <-ctx.Done():
+	}
+	var werr1, perr1 error
+	w1, p1, werr1, perr1 = sample()
+	return w0, w1, p0, p1, errors.Join(werr, werr1), errors.Join(perr, perr1)
+}
+
+// appendWorkers adds the workers' CPU over the window to a result line.
+func (o *options) appendWorkers(line *strings.Builder, w0, w1 uint64, werr error, r *result) {
+	if len(o.workers) == 0 {
+		return
+	}
+	if werr != nil {
+		fmt.Fprintf(line, " workers_error=%q", werr.Error())
+		return
+	}
+	cpuMS := float64(w1-w0) * 1000 / clkTck
+	fmt.Fprintf(line, " workers=%d workers_cpu_ms=%.0f workers_cpu_us_per_conn=%s workers_cpu_us_per_req=%s",
+		len(o.workers), cpuMS, perUnit(cpuMS*1000, r.opened), perUnit(cpuMS*1000, r.requests))
 }
 
 func perUnit(total float64, n uint64) string {
