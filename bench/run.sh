@@ -402,6 +402,60 @@ if [[ " ${rows[*]} " == *" $TARGET "* ]] && { want_extra hold || want_extra sysc
   fi
 fi
 
+# --- extras under systemd: connection storm, 10k idle connections ----------
+kv() { awk -v k="$1" '/^loadgen / { for (i = 2; i <= NF; i++) if (index($i, k "=") == 1) { print substr($i, length(k) + 2); exit } }' "$2"; }
+if want_extra storm && [[ " ${rows[*]} " == *" $SD_TARGET "* ]]; then
+  # Open loop: new connections offered at STORM_RATE/s whatever the server
+  # does, at most STORM_INFLIGHT in flight, each one request; the house and
+  # its reference alternately, STORM_ROUNDS times each.
+  storm=()
+  for ((sr = 1; sr <= STORM_ROUNDS; sr++)); do
+    order=(systemd-reference "$SD_TARGET"); ((sr % 2 == 0)) && order=("$SD_TARGET" systemd-reference)
+    for row in "${order[@]}"; do
+      next_port; f=$ex/storm-$sr-$row.txt
+      if start_row "$row" "$port" "$OUT/logs/storm-$row-$sr.log"; then
+        "$BENCH_BIN/loadgen" -addr "127.0.0.1:$port" -rate "$STORM_RATE" -conns "$STORM_INFLIGHT" -duration "${STORM_SECONDS}s" \
+          -warmup "${WARMUP}s" -sources "$SOURCES" -watch-pid "$cur_front" ${cur_workers:+-watch-workers "$cur_workers"} -label "$row" > "$f" 2>&1
+        storm+=("| $sr | $row | $(kv offered_rps "$f") | $(kv rps "$f") | $(kv missed "$f") | $(kv errors "$f") ($(kv err_kinds "$f")) | $(kv p50_ms "$f") | $(kv p99_ms "$f") | $(kv pid_cpu_us_per_conn "$f") | $(kv workers_cpu_us_per_conn "$f") |")
+        tail -1 "$f" >&2
+      else
+        storm+=("| $sr | $row | FAILED to start (see logs/storm-$row-$sr.log) | | | | | | | |")
+      fi
+      stop_row "$cur"; cur=""
+    done
+  done
+  {
+    echo
+    echo "### Connection storm under systemd"
+    echo
+    echo "New connections offered at $STORM_RATE/s (open loop: on schedule whatever the server does; at most $STORM_INFLIGHT in flight, an offer finding them all busy is \"missed\"), one request each, from $SOURCES addresses, ${WARMUP} s warm-up + ${STORM_SECONDS} s measured; latency from each offer's scheduled time. Front CPU: the supervisor (systemd-house) or the idle launcher (systemd-reference)."
+    echo
+    echo "| round | row | offered/s | answered/s | missed offers | errors | p50 ms | p99 ms | front CPU µs/conn | workers CPU µs/conn |"
+    echo "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"
+    printf '%s\n' "${storm[@]}"
+  } >> "$OUT/summary.md"
+fi
+if want_extra idle && [[ " ${rows[*]} " == *" $SD_TARGET "* ]]; then
+  next_port
+  if start_row "$SD_TARGET" "$port" "$OUT/logs/idle.log"; then
+    idle_rss=$(awk '/^VmRSS/ {print $2}' "/proc/$cur_front/status")
+    "$BENCH_BIN/loadgen" -addr "127.0.0.1:$port" -conns "$HOLD_CONNS" -sources "$SOURCES" \
+      -hold "${HOLD_SECONDS}s" -watch-pid "$cur_front" -label idle > "$ex/idle.txt" 2>&1
+    stop_row "$cur"; cur=""
+    f=$ex/idle.txt
+    rss=$(kv pid_rss_kib "$f"); held=$(kv held "$f"); wanted=$(kv wanted "$f"); still=$(kv still_serving "$f")
+    verdict=$(awk -v r="${rss:-NA}" -v h="${held:-0}" -v w="${wanted:-1}" -v s="${still:-0}" 'BEGIN { print (r != "NA" && r / 1024 < 20 && h == w && s == h ? "met" : "**missed**") }')
+    {
+      echo
+      echo "### $HOLD_CONNS idle connections under systemd"
+      echo
+      echo "- **$SD_TARGET, supervisor VmRSS with $held of $wanted connections open and idle** (keep-alive, one request each, from $SOURCES addresses, held ${HOLD_SECONDS} s; $still still answering a second request afterwards; spread $(kv spread "$f"); opened in $(kv open_s "$f") s): **$(awk -v r="${rss:-0}" 'BEGIN {printf "%.1f", r / 1024}') MiB** (VmHWM $(awk -v r="$(kv pid_hwm_kib "$f")" 'BEGIN {printf "%.1f", r / 1024}') MiB; $(awk -v r="${idle_rss:-0}" 'BEGIN {printf "%.1f", r / 1024}') MiB idle before), target < 20 MiB with every connection still answering: $verdict. Supervisor's counters at the end: \`$(sed -n 's/^sdrow: .*dispatch.json //p' "$OUT/logs/idle.log" | tail -1)\`."
+    } >> "$OUT/summary.md"
+  else
+    echo "- $HOLD_CONNS idle connections: $SD_TARGET FAILED to start (see $OUT/logs/idle.log)" >> "$OUT/summary.md"
+  fi
+fi
+
 cat "$OUT/summary.md"
 echo >&2
 echo "bench: results in $OUT (summary.md, raw.tsv, loadgen/, logs/, extras/)" >&2
