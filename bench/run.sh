@@ -419,12 +419,19 @@ if want_extra storm && [[ " ${rows[*]} " == *" $SD_TARGET "* ]]; then
       if start_row "$row" "$port" "$OUT/logs/storm-$row-$sr.log"; then
         "$BENCH_BIN/loadgen" -addr "127.0.0.1:$port" -rate "$STORM_RATE" -conns "$STORM_INFLIGHT" -duration "${STORM_SECONDS}s" \
           -warmup "${WARMUP}s" -sources "$SOURCES" -watch-pid "$cur_front" ${cur_workers:+-watch-workers "$cur_workers"} -label "$row" > "$f" 2>&1
-        storm+=("| $sr | $row | $(kv offered_rps "$f") | $(kv rps "$f") | $(kv missed "$f") | $(kv errors "$f") ($(kv err_kinds "$f")) | $(kv p50_ms "$f") | $(kv p99_ms "$f") | $(kv pid_cpu_us_per_conn "$f") | $(kv workers_cpu_us_per_conn "$f") |")
         tail -1 "$f" >&2
       else
-        storm+=("| $sr | $row | FAILED to start (see logs/storm-$row-$sr.log) | | | | | | | |")
+        storm+=("| $sr | $row | FAILED to start (see logs/storm-$row-$sr.log) | | | | | | | | | |")
+        stop_row "$cur"; cur=""; continue
       fi
       stop_row "$cur"; cur=""
+      # The supervisor's dispatch counters over the row's life (sdrow logs
+      # dispatch.json at power-off): what it did with what it could not hand off.
+      counters=$(sed -n 's/^sdrow: .*dispatch.json //p' "$OUT/logs/storm-$row-$sr.log" | tail -1 |
+        awk '{ out = ""; n = split("handed_off dropped sticky_misses queue_full", k, " ")
+          for (i = 1; i <= n; i++) if (match($0, "\"" k[i] "\":[0-9]+")) { v = substr($0, RSTART, RLENGTH); sub(/.*:/, "", v); out = out (out == "" ? "" : ", ") k[i] " " v }
+          print (out == "" ? "—" : out) }')
+      storm+=("| $sr | $row | $(kv offered_rps "$f") | $(kv rps "$f") | $(kv missed "$f") | $(kv errors "$f") ($(kv err_kinds "$f")) | $(kv sticky_sources "$f") | $(kv p50_ms "$f") | $(kv p99_ms "$f") | $(kv pid_cpu_us_per_conn "$f") | $(kv workers_cpu_us_per_conn "$f") | ${counters:-—} |")
     done
   done
   {
@@ -433,8 +440,8 @@ if want_extra storm && [[ " ${rows[*]} " == *" $SD_TARGET "* ]]; then
     echo
     echo "New connections offered at $STORM_RATE/s (open loop: on schedule whatever the server does; at most $STORM_INFLIGHT in flight, an offer finding them all busy is \"missed\"), one request each, from $SOURCES addresses, ${WARMUP} s warm-up + ${STORM_SECONDS} s measured; latency from each offer's scheduled time. Front CPU: the supervisor (systemd-house) or the idle launcher (systemd-reference)."
     echo
-    echo "| round | row | offered/s | answered/s | missed offers | errors | p50 ms | p99 ms | front CPU µs/conn | workers CPU µs/conn |"
-    echo "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|"
+    echo "| round | row | offered/s | answered/s | missed offers | errors | sticky sources | p50 ms | p99 ms | front CPU µs/conn | workers CPU µs/conn | supervisor's counters (row's life) |"
+    echo "|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"
     printf '%s\n' "${storm[@]}"
   } >> "$OUT/summary.md"
 fi
