@@ -54,7 +54,7 @@ while (($#)); do
     --no-setup) setup=0 ;;
     --no-extras) extras=0 ;;
     --list) for r in $(all_rows); do [[ " ${DEFAULT_ROWS[*]} " == *" $r "* ]] && echo "$r *" || echo "$r"; done; exit 0 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     -*) echo "unknown option $1" >&2; exit 2 ;;
     *) req+=("$1") ;;
   esac; shift
