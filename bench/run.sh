@@ -4,8 +4,8 @@
 # the same reference under the same systemd; loopback, many client addresses.
 # Method, results and how to read them: docs/BENCHMARKS.md. `make bench` runs it.
 #   bench/run.sh                        # setup + default rows + extras; updates docs/BENCHMARKS.md
-#   bench/run.sh powerhouse-sticky      # a subset of rows ('direct' is always added,
-#                                       #   'systemd-reference' with any systemd-* row)
+#   bench/run.sh powerhouse-sticky      # a subset of rows (with its reference: 'direct',
+#                                       #   or 'systemd-reference' for systemd-* rows)
 #   bench/run.sh --list                 # rows (default ones marked *)
 #   bench/run.sh --no-setup ...         # skip the peers' apt/npm setup
 #   bench/run.sh --no-extras ...        # skip every extra (EXTRAS= picks some)
@@ -60,7 +60,7 @@ while (($#)); do
   esac; shift
 done
 ((${#req[@]})) || req=("${DEFAULT_ROWS[@]}")
-rows=(direct)
+rows=()   # each requested row and its reference
 for r in "${req[@]}"; do
   [[ -f $B/rows/$r.sh ]] || { echo "no such row: $r (see bench/run.sh --list)" >&2; exit 2; }
   f=$(ref_of "$r")
