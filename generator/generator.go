@@ -491,6 +491,7 @@ func (g *gen) serviceSettings(u *opts, s config.Service) {
 	if s.LimitNOFILE > 0 {
 		set("LimitNOFILE", fmt.Sprint(s.LimitNOFILE))
 	}
+	set("CPUSchedulingPolicy", s.CPUSchedulingPolicy)
 	if g.o.User {
 		userHardening(u, s)
 		return
