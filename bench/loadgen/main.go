@@ -19,6 +19,16 @@
 //	loadgen -addr 127.0.0.1:8080 -conns 16 -keepalive=false   # a new connection per request
 //	loadgen -addr 127.0.0.1:8080 -conns 64                    # keep-alive
 //	loadgen -addr 127.0.0.1:8080 -conns 10000 -hold 5s -watch-pid N   # open, hold, measure RSS
+//	loadgen -addr 127.0.0.1:8080 -rate 10000 -conns 4096               # connection storm, open loop
+//
+// With -rate, new connections are offered at that rate whatever happens to
+// the earlier ones (an open loop, unlike the closed loop of -conns
+// clients): each carries one request with "Connection: close". At most
+// -conns are in flight; an offer that finds them all busy is not made and
+// is counted as "missed" (the client, not the server, fell behind; the
+// achieved rate says what got through). Latency is measured from the
+// offer's scheduled time, so a stalled server is not hidden by a client
+// that waited for it (no coordinated omission).
 //
 // With -keepalive=false every request carries "Connection: close"; the client
 // reads the response and then waits for the server's FIN before closing, so
@@ -39,6 +49,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"net"
 	"net/url"
 	"os"
@@ -67,7 +78,9 @@ type options struct {
 	keepalive bool
 	timeout   time.Duration
 	hold      time.Duration
+	rate      float64
 	watchPID  int
+	workers   []int // -watch-workers
 	label     string
 }
 
@@ -84,9 +97,16 @@ func main() {
 	flag.BoolVar(&o.keepalive, "keepalive", true, "keep connections open (false: a new connection per request, \"Connection: close\")")
 	flag.DurationVar(&o.timeout, "timeout", 5*time.Second, "per-request timeout (counted as an error)")
 	flag.DurationVar(&o.hold, "hold", 0, "hold mode: open -conns keep-alive connections, one request on each, keep them open this long while -watch-pid is sampled")
+	flag.Float64Var(&o.rate, "rate", 0, "open loop: offer new connections (one request each) at this rate per second, at most -conns in flight")
 	flag.IntVar(&o.watchPID, "watch-pid", 0, "report CPU time (utime+stime, /proc/PID/stat) over the measured window and VmRSS/VmHWM of this `pid`")
+	var workers string
+	flag.StringVar(&workers, "watch-workers", "", "comma-separated `pids` whose CPU time (utime+stime) over the measured window is reported together (the row's workers)")
 	flag.StringVar(&o.label, "label", "", "copied into the result line")
 	flag.Parse()
+	if err := o.parseWorkers(workers); err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(2)
+	}
 
 	if err := o.resolve(rawURL, base); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
@@ -95,9 +115,14 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	var err error
-	if o.hold > 0 {
+	switch {
+	case o.hold > 0 && o.rate > 0:
+		err = errors.New("-hold and -rate exclude each other")
+	case o.hold > 0:
 		err = runHold(ctx, &o)
-	} else {
+	case o.rate > 0:
+		err = runRate(ctx, &o)
+	default:
 		err = runLoad(ctx, &o)
 	}
 	if err != nil {
@@ -133,6 +158,9 @@ func (o *options) resolve(rawURL, base string) error {
 	if o.conns < 1 {
 		return errors.New("-conns must be at least 1")
 	}
+	if o.rate < 0 || o.rate > maxRate || math.IsNaN(o.rate) {
+		return fmt.Errorf("-rate must be from 0 to %d", maxRate)
+	}
 	if o.sources < 0 || o.sources > 65000 {
 		return errors.New("-sources must be from 0 to 65000")
 	}
@@ -148,6 +176,39 @@ func (o *options) resolve(rawURL, base string) error {
 		return fmt.Errorf("-conns %d needs more open files than RLIMIT_NOFILE %d allows", o.conns, rl.Cur)
 	}
 	return nil
+}
+
+// maxWatched bounds -watch-workers.
+const maxWatched = 1024
+
+func (o *options) parseWorkers(list string) error {
+	if list == "" {
+		return nil
+	}
+	for _, f := range strings.Split(list, ",") {
+		pid, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || pid < 1 {
+			return fmt.Errorf("-watch-workers: %q is not a pid", f)
+		}
+		o.workers = append(o.workers, pid)
+	}
+	if len(o.workers) > maxWatched {
+		return fmt.Errorf("-watch-workers: %d pids, at most %d", len(o.workers), maxWatched)
+	}
+	return nil
+}
+
+// workersTicks sums the CPU time of the -watch-workers processes.
+func (o *options) workersTicks() (uint64, error) {
+	var t uint64
+	for _, pid := range o.workers {
+		s, err := sampleProc(pid)
+		if err != nil {
+			return 0, err
+		}
+		t += s.cpuTicks
+	}
+	return t, nil
 }
 
 // source returns the i-th source address (i from 0).
@@ -681,23 +742,7 @@ func runLoad(ctx context.Context, o *options) error {
 			w.run(ctx, win, &next)
 		}(ws[i])
 	}
-	// Sample the watched process at the window's edges.
-	var p0, p1 procSample
-	var perr error
-	if o.watchPID > 0 {
-		select {
-		case <-time.After(time.Until(win.start)):
-		case <-ctx.Done():
-		}
-		p0, perr = sampleProc(o.watchPID)
-		select {
-		case <-time.After(time.Until(win.end)):
-		case <-ctx.Done():
-		}
-		if perr == nil {
-			p1, perr = sampleProc(o.watchPID)
-		}
-	}
+	w0, w1, p0, p1, werr, perr := o.sampleWindow(ctx, win)
 	wg.Wait()
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -722,12 +767,56 @@ func runLoad(ctx context.Context, o *options) error {
 				o.watchPID, cpuMS, perUnit(cpuMS*1000, r.opened), perUnit(cpuMS*1000, r.requests), p1.rss, p1.hwmKiB)
 		}
 	}
+	o.appendWorkers(&line, w0, w1, werr, r)
 	fmt.Println(line.String())
 	fmt.Fprintf(os.Stderr, "%s %s, %d conns from %d source address(es), %v (+%v warm-up): %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors (%s); %d connections opened; instances answering: %s; sources that always reached the same instance: %d of %d\n",
 		o.addr, map[bool]string{true: "keep-alive", false: "new connection per request"}[o.keepalive],
 		o.conns, max(o.sources, 1), o.duration, o.warmup, r.rps, r.p50, r.p99, r.errTotal(), r.errString(),
 		r.opened, r.spreadString(), r.sourcesSticky, r.sourcesUsed)
 	return nil
+}
+
+// sampleWindow samples the watched process and workers at the window's
+// edges.
+func (o *options) sampleWindow(ctx context.Context, win window) (w0, w1 uint64, p0, p1 procSample, werr, perr error) {
+	if o.watchPID == 0 && len(o.workers) == 0 {
+		return
+	}
+	sample := func() (uint64, procSample, error, error) {
+		var p procSample
+		var perr error
+		if o.watchPID > 0 {
+			p, perr = sampleProc(o.watchPID)
+		}
+		w, werr := o.workersTicks()
+		return w, p, werr, perr
+	}
+	select {
+	case <-time.After(time.Until(win.start)):
+	case <-ctx.Done():
+	}
+	w0, p0, werr, perr = sample()
+	select {
+	case <-time.After(time.Until(win.end)):
+	case <-ctx.Done():
+	}
+	var werr1, perr1 error
+	w1, p1, werr1, perr1 = sample()
+	return w0, w1, p0, p1, errors.Join(werr, werr1), errors.Join(perr, perr1)
+}
+
+// appendWorkers adds the workers' CPU over the window to a result line.
+func (o *options) appendWorkers(line *strings.Builder, w0, w1 uint64, werr error, r *result) {
+	if len(o.workers) == 0 {
+		return
+	}
+	if werr != nil {
+		fmt.Fprintf(line, " workers_error=%q", werr.Error())
+		return
+	}
+	cpuMS := float64(w1-w0) * 1000 / clkTck
+	fmt.Fprintf(line, " workers=%d workers_cpu_ms=%.0f workers_cpu_us_per_conn=%s workers_cpu_us_per_req=%s",
+		len(o.workers), cpuMS, perUnit(cpuMS*1000, r.opened), perUnit(cpuMS*1000, r.requests))
 }
 
 func perUnit(total float64, n uint64) string {
@@ -861,4 +950,150 @@ func runHold(ctx context.Context, o *options) error {
 	fmt.Fprintf(os.Stderr, "%s: %d of %d keep-alive connections open (opened in %.2f s) from %d source address(es), held %v, %d still serving after it; instances: %s\n",
 		o.addr, held, o.conns, openTime.Seconds(), max(o.sources, 1), o.hold, held-stale, r.spreadString())
 	return nil
+}
+
+// maxRate bounds -rate: beyond it the client's own scheduling is the limit.
+const maxRate = 1_000_000
+
+// runRate offers new connections at o.rate per second (open loop) for the
+// warm-up and the window; each carries one request with "Connection:
+// close". o.conns workers are the in-flight bound: an offer that finds none
+// free is counted as missed. Offers scheduled inside the window count.
+func runRate(ctx context.Context, o *options) error {
+	rr, err := rate(ctx, o)
+	if err != nil {
+		return err
+	}
+	r, secs := rr.result, o.duration.Seconds()
+	offered, missed := rr.offered, rr.missed
+	w0, w1, p0, p1, werr, perr := rr.w0, rr.w1, rr.p0, rr.p1, rr.werr, rr.perr
+	var line strings.Builder
+	fmt.Fprintf(&line, "loadgen mode=rate label=%s offered_rps=%.1f rps=%.1f offered=%d missed=%d p50_ms=%.3f p99_ms=%.3f p999_ms=%.3f errors=%d err_kinds=%s requests=%d conns_opened=%d instances=%d sticky_sources=%d/%d spread=%s duration_s=%g inflight_max=%d sources=%d",
+		orDash(o.label), float64(offered)/secs, r.rps, offered, missed, r.p50, r.p99, r.p999, r.errTotal(), r.errString(), r.requests, r.opened,
+		len(r.spread), r.sourcesSticky, r.sourcesUsed, r.spreadString(), secs, o.conns, o.sources)
+	if o.watchPID > 0 {
+		if perr != nil {
+			fmt.Fprintf(&line, " pid_error=%q", perr.Error())
+		} else {
+			cpuMS := float64(p1.cpuTicks-p0.cpuTicks) * 1000 / clkTck
+			fmt.Fprintf(&line, " pid=%d pid_cpu_ms=%.0f pid_cpu_us_per_conn=%s pid_rss_kib=%d pid_hwm_kib=%d",
+				o.watchPID, cpuMS, perUnit(cpuMS*1000, r.opened), p1.rss, p1.hwmKiB)
+		}
+	}
+	o.appendWorkers(&line, w0, w1, werr, r)
+	fmt.Println(line.String())
+	fmt.Fprintf(os.Stderr, "%s new connections offered at %.0f/s (open loop, at most %d in flight) from %d source address(es), %v (+%v warm-up): %.0f/s answered, %d offers missed (all in flight), p50 %.2f ms, p99 %.2f ms, %d errors (%s); instances answering: %s\n",
+		o.addr, o.rate, o.conns, max(o.sources, 1), o.duration, o.warmup, r.rps, missed, r.p50, r.p99, r.errTotal(), r.errString(), r.spreadString())
+	return nil
+}
+
+// rateResult is what rate measured.
+type rateResult struct {
+	*result
+	offered, missed uint64
+	w0, w1          uint64
+	p0, p1          procSample
+	werr, perr      error
+}
+
+// rate is runRate's measurement.
+func rate(ctx context.Context, o *options) (*rateResult, error) {
+	dial := o.dialers()
+	req := o.request(true)
+	free := make(chan *worker, o.conns)
+	ws := make([]*worker, o.conns)
+	for i := range ws {
+		ws[i] = &worker{o: o, dial: dial, req: req, buf: make([]byte, 4<<10), intern: map[string]int{},
+			bySrc: make([][]uint64, max(o.sources, 1))}
+		free <- ws[i]
+	}
+	start := time.Now()
+	win := window{start: start.Add(o.warmup), end: start.Add(o.warmup + o.duration)}
+	total := int64((o.warmup + o.duration).Seconds() * o.rate)
+	interval := float64(time.Second) / o.rate
+	var wg sync.WaitGroup
+	var offered, missed uint64
+	sampled := make(chan struct{})
+	var w0, w1 uint64
+	var p0, p1 procSample
+	var werr, perr error
+	go func() {
+		defer close(sampled)
+		w0, w1, p0, p1, werr, perr = o.sampleWindow(ctx, win)
+	}()
+	var src uint64
+	for i := int64(0); i < total && ctx.Err() == nil; {
+		now := time.Now()
+		// Every offer due by now is made now; then sleep to the next one.
+		for ; i < total; i++ {
+			at := start.Add(time.Duration(float64(i) * interval))
+			if at.After(now) {
+				time.Sleep(at.Sub(now)) // the schedule is the clock: nothing else to wait on
+				break
+			}
+			counted := win.in(at)
+			if counted {
+				offered++
+			}
+			var w *worker
+			select {
+			case w = <-free:
+			default:
+				if counted {
+					missed++
+				}
+				continue
+			}
+			s := int(src % uint64(len(dial)))
+			src++
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				w.offer(ctx, at, s, counted)
+				free <- w
+			}()
+		}
+	}
+	wg.Wait()
+	<-sampled
+	if ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return &rateResult{result: merge(ws, o, o.duration.Seconds()), offered: offered, missed: missed,
+		w0: w0, w1: w1, p0: p0, p1: p1, werr: werr, perr: perr}, nil
+}
+
+// offer makes one scheduled connection: dial, one request, wait for the
+// server's close. Latency counts from the scheduled time at.
+func (w *worker) offer(ctx context.Context, at time.Time, src int, counted bool) {
+	c, err := w.dial[src].DialContext(ctx, "tcp", w.o.addr)
+	if err != nil {
+		if counted {
+			w.errs[classify(err, errDial)]++
+		}
+		return
+	}
+	defer c.Close()
+	if counted {
+		w.opened++
+	}
+	c.SetDeadline(time.Now().Add(w.o.timeout))
+	res, err := w.roundTrip(c)
+	t1 := time.Now()
+	if err != nil {
+		if counted {
+			w.errs[classify(err, errIO)]++
+		}
+		return
+	}
+	if counted {
+		w.served++
+		w.lat = append(w.lat, uint32(min(t1.Sub(at).Microseconds(), 1<<32-1)))
+		if res.status < 200 || res.status > 299 {
+			w.errs[errStatus]++
+		}
+		w.note(src, res.instance)
+	}
+	// Let the server close first (its side keeps TIME_WAIT), then close.
+	c.Read(w.buf[:1])
 }

@@ -118,3 +118,51 @@ func TestInstanceOf(t *testing.T) {
 		})
 	}
 }
+
+// TestRate: the open loop offers on schedule whatever the server does. A
+// server that answers gets every offer made and answered; one that never
+// answers holds the -conns slots, and every later offer is counted missed
+// (not silently delayed, as a closed loop would).
+func TestRate(t *testing.T) {
+	ok := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, "instance=web@1\n")
+	}))
+	defer ok.Close()
+	stuck := make(chan struct{})
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-stuck }))
+	defer func() { close(stuck); hung.Close() }()
+
+	for _, tc := range []struct {
+		name       string
+		url        string
+		conns      int
+		wantMissed bool
+	}{
+		{"answering server", ok.URL, 64, false},
+		{"server that never answers", hung.URL, 4, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := strings.TrimPrefix(tc.url, "http://")
+			o := &options{addr: addr, host: addr, path: "/", timeout: 2 * time.Second, conns: tc.conns,
+				rate: 400, duration: 500 * time.Millisecond}
+			rr, err := rate(t.Context(), o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// 400/s for 0.5 s: 200 offers in the window.
+			if rr.offered != 200 {
+				t.Errorf("offered %d, want 200", rr.offered)
+			}
+			if !tc.wantMissed {
+				if rr.missed != 0 || rr.requests != rr.offered || rr.errTotal() != 0 {
+					t.Errorf("missed %d, answered %d of %d, errors %d", rr.missed, rr.requests, rr.offered, rr.errTotal())
+				}
+				return
+			}
+			// The 4 slots were taken at the start and time out after 2 s.
+			if rr.missed < rr.offered-4 || rr.requests != 0 {
+				t.Errorf("missed %d of %d offers, answered %d; want all but the in-flight ones missed", rr.missed, rr.offered, rr.requests)
+			}
+		})
+	}
+}

@@ -5,11 +5,19 @@
 //	summarize -target powerhouse-sticky -peers haproxy-source,socket-proxyd raw.tsv
 //
 // Method (the shared peer harness's, ../shared/bench/summarize.js): a row's
-// ratio in one round is its req/s divided by the mean of the "direct"
+// ratio in one round is its req/s divided by the mean of its reference's
 // measurements taken just before and just after it in that round (the run
 // brackets every row with them), which cancels the slow drift of a noisy
 // shared machine; the table shows the median of those ratios over the
 // rounds and their [min–max]. Absolute columns are medians over rounds.
+//
+// A row's reference is raw.tsv's "ref" column ("direct" when absent): the
+// systemd rows are measured against systemd-reference, the others against
+// direct; one table per reference.
+//
+// -goal ROW:CLOSE:KA[:CPU] (repeatable) checks a row's medians: new-
+// connection ratio ≥ CLOSE, keep-alive ratio ≥ KA, and front (dispatcher,
+// supervisor) CPU µs per connection ≤ CPU.
 package main
 
 import (
@@ -28,6 +36,7 @@ import (
 type rec struct {
 	round, seq int
 	row, wl    string
+	ref        string // the reference row it is measured against
 	f          map[string]string
 }
 
@@ -48,6 +57,14 @@ func main() {
 	peers := flag.String("peers", "", "comma-separated rows the target must beat")
 	closeMin := flag.Float64("close-min", 0.85, "target: new-connection ratio to direct")
 	kaMin := flag.Float64("ka-min", 0.97, "target: keep-alive ratio to direct")
+	var goals []goal
+	flag.Func("goal", "`ROW:CLOSE:KA[:CPU]`: check ROW's median ratios (new connection ≥ CLOSE, keep-alive ≥ KA) and front CPU µs/conn (≤ CPU); repeatable", func(v string) error {
+		g, err := parseGoal(v)
+		if err == nil {
+			goals = append(goals, g)
+		}
+		return err
+	})
 	flag.Parse()
 	if flag.NArg() != 1 {
 		fmt.Fprintln(os.Stderr, "usage: summarize [-target ROW] [-peers A,B] raw.tsv")
@@ -71,6 +88,37 @@ func main() {
 	s := &summary{recs: recs}
 	s.table(os.Stdout)
 	s.targets(os.Stdout, *target, ps, *closeMin, *kaMin)
+	for _, g := range goals {
+		s.goal(os.Stdout, g)
+	}
+}
+
+// goal is one -goal.
+type goal struct {
+	row             string
+	closeMin, kaMin float64
+	cpuMax          float64 // NaN: not checked
+}
+
+func parseGoal(v string) (goal, error) {
+	f := strings.Split(v, ":")
+	if len(f) < 3 || len(f) > 4 || f[0] == "" {
+		return goal{}, fmt.Errorf("-goal %q: want ROW:CLOSE:KA[:CPU]", v)
+	}
+	g := goal{row: f[0], cpuMax: math.NaN()}
+	var err error
+	num := func(s string) float64 {
+		x, e := strconv.ParseFloat(s, 64)
+		if e != nil || x < 0 || math.IsNaN(x) || math.IsInf(x, 0) {
+			err = fmt.Errorf("-goal %q: %q is not a non-negative number", v, s)
+		}
+		return x
+	}
+	g.closeMin, g.kaMin = num(f[1]), num(f[2])
+	if len(f) == 4 {
+		g.cpuMax = num(f[3])
+	}
+	return g, err
 }
 
 func read(r io.Reader) ([]rec, error) {
@@ -93,7 +141,11 @@ func read(r io.Reader) ([]rec, error) {
 		if err1 != nil || err2 != nil {
 			return nil, fmt.Errorf("read raw.tsv: bad line %q", sc.Text())
 		}
-		recs = append(recs, rec{round: round, seq: seq, row: m["row"], wl: m["workload"], f: m})
+		ref := m["ref"]
+		if ref == "" || ref == "NA" {
+			ref = "direct"
+		}
+		recs = append(recs, rec{round: round, seq: seq, row: m["row"], wl: m["workload"], ref: ref, f: m})
 	}
 	return recs, sc.Err()
 }
@@ -107,8 +159,29 @@ func (s *summary) rows() []string {
 			rs = append(rs, r.row)
 		}
 	}
-	// direct first, the rest in the order they were first measured
+	// references first, the rest in the order they were first measured
+	isRef := func(r string) bool { return s.refOf(r) == r }
 	slices.SortStableFunc(rs, func(a, b string) int {
+		switch {
+		case isRef(a) && !isRef(b):
+			return -1
+		case isRef(b) && !isRef(a):
+			return 1
+		}
+		return 0
+	})
+	return rs
+}
+
+// refs lists the reference rows, direct first.
+func (s *summary) refs() []string {
+	var out []string
+	for _, r := range s.rows() {
+		if s.refOf(r) == r {
+			out = append(out, r)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b string) int {
 		switch {
 		case a == "direct" && b != "direct":
 			return -1
@@ -117,7 +190,7 @@ func (s *summary) rows() []string {
 		}
 		return 0
 	})
-	return rs
+	return out
 }
 
 func (s *summary) of(row, wl string) []rec {
@@ -130,13 +203,13 @@ func (s *summary) of(row, wl string) []rec {
 	return out
 }
 
-// ratio is rec's req/s over the mean of the nearest direct measurements
-// before and after it in the same round and workload.
+// ratio is rec's req/s over the mean of the nearest measurements of its
+// reference before and after it in the same round and workload.
 func (s *summary) ratio(x rec) float64 {
 	var before, after *rec
 	for i := range s.recs {
 		r := &s.recs[i]
-		if r.row != "direct" || r.round != x.round || r.wl != x.wl || math.IsNaN(r.num("rps")) {
+		if r.row != x.ref || r.round != x.round || r.wl != x.wl || math.IsNaN(r.num("rps")) {
 			continue
 		}
 		if r.seq < x.seq && (before == nil || r.seq > before.seq) {
@@ -224,8 +297,18 @@ func f1(x float64) string {
 	return strconv.FormatFloat(x, 'f', 1, 64)
 }
 
+// refOf is the reference row of row ("direct" when unknown).
+func (s *summary) refOf(row string) string {
+	for _, r := range s.recs {
+		if r.row == row {
+			return r.ref
+		}
+	}
+	return "direct"
+}
+
 func (s *summary) ratioCell(row, wl string) string {
-	if row == "direct" {
+	if row == s.refOf(row) {
 		return "1.00"
 	}
 	xs := s.ratios(row, wl)
@@ -263,47 +346,95 @@ func (s *summary) table(w io.Writer) {
 	for _, r := range s.recs {
 		rounds[r.round] = true
 	}
-	fmt.Fprintf(w, "Medians of %d round(s). ×direct = median over rounds of (row req/s ÷ mean of the direct measurements just before and after it), [min–max] over rounds.\n\n", len(rounds))
-	fmt.Fprintln(w, "| row | workers hit | sticky sources | new-conn req/s | new-conn ×direct | p50 ms | p99 ms | keep-alive req/s | keep-alive ×direct | p50 ms | p99 ms | errors (new/ka) | front process CPU µs/conn |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|")
-	for _, row := range s.rows() {
-		c, k := s.of(row, "close"), s.of(row, "ka")
-		failed := 0
-		for _, r := range c {
-			if math.IsNaN(r.num("rps")) {
-				failed++
+	fmt.Fprintf(w, "Medians of %d round(s). ×ref = median over rounds of (row req/s ÷ mean of its reference's measurements just before and after it), [min–max] over rounds; one table per reference.\n", len(rounds))
+	for _, ref := range s.refs() {
+		fmt.Fprintf(w, "\nAgainst **%s**:\n\n", ref)
+		fmt.Fprintf(w, "| row | workers hit | sticky sources | new-conn req/s | new-conn ×%s | p50 ms | p99 ms | keep-alive req/s | keep-alive ×%s | p50 ms | p99 ms | errors (new/ka) | front CPU µs/conn | workers CPU µs/conn | workers CPU µs/req (ka) |\n", ref, ref)
+		fmt.Fprintln(w, "|---|---:|---:|---:|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+		for _, row := range s.rows() {
+			if s.refOf(row) != ref {
+				continue
 			}
+			s.tableRow(w, row)
 		}
-		name := row
-		if failed > 0 {
-			name += fmt.Sprintf(" (%d failed)", failed)
-		}
-		hit := maxOf(append(col(c, "instances"), col(k, "instances")...))
-		// sticky sources: of the sources used in the new-connection runs
-		// (a new connection each time, so a fresh dispatch decision), how
-		// many always reached the same instance; median over rounds.
-		var st []string
-		for _, r := range c {
-			if v := r.f["sticky_sources"]; v != "" && v != "NA" {
-				st = append(st, v)
-			}
-		}
-		sticky := "n/a"
-		if len(st) > 0 {
-			slices.Sort(st)
-			sticky = st[len(st)/2]
-			if st[0] != st[len(st)-1] {
-				sticky = st[0] + "…" + st[len(st)-1]
-			}
-		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s/%s | %s |\n",
-			name, f0(hit), sticky,
-			f0(median(col(c, "rps"))), s.ratioCell(row, "close"), f2(median(col(c, "p50_ms"))), f2(median(col(c, "p99_ms"))),
-			f0(median(col(k, "rps"))), s.ratioCell(row, "ka"), f2(median(col(k, "p50_ms"))), f2(median(col(k, "p99_ms"))),
-			f0(sum(col(c, "errors"))), f0(sum(col(k, "errors"))), f1(median(col(c, "lead_cpu_us_per_conn"))))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "\"workers hit\": distinct instances that answered, over all measurements of the row. \"sticky sources\": in the new-connection runs, how many of the client source addresses always reached the same instance (a sticky row must show N/N; the SO_REUSEPORT direct row spreads by 4-tuple, so ~0/N). \"front process CPU\": utime+stime of the row's lead process (the dispatcher or proxy: powerhouse run, the Node primary, HAProxy, systemd-socket-proxyd; for direct the idle launcher) over the measured window, divided by the connections opened in it.")
+	fmt.Fprintln(w, "\"workers hit\": distinct instances that answered, over all measurements of the row. \"sticky sources\": in the new-connection runs, how many of the client source addresses always reached the same instance (a sticky row must show N/N; the SO_REUSEPORT reference rows spread by 4-tuple, so ~0/N). \"front CPU\": utime+stime (/proc/PID/stat) of the row's front process over the measured window, divided by the connections opened in it, new-connection workload: the dispatcher or proxy (powerhouse run, the systemd-house group's supervisor, the Node primary, HAProxy, systemd-socket-proxyd; for the reference rows the idle reuseport launcher). \"workers CPU\": the same summed over the workers (the hello instances or copies; every process below the lead for the rows outside systemd), per connection in the new-connection workload and per request in the keep-alive one.")
+}
+
+func (s *summary) tableRow(w io.Writer, row string) {
+	c, k := s.of(row, "close"), s.of(row, "ka")
+	failed := 0
+	for _, r := range c {
+		if math.IsNaN(r.num("rps")) {
+			failed++
+		}
+	}
+	name := row
+	if failed > 0 {
+		name += fmt.Sprintf(" (%d failed)", failed)
+	}
+	hit := maxOf(append(col(c, "instances"), col(k, "instances")...))
+	// sticky sources: of the sources used in the new-connection runs
+	// (a new connection each time, so a fresh dispatch decision), how
+	// many always reached the same instance; median over rounds.
+	var st []string
+	for _, r := range c {
+		if v := r.f["sticky_sources"]; v != "" && v != "NA" {
+			st = append(st, v)
+		}
+	}
+	sticky := "n/a"
+	if len(st) > 0 {
+		slices.Sort(st)
+		sticky = st[len(st)/2]
+		if st[0] != st[len(st)-1] {
+			sticky = st[0] + "…" + st[len(st)-1]
+		}
+	}
+	fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s/%s | %s | %s | %s |\n",
+		name, f0(hit), sticky,
+		f0(median(col(c, "rps"))), s.ratioCell(row, "close"), f2(median(col(c, "p50_ms"))), f2(median(col(c, "p99_ms"))),
+		f0(median(col(k, "rps"))), s.ratioCell(row, "ka"), f2(median(col(k, "p50_ms"))), f2(median(col(k, "p99_ms"))),
+		f0(sum(col(c, "errors"))), f0(sum(col(k, "errors"))), f1(median(col(c, "lead_cpu_us_per_conn"))),
+		f1(median(col(c, "workers_cpu_us_per_conn"))), f1(median(col(k, "workers_cpu_us_per_req"))))
+}
+
+// goal prints whether g's row met its goals.
+func (s *summary) goal(w io.Writer, g goal) {
+	if len(s.of(g.row, "close")) == 0 {
+		return
+	}
+	ref := s.refOf(g.row)
+	fmt.Fprintf(w, "\nGoals for %s (medians of per-round ratios to %s):\n\n", g.row, ref)
+	for _, t := range []struct {
+		wl, name string
+		min      float64
+	}{{"close", "new connection per request", g.closeMin}, {"ka", "keep-alive", g.kaMin}} {
+		xs := s.ratios(g.row, t.wl)
+		m := median(xs)
+		fmt.Fprintf(w, "- %s: %s×%s (rounds: %s), goal ≥ %.2f: %s\n", t.name, f3(m), ref, list(xs), t.min, verdict(m >= t.min))
+	}
+	if !math.IsNaN(g.cpuMax) {
+		xs := col(s.of(g.row, "close"), "lead_cpu_us_per_conn")
+		m := median(xs)
+		fmt.Fprintf(w, "- front CPU per connection: %s µs (rounds: %s), goal ≤ %s µs: %s\n", f1(m), list1(xs), f1(g.cpuMax), verdict(m <= g.cpuMax))
+	}
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "**missed**"
+}
+
+func list1(xs []float64) string {
+	parts := make([]string, len(xs))
+	for i, x := range xs {
+		parts[i] = f1(x)
+	}
+	return strings.Join(parts, ", ")
 }
 
 func (s *summary) targets(w io.Writer, target string, peers []string, closeMin, kaMin float64) {
@@ -311,12 +442,6 @@ func (s *summary) targets(w io.Writer, target string, peers []string, closeMin, 
 		return
 	}
 	fmt.Fprintf(w, "\nTargets for %s (medians of per-round ratios to direct):\n\n", target)
-	verdict := func(ok bool) string {
-		if ok {
-			return "met"
-		}
-		return "**missed**"
-	}
 	for _, t := range []struct {
 		wl, name string
 		min      float64

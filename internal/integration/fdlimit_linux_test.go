@@ -117,9 +117,18 @@ Environment=POWERHOUSE_GROUP=fd POWERHOUSE_INSTANCE=1
 	if sendErr != nil {
 		t.Errorf("dispatcher: %v", sendErr)
 	}
-	journal, _ := h.run("journalctl", "--no-pager", "-u", "fdlimit.service", "-o", "cat")
-	if !strings.Contains(journal, "not receiving hand-offs") || !strings.Contains(journal, "receiving hand-offs again") {
-		t.Errorf("the worker did not log its pause and resume:\n%s", journal)
+	// journald stores lines asynchronously: the resume line may be
+	// written after the last request was answered.
+	var journal string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		journal, _ = h.run("journalctl", "--no-pager", "-u", "fdlimit.service", "-o", "cat")
+		if strings.Contains(journal, "not receiving hand-offs") && strings.Contains(journal, "receiving hand-offs again") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("the worker did not log its pause and resume:\n%s", journal)
+			break
+		}
 	}
 	if t.Failed() {
 		t.Logf("journal:\n%s", h.journal())

@@ -165,6 +165,16 @@ func Boot(ctx context.Context, t testing.TB, opts Options) (*Box, error) {
 	return b, nil
 }
 
+// Start is Boot for a program that is not a test (the benchmark's
+// bench/sdrow): it boots a box the same way and returns it; the caller
+// owns it and must Close it, on every path out, signals included. If the
+// caller dies without closing it, the box dies with it all the same
+// (PR_SET_PDEATHSIG), and the next Start or Boot removes its empty
+// cgroups.
+func Start(ctx context.Context, opts Options) (*Box, error) {
+	return boot(ctx, opts)
+}
+
 func boot(ctx context.Context, opts Options) (_ *Box, err error) {
 	began := time.Now()
 	if opts.Name == "" {

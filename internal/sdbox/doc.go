@@ -10,6 +10,9 @@
 //	box.Systemctl(ctx, "start", "x.service")
 //	conn, err := box.Manager(ctx) // go-systemd's *dbus.Conn to the box's manager
 //
+// A program that is not a test (the benchmark's bench/sdrow) boots a box
+// with Start instead of Boot, and must Close it itself.
+//
 // The box shares the host's network namespace, so a socket unit in it
 // listening on a loopback port is reachable from the test; 127.0.0.2,
 // 127.0.0.3, ... can all be bound as client source addresses.
