@@ -230,6 +230,11 @@ func TestKernelTable(t *testing.T) {
 	waitFor(t, r.n, "socket unit of 3 stopped", func() bool {
 		return slices.Contains(r.f.jobs(), "stop powerhouse-web@3.socket")
 	})
+	// The supervisor's copy is closed, or the socket would stay in the
+	// reuseport group after systemd closed its own.
+	if fd := r.s.o.Files[2].Fd(); fd != ^uintptr(0) {
+		t.Errorf("instance 3's socket still open (fd %d)", fd)
+	}
 	waitFor(t, r.n, "STATUS= with 3 in the table", func() bool {
 		return len(r.n.find("kernel steering over 3 instances")) > 0
 	})

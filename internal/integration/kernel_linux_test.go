@@ -59,6 +59,18 @@ func (h *house) kernelStatus(t *testing.T) supervisor.GroupStatus {
 	return gs[0]
 }
 
+// listenersOn counts the listening TCP sockets on port (the box shares
+// the host's network namespace): each socket once, however many
+// processes hold a descriptor of it.
+func (h *house) listenersOn(t *testing.T, port int) int {
+	t.Helper()
+	out, err := h.run("ss", "-Hltn", fmt.Sprintf("sport = :%d", port))
+	if err != nil {
+		t.Fatalf("ss: %v %s", err, out)
+	}
+	return strings.Count(out, "LISTEN")
+}
+
 // cpuTicks is the CPU time (user + system, in clock ticks) of a process
 // of the box, from its /proc/PID/stat.
 func (h *house) cpuTicks(t *testing.T, pid string) int64 {
@@ -242,6 +254,9 @@ func TestIntegrationKernel(t *testing.T) {
 		if st := h.show("powerhouse-web@2.socket", "ActiveState"); st != "inactive" {
 			t.Errorf("web@2's socket is %s: a connection steered to it would start it again", st)
 		}
+		// The supervisor closed its copy of web@2's socket: the group
+		// has three listeners left, none that nobody accepts on.
+		waitFor(t, 5*time.Second, "3 listeners on 127.0.0.1:9999", func() bool { return h.listenersOn(t, 9999) == 3 })
 
 		// Started again, web@2 has a new socket, which the supervisor
 		// did not get at its start: it restarts to take it (it is not
