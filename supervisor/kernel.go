@@ -485,6 +485,12 @@ func (s *Supervisor) kernelPickup(ctx context.Context, now time.Time) {
 	self := s.g.SupervisorUnit()
 	s.log.Info("restarting the supervisor to take the sockets of instances started after it (it is not in the data path: no connection waits)", "instances", due)
 	go func() {
+		// A job of systemd's own on the supervisor (a stop of the
+		// house) goes first: a restart in mode "replace" would undo it.
+		if st, err := s.o.Manager.State(ctx, self); err == nil && st.JobType != units.NoJob {
+			s.log.Info("not restarting: systemd has a job on the supervisor", "job", st.JobType)
+			return
+		}
 		// The job stops this process before it ends: the error that
 		// comes back then is no news.
 		if err := s.o.Manager.Restart(context.WithoutCancel(ctx), self); err != nil && ctx.Err() == nil {
