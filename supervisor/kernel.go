@@ -92,8 +92,11 @@ type kernel struct {
 	// restart: the programs stayed attached meanwhile).
 	adopted bool
 	// socks are the supervisor's copies of the instances' sockets, by
-	// instance and listen address.
+	// instance and listen address; since is when each instance's socket
+	// unit last became active as the supervisor knows it: a later time
+	// means systemd made new sockets, and the copies are stale.
 	socks map[int]map[int]*os.File
+	since map[int]time.Time
 	// table is the set the bucket table was last computed over.
 	table *sticky.Set
 	// missing: instances up whose sockets the supervisor does not hold
@@ -123,7 +126,7 @@ func (s *Supervisor) pickupFile() string { return s.g.RuntimeDir() + "/kernel-pi
 // is named in the journal and closed. It returns no error: the group is
 // served whatever happens here.
 func (s *Supervisor) kernelStart(files []*os.File) error {
-	k := &kernel{socks: map[int]map[int]*os.File{}, missing: map[int]time.Time{}, gaveUp: map[int]bool{}}
+	k := &kernel{socks: map[int]map[int]*os.File{}, since: map[int]time.Time{}, missing: map[int]time.Time{}, gaveUp: map[int]bool{}}
 	s.kern = k
 	w := s.worker()
 	var stored []*os.File
@@ -169,6 +172,7 @@ func (s *Supervisor) kernelStart(files []*os.File) error {
 		k.socks[n][l] = f
 	}
 	s.pickupCheck(k)
+	s.socketsSince(k)
 	why := s.loadPrograms(k, w, stored)
 	if why != "" {
 		k.degrade(why)
@@ -378,6 +382,7 @@ func (s *Supervisor) kernelRelease(n int, why string) {
 	k.mu.Lock()
 	socks := k.socks[n]
 	delete(k.socks, n)
+	delete(k.since, n)
 	if k.st != nil {
 		for l := range socks {
 			if err := k.st.ClearSocket(l, n); err != nil {
@@ -393,6 +398,35 @@ func (s *Supervisor) kernelRelease(n int, why string) {
 		s.log.Info("instance socket released", "instance", n, "why", why)
 	}
 	s.kernelSync()
+}
+
+// socketsSince records when the socket unit of each instance whose
+// sockets the supervisor holds last became active: the sockets systemd
+// passed at this start are those.
+func (s *Supervisor) socketsSince(k *kernel) {
+	ctx, cancel := context.WithTimeout(context.Background(), units.CallTimeout)
+	defer cancel()
+	for n := range k.socks {
+		if t, err := s.o.Manager.Since(ctx, s.g.InstanceSocket(n)); err == nil {
+			k.since[n] = t
+		}
+	}
+}
+
+// staleSocket reports whether the socket unit of instance n, active, was
+// started again after the supervisor got its sockets (a restart of the
+// socket unit that the watch saw only at its end).
+func (s *Supervisor) staleSocket(ctx context.Context, n int) bool {
+	k := s.kern
+	k.mu.Lock()
+	was, ok := k.since[n]
+	_, held := k.socks[n]
+	k.mu.Unlock()
+	if !ok || !held {
+		return false
+	}
+	t, err := s.o.Manager.Since(ctx, s.g.InstanceSocket(n))
+	return err == nil && t.After(was)
 }
 
 // kernelSocketChanged follows the instances' socket units: one that is
@@ -415,6 +449,10 @@ func (s *Supervisor) kernelSocketChanged(ctx context.Context, name string) bool 
 	switch st.ActiveState {
 	case units.Inactive, units.Failed, units.Deactivating:
 		s.kernelRelease(n, "its socket unit is "+string(st.ActiveState))
+	case units.Active:
+		if s.staleSocket(ctx, n) {
+			s.kernelRelease(n, "its socket unit was started again: new sockets")
+		}
 	}
 	return true
 }
@@ -630,7 +668,7 @@ func (s *Supervisor) kernelRefresh(ctx context.Context) error {
 	}
 	active := map[int]bool{}
 	for _, st := range sts {
-		if n, ok := s.socketOf(st.Name); ok && st.ActiveState == units.Active {
+		if n, ok := s.socketOf(st.Name); ok && st.ActiveState == units.Active && !s.staleSocket(ctx, n) {
 			active[n] = true
 		}
 	}
@@ -643,7 +681,7 @@ func (s *Supervisor) kernelRefresh(ctx context.Context) error {
 	}
 	k.mu.Unlock()
 	for _, n := range gone {
-		s.kernelRelease(n, "its socket unit is not active")
+		s.kernelRelease(n, "its socket unit is not active, or was started again")
 	}
 	return nil
 }

@@ -263,6 +263,34 @@ func TestKernelSocketUnitStopped(t *testing.T) {
 	})
 }
 
+// TestKernelSocketUnitRestarted: a socket unit restarted so fast that the
+// watch sees it active again holds new sockets: the supervisor's copies
+// are stale (in a slot, and in the group, with nobody accepting), so they
+// go, and the supervisor restarts to take the new ones.
+func TestKernelSocketUnitRestarted(t *testing.T) {
+	var p *fakeSteer
+	r, _ := kernelRig(t, 2, func(adopt []*os.File) (steering, error) { p = newFakeSteer(adopt); return p, nil })
+	r.s.amount = 2
+	r.run()
+	r.waitAll()
+	waitFor(t, r.n, "table of 2", func() bool { tb, _ := p.state(); return slices.Equal(tb, []int{1, 2}) })
+	r.f.mu.Lock()
+	u := r.f.unit("powerhouse-web@2.socket")
+	u.since = u.since.Add(time.Second)
+	r.f.changed(u.st.Name)
+	r.f.mu.Unlock()
+	waitFor(t, r.n, "2's stale socket released", func() bool {
+		tb, slots := p.state()
+		return slices.Equal(tb, []int{1}) && slices.Equal(slots, []int{1})
+	})
+	if fd := r.s.o.Files[1].Fd(); fd != ^uintptr(0) {
+		t.Errorf("instance 2's stale socket still open (fd %d)", fd)
+	}
+	waitFor(t, r.n, "a restart to take the new socket", func() bool {
+		return slices.Contains(r.f.jobs(), "restart powerhouse@web.service")
+	})
+}
+
 // TestKernelDegraded: a program that cannot be loaded leaves the group
 // served by plain SO_REUSEPORT, and STATUS= and status say so and why.
 func TestKernelDegraded(t *testing.T) {

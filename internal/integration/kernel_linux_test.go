@@ -283,6 +283,27 @@ func TestIntegrationKernel(t *testing.T) {
 		}
 	})
 
+	t.Run("a restarted socket unit: the supervisor drops its stale copy and takes the new socket", func(t *testing.T) {
+		before := stickyMap(t, webClients)
+		sup := h.show("powerhouse@web.service", "MainPID")
+		h.systemctl("restart", "powerhouse-web@3.socket")
+		// systemd made a new socket (and restarted web@3 with it): the
+		// supervisor's copy of the old one would stay in the group, in
+		// web@3's slot, with nobody accepting on it.
+		waitFor(t, 20*time.Second, "web@3's clients served again, by 4 listeners", func() bool {
+			if h.listenersOn(t, 9999) != 4 || h.show("powerhouse@web.service", "MainPID") == sup {
+				return false
+			}
+			m := stickyMap(t, webClients)
+			for a, inst := range before {
+				if m[a] != inst {
+					return false
+				}
+			}
+			return true
+		})
+	})
+
 	t.Run("scale up and down: the supervisor takes the new sockets", func(t *testing.T) {
 		before := stickyMap(t, webClients)
 		if out, err := h.powerhouse("scale", "web", "5"); err != nil {
@@ -382,7 +403,11 @@ func TestIntegrationKernel(t *testing.T) {
 		// The same group in hand-off mode, in the same box: the
 		// supervisor accepts and hands each connection off by
 		// sticky.Set.Pick, with no eBPF program anywhere.
-		h.systemctl("stop", "powerhouse.target")
+		// powerhouse stop waits for every unit of the house: the
+		// target's own stop job ends first.
+		if out, err := h.powerhouse("stop"); err != nil {
+			t.Fatalf("powerhouse stop: %v\n%s", err, out)
+		}
 		if err := os.Remove(h.box.Path("/etc/systemd/system/" + units.Group{Name: "web"}.KernelDropIn())); err != nil {
 			t.Fatal(err)
 		}
