@@ -192,8 +192,11 @@ func TestKernelTable(t *testing.T) {
 	r.run()
 	r.waitAll()
 	waitFor(t, r.n, "table of 4", func() bool { tb, _ := p.state(); return slices.Equal(tb, []int{1, 2, 3, 4}) })
-	if _, slots := p.state(); !slices.Equal(slots, []int{1, 2, 3, 4}) || p.attached != 1 {
-		t.Fatalf("slots %v, attached %d times", slots, p.attached)
+	p.mu.Lock()
+	attached := p.attached
+	p.mu.Unlock()
+	if _, slots := p.state(); !slices.Equal(slots, []int{1, 2, 3, 4}) || attached != 1 {
+		t.Fatalf("slots %v, attached %d times", slots, attached)
 	}
 	if got := rec.stored(); len(got) != 1 || got[0] != "FDSTORE=1\nFDPOLL=0\nFDNAME=steer-prog-0" {
 		t.Errorf("fd store: %q", got)
@@ -218,11 +221,25 @@ func TestKernelTable(t *testing.T) {
 
 	// A restart in progress (systemd's auto-restart: activating) keeps
 	// the instance's buckets: its socket queues its connections.
+	p.mu.Lock()
 	tables := p.tables
+	p.mu.Unlock()
+	seen := func(a units.ActiveState) func() bool {
+		return func() bool {
+			r.s.mu.Lock()
+			defer r.s.mu.Unlock()
+			return r.s.state[2].ActiveState == a
+		}
+	}
 	r.f.set(r.instance(2), units.Activating, "signal")
+	waitFor(t, r.n, "the supervisor to see 2 activating", seen(units.Activating))
 	r.f.set(r.instance(2), units.Active, "")
-	if tb, _ := p.state(); !slices.Equal(tb, []int{1, 2, 3, 4}) || p.tables != tables {
-		t.Errorf("a restart changed the table: %v (%d writes, %d before)", tb, p.tables, tables)
+	waitFor(t, r.n, "the supervisor to see 2 active", seen(units.Active))
+	p.mu.Lock()
+	writes := p.tables
+	p.mu.Unlock()
+	if tb, _ := p.state(); !slices.Equal(tb, []int{1, 2, 3, 4}) || writes != tables {
+		t.Errorf("a restart changed the table: %v (%d writes, %d before)", tb, writes, tables)
 	}
 
 	// Stopped: out of the table at once, its socket released and its
