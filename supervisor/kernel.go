@@ -176,6 +176,7 @@ func (s *Supervisor) kernelStart(files []*os.File) error {
 	why := s.loadPrograms(k, w, stored)
 	if why != "" {
 		k.degrade(why)
+		s.detachAll(k, w)
 		// The one journal line that says why; STATUS= and status say
 		// it as long as it lasts.
 		s.log.Warn("kernel steering unavailable: the group is served by plain SO_REUSEPORT, not sticky", "why", why)
@@ -282,6 +283,25 @@ func (k *kernel) degrade(why string) {
 	}
 	k.st = nil
 	k.why = why
+}
+
+// detachAll takes any program off each listen address's reuseport group
+// (one a supervisor before this one attached, whose table nobody keeps
+// now); ENOENT says none was attached.
+func (s *Supervisor) detachAll(k *kernel, w *config.Worker) {
+	if s.detachSteer == nil {
+		return
+	}
+	for l := range w.Listen {
+		for _, socks := range k.socks {
+			if f := socks[l]; f != nil {
+				if err := s.detachSteer(f); err != nil && !errors.Is(err, unix.ENOENT) {
+					s.log.Warn("steering program not detached", "listen", w.Listen[l].Address, "err", err)
+				}
+				break
+			}
+		}
+	}
 }
 
 // programIDs lists the kernel's ids of the programs, for the log and

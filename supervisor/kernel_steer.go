@@ -36,6 +36,11 @@ func loadSteer(adopt []*os.File, listeners int) (steering, error) {
 	return steerAdapter{st}, nil
 }
 
+// detachSteer takes any program off the reuseport group of f: a group
+// served without steering is plain SO_REUSEPORT, not steered by a table
+// nobody keeps.
+func detachSteer(f *os.File) error { return withFD(f, steer.Detach) }
+
 // steerAdapter gives steer.Steering the *os.File shapes of the
 // supervisor's descriptors.
 type steerAdapter struct{ s *steer.Steering }

@@ -314,6 +314,8 @@ func TestKernelDegraded(t *testing.T) {
 	r, rec := kernelRig(t, 4, func([]*os.File) (steering, error) {
 		return nil, fmt.Errorf("load program: %w", unix.EPERM)
 	})
+	var detached []string
+	r.s.detachSteer = func(f *os.File) error { detached = append(detached, f.Name()); return unix.ENOENT }
 	r.run()
 	r.waitAll()
 	want := "degraded: kernel steering off (the eBPF program cannot be loaded: load program: operation not permitted): plain SO_REUSEPORT, not sticky"
@@ -327,6 +329,11 @@ func TestKernelDegraded(t *testing.T) {
 	}
 	if len(rec.stored()) != 0 {
 		t.Errorf("stored %v", rec.stored())
+	}
+	// Any program left attached by a supervisor before is taken off the
+	// one listen address's group.
+	if len(detached) != 1 {
+		t.Errorf("detached through %v, want one socket", detached)
 	}
 }
 

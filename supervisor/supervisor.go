@@ -115,8 +115,9 @@ type Supervisor struct {
 	declared declared
 	// kern is a kernel-mode group's steering (kernel.go), nil otherwise;
 	// loadSteer loads or adopts its programs.
-	kern      *kernel
-	loadSteer steerLoader
+	kern        *kernel
+	loadSteer   steerLoader
+	detachSteer func(*os.File) error
 }
 
 // New checks o and returns a supervisor ready to Run.
@@ -148,7 +149,7 @@ func New(o Options) (*Supervisor, error) {
 	if s.o.Reports == nil {
 		s.o.Reports = workerReports{s}
 	}
-	s.loadSteer = loadSteer
+	s.loadSteer, s.detachSteer = loadSteer, detachSteer
 	if w.Sticky && !w.KernelDispatch() {
 		s.disp = sticky.NewDispatcher(sticky.DispatcherOptions{
 			Path: s.g.HandoffPath,

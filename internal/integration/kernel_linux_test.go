@@ -473,8 +473,8 @@ func TestIntegrationKernelFallback(t *testing.T) {
 		t.Errorf("status: %v\n%s", err, out)
 	}
 	j, _ := h.run("journalctl", "--no-pager", "-o", "cat", "-u", "powerhouse@web.service")
-	if c := strings.Count(j, "kernel steering unavailable"); c != 1 {
-		t.Errorf("%d journal lines say why, want 1:\n%s", c, j)
+	if c := strings.Count(j, "kernel steering unavailable"); c != 1 || strings.Contains(j, "not detached") {
+		t.Errorf("%d journal lines say why, want 1, and nothing else goes wrong:\n%s", c, j)
 	}
 	t.Logf("clients per instance over 3 rounds: %v\n%s", per, out)
 }
