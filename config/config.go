@@ -50,6 +50,20 @@ const (
 	Child Type = "child"
 )
 
+// Dispatch says who picks the instance of a sticky group's connection.
+type Dispatch string
+
+const (
+	// Handoff: the supervisor accepts every connection and passes it to
+	// the instance's hand-off socket (the default).
+	Handoff Dispatch = "handoff"
+	// Kernel: every instance listens on the group's addresses itself, in
+	// one SO_REUSEPORT group, and the kernel picks the socket (an eBPF
+	// sk_reuseport program the supervisor loads): the supervisor is out
+	// of the data path, and the worker needs only plain socket activation.
+	Kernel Dispatch = "kernel"
+)
+
 // Config is a validated PowerHouse configuration.
 type Config struct {
 	// File is the absolute path the configuration was read from, or the
@@ -98,7 +112,11 @@ type Worker struct {
 	Reloadable bool
 	Type       Type
 	Sticky     bool
-	Listen     []Listener
+	// Dispatch is how a sticky group's connections reach the instances:
+	// Handoff (the default, also for groups that are not sticky, where it
+	// means nothing) or Kernel.
+	Dispatch Dispatch
+	Listen   []Listener
 	// NotifyReady says the workers report readiness (READY=1) to systemd.
 	// It defaults to true for cluster groups, false for child groups.
 	NotifyReady bool
@@ -151,6 +169,10 @@ func (l Listener) Port() int {
 	p, _ := strconv.Atoi(l.Address[i+1:])
 	return p
 }
+
+// KernelDispatch reports whether the kernel picks the instance of each of
+// w's connections (dispatch = "kernel").
+func (w *Worker) KernelDispatch() bool { return w.Sticky && w.Dispatch == Kernel }
 
 // Shares reports whether the instances of w share the group's sockets.
 func (w *Worker) Shares() bool { return w.Type == Cluster && !w.Sticky && len(w.Listen) > 0 }
@@ -316,7 +338,7 @@ func displayKey(p string) string { return indexRE.ReplaceAllString(p, "") }
 var (
 	topKeys     = []string{"title", "amount", "verbose", "prepare", "worker"}
 	prepareKeys = []string{"exec"}
-	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "service", "config", "reload_signal", "public_config"}
+	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "service", "config", "reload_signal", "public_config", "dispatch"}
 	listenKeys  = []string{"address", "proxy_protocol", "proxy_from", "name", "socket_user", "socket_group", "socket_mode"}
 	// NameRE is what a group name may be: it becomes part of unit names
 	// (powerhouse@NAME.service, powerhouse-NAME@.service) and of paths
@@ -447,7 +469,7 @@ func conflicts(a, b Listener) bool {
 
 func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
 	p.unknown(at, m, workerKeys)
-	w := Worker{Title: c.Title, Amount: c.Amount, Reloadable: true, Type: Cluster, Service: defaultService(), Config: map[string]any{}}
+	w := Worker{Title: c.Title, Amount: c.Amount, Reloadable: true, Type: Cluster, Dispatch: Handoff, Service: defaultService(), Config: map[string]any{}}
 	if v, ok := m["name"]; ok {
 		w.Name = p.text(at+".name", v)
 		switch {
@@ -530,7 +552,48 @@ func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
 			p.errf(at+".sticky", "a sticky group needs listen addresses")
 		}
 	}
+	if v, ok := m["dispatch"]; ok {
+		p.dispatch(at, v, &w)
+	}
 	return w
+}
+
+// dispatch reads the dispatch key of the group w and refuses kernel mode
+// where the kernel cannot pick the instance.
+func (p *parser) dispatch(at string, v any, w *Worker) {
+	at += ".dispatch"
+	s, isStr := v.(string)
+	switch Dispatch(s) {
+	case Handoff:
+		w.Dispatch = Handoff
+		return
+	case Kernel:
+	default:
+		if isStr {
+			p.errf(at, "%q is not a dispatch mode: use %q or %q", s, Handoff, Kernel)
+		} else {
+			p.errf(at, "must be a string (%q or %q), not %s", Handoff, Kernel, typeName(v))
+		}
+		return
+	}
+	if !w.Sticky {
+		p.errf(at, "%q only applies to a sticky group (sticky = true): the instances of a group that is not sticky already share its sockets, and the kernel spreads connections over them", Kernel)
+		return
+	}
+	for _, l := range w.Listen {
+		switch {
+		case l.ProxyProtocol:
+			// The kernel picks the socket from the packet's source address
+			// before anything is read; behind a PROXY load balancer that is
+			// the balancer's, and the client's is inside the stream.
+			p.errf(at, "%q cannot serve listener %q with proxy_protocol = true: the client's address is inside the stream (the PROXY header), which the kernel does not read when it picks the instance; keep dispatch = %q for this group", Kernel, l.Name, Handoff)
+			return
+		case l.Network == "unix":
+			p.errf(at, "%q cannot serve unix socket %s: only TCP listening sockets can share an address (SO_REUSEPORT), one per instance; keep dispatch = %q for this group", Kernel, l.Address, Handoff)
+			return
+		}
+	}
+	w.Dispatch = Kernel
 }
 
 // privateTmp keeps a worker that uses files under /tmp or /var/tmp from

@@ -45,7 +45,7 @@ func TestParseGood(t *testing.T) {
 		Workers: []Worker{{
 			Name: "web", Title: "HTTP server",
 			Exec:   []string{"/usr/local/bin/myapp", "serve", "--flag", "two words"},
-			Amount: 4, Reloadable: true, Type: Cluster, Sticky: true, NotifyReady: true, Service: defaultService(),
+			Amount: 4, Reloadable: true, Type: Cluster, Sticky: true, Dispatch: Handoff, NotifyReady: true, Service: defaultService(),
 			Listen: []Listener{
 				{Name: "0.0.0.0:9999", Network: "tcp", Address: "0.0.0.0:9999"},
 				{Name: "[::]:9999", Network: "tcp", Address: "[::]:9999"},
@@ -58,12 +58,40 @@ func TestParseGood(t *testing.T) {
 			Config: map[string]any{"port": int64(9999), "nested": map[string]any{"a": []any{int64(1), int64(2)}}},
 		}, {
 			Name: "mail", Title: "MyApp", Exec: []string{"/bin/mail-loop", "--every", "5s"},
-			Amount: 3, Reloadable: false, Type: Child, Service: defaultService(), Config: map[string]any{},
+			Amount: 3, Reloadable: false, Type: Child, Dispatch: Handoff, Service: defaultService(), Config: map[string]any{},
 		}},
 	}
 	want.loc = c.loc // positions are WorkerError's, tested there
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Parse:\n got %+v\nwant %+v", c, want)
+	}
+}
+
+// TestDispatch: the dispatch modes a group may choose, and what the
+// default is.
+func TestDispatch(t *testing.T) {
+	const w = "[[worker]]\nname = \"w\"\nexec = \"/bin/w\"\n"
+	for _, tc := range []struct {
+		name   string
+		src    string
+		want   Dispatch
+		kernel bool
+	}{
+		{name: "default sticky", src: w + "sticky = true\nlisten = [80]\n", want: Handoff},
+		{name: "default shared", src: w + "listen = [80]\n", want: Handoff},
+		{name: "handoff written", src: w + "sticky = true\nlisten = [80]\ndispatch = \"handoff\"\n", want: Handoff},
+		{name: "handoff on a shared group", src: w + "listen = [80]\ndispatch = \"handoff\"\n", want: Handoff},
+		{name: "kernel", src: w + "sticky = true\nlisten = [\"127.0.0.1:80\", \"[::1]:80\", 81]\ndispatch = \"kernel\"\n", want: Kernel, kernel: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse("/etc/ph.toml", []byte(tc.src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if w := c.Workers[0]; w.Dispatch != tc.want || w.KernelDispatch() != tc.kernel {
+				t.Errorf("Dispatch = %q, KernelDispatch = %v; want %q, %v", w.Dispatch, w.KernelDispatch(), tc.want, tc.kernel)
+			}
+		})
 	}
 }
 
@@ -174,6 +202,12 @@ func TestBad(t *testing.T) {
 		{"service protect_system", w + "[worker.service]\nprotect_system = \"maybe\"\n", 5, "worker.service.protect_system", "use"},
 		{"service proc_subset", w + "[worker.service]\nproc_subset = \"some\"\n", 5, "worker.service.proc_subset", "use"},
 		{"service w^x not bool", w + "[worker.service]\nmemory_deny_write_execute = \"no\"\n", 5, "worker.service.memory_deny_write_execute", "true or false"},
+		{"dispatch unknown", w + "sticky = true\nlisten = [80]\ndispatch = \"ebpf\"\n", 6, "worker.dispatch", `"ebpf" is not a dispatch mode: use "handoff" or "kernel"`},
+		{"dispatch not string", w + "sticky = true\nlisten = [80]\ndispatch = true\n", 6, "worker.dispatch", "must be a string"},
+		{"dispatch kernel not sticky", w + "listen = [80]\ndispatch = \"kernel\"\n", 5, "worker.dispatch", "only applies to a sticky group"},
+		{"dispatch kernel child", w + "type = \"child\"\ndispatch = \"kernel\"\n", 5, "worker.dispatch", "only applies to a sticky group"},
+		{"dispatch kernel proxy", w + "sticky = true\nlisten = [80, { address = 81, proxy_protocol = true, proxy_from = [\"10.0.0.1\"], name = \"lb\" }]\ndispatch = \"kernel\"\n", 6, "worker.dispatch", `cannot serve listener "lb" with proxy_protocol = true: the client's address is inside the stream`},
+		{"dispatch kernel unix", w + "sticky = true\nlisten = [\"/run/w.sock\"]\ndispatch = \"kernel\"\n", 6, "worker.dispatch", "cannot serve unix socket /run/w.sock"},
 		{"prepare no exec", "[prepare]\n" + w, 1, "prepare", "missing key exec"},
 		{"no worker", "title = \"x\"\n", 0, "", "at least one worker"},
 		{"toml syntax", "title = \n" + w, 1, "", "expected value"},

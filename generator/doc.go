@@ -15,6 +15,14 @@
 // sticky group's per-instance hand-off sockets) and
 // powerhouse-prepare.service (the [prepare] hook).
 //
+// A kernel-mode group (dispatch = "kernel") has no powerhouse@GROUP.socket
+// and no hand-off sockets: powerhouse-GROUP@.socket is each instance's own
+// listening socket on the group's addresses (ReusePort=yes,
+// FileDescriptorName=instance-%i), and the drop-in
+// powerhouse@GROUP.service.d/50-kernel.conf (KernelDropIn) gives that
+// group's supervisor every instance's socket, CAP_BPF, bpf(2) and a
+// descriptor store. A user's manager refuses kernel mode (CheckScope).
+//
 // # Users
 //
 // In system scope workers run as the static user and group powerhouse

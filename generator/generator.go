@@ -33,7 +33,13 @@ const (
 // GroupSockets returns the socket units that carry w's listeners, direct
 // first: none, one or both of units.Group's PublicSocket and ProxySocket.
 // Every place that starts, stops or lists a group's sockets goes through it.
+//
+// A kernel-mode group (dispatch = "kernel") has none: each instance
+// listens on the group's addresses itself (units.Group.InstanceSocket).
 func GroupSockets(w *config.Worker) []string {
+	if w.KernelDispatch() {
+		return nil
+	}
 	var direct, proxied bool
 	for _, l := range w.Listen {
 		direct = direct || !l.ProxyProtocol
@@ -98,6 +104,9 @@ func Generate(c *config.Config, o Options) ([]Unit, error) {
 	if len(c.Workers) == 0 {
 		return nil, errors.New("generate: the configuration has no worker group")
 	}
+	if err := CheckScope(c, o); err != nil {
+		return nil, err
+	}
 	g := &gen{c: c, o: o}
 	units := []Unit{g.target(), g.supervisor()}
 	if c.Prepare != nil {
@@ -105,6 +114,12 @@ func Generate(c *config.Config, o Options) ([]Unit, error) {
 	}
 	for i := range c.Workers {
 		w := &c.Workers[i]
+		if w.KernelDispatch() {
+			// The instances' own sockets, no group-level ones: see
+			// instanceSocket and KernelDropIn.
+			units = append(units, g.worker(w), g.instanceSocket(w), KernelDropIn(w, o, w.Amount))
+			continue
+		}
 		if u, ok := g.socketUnit(w, false); ok {
 			units = append(units, u)
 		}
@@ -117,6 +132,21 @@ func Generate(c *config.Config, o Options) ([]Unit, error) {
 		}
 	}
 	return units, nil
+}
+
+// CheckScope refuses what c asks for that the manager of o cannot run,
+// as a configuration error at the key: kernel mode (dispatch = "kernel")
+// under a user's manager, which cannot grant the supervisor CAP_BPF.
+func CheckScope(c *config.Config, o Options) error {
+	if !o.User {
+		return nil
+	}
+	for i := range c.Workers {
+		if c.Workers[i].KernelDispatch() {
+			return config.ErrorList{c.WorkerError(i, "dispatch", "%q needs a system manager: the supervisor loads a BPF program (CAP_BPF), which a user's manager cannot grant; install the house for the system, or keep dispatch = %q with --user", config.Kernel, config.Handoff)}
+		}
+	}
+	return nil
 }
 
 type gen struct {
@@ -366,9 +396,9 @@ func (g *gen) worker(w *config.Worker) Unit {
 		u.add("Unit", "After", units.PrepareService)
 	}
 	switch {
-	case w.Sticky:
-		u.add("Unit", "Requires", g.group(w).UnitHandoffSocket())
-		u.add("Unit", "After", g.group(w).UnitHandoffSocket())
+	case w.Sticky: // either mode: the hand-off socket, or the instance's own listener
+		u.add("Unit", "Requires", g.group(w).UnitInstanceSocket())
+		u.add("Unit", "After", g.group(w).UnitInstanceSocket())
 	case w.Shares():
 		socks := strings.Join(GroupSockets(w), " ")
 		u.add("Unit", "Requires", socks)
@@ -388,7 +418,7 @@ func (g *gen) worker(w *config.Worker) Unit {
 		// supports (SIGHUP reload), when it drains and what it closed.
 		report.SocketEnv + "=" + g.group(w).UnitReportPath(),
 	}
-	if w.Sticky {
+	if w.Sticky && !w.KernelDispatch() {
 		// The uid the library accepts hand-offs from (SCM_CREDENTIALS on
 		// every datagram): the supervisor's. %U is the uid of the manager
 		// running the unit, whatever User= says (systemd.unit(5), 252).
@@ -416,7 +446,7 @@ func (g *gen) worker(w *config.Worker) Unit {
 	u.add("Service", "ExecStart", ExecLine(w.Exec))
 	switch {
 	case w.Sticky:
-		u.add("Service", "Sockets", g.group(w).UnitHandoffSocket())
+		u.add("Service", "Sockets", g.group(w).UnitInstanceSocket())
 	case w.Shares():
 		u.add("Service", "Sockets", strings.Join(GroupSockets(w), " "))
 	}
@@ -664,3 +694,90 @@ func (g *gen) handoffSocket(w *config.Worker) Unit {
 	u.add("Socket", "RemoveOnStop", "yes")
 	return Unit{Name: g.group(w).HandoffTemplate(), Options: u}
 }
+
+// instanceSocket is the socket template of a kernel-mode group
+// (units.Group.InstanceSocketTemplate): every instance listens on all the
+// group's addresses itself, in one SO_REUSEPORT group per address, and is
+// activated by its own socket with plain LISTEN_FDS, so any program that
+// takes inherited sockets can be the worker (activation.Listen, Node's
+// server.listen({fd: 3}), Python's socket.socket(fileno=3)).
+//
+// The socket has no stop dependency on its service, on purpose: BindsTo=,
+// PartOf= and StopPropagatedFrom= all close and re-create the socket when
+// the instance is restarted after a crash (systemd 252 restarts a service
+// with a restart job, which they propagate, or stops what is bound to a
+// service that died unexpectedly), which resets its queued connections
+// and leaves the supervisor's copy of the old socket listening in the
+// group with nobody to accept. Without one, a restarting instance finds
+// its socket and queue as they were. Whoever stops an instance stops its
+// socket after it (the supervisor does, as for hand-off sockets).
+func (g *gen) instanceSocket(w *config.Worker) Unit {
+	var u opts
+	u.add("Unit", "Description", Specifiers(g.c.Title)+" listening socket of "+w.Name+" #%i")
+	u.add("Unit", "PartOf", units.Target)
+	v6only := false
+	for _, l := range w.Listen { // config allows TCP listeners only in kernel mode
+		if strings.HasPrefix(l.Address, ":") {
+			u.add("Socket", "ListenStream", l.Address[1:])
+			continue
+		}
+		u.add("Socket", "ListenStream", l.Address)
+		v6only = v6only || strings.HasPrefix(l.Address, "[")
+	}
+	if v6only {
+		u.add("Socket", "BindIPv6Only", "ipv6-only")
+	}
+	// One SO_REUSEPORT group per address, of every instance's socket
+	// (and the supervisor's copies, which it never accepts on).
+	u.add("Socket", "ReusePort", "yes")
+	// The worker takes whatever it inherits; the supervisor, which gets
+	// every instance's sockets, tells them apart by this name
+	// (units.InstanceOfFDName) and the address by getsockname(2).
+	u.add("Socket", "FileDescriptorName", units.UnitInstanceFDName)
+	return Unit{Name: g.group(w).InstanceSocketTemplate(), Options: u}
+}
+
+// KernelDropIn returns the drop-in of a kernel-mode group's supervisor
+// (units.Group.KernelDropIn) for instances 1 to amount: install writes it
+// with the configured amount, and a scale of the group rewrites it (then
+// reloads systemd) so that the supervisor, started again, gets the
+// sockets of the instances that exist. The supervisor template stays the
+// same for every group; what kernel mode adds is here, for that group
+// only:
+//
+//   - Sockets= every instance's listening socket: the supervisor attaches
+//     the steering program to their SO_REUSEPORT group and puts each in the
+//     socket array. systemd passes them named units.InstanceFDName(n), in
+//     the order of this list.
+//   - CapabilityBoundingSet=CAP_BPF: loading a BPF_PROG_TYPE_SK_REUSEPORT
+//     program and creating its maps (a REUSEPORT_SOCKARRAY and the bucket
+//     table) need CAP_BPF (bpf_capable()); the program type is not one of
+//     the kernel's "net admin" types, so CAP_NET_ADMIN is not needed, and
+//     attaching it (SO_ATTACH_REUSEPORT_EBPF) and filling the array with
+//     sockets the supervisor holds need no capability. The supervisor runs
+//     as root, so the bounding set is what it has.
+//   - SystemCallFilter=bpf: the template denies @privileged, bpf(2)
+//     included; this allows that one call back.
+//   - FileDescriptorStoreMax=: the supervisor keeps the program's and
+//     maps' descriptors in systemd's store, so that a supervisor restarted
+//     after a crash adopts them rather than detaching the steering.
+//
+// amount is clamped to 1..config.MaxAmount.
+func KernelDropIn(w *config.Worker, o Options, amount int) Unit {
+	amount = min(max(amount, 1), config.MaxAmount)
+	g := units.Group{Name: w.Name, Scope: o.Scope()}
+	var u opts
+	socks := make([]string, amount)
+	for n := 1; n <= amount; n++ {
+		socks[n-1] = g.InstanceSocket(n)
+	}
+	u.add("Service", "Sockets", strings.Join(socks, " "))
+	u.add("Service", "FileDescriptorStoreMax", strconv.Itoa(KernelFDStoreMax))
+	u.add("Service", "CapabilityBoundingSet", "CAP_BPF")
+	u.add("Service", "SystemCallFilter", "bpf")
+	return Unit{Name: g.KernelDropIn(), Options: u}
+}
+
+// KernelFDStoreMax is the FileDescriptorStoreMax= of a kernel-mode
+// supervisor: room for the steering program and its maps, with a margin.
+const KernelFDStoreMax = 8

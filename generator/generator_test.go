@@ -2,6 +2,7 @@ package generator
 
 import (
 	"bytes"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -47,9 +48,16 @@ func goldenScope(t *testing.T, files []string, root string, o Options) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			dir := filepath.Join(root, name)
+			if o.User && kernelMode(t, o, data) {
+				// A user's manager cannot grant CAP_BPF: refused, no golden.
+				if _, err := os.Stat(dir); err == nil {
+					t.Errorf("%s exists, but %s has a kernel-mode group, which --user refuses", dir, f)
+				}
+				return
+			}
 			// A fixed path keeps relative exec paths and the output stable.
 			_, us := generate(t, o, data)
-			dir := filepath.Join(root, name)
 			if *update {
 				os.RemoveAll(dir)
 				if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -58,7 +66,7 @@ func goldenScope(t *testing.T, files []string, root string, o Options) {
 			}
 			got := map[string]bool{}
 			for _, u := range us {
-				got[u.Name] = true
+				got[strings.Split(u.Name, "/")[0]] = true // a drop-in: its directory
 				golden(t, filepath.Join(dir, u.Name), u.Render(o))
 			}
 			entries, _ := os.ReadDir(dir)
@@ -370,10 +378,16 @@ func TestVerifyUnits(t *testing.T) {
 			dir := t.TempDir()
 			args := []string{"verify", "--man=no"}
 			for _, u := range us {
+				os.MkdirAll(filepath.Dir(filepath.Join(dir, u.Name)), 0o755)
 				if err := os.WriteFile(filepath.Join(dir, u.Name), u.Render(o), 0o644); err != nil {
 					t.Fatal(err)
 				}
 				name := u.Name
+				if strings.Contains(name, ".d/") {
+					// A drop-in: verified with its unit, an instance of the
+					// template it extends.
+					name = strings.Split(name, ".d/")[0]
+				}
 				if strings.HasSuffix(name, "@.service") || strings.HasSuffix(name, "@.socket") {
 					name = strings.Replace(name, "@.", "@1.", 1) // an instance of each template
 				}
@@ -576,6 +590,35 @@ func golden(t *testing.T, p string, got []byte) {
 	}
 }
 
+// kernelMode reports whether the configuration src has a kernel-mode
+// group; with o.User it checks that Generate refuses it, naming the key
+// and its line.
+func kernelMode(t *testing.T, o Options, src []byte) bool {
+	t.Helper()
+	c, err := config.Parse(o.ConfigPath, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, w := range c.Workers {
+		if !w.KernelDispatch() {
+			continue
+		}
+		_, err := Generate(c, o)
+		var l config.ErrorList
+		if !o.User {
+			return true
+		}
+		if !errors.As(err, &l) || len(l) != 1 {
+			t.Fatalf("Generate --user of a kernel-mode group: %v; want one configuration error", err)
+		}
+		if ce := l[0]; ce.Key != "worker.dispatch" || ce.Line != c.WorkerError(i, "dispatch", "").Line || ce.Line == 0 || !strings.Contains(ce.Msg, "needs a system manager") {
+			t.Errorf("Generate --user of a kernel-mode group: %v; want the dispatch key's line and why", err)
+		}
+		return true
+	}
+	return false
+}
+
 // generate parses src as a configuration at o.ConfigPath and generates its
 // units, failing the test on any error.
 func generate(t *testing.T, o Options, src []byte) (*config.Config, []Unit) {
@@ -589,4 +632,34 @@ func generate(t *testing.T, o Options, src []byte) (*config.Config, []Unit) {
 		t.Fatal(err)
 	}
 	return c, us
+}
+
+// TestKernelDropIn: the supervisor's drop-in lists the sockets of
+// instances 1..amount (what scale rewrites), within 1..MaxAmount, and the
+// one unit name and path every writer uses.
+func TestKernelDropIn(t *testing.T) {
+	w := &config.Worker{Name: "web", Sticky: true, Dispatch: config.Kernel}
+	for _, tc := range []struct {
+		name   string
+		amount int
+		socks  string
+	}{
+		{name: "one", amount: 1, socks: "powerhouse-web@1.socket"},
+		{name: "three", amount: 3, socks: "powerhouse-web@1.socket powerhouse-web@2.socket powerhouse-web@3.socket"},
+		{name: "zero clamped", amount: 0, socks: "powerhouse-web@1.socket"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := KernelDropIn(w, testOpts, tc.amount)
+			if u.Name != "powerhouse@web.service.d/50-kernel.conf" || u.Name != (units.Group{Name: "web"}).KernelDropIn() {
+				t.Errorf("Name = %q", u.Name)
+			}
+			if got := directives([]Unit{u}, u.Name, "Service", "Sockets"); len(got) != 1 || got[0] != tc.socks {
+				t.Errorf("Sockets = %q, want %q", got, tc.socks)
+			}
+		})
+	}
+	big := KernelDropIn(w, testOpts, config.MaxAmount+5)
+	if got := directives([]Unit{big}, big.Name, "Service", "Sockets"); len(strings.Fields(got[0])) != config.MaxAmount {
+		t.Errorf("%d sockets for an amount over MaxAmount", len(strings.Fields(got[0])))
+	}
 }

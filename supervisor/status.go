@@ -4,14 +4,18 @@ package supervisor
 // MethodStatus. The field names are stable (docs/status.md); new fields
 // may be added.
 type GroupStatus struct {
-	Group      string           `json:"group"`
-	Type       string           `json:"type"`
-	Sticky     bool             `json:"sticky"`
-	Amount     int              `json:"amount"`
-	Supervisor UnitStatus       `json:"supervisor"`
-	Config     map[string]any   `json:"config"`
-	Dispatch   *DispatchStatus  `json:"dispatch,omitempty"`
-	Instances  []InstanceStatus `json:"instances"`
+	Group  string `json:"group"`
+	Type   string `json:"type"`
+	Sticky bool   `json:"sticky"`
+	// DispatchMode is a sticky group's dispatch setting, "handoff" or
+	// "kernel" (config.Dispatch); "" for other groups, or when the
+	// configuration cannot be read. The CLI fills it from the configuration.
+	DispatchMode string           `json:"dispatch_mode,omitempty"`
+	Amount       int              `json:"amount"`
+	Supervisor   UnitStatus       `json:"supervisor"`
+	Config       map[string]any   `json:"config"`
+	Dispatch     *DispatchStatus  `json:"dispatch,omitempty"`
+	Instances    []InstanceStatus `json:"instances"`
 	// DispatchKnown says that the supervisor has published its dispatch
 	// set, so InDispatch means what it says.
 	DispatchKnown bool `json:"-"`

@@ -16,6 +16,11 @@ const (
 	PrepareService = "powerhouse-prepare.service"
 	// SupervisorTemplate is the supervisor template every group shares.
 	SupervisorTemplate = "powerhouse@.service"
+	// SysctlFile is the sysctl.d file install ships when a group uses
+	// kernel mode: net.ipv4.tcp_migrate_req=1, so that the connections queued
+	// on a listener that closes move to another instance rather than being
+	// reset.
+	SysctlFile = "/etc/sysctl.d/50-powerhouse.conf"
 	// SupervisorPattern matches every group's supervisor.
 	SupervisorPattern = "powerhouse@*.service"
 	// HousePattern matches every unit of the house.
@@ -115,6 +120,63 @@ func (g Group) HandoffSocket(n int) string { return g.prefix() + strconv.Itoa(n)
 // UnitHandoffSocket is the hand-off socket unit of the instance a worker
 // template is instantiated for: powerhouse-web@%i.socket.
 func (g Group) UnitHandoffSocket() string { return g.prefix() + "%i.socket" }
+
+// InstanceSocket is the socket unit of instance n, whatever the group's
+// dispatch: its hand-off socket (HandoffSocket) in hand-off mode, its own
+// listening socket on the group's addresses in kernel mode
+// (dispatch = "kernel"), which activates the instance with plain
+// LISTEN_FDS and is one member of the addresses' SO_REUSEPORT group. Both
+// are instances of InstanceSocketTemplate, so whoever stops instance n
+// stops InstanceSocket(n) after it, in either mode.
+func (g Group) InstanceSocket(n int) string { return g.HandoffSocket(n) }
+
+// InstanceSocketTemplate is the template of InstanceSocket:
+// powerhouse-web@.socket.
+func (g Group) InstanceSocketTemplate() string { return g.HandoffTemplate() }
+
+// UnitInstanceSocket is InstanceSocket as a worker template writes it:
+// powerhouse-web@%i.socket.
+func (g Group) UnitInstanceSocket() string { return g.UnitHandoffSocket() }
+
+// InstanceSocketPattern matches the socket units of every instance of
+// the group: powerhouse-web@*.socket.
+func (g Group) InstanceSocketPattern() string { return g.prefix() + "*.socket" }
+
+// InstanceFDPrefix starts the FileDescriptorName= of a kernel-mode
+// instance socket: "instance-3" for instance 3. The name has no group in
+// it: a supervisor receives its own group's sockets only.
+const InstanceFDPrefix = "instance-"
+
+// InstanceFDName is the descriptor name (LISTEN_FDNAMES) of every socket
+// of kernel-mode instance n: "instance-3". A socket unit gives all its
+// sockets one name, so an instance listening on two addresses passes two
+// descriptors called so; which address each is, getsockname(2) says.
+func InstanceFDName(n int) string { return InstanceFDPrefix + strconv.Itoa(n) }
+
+// UnitInstanceFDName is InstanceFDName as the socket template writes it,
+// with %i for the instance (systemd 252 expands specifiers in
+// FileDescriptorName=).
+const UnitInstanceFDName = InstanceFDPrefix + "%i"
+
+// InstanceOfFDName returns n for the descriptor name InstanceFDName(n),
+// and false for any other name.
+func InstanceOfFDName(name string) (int, bool) {
+	rest, ok := strings.CutPrefix(name, InstanceFDPrefix)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	if err != nil || n < 1 || strconv.Itoa(n) != rest {
+		return 0, false
+	}
+	return n, true
+}
+
+// KernelDropIn is the drop-in of the group's supervisor in kernel mode,
+// relative to a unit directory: powerhouse@web.service.d/50-kernel.conf.
+// It gives the supervisor the instances' sockets (Sockets=) and what it
+// needs to steer with BPF; generator.KernelDropIn writes its content.
+func (g Group) KernelDropIn() string { return g.SupervisorUnit() + ".d/50-kernel.conf" }
 
 // InstancePattern matches the services of every instance of the group.
 func (g Group) InstancePattern() string { return g.prefix() + "*.service" }

@@ -97,3 +97,26 @@ func TestHandBuiltPattern(t *testing.T) {
 		}
 	}
 }
+
+func TestInstanceFDName(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		n    int
+		ok   bool
+	}{
+		{"instance-1", 1, true}, {"instance-1024", 1024, true},
+		{"instance-0", 0, false}, {"instance-01", 0, false}, {"instance-", 0, false},
+		{"instance-x", 0, false}, {"public", 0, false}, {"handoff", 0, false}, {"instance--1", 0, false},
+	} {
+		n, ok := InstanceOfFDName(tc.name)
+		if n != tc.n || ok != tc.ok {
+			t.Errorf("InstanceOfFDName(%q) = %d, %v; want %d, %v", tc.name, n, ok, tc.n, tc.ok)
+		}
+		if ok && InstanceFDName(n) != tc.name {
+			t.Errorf("InstanceFDName(%d) = %q", n, InstanceFDName(n))
+		}
+	}
+	if g := (Group{Name: "web"}); g.InstanceSocket(3) != "powerhouse-web@3.socket" || g.InstanceSocketTemplate() != "powerhouse-web@.socket" || g.UnitInstanceSocket() != "powerhouse-web@%i.socket" {
+		t.Errorf("instance socket names: %s %s %s", g.InstanceSocket(3), g.InstanceSocketTemplate(), g.UnitInstanceSocket())
+	}
+}

@@ -34,6 +34,9 @@ Settings the configuration asks for that the units had to work around (a
 worker under /tmp runs without PrivateTmp=, say) are printed on standard
 error, each as "warning: file:line: key: what and why".
 
+A group with dispatch = "kernel" on a kernel that cannot steer (no bpf(2),
+or older than Linux 5.14) is warned about in one line on standard error.
+
 On standard error, one line per group says how ` + "`powerhouse set`" + ` will deliver a
 changed [worker.config] to its running workers (see reload_signal).
 
@@ -64,6 +67,11 @@ problem per line, as file:line: key: what is wrong), 1 otherwise.`,
 				return fmt.Errorf("create %s: %w", *out, err)
 			}
 			for _, u := range us {
+				if d := filepath.Dir(u.Name); d != "." { // a drop-in
+					if err := os.MkdirAll(filepath.Join(*out, d), 0o755); err != nil {
+						return fmt.Errorf("create %s: %w", filepath.Join(*out, d), err)
+					}
+				}
 				if _, err := units.WriteFile(filepath.Join(*out, u.Name), u.Render(o), units.Public); err != nil {
 					return err
 				}
@@ -130,6 +138,7 @@ func (p *pathOptions) generate(e *env, args []string) (*config.Config, generator
 		return nil, o, nil, err
 	}
 	printWarnings(e, c)
+	warnKernelMode(e, "generate", c, "")
 	return c, o, us, nil
 }
 

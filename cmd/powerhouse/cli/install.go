@@ -29,7 +29,7 @@ type layout struct {
 func (l layout) tree(root string) units.Tree {
 	dirs := []string{filepath.Dir(l.configPath), l.unitDir}
 	if !l.user {
-		dirs = append(dirs, filepath.Dir(units.SysusersPath))
+		dirs = append(dirs, filepath.Dir(units.SysusersPath), filepath.Dir(units.SysctlFile))
 	}
 	return units.Tree{Root: root, Manifest: l.manifest, Dirs: dirs}
 }
@@ -122,13 +122,20 @@ are gone are removed. Every write is atomic. --root DIR writes the same
 tree under DIR and talks to no systemd (packaging, images). Workers given
 by a relative path in CONFIG are written with absolute paths.
 
-Nothing is written outside the configuration's directory and the unit
-directory, and no symbolic link in the target tree is followed: a link at
-a unit's path or as a directory on the way is an error. The configuration
-copy may hold secrets: it is created 0600; a file already there keeps its
-mode, owner and group, but not what it granted others. A configuration
-already in place before the first install (CONFIG is the installed path)
-is adopted: uninstall leaves it.`,
+A house with a dispatch = "kernel" group also gets
+/etc/sysctl.d/50-powerhouse.conf (net.ipv4.tcp_migrate_req = 1, applied by
+systemd-sysctl at boot: install sets no sysctl), removed with the last
+such group; a kernel that cannot steer is warned about in one line. --user
+refuses kernel mode.
+
+Nothing is written outside the configuration's directory, the unit
+directory and (system scope) sysusers.d and sysctl.d, and no symbolic link
+in the target tree is followed: a link at a unit's path or as a directory
+on the way is an error. The configuration copy may hold secrets: it is
+created 0600; a file already there keeps its mode, owner and group, but
+not what it granted others. A configuration already in place before the
+first install (CONFIG is the installed path) is adopted: uninstall leaves
+it.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		user := fs.Bool("user", false, "install for the calling user's service manager")
 		root := fs.String("root", "", "write under `DIR` and talk to no systemd")
@@ -197,6 +204,9 @@ func install(e *env, src, root, binary string, user, now bool) error {
 		return err
 	}
 	printWarnings(e, given)
+	if err := generator.CheckScope(given, generator.Options{User: user}); err != nil {
+		return err // said of the file given, not of its installed copy
+	}
 	if !user {
 		// A user or group that does not exist fails the workers, and a
 		// group fails every supervisor of the house (they join all the
@@ -239,7 +249,14 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	if !user {
 		// The workers' default user; user managers run workers as their user.
 		files = append(files, units.File{Path: units.SysusersPath, Data: units.Sysusers, Perm: units.Public})
+		// Kernel mode's sysctl, for systemd-sysctl to apply at boot: the
+		// house sets no sysctl itself. Generate refuses kernel mode
+		// under --user.
+		if f, ok := sysctlFile(c); ok {
+			files = append(files, f)
+		}
 	}
+	warnKernelMode(e, "install", c, root)
 	for _, n := range generator.Notes(c, o) {
 		fmt.Fprintf(e.stderr, "install: %s\n", n)
 	}
@@ -415,11 +432,18 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 			start = append(start, s)
 		}
 	}
-	if len(gone)+len(start) > 0 {
+	// A sticky group that changed dispatch mode has instance sockets of
+	// the other kind running (hand-off datagram sockets where kernel mode
+	// wants listening ones, or the reverse), which restarting their
+	// services would not rebind: they are stopped too (Requires= takes
+	// each instance down with its socket), and the restarted supervisor
+	// brings the group up again on the new units.
+	remade := instanceSocketsToRemake(e, m, old, w)
+	if len(gone)+len(start)+len(remade) > 0 {
 		if err := m.Stop(e.ctx, units.Group{Name: g}.SupervisorUnit()); err != nil {
 			return err
 		}
-		for _, s := range append(gone, start...) {
+		for _, s := range append(append(gone, start...), remade...) {
 			m.Stop(e.ctx, s) // a unit never started cannot be stopped: fine
 		}
 		for _, s := range start {
@@ -431,7 +455,7 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 	if err := m.Restart(e.ctx, units.Group{Name: g}.SupervisorUnit()); err != nil {
 		return err
 	}
-	if workerChanged && w.Reloadable {
+	if workerChanged && w.Reloadable && len(remade) == 0 { // remade: already stopped, they start on the new units
 		for n := 1; n <= w.Amount; n++ {
 			if err := m.Restart(e.ctx, units.Group{Name: g}.Instance(n)); err != nil {
 				return fmt.Errorf("group %s: instance %d: %w", g, n, err)
@@ -439,6 +463,24 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 		}
 	}
 	return nil
+}
+
+// instanceSocketsToRemake lists the loaded instance sockets of group w
+// when its dispatch mode changed from old (see applyGroup), else none.
+func instanceSocketsToRemake(e *env, m units.Manager, old *config.Config, w *config.Worker) []string {
+	if old == nil {
+		return nil
+	}
+	prev := old.Worker(w.Name)
+	if prev == nil || !prev.Sticky || !w.Sticky || prev.KernelDispatch() == w.KernelDispatch() {
+		return nil
+	}
+	sts, _ := m.States(e.ctx, units.Group{Name: w.Name}.InstanceSocketPattern())
+	var out []string
+	for _, st := range sts {
+		out = append(out, st.Name)
+	}
+	return out
 }
 
 func contains(list []string, s string) bool {

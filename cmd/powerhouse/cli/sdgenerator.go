@@ -64,6 +64,11 @@ func runGenerator(dir string) error {
 	// Everything is rendered before anything is written: a failure leaves
 	// the output directory as systemd gave it, empty.
 	for _, u := range us {
+		if d := filepath.Dir(u.Name); d != "." { // a drop-in (kernel mode's supervisor)
+			if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+				return err
+			}
+		}
 		if err := os.WriteFile(filepath.Join(dir, u.Name), u.Render(o), 0o644); err != nil {
 			return err
 		}

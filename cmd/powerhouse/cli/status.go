@@ -170,6 +170,15 @@ const statusTimeout = 10 * time.Second
 // status asks the group's supervisor; when it does not answer, it shows
 // systemd's view of the group's units.
 func (sg statusGroup) status(e *env, user bool, m *units.Manager) (GroupStatus, error) {
+	gs, err := sg.askStatus(e, user, m)
+	if sg.w != nil && sg.w.Sticky {
+		gs.DispatchMode = string(sg.w.Dispatch)
+	}
+	return gs, err
+}
+
+// askStatus is status without what the configuration says.
+func (sg statusGroup) askStatus(e *env, user bool, m *units.Manager) (GroupStatus, error) {
 	ctx, cancel := context.WithTimeout(e.ctx, statusTimeout)
 	gs, callErr := client(sg.g).Status(ctx)
 	cancel()
@@ -286,6 +295,9 @@ func printStatus(e *env, gs []GroupStatus) {
 		}
 		if g.Sticky {
 			kind += ", sticky"
+		}
+		if g.DispatchMode != "" {
+			kind += ", dispatch " + g.DispatchMode
 		}
 		fmt.Fprintf(e.stdout, "group %s (%s), %s; supervisor %s: %s (%s)", g.Group, kind, plural(g.Amount, "instance"), g.Supervisor.Unit, g.Supervisor.State, g.Supervisor.SubState)
 		if g.Supervisor.PID != 0 {

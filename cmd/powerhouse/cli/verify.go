@@ -73,6 +73,11 @@ func verifyUnits(ctx context.Context, analyze string, c *config.Config, o genera
 	}
 	defer os.RemoveAll(dir)
 	for _, u := range us {
+		if d := filepath.Dir(u.Name); d != "." { // a drop-in (kernel mode's supervisor)
+			if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+				return nil, err
+			}
+		}
 		if err := os.WriteFile(filepath.Join(dir, u.Name), u.Render(o), 0o644); err != nil {
 			return nil, err
 		}
