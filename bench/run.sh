@@ -97,6 +97,8 @@ row_unusable() {
       if ((EUID != 0)); then echo "it boots a private systemd, which needs root"
       elif [[ ! -x /lib/systemd/systemd ]] || ! command -v nsenter >/dev/null || ! command -v systemd-run >/dev/null; then
         echo "it needs systemd and util-linux (apt-get install systemd util-linux dbus)"
+      elif [[ $1 == systemd-node-* ]] && ! command -v node >/dev/null; then
+        echo "its workers are Node's: node is not installed (apt-get install nodejs)"
       fi ;;
   esac
 }
