@@ -201,6 +201,7 @@ func TestBad(t *testing.T) {
 		{"service relative path", w + "[worker.service]\nworking_directory = \"srv\"\n", 5, "worker.service.working_directory", "absolute"},
 		{"service protect_system", w + "[worker.service]\nprotect_system = \"maybe\"\n", 5, "worker.service.protect_system", "use"},
 		{"service proc_subset", w + "[worker.service]\nproc_subset = \"some\"\n", 5, "worker.service.proc_subset", "use"},
+		{"service realtime policy", w + "[worker.service]\ncpu_scheduling_policy = \"fifo\"\n", 5, "worker.service.cpu_scheduling_policy", "real-time policies are not for workers"},
 		{"service w^x not bool", w + "[worker.service]\nmemory_deny_write_execute = \"no\"\n", 5, "worker.service.memory_deny_write_execute", "true or false"},
 		{"dispatch unknown", w + "sticky = true\nlisten = [80]\ndispatch = \"ebpf\"\n", 6, "worker.dispatch", `"ebpf" is not a dispatch mode: use "handoff" or "kernel"`},
 		{"dispatch not string", w + "sticky = true\nlisten = [80]\ndispatch = true\n", 6, "worker.dispatch", "must be a string"},

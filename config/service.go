@@ -23,6 +23,12 @@ type Service struct {
 	TimeoutStart     string            // TimeoutStartSec=: how long a worker may take to become ready
 	TasksMax         int               // TasksMax=; 0: systemd's default
 	LimitNOFILE      int               // LimitNOFILE=; 0: systemd's default
+	// CPUSchedulingPolicy=: "" (systemd's default, "other"), "other",
+	// "batch" or "idle". "batch" keeps a woken worker from preempting the
+	// task on its CPU — on a busy host, the supervisor in the middle of a
+	// burst of hand-offs (docs/BENCHMARKS.md measures it) — at the cost
+	// of up to a scheduler slice of wake-up latency under load.
+	CPUSchedulingPolicy string
 	// Hardening, on by default; relax it here.
 	ProtectSystem   string   // ProtectSystem=: "strict", "full" (default), "true", "false"
 	ProtectHome     string   // ProtectHome=: "true", "read-only" (default), "tmpfs", "false"
@@ -54,7 +60,7 @@ func UnderTmp(path string) bool {
 }
 
 var serviceKeys = []string{"user", "group", "environment", "working_directory", "memory_max", "cpu_quota",
-	"timeout_stop", "timeout_start", "tasks_max", "limit_nofile", "protect_system", "protect_home", "private_tmp",
+	"timeout_stop", "timeout_start", "tasks_max", "limit_nofile", "cpu_scheduling_policy", "protect_system", "protect_home", "private_tmp",
 	"no_new_privileges", "read_write_paths", "memory_deny_write_execute", "proc_subset"}
 
 var (
@@ -118,6 +124,13 @@ func (p *parser) service(at string, v any) Service {
 	s.TimeoutStop, s.TimeoutStart = zeroIsInfinity(s.TimeoutStop), zeroIsInfinity(s.TimeoutStart)
 	s.TasksMax = num("tasks_max", 1<<22)
 	s.LimitNOFILE = num("limit_nofile", 1<<20)
+	if v := str("cpu_scheduling_policy", nil, ""); v != "" {
+		if !contains([]string{"other", "batch", "idle"}, v) {
+			p.errf(at+".cpu_scheduling_policy", "%q: use \"other\", \"batch\" or \"idle\" (the real-time policies are not for workers)", v)
+		} else {
+			s.CPUSchedulingPolicy = v
+		}
+	}
 	if v := str("protect_system", nil, ""); v != "" {
 		if !contains([]string{"strict", "full", "true", "false"}, v) {
 			p.errf(at+".protect_system", "%q: use \"strict\", \"full\", \"true\" or \"false\"", v)

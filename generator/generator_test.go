@@ -533,6 +533,20 @@ user = "root"
 	}
 }
 
+// TestWorkerSchedulingPolicy: cpu_scheduling_policy reaches the worker
+// template in both scopes (an unprivileged manager may set batch and idle),
+// and nothing is written without it.
+func TestWorkerSchedulingPolicy(t *testing.T) {
+	for _, tc := range []struct{ service, want string }{{"", ""}, {`cpu_scheduling_policy = "batch"`, "batch"}, {`cpu_scheduling_policy = "idle"`, "idle"}} {
+		for _, o := range []Options{testOpts, {Binary: "/home/u/bin/powerhouse", ConfigPath: "/home/u/.config/powerhouse/powerhouse.toml", User: true}} {
+			_, us := generate(t, o, []byte("[[worker]]\nname = \"n\"\nexec = \"/srv/app\"\n[worker.service]\n"+tc.service+"\n"))
+			if got := strings.Join(directives(us, units.Group{Name: "n"}.WorkerTemplate(), "Service", "CPUSchedulingPolicy"), "|"); got != tc.want {
+				t.Errorf("%q (user scope %v): CPUSchedulingPolicy=%q, want %q", tc.service, o.User, got, tc.want)
+			}
+		}
+	}
+}
+
 // TestWorkerHardeningRelaxable: the worker hardening that breaks some
 // runtimes can be relaxed per group, and the rest is always there.
 func TestWorkerHardeningRelaxable(t *testing.T) {

@@ -24,4 +24,14 @@
 // move. When a stopped instance comes to rest, the supervisor stops its
 // hand-off socket too, so that connections queued there cannot start it
 // again; `systemctl start powerhouse-GROUP@N` starts both.
+//
+// Kernel mode (dispatch = "kernel", kernel.go): the instances listen on
+// sockets of their own and package steer's eBPF program picks each
+// connection's instance; the supervisor only keeps the program's bucket
+// table equal to rendezvous hashing over the members, with the same rules,
+// holds a copy of every instance's socket (Sockets= of its drop-in) and
+// closes it when the instance stops, keeps the program in its fd store so
+// that a restarted supervisor adopts it, and restarts itself to take the
+// sockets of instances started after it. Where the program cannot be
+// loaded the group is served by plain SO_REUSEPORT and says it is degraded.
 package supervisor

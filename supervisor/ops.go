@@ -268,6 +268,8 @@ func (s *Supervisor) scaleTo(ctx context.Context, amount int, progress func(Prog
 	if old != amount {
 		s.log.Info("scaling", "from", old, "to", amount)
 	}
+	// Kernel mode: the surplus leaves the bucket table before it stops.
+	s.kernelSync()
 	started, stopped, err := s.converge(ctx, progress)
 	res := OperationResult{Instances: append(started, stopped...)}
 	if err != nil {
@@ -350,9 +352,10 @@ func (s *Supervisor) converge(ctx context.Context, progress func(Progress)) (sta
 			// (Requires=), in one transaction: the worker drains what
 			// was queued before it left dispatch, and nothing can start
 			// it again.
-			if s.disp != nil {
+			// Kernel mode: its listening socket, likewise.
+			if s.disp != nil || s.kern != nil {
 				if err := s.o.Manager.Stop(ctx, s.g.HandoffSocket(n)); err != nil {
-					fail(n, "stop its hand-off socket", err)
+					fail(n, "stop its socket", err)
 				}
 			}
 			if err := s.o.Manager.Stop(ctx, s.g.Instance(n)); err != nil {
@@ -570,7 +573,18 @@ func (s *Supervisor) groupStatus(ctx context.Context, full bool) GroupStatus {
 	w, amount := s.w, s.amount
 	s.mu.Unlock()
 	gs := GroupStatus{Group: w.Name, Type: string(w.Type), Sticky: w.Sticky, Amount: amount,
-		Config: map[string]any{}, DispatchKnown: s.disp != nil}
+		Config: map[string]any{}, DispatchKnown: s.disp != nil || s.kern != nil}
+	if w.Sticky {
+		gs.DispatchMode = string(w.Dispatch)
+	}
+	in := map[int]bool{}
+	var buckets map[int]int
+	gs.Kernel, buckets = s.kernelStatus()
+	if gs.Kernel != nil {
+		for _, n := range gs.Kernel.InTable {
+			in[n] = true
+		}
+	}
 	for k, v := range w.Config {
 		if full || w.Public(k) {
 			gs.Config[k] = v
@@ -581,7 +595,6 @@ func (s *Supervisor) groupStatus(ctx context.Context, full bool) GroupStatus {
 		gs.Supervisor.State, gs.Supervisor.SubState = string(st.ActiveState), st.SubState
 	}
 	var ds DispatchState
-	in := map[int]bool{}
 	if s.disp != nil {
 		ds = s.dispatchState()
 		c := ds.DispatchCounters
@@ -607,7 +620,7 @@ func (s *Supervisor) groupStatus(ctx context.Context, full bool) GroupStatus {
 		}
 		seen[n] = true
 		is := InstanceStatus{Instance: n, UnitStatus: UnitStatus{Unit: st.Name, State: string(st.ActiveState), SubState: st.SubState},
-			HandedOff: ds.PerInstance[n], Queued: ds.Queued[n], InDispatch: in[n]}
+			HandedOff: ds.PerInstance[n], Queued: ds.Queued[n], InDispatch: in[n], Buckets: buckets[n]}
 		if st.ActiveState.Running() {
 			is.PID, _ = s.o.Manager.MainPID(ctx, st.Name)
 		}

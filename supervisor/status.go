@@ -10,12 +10,15 @@ type GroupStatus struct {
 	// DispatchMode is a sticky group's dispatch setting, "handoff" or
 	// "kernel" (config.Dispatch); "" for other groups, or when the
 	// configuration cannot be read. The CLI fills it from the configuration.
-	DispatchMode string           `json:"dispatch_mode,omitempty"`
-	Amount       int              `json:"amount"`
-	Supervisor   UnitStatus       `json:"supervisor"`
-	Config       map[string]any   `json:"config"`
-	Dispatch     *DispatchStatus  `json:"dispatch,omitempty"`
-	Instances    []InstanceStatus `json:"instances"`
+	DispatchMode string          `json:"dispatch_mode,omitempty"`
+	Amount       int             `json:"amount"`
+	Supervisor   UnitStatus      `json:"supervisor"`
+	Config       map[string]any  `json:"config"`
+	Dispatch     *DispatchStatus `json:"dispatch,omitempty"`
+	// Kernel is a kernel-mode group's steering, as its supervisor sees
+	// it (absent when the supervisor does not answer).
+	Kernel    *KernelStatus    `json:"kernel,omitempty"`
+	Instances []InstanceStatus `json:"instances"`
 	// DispatchKnown says that the supervisor has published its dispatch
 	// set, so InDispatch means what it says.
 	DispatchKnown bool `json:"-"`
@@ -41,4 +44,5 @@ type InstanceStatus struct {
 	HandedOff     uint64  `json:"handed_off"`     // connections dispatched to it (sticky groups)
 	Queued        int     `json:"queued"`         // connections waiting now for room in its hand-off queue (sticky groups)
 	InDispatch    bool    `json:"in_dispatch"`    // receives new connections (sticky groups)
+	Buckets       int     `json:"buckets"`        // buckets of the steering table it serves (kernel mode)
 }

@@ -39,6 +39,10 @@ type Options struct {
 	Files []*os.File
 	// Notify sends a state string to systemd (sd_notify); nil for none.
 	Notify func(state string) error
+	// NotifyFiles sends a state string with descriptors (FDSTORE=1):
+	// kernel mode keeps its steering program in the fd store. nil: not
+	// stored, a restarted supervisor loads a new program.
+	NotifyFiles func(state string, files []*os.File) error
 	// Emit records an event; default events.Write (journald).
 	Emit func(events.Event) error
 	Log  *slog.Logger
@@ -109,6 +113,10 @@ type Supervisor struct {
 	serving atomic.Bool
 	// declared is what the workers said over the report socket.
 	declared declared
+	// kern is a kernel-mode group's steering (kernel.go), nil otherwise;
+	// loadSteer loads or adopts its programs.
+	kern      *kernel
+	loadSteer steerLoader
 }
 
 // New checks o and returns a supervisor ready to Run.
@@ -140,7 +148,8 @@ func New(o Options) (*Supervisor, error) {
 	if s.o.Reports == nil {
 		s.o.Reports = workerReports{s}
 	}
-	if w.Sticky {
+	s.loadSteer = loadSteer
+	if w.Sticky && !w.KernelDispatch() {
 		s.disp = sticky.NewDispatcher(sticky.DispatcherOptions{
 			Path: s.g.HandoffPath,
 			Log:  s.log,
@@ -185,6 +194,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 		closeListeners(listeners)
 		return err
 	}
+	s.kernelSync()
 	s.checkIn()
 	// The operations run in their own goroutine, under a context of the
 	// supervisor's: a caller that goes away leaves its operation running.
@@ -269,6 +279,8 @@ loop:
 				} else {
 					s.log.Warn("state not read", "unit", name, "err", err)
 				}
+			} else {
+				s.kernelSocketChanged(ctx, name)
 			}
 		case <-rewatch:
 			rewatch = nil
@@ -316,6 +328,7 @@ loop:
 			runErr = s.startFailed(ctx, "is up, and systemd is starting none")
 			break loop
 		}
+		s.kernelPickup(ctx, time.Now())
 		s.o.Notify("STATUS=" + s.status())
 	}
 	s.o.Notify("STOPPING=1")
@@ -333,6 +346,7 @@ loop:
 	if !s.serving.Load() {
 		closeListeners(listeners)
 	}
+	s.kernelClose()
 	s.shutdown()
 	return runErr
 }
@@ -394,7 +408,7 @@ func (s *Supervisor) checkReady(serve func(), started bool) {
 	if first {
 		s.publish() // dispatch.json from the start, for status
 		s.o.Notify("READY=1\nSTATUS=" + s.status())
-		s.log.Info("supervisor ready", "up", up, "instances", amount, "sticky", s.disp != nil)
+		s.log.Info("supervisor ready", "up", up, "instances", amount, "sticky", s.disp != nil || s.kern != nil, "kernel", s.kern != nil)
 	}
 }
 
@@ -583,7 +597,7 @@ func (s *Supervisor) refresh(ctx context.Context) error {
 	for _, n := range gone {
 		s.observe(ctx, n, units.UnitState{Name: s.g.Instance(n), LoadState: "not-found", ActiveState: "inactive"})
 	}
-	return nil
+	return s.kernelRefresh(ctx)
 }
 
 // observe records an instance's state, reports what changed as events and
@@ -615,10 +629,13 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 	// stopped (by an operator, a scale-down, a failure). Its hand-off
 	// socket goes too, or connections still queued there would start it
 	// again behind everybody's back; `systemctl start` brings both back.
-	stopSocket := s.disp != nil && known && prev.ActiveState != "inactive" &&
+	stopSocket := (s.disp != nil || s.kern != nil) && known && prev.ActiveState != "inactive" &&
 		st.ActiveState == "inactive" && st.JobType == ""
 	s.mu.Unlock()
 	if stopSocket {
+		// Kernel mode: the supervisor's copy of the instance's socket
+		// goes too, or it would stay in the reuseport group.
+		s.kernelRelease(n, "the instance stopped")
 		go func() {
 			if err := s.o.Manager.Stop(ctx, s.g.HandoffSocket(n)); err != nil {
 				s.log.Debug("hand-off socket not stopped", "instance", n, "err", err)
@@ -635,6 +652,12 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 	}
 	if pid != 0 && pid != prevPID && !s.quiet {
 		s.emit(events.WorkerStart, n, fmt.Sprintf("worker %s@%d started, pid %d", s.o.Group, n, pid), map[string]string{"pid": fmt.Sprint(pid)})
+	}
+	// Not while the first refresh learns the instances one by one: a
+	// table over the first of them would send every client there. Run
+	// syncs once it knows them all.
+	if !s.quiet {
+		s.kernelSync()
 	}
 	if s.disp == nil {
 		return
@@ -740,6 +763,7 @@ func (s *Supervisor) status() string {
 			msg += fmt.Sprintf(", %d waiting for a full hand-off queue", queued)
 		}
 	}
+	msg += s.kernelLine()
 	if op := s.runningOp(); op != "" {
 		msg += "; " + op + " running"
 	}
@@ -811,6 +835,11 @@ func (s *Supervisor) writeGroupConfig(w *config.Worker) error {
 // group that is not sticky the sockets belong to the workers: the
 // supervisor's copies are closed (systemd keeps its own).
 func (s *Supervisor) listeners() ([]sticky.Listener, error) {
+	if s.w.KernelDispatch() {
+		// The instances' own sockets: the supervisor steers, it does
+		// not accept.
+		return nil, s.kernelStart(s.o.Files)
+	}
 	if s.disp == nil {
 		for _, f := range s.o.Files {
 			f.Close()

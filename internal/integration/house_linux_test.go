@@ -170,6 +170,11 @@ func (h *house) install() {
 		h.t.Fatal(err)
 	}
 	for _, u := range us {
+		// A kernel-mode group's supervisor drop-in lives in a directory
+		// of its own.
+		if err := os.MkdirAll(filepath.Dir(h.box.Path("/etc/systemd/system/"+u.Name)), 0o755); err != nil {
+			h.t.Fatal(err)
+		}
 		if err := os.WriteFile(h.box.Path("/etc/systemd/system/"+u.Name), u.Render(o), 0o644); err != nil {
 			h.t.Fatal(err)
 		}

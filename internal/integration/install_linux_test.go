@@ -249,6 +249,19 @@ func TestIntegrationSecurity(t *testing.T) {
 		}
 		t.Logf("%s exposure %.1f", tc.unit, score)
 	}
+	// The dispatcher runs SCHED_BATCH, every thread of it (the unit sets
+	// it before exec; threads inherit it): see docs/ARCHITECTURE.md.
+	if pid := h.show("powerhouse@web.service", "MainPID"); pid != "0" {
+		out, err := h.run("sh", "-c", "grep -h '^policy' /proc/"+pid+"/task/*/sched")
+		if err != nil || out == "" {
+			t.Errorf("supervisor's scheduling policy: %v %s", err, out)
+		}
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+			if f := strings.Fields(l); len(f) != 3 || f[2] != "3" { // SCHED_BATCH
+				t.Errorf("supervisor thread with %q, want policy 3 (SCHED_BATCH)", l)
+			}
+		}
+	}
 	if got := h.show("powerhouse-web@1.service", "User"); got != "powerhouse" {
 		t.Errorf("worker User=%q, want powerhouse", got)
 	}

@@ -19,7 +19,10 @@ var scaleVerb = verb{
 changes), then asks the group's supervisor to apply it: it starts the
 missing instances or stops the surplus ones, and answers when the
 instances running match. Stickiness moves only the clients of the
-instances that come or go. Waits for that answer at most --timeout; the
+instances that come or go. For a kernel-mode group (dispatch = "kernel") it
+first rewrites the supervisor's drop-in to list the instances' sockets
+and reloads systemd; the supervisor then restarts itself to take the new
+instances' sockets (it is out of the data path: no connection waits). Waits for that answer at most --timeout; the
 supervisor goes on with the change whether the command waits or not. A
 group whose supervisor does not run only has the amount saved, and starts
 with it.`,
@@ -58,6 +61,9 @@ with it.`,
 				}
 				return out, nil
 			}); err != nil {
+				return err
+			}
+			if err := scaleKernelDropIn(e, cfg, group, n, *mf.user); err != nil {
 				return err
 			}
 			g := e.group(group, *mf.user)

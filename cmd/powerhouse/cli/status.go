@@ -224,6 +224,9 @@ func groupStatus(e *env, m units.Manager, g units.Group, w *config.Worker) (Grou
 	gs := GroupStatus{Group: g.Name}
 	if w != nil {
 		gs.Type, gs.Sticky, gs.Amount, gs.Config = string(w.Type), w.Sticky, w.Amount, w.Config
+		if w.Sticky {
+			gs.DispatchMode = string(w.Dispatch)
+		}
 	}
 	// The live config is the one the workers read.
 	if b, err := os.ReadFile(g.ConfigPath()); err == nil {
@@ -238,7 +241,9 @@ func groupStatus(e *env, m units.Manager, g units.Group, w *config.Worker) (Grou
 	}
 	gs.Supervisor = sup
 	var ds supervisor.DispatchState
-	if gs.Sticky {
+	// Kernel mode has no dispatch counters: the kernel steers, and the
+	// program stays attached while the supervisor is down.
+	if gs.Sticky && gs.DispatchMode != "kernel" {
 		if b, err := os.ReadFile(g.DispatchStatePath()); err == nil {
 			gs.DispatchKnown = json.Unmarshal(b, &ds) == nil
 		}
@@ -310,8 +315,17 @@ func printStatus(e *env, gs []GroupStatus) {
 			fmt.Fprintf(e.stdout, "  faults: %d queue full, %d send errors, %d redials, %d accept errors, %d untrusted PROXY peers, %d PROXY over budget\n",
 				ds.QueueFull, ds.SendErrors, ds.Redials, ds.AcceptErrors, ds.ProxyUntrusted, ds.ProxyBusy)
 		}
+		if k := g.Kernel; k != nil {
+			printKernel(e, k)
+		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  INSTANCE\tSTATE\tPID\tUPTIME\tRESTARTS\tHANDED OFF")
+		last := "HANDED OFF"
+		if g.DispatchMode == "kernel" {
+			// The supervisor hands nothing off: the table's share is
+			// what each instance gets.
+			last = "BUCKETS"
+		}
+		fmt.Fprintln(tw, "  INSTANCE\tSTATE\tPID\tUPTIME\tRESTARTS\t"+last)
 		for _, in := range g.Instances {
 			state := in.State + " (" + in.SubState + ")"
 			if g.Sticky && g.DispatchKnown && in.State == "active" && !in.InDispatch {
@@ -321,9 +335,37 @@ func printStatus(e *env, gs []GroupStatus) {
 			if in.UptimeSeconds > 0 {
 				up = (time.Duration(in.UptimeSeconds * float64(time.Second))).Round(time.Second).String()
 			}
-			fmt.Fprintf(tw, "  %s@%d\t%s\t%d\t%s\t%d\t%d\n", g.Group, in.Instance, state, in.PID, up, in.Restarts, in.HandedOff)
+			count := fmt.Sprint(in.HandedOff)
+			if g.DispatchMode == "kernel" {
+				count = "-"
+				if g.Kernel != nil && g.Kernel.Buckets > 0 && g.Kernel.Steering == "sticky" {
+					count = fmt.Sprintf("%d (%.1f%%)", in.Buckets, 100*float64(in.Buckets)/float64(g.Kernel.Buckets))
+				}
+			}
+			fmt.Fprintf(tw, "  %s@%d\t%s\t%d\t%s\t%d\t%s\n", g.Group, in.Instance, state, in.PID, up, in.Restarts, count)
 		}
 		tw.Flush()
+	}
+}
+
+// printKernel prints a kernel-mode group's steering line.
+func printKernel(e *env, k *supervisor.KernelStatus) {
+	if k.Steering != "sticky" {
+		fmt.Fprintf(e.stdout, "  kernel steering: DEGRADED, plain SO_REUSEPORT (not sticky): %s\n", k.Degraded)
+		return
+	}
+	how := "loaded"
+	if k.Adopted {
+		how = "adopted from the supervisor before"
+	}
+	ids := make([]string, len(k.ProgramIDs))
+	for i, id := range k.ProgramIDs {
+		ids[i] = fmt.Sprint(id)
+	}
+	fmt.Fprintf(e.stdout, "  kernel steering: %d buckets over %s, program %s (%s); the supervisor is out of the data path\n",
+		k.Buckets, plural(len(k.InTable), "instance"), strings.Join(ids, ", "), how)
+	if len(k.Waiting) > 0 {
+		fmt.Fprintf(e.stdout, "  waiting for the supervisor to take their sockets (it restarts for them): instances %v\n", k.Waiting)
 	}
 }
 

@@ -2,12 +2,15 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
@@ -25,7 +28,11 @@ var superviseVerb = verb{
 	long: `Runs as powerhouse@GROUP.service: starts the group's instances through
 systemd, keeps track of the ones that are up and, for a sticky group,
 accepts on the sockets systemd passes (LISTEN_FDS) and hands each
-connection to the instance chosen by the client's address. It reports
+connection to the instance chosen by the client's address; in kernel mode
+(dispatch = "kernel") it gets a copy of every instance's own socket
+instead, and keeps the eBPF program that steers each connection to its
+instance attached and its table up to date (its fd store keeps the
+program across restarts). It reports
 READY=1 and a STATUS= line to systemd, and logs to standard error
 (journald). On "systemctl stop" it stops the group's workers; when it is
 restarted or killed the workers keep running.`,
@@ -85,7 +92,8 @@ restarted or killed the workers keep running.`,
 					_, err := daemon.SdNotify(false, state)
 					return err
 				},
-				Log: log,
+				NotifyFiles: notifyFiles,
+				Log:         log,
 			})
 			if err != nil {
 				return err
@@ -96,6 +104,33 @@ restarted or killed the workers keep running.`,
 			return nil
 		}
 	},
+}
+
+// notifyFiles sends state with files to systemd's notification socket
+// (FDSTORE=1: kernel mode keeps its steering program in the supervisor's
+// fd store). go-systemd's SdNotify sends no descriptors, and a net.UnixConn
+// cannot send a datagram with ancillary data on a connected socket: this
+// is sd_pid_notify_with_fds in raw system calls.
+func notifyFiles(state string, files []*os.File) error {
+	path := os.Getenv("NOTIFY_SOCKET")
+	if path == "" {
+		return errors.New("no NOTIFY_SOCKET: not started by systemd")
+	}
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("notify socket: %w", err)
+	}
+	defer unix.Close(fd)
+	fds := make([]int, len(files))
+	for i, f := range files {
+		fds[i] = int(f.Fd())
+	}
+	// An "@" path is in the abstract namespace, which SockaddrUnix
+	// understands.
+	if err := unix.Sendmsg(fd, []byte(state), unix.UnixRights(fds...), &unix.SockaddrUnix{Name: path}, 0); err != nil {
+		return fmt.Errorf("notify socket %s: %w", path, err)
+	}
+	return nil
 }
 
 func level(verbose bool) slog.Level {
