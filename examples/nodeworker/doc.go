@@ -4,7 +4,7 @@
 // the socket systemd passes it (LISTEN_FDS, descriptor 3), answers
 // "hello from worker <POWERHOUSE_INSTANCE>", and drains on SIGTERM. The
 // benchmark's systemd-node-kernel row runs it, and the kernel-mode
-// integration test (internal/integration, TestIntegrationKernelNode) runs
+// integration test (internal/integration, TestIntegrationKernelNodeWorker) runs
 // four instances of it under a real systemd.
 //
 // The package's test runs it as systemd would, outside systemd: a real

@@ -6,15 +6,17 @@
 // the socket on descriptor 3. The kernel's steering program picks which
 // instance's socket a connection lands on from the client's address, so a
 // client always reaches the same instance; this server only has to accept.
+// kernel.toml, next to this file, is such a group (the README's quick
+// start; copy this file to /opt/nodeworker/server.js first):
 //
 //   [[worker]]
-//   name     = "web"
-//   exec     = ["/usr/bin/node", "/opt/app/server.js"]
+//   name     = "node"
+//   exec     = ["node", "/opt/nodeworker/server.js"]
 //   amount   = 4
 //   sticky   = true
 //   dispatch = "kernel"
 //   notify   = false       # sends no READY=1: the unit is Type=exec
-//   listen   = ["0.0.0.0:8080"]
+//   listen   = ["127.0.0.1:8080"]
 //
 // It answers every request with "hello from worker <id>\n", like the Node
 // workers of the benchmark's peers (../shared/bench/node), <id> being the
