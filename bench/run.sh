@@ -33,7 +33,7 @@ SD_TARGET=systemd-house          # the systemd row the storm and idle extras mea
 # Goals checked in the summary, ROW:NEW-CONN-RATIO:KEEP-ALIVE-RATIO[:FRONT-CPU-US]
 # (issue 13's targets under systemd; rows not in the run are ignored).
 GOALS=${GOALS:-systemd-house:0.95:0.98:10 systemd-house-kernel:0.98:0.98:0}
-DEFAULT_ROWS=(direct powerhouse-sticky node-sticky-session node-socketio-sticky haproxy-source socket-proxyd systemd-reference systemd-house)
+DEFAULT_ROWS=(direct powerhouse-sticky node-sticky-session node-socketio-sticky haproxy-source socket-proxyd systemd-reference systemd-house systemd-house-kernel systemd-node-kernel systemd-node-reference)
 PEERS=(node-sticky-session node-socketio-sticky haproxy-source socket-proxyd)
 # Every row is measured against a reference row running in the same
 # conditions: systemd-* rows against systemd-reference (the same reuseport
