@@ -119,8 +119,9 @@ func (s *Supervisor) pickupFile() string { return s.g.RuntimeDir() + "/kernel-pi
 // from files, adopts or loads the programs, attaches them, fills the
 // socket arrays and stores the programs in the fd store. A program that
 // cannot be loaded leaves the group degraded (plain SO_REUSEPORT, not
-// sticky), which it says once in the journal; only a socket that matches
-// no listen address is an error.
+// sticky), which it says once in the journal; a descriptor it cannot use
+// is named in the journal and closed. It returns no error: the group is
+// served whatever happens here.
 func (s *Supervisor) kernelStart(files []*os.File) error {
 	k := &kernel{socks: map[int]map[int]*os.File{}, missing: map[int]time.Time{}, gaveUp: map[int]bool{}}
 	s.kern = k
@@ -137,20 +138,26 @@ func (s *Supervisor) kernelStart(files []*os.File) error {
 			stored = append(stored, f)
 			continue
 		}
+		// A descriptor the group cannot use (a socket unit left from
+		// another configuration) is named and closed: the group serves
+		// with the others.
 		n, ok := instanceOfFD(f.Name())
 		if !ok {
+			s.log.Warn("inherited descriptor is neither an instance socket nor the steering's: closed", "name", f.Name(), "want", units.InstanceFDName(1))
 			f.Close()
-			return fmt.Errorf("supervise: inherited descriptor %q is neither an instance socket (%s) nor the steering's (%s…)", f.Name(), units.InstanceFDName(1), steerFDPrefix)
+			continue
 		}
 		a, err := sockName(f)
 		if err != nil {
+			s.log.Warn("inherited instance socket unreadable: closed", "name", f.Name(), "err", err)
 			f.Close()
-			return fmt.Errorf("supervise: inherited socket %s: %w", f.Name(), err)
+			continue
 		}
 		cfg, ok := matchListener(w.Listen, a)
 		if !ok {
+			s.log.Warn("inherited instance socket matches no listen address of the group: closed (reinstall the units)", "name", f.Name(), "address", a.String())
 			f.Close()
-			return fmt.Errorf("supervise: inherited socket %s (%s) matches no listen address of group %s", f.Name(), a, s.o.Group)
+			continue
 		}
 		l := slices.IndexFunc(w.Listen, func(x config.Listener) bool { return x.Name == cfg.Name })
 		if k.socks[n] == nil {

@@ -126,7 +126,14 @@ func reusePortSockets(t *testing.T, n int) (int, []*os.File) {
 			t.Fatal(err)
 		}
 		l.Close()
-		files = append(files, os.NewFile(f.Fd(), fmt.Sprintf("instance-%d", i)))
+		// Named as systemd names it, on a descriptor of its own (two
+		// *os.File on one descriptor would close it twice).
+		fd, err := unix.Dup(int(f.Fd()))
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		files = append(files, os.NewFile(uintptr(fd), fmt.Sprintf("instance-%d", i)))
 	}
 	return port, files
 }
@@ -365,6 +372,33 @@ func TestKernelPickup(t *testing.T) {
 	}
 	if slices.Contains(r2.f.jobs(), "restart powerhouse@web.service") {
 		t.Error("restarted again for a socket that does not come")
+	}
+}
+
+// TestKernelStrayDescriptors: a descriptor the group cannot use (another
+// name, a socket on an address the group does not have) is closed, and
+// the group is steered with the others.
+func TestKernelStrayDescriptors(t *testing.T) {
+	_, other := reusePortSockets(t, 1) // another port: no listen address of the group
+	sfd, err := unix.Dup(int(other[0].Fd()))
+	other[0].Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stray := os.NewFile(uintptr(sfd), "instance-4")
+	fd, err := unix.MemfdCreate("x", unix.MFD_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unknown := os.NewFile(uintptr(fd), "public")
+	var p *fakeSteer
+	r, _ := kernelRig(t, 3, func(adopt []*os.File) (steering, error) { p = newFakeSteer(adopt); return p, nil }, stray, unknown)
+	r.s.amount = 3
+	r.run()
+	r.waitAll()
+	waitFor(t, r.n, "table of 3", func() bool { tb, _ := p.state(); return slices.Equal(tb, []int{1, 2, 3}) })
+	if stray.Fd() != ^uintptr(0) || unknown.Fd() != ^uintptr(0) {
+		t.Error("a stray descriptor was kept open")
 	}
 }
 

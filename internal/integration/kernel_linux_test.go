@@ -14,6 +14,7 @@ import (
 	"github.com/powerhouse/powerhouse/internal/testenv"
 	"github.com/powerhouse/powerhouse/sticky"
 	"github.com/powerhouse/powerhouse/supervisor"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // kernelConfig is a kernel-mode house: 4 examples/hello instances, each
@@ -374,6 +375,35 @@ func TestIntegrationKernel(t *testing.T) {
 			t.Errorf("after the crash: kernel %+v, want program %d adopted over 4 instances", gs.Kernel, progID)
 		}
 		t.Logf("served %d across the supervisor crash, %d while it was down", s.ok.Load(), servedMeanwhile)
+	})
+
+	t.Run("hand-off mode sends each source where kernel mode did", func(t *testing.T) {
+		kernel := stickyMap(t, webClients)
+		// The same group in hand-off mode, in the same box: the
+		// supervisor accepts and hands each connection off by
+		// sticky.Set.Pick, with no eBPF program anywhere.
+		h.systemctl("stop", "powerhouse.target")
+		if err := os.Remove(h.box.Path("/etc/systemd/system/" + units.Group{Name: "web"}.KernelDropIn())); err != nil {
+			t.Fatal(err)
+		}
+		cfg := strings.Replace(kernelConfig(), "dispatch = \"kernel\"\n", "", 1)
+		if err := os.WriteFile(filepath.Join(h.cfgDir, "powerhouse.toml"), []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		h.install()
+		h.systemctl("start", "powerhouse.target")
+		if gs := h.kernelStatus(t); gs.DispatchMode != "handoff" || gs.Kernel != nil {
+			t.Fatalf("after the switch: mode %q, kernel %+v", gs.DispatchMode, gs.Kernel)
+		}
+		handoff := stickyMap(t, webClients)
+		for a, inst := range kernel {
+			if handoff[a] != inst {
+				t.Errorf("%s: %s in kernel mode, %s in hand-off mode", a, inst, handoff[a])
+			}
+		}
+		if gs := h.kernelStatus(t); gs.Dispatch == nil || gs.Dispatch.HandedOff < webClients {
+			t.Errorf("the supervisor handed off %+v connections, want the %d just made", gs.Dispatch, webClients)
+		}
 	})
 }
 
