@@ -33,7 +33,7 @@ SD_TARGET=systemd-house          # the systemd row the storm and idle extras mea
 # Goals checked in the summary, ROW:NEW-CONN-RATIO:KEEP-ALIVE-RATIO[:FRONT-CPU-US]
 # (issue 13's targets under systemd; rows not in the run are ignored).
 GOALS=${GOALS:-systemd-house:0.95:0.98:10 systemd-house-kernel:0.98:0.98:0}
-DEFAULT_ROWS=(direct powerhouse-sticky node-sticky-session node-socketio-sticky haproxy-source socket-proxyd systemd-reference systemd-house)
+DEFAULT_ROWS=(direct powerhouse-sticky node-sticky-session node-socketio-sticky haproxy-source socket-proxyd systemd-reference systemd-house systemd-house-kernel systemd-node-kernel systemd-node-reference)
 PEERS=(node-sticky-session node-socketio-sticky haproxy-source socket-proxyd)
 # Every row is measured against a reference row running in the same
 # conditions: systemd-* rows against systemd-reference (the same reuseport
@@ -97,6 +97,8 @@ row_unusable() {
       if ((EUID != 0)); then echo "it boots a private systemd, which needs root"
       elif [[ ! -x /lib/systemd/systemd ]] || ! command -v nsenter >/dev/null || ! command -v systemd-run >/dev/null; then
         echo "it needs systemd and util-linux (apt-get install systemd util-linux dbus)"
+      elif [[ $1 == systemd-node-* ]] && ! command -v node >/dev/null; then
+        echo "its workers are Node's: node is not installed (apt-get install nodejs)"
       fi ;;
   esac
 }

@@ -14,7 +14,8 @@
 // "powerhouse" (created in the box's private /etc from units.Sysusers).
 //
 // reference: `bench/reuseport -n N -- hello` (N copies of examples/hello,
-// each with its own SO_REUSEPORT socket on the port) started with
+// or of the -worker command, each with its own SO_REUSEPORT socket on the
+// port, passed as systemd would: LISTEN_FDS=1) started with
 // systemd-run as a transient service, with the [Service] sandboxing and
 // user of the worker unit the same configuration generates (its first
 // group), so that the reference pays the same cgroup, namespace and
@@ -82,6 +83,7 @@ type options struct {
 	config      string
 	workerExtra string
 	copies      int
+	worker      []string // the reference's copies: the command's words
 	pids        string
 	name        string
 	ready       time.Duration
@@ -94,6 +96,7 @@ func main() {
 	flag.StringVar(&o.config, "config", "", "the house's configuration `file` (TOML; @PORT@ and @BIN@ are replaced)")
 	flag.StringVar(&o.workerExtra, "worker-extra", "", "TOML `lines` appended to the configuration (its last [[worker]] table)")
 	flag.IntVar(&o.copies, "n", 2, "reference: copies of hello")
+	worker := flag.String("worker", "@BIN@/hello", "reference: the `command` of the copies, words separated by spaces (@BIN@ is replaced), e.g. '/usr/bin/node @BIN@/nodeworker.js'")
 	flag.StringVar(&o.pids, "pids", os.Getenv("BENCH_PIDS"), "write front=PID and workers=PID,... (host PIDs) to this `file` once ready (default $BENCH_PIDS)")
 	flag.StringVar(&o.name, "name", "", "box name (default bench-MODE)")
 	flag.DurationVar(&o.ready, "ready-timeout", 90*time.Second, "how long the row may take to boot and answer")
@@ -107,6 +110,9 @@ func main() {
 		os.Exit(2)
 	}
 	o.mode = flag.Arg(0)
+	for _, w := range strings.Fields(*worker) {
+		o.worker = append(o.worker, strings.ReplaceAll(w, "@BIN@", boxBin))
+	}
 	if err := o.check(); err != nil {
 		fmt.Fprintln(os.Stderr, "sdrow:", err)
 		os.Exit(2)
@@ -129,6 +135,8 @@ func (o *options) check() error {
 		return errors.New("-config is required")
 	case o.copies < 1 || o.copies > 64:
 		return fmt.Errorf("-n %d: want 1..64", o.copies)
+	case len(o.worker) == 0 || !filepath.IsAbs(o.worker[0]):
+		return fmt.Errorf("-worker %q: want an absolute program and its arguments", strings.Join(o.worker, " "))
 	case os.Geteuid() != 0:
 		return errors.New("needs root (it boots a private systemd)")
 	}
@@ -202,7 +210,7 @@ func run(o *options) (err error) {
 	}
 	if o.mode == "reference" {
 		// The copies are children of the launcher: known once started.
-		if workers, err = childrenOf(front, o.copies, bootCtx); err != nil {
+		if workers, err = childrenOf(front, o.copies, filepath.Base(o.worker[0]), bootCtx); err != nil {
 			return err
 		}
 	}
@@ -311,7 +319,8 @@ func startReference(ctx context.Context, box *sdbox.Box, o *options, cfg *config
 	if !found {
 		return 0, nil, fmt.Errorf("the configuration generates no %s", tmpl)
 	}
-	args = append(args, boxBin+"/reuseport", "-listen", "127.0.0.1:"+strconv.Itoa(o.port), "-n", strconv.Itoa(o.copies), "--", boxBin+"/hello")
+	args = append(args, boxBin+"/reuseport", "-listen", "127.0.0.1:"+strconv.Itoa(o.port), "-n", strconv.Itoa(o.copies), "--")
+	args = append(args, o.worker...)
 	if out, err := box.Run(ctx, "systemd-run", args...); err != nil {
 		return 0, nil, fmt.Errorf("systemd-run %s: %w\n%s", strings.Join(args, " "), err, out)
 	}
@@ -380,11 +389,14 @@ func pidNS(pid int) (nsID, error) {
 	return nsID{st.Dev, st.Ino}, nil
 }
 
-// childrenOf waits until ppid has n children that run hello (the shell
-// that sets LISTEN_PID has exec'd it) and returns them. Children are
+// childrenOf waits until ppid has n children whose command name is comm
+// (the shell that sets LISTEN_PID has exec'd the copy) and returns them. Children are
 // found by their parent PID in /proc/PID/stat: /proc/PID/task/TID/children
 // lists only the children that thread forked, and Go forks from any.
-func childrenOf(ppid, n int, ctx context.Context) ([]int, error) {
+func childrenOf(ppid, n int, comm string, ctx context.Context) ([]int, error) {
+	if len(comm) > 15 { // the kernel keeps the first 15 bytes (TASK_COMM_LEN)
+		comm = comm[:15]
+	}
 	for {
 		var kids []int
 		ents, err := os.ReadDir("/proc")
@@ -407,7 +419,7 @@ func childrenOf(ppid, n int, ctx context.Context) ([]int, error) {
 				continue
 			}
 			f := strings.Fields(string(st[i+1:]))
-			if len(f) > 1 && f[1] == strconv.Itoa(ppid) && string(st[j+1:i]) == "hello" {
+			if len(f) > 1 && f[1] == strconv.Itoa(ppid) && string(st[j+1:i]) == comm {
 				kids = append(kids, pid)
 			}
 		}
@@ -416,7 +428,7 @@ func childrenOf(ppid, n int, ctx context.Context) ([]int, error) {
 		}
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("%d of %d hello copies under pid %d: %w", len(kids), n, ppid, ctx.Err())
+			return nil, fmt.Errorf("%d of %d %s copies under pid %d: %w", len(kids), n, comm, ppid, ctx.Err())
 		case <-time.After(20 * time.Millisecond): // nothing signals an exec to a third process
 		}
 	}
