@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/powerhouse/powerhouse/internal/testenv"
 	"github.com/powerhouse/powerhouse/sticky"
 	"github.com/powerhouse/powerhouse/supervisor"
 	"github.com/powerhouse/powerhouse/units"
@@ -477,92 +476,4 @@ func TestIntegrationKernelFallback(t *testing.T) {
 		t.Errorf("%d journal lines say why, want 1, and nothing else goes wrong:\n%s", c, j)
 	}
 	t.Logf("clients per instance over 3 rounds: %v\n%s", per, out)
-}
-
-// nodeKernelServer is a stock Node.js HTTP server, with no PowerHouse code:
-// it serves descriptor 3, the instance's socket as systemd passes it, and
-// answers in examples/hello's words. On SIGTERM it stops accepting and
-// ends once its requests are answered (server.close): the connections that
-// come meanwhile wait in the socket, which systemd keeps.
-const nodeKernelServer = `const http = require('http');` +
-	`const inst = process.env.POWERHOUSE_GROUP + '@' + process.env.POWERHOUSE_INSTANCE;` +
-	`const srv = http.createServer((q, r) => r.end('instance=' + inst + ' pid=' + process.pid + ' remote=' + q.socket.remoteAddress + ':' + q.socket.remotePort + '\n'));` +
-	`srv.listen({fd: 3});` +
-	`process.on('SIGTERM', () => srv.close(() => process.exit(0)));`
-
-// TestIntegrationKernelNode runs stock Node.js servers as kernel-mode
-// workers: each client sticks to its instance, the one hand-off mode would
-// pick, and a rolling reload under load fails no request.
-func TestIntegrationKernelNode(t *testing.T) {
-	node := testenv.Program(t, "node")
-	h := newKernelHouse(t, fmt.Sprintf(`title = "Node, kernel steering"
-[[worker]]
-name   = "web"
-exec   = [%q, "-e", %q]
-amount = 3
-notify = false
-sticky = true
-dispatch = "kernel"
-listen = ["127.0.0.1:9999"]
-`, node, nodeKernelServer))
-	h.systemctl("start", "powerhouse.target")
-	waitFor(t, 20*time.Second, "3 instances in the table", func() bool {
-		gs := h.kernelStatus(t)
-		return gs.Kernel != nil && gs.Kernel.Steering == "sticky" && len(gs.Kernel.InTable) == 3
-	})
-	var first map[string]string
-	waitFor(t, 20*time.Second, "the node workers to answer", func() bool {
-		_, err := get(client(clientAddr(0)), webURL)
-		return err == nil
-	})
-	first = stickyMap(t, webClients)
-	set := sticky.NewSet(1, 2, 3)
-	per := map[string]int{}
-	for a, inst := range first {
-		per[inst]++
-		if n, _ := set.Pick(netip.MustParseAddr(a)); inst != fmt.Sprintf("web@%d", n) {
-			t.Errorf("%s reached %s; hand-off mode sends it to web@%d", a, inst, n)
-		}
-	}
-	if len(per) != 3 {
-		t.Errorf("clients per instance: %v", per)
-	}
-	for round := 0; round < 4; round++ {
-		for a, inst := range stickyMap(t, webClients) {
-			if inst != first[a] {
-				t.Errorf("%s reached %s, then %s", a, first[a], inst)
-			}
-		}
-	}
-
-	pids := map[int]string{}
-	for n := 1; n <= 3; n++ {
-		pids[n] = h.show(fmt.Sprintf("powerhouse-web@%d.service", n), "MainPID")
-	}
-	var addrs []string
-	for i := 0; i < 16; i++ {
-		addrs = append(addrs, clientAddr(i))
-	}
-	s := startStream(addrs)
-	s.waitServed(t, 200)
-	if out, err := h.powerhouse("reload", "web"); err != nil {
-		t.Fatalf("reload: %v\n%s", err, out)
-	}
-	s.waitServed(t, 200)
-	s.finish()
-	if s.failed.Load() != 0 {
-		t.Errorf("%d requests failed during the rolling reload: %v", s.failed.Load(), s.failures)
-	}
-	for n, p := range pids {
-		u := fmt.Sprintf("powerhouse-web@%d.service", n)
-		if got := h.show(u, "MainPID"); got == p || got == "0" {
-			t.Errorf("%s: PID %s, %s before the reload", u, got, p)
-		}
-	}
-	for a, seen := range s.seen {
-		if len(seen) != 1 || !seen[first[a]] {
-			t.Errorf("%s (of %s) was served by %v during the reload", a, first[a], seen)
-		}
-	}
-	t.Logf("served %d during the rolling reload, clients per instance %v", s.ok.Load(), per)
 }
