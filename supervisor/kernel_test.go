@@ -148,7 +148,7 @@ func kernelRig(t *testing.T, n int, load func(adopt []*os.File) (steering, error
 		o.Files = append(files, extra...)
 		o.NotifyFiles = rec.store
 		for i := 1; i <= n; i++ {
-			f.set(fmt.Sprintf("powerhouse-web@%d.socket", i), units.Active, "")
+			f.set(units.Group{Name: "web"}.InstanceSocket(i), units.Active, "")
 		}
 	})
 	r.s.loadSteer = func(adopt []*os.File, listeners int) (steering, error) { return load(adopt) }

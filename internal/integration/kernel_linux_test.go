@@ -354,7 +354,7 @@ func TestIntegrationKernel(t *testing.T) {
 		before := stickyMap(t, webClients)
 		pids := map[int]string{}
 		for n := 1; n <= 4; n++ {
-			pids[n] = h.show(fmt.Sprintf("powerhouse-web@%d.service", n), "MainPID")
+			pids[n] = h.show(units.Group{Name: "web"}.Instance(n), "MainPID")
 		}
 		oldSup := h.show("powerhouse@web.service", "MainPID")
 		var addrs []string
@@ -386,7 +386,7 @@ func TestIntegrationKernel(t *testing.T) {
 			}
 		}
 		for n, p := range pids {
-			if got := h.show(fmt.Sprintf("powerhouse-web@%d.service", n), "MainPID"); got != p {
+			if got := h.show(units.Group{Name: "web"}.Instance(n), "MainPID"); got != p {
 				t.Errorf("web@%d: PID %s, was %s before the supervisor crash", n, got, p)
 			}
 		}
