@@ -779,12 +779,14 @@ func KernelDropIn(w *config.Worker, o Options, amount int) Unit {
 		socks[n-1] = g.InstanceSocket(n)
 	}
 	u.add("Service", "Sockets", strings.Join(socks, " "))
-	u.add("Service", "FileDescriptorStoreMax", strconv.Itoa(KernelFDStoreMax))
+	u.add("Service", "FileDescriptorStoreMax", strconv.Itoa(KernelFDStoreMax(w)))
 	u.add("Service", "CapabilityBoundingSet", "CAP_BPF")
 	u.add("Service", "SystemCallFilter", "bpf")
 	return Unit{Name: g.KernelDropIn(), Options: u}
 }
 
 // KernelFDStoreMax is the FileDescriptorStoreMax= of a kernel-mode
-// supervisor: room for the steering program and its maps, with a margin.
-const KernelFDStoreMax = 8
+// group's supervisor: room for the steering's descriptors (the bucket
+// table, and a program and a socket array per listen address: package
+// steer), at least 8.
+func KernelFDStoreMax(w *config.Worker) int { return max(8, 1+2*len(w.Listen)) }

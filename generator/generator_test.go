@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -671,6 +672,16 @@ func TestKernelDropIn(t *testing.T) {
 				t.Errorf("Sockets = %q, want %q", got, tc.socks)
 			}
 		})
+	}
+	// The store holds the bucket table and a program and a socket array
+	// per listen address (package steer).
+	for _, tc := range []struct{ listen, want int }{{1, 8}, {3, 8}, {4, 9}, {6, 13}} {
+		wl := *w
+		wl.Listen = make([]config.Listener, tc.listen)
+		u := KernelDropIn(&wl, testOpts, 2)
+		if got := directives([]Unit{u}, u.Name, "Service", "FileDescriptorStoreMax"); len(got) != 1 || got[0] != strconv.Itoa(tc.want) {
+			t.Errorf("%d listen addresses: FileDescriptorStoreMax=%q, want %d", tc.listen, got, tc.want)
+		}
 	}
 	big := KernelDropIn(w, testOpts, config.MaxAmount+5)
 	if got := directives([]Unit{big}, big.Name, "Service", "Sockets"); len(strings.Fields(got[0])) != config.MaxAmount {

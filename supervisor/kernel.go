@@ -327,11 +327,11 @@ func (s *Supervisor) storePrograms(k *kernel) {
 		s.log.Warn("steering not stored: a supervisor restart will load it anew", "err", err)
 		return
 	}
-	if len(fs) > generator.KernelFDStoreMax {
+	if limit := generator.KernelFDStoreMax(s.worker()); len(fs) > limit {
 		// systemd would keep the first ones only, and a restarted
 		// supervisor could not adopt a part.
 		s.log.Warn("steering not stored: more descriptors than the unit's FileDescriptorStoreMax=; a supervisor restart will load it anew",
-			"descriptors", len(fs), "max", generator.KernelFDStoreMax)
+			"descriptors", len(fs), "max", limit)
 		for _, f := range fs {
 			f.Close()
 		}
