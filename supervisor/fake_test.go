@@ -188,6 +188,18 @@ func (f *fakeManager) Restart(ctx context.Context, name string) error {
 	return f.start(ctx, name, true)
 }
 
+// StopUnqueued is Stop, failing when a job is queued for the unit (the
+// fake's units have a job only while a start or restart waits).
+func (f *fakeManager) StopUnqueued(ctx context.Context, name string) error {
+	f.mu.Lock()
+	job := f.unit(name).st.JobType
+	f.mu.Unlock()
+	if job != "" {
+		return fmt.Errorf("stop %s: transaction is destructive (a %s job is queued)", name, job)
+	}
+	return f.Stop(ctx, name)
+}
+
 func (f *fakeManager) Stop(ctx context.Context, name string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

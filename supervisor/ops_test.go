@@ -543,3 +543,50 @@ func TestSIGHUPDeliversOnlyWhatWorkersLack(t *testing.T) {
 		t.Errorf("%d restarts, want 2 (a rolling restart of the 2 instances)", n)
 	}
 }
+
+// TestRestingSocketStopRespectsALaterStart: the supervisor stops the
+// socket of an instance that came to rest, but after the look that saw it
+// at rest; an operator's `systemctl start` in between (the instance active
+// again, or its start job queued) must not be undone: Requires= would take
+// the instance down with the socket, or the stop would cancel the start.
+// Seen in CI as "start powerhouse-web@2.service: job canceled" in
+// TestIntegrationFaultsUnderLoad's stop+start phase.
+func TestRestingSocketStopRespectsALaterStart(t *testing.T) {
+	r := newRig(t, apiTOML, "api", nil)
+	g := units.Group{Name: "api"}
+	for _, tc := range []struct {
+		name     string
+		state    units.ActiveState
+		job      units.JobType
+		wantStop bool
+	}{
+		{"still at rest", units.Inactive, units.NoJob, true},
+		{"started again", units.Active, units.NoJob, false},
+		{"start queued", units.Inactive, "start", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r.f.set(g.Instance(1), tc.state, "")
+			r.f.mu.Lock()
+			r.f.unit(g.Instance(1)).st.JobType = tc.job
+			r.f.log = nil
+			r.f.mu.Unlock()
+			r.s.stopRestingSocket(context.Background(), 1)
+			stopped := slices.Contains(r.f.jobs(), "stop "+g.HandoffSocket(1))
+			if stopped != tc.wantStop {
+				t.Errorf("socket stopped: %v, want %v (jobs %q)", stopped, tc.wantStop, r.f.jobs())
+			}
+		})
+	}
+	// The stop itself cancels nothing: with a job queued on the socket
+	// (the start that pulls it in), it fails.
+	r.f.set(g.Instance(1), units.Inactive, "")
+	r.f.mu.Lock()
+	r.f.unit(g.Instance(1)).st.JobType = units.NoJob
+	r.f.unit(g.HandoffSocket(1)).st.JobType = "start"
+	r.f.log = nil
+	r.f.mu.Unlock()
+	r.s.stopRestingSocket(context.Background(), 1)
+	if slices.Contains(r.f.jobs(), "stop "+g.HandoffSocket(1)) {
+		t.Errorf("the socket's queued start was cancelled by the stop: jobs %q", r.f.jobs())
+	}
+}

@@ -637,11 +637,7 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 		// Kernel mode: the supervisor's copy of the instance's socket
 		// goes too, or it would stay in the reuseport group.
 		s.kernelRelease(n, "the instance stopped")
-		go func() {
-			if err := s.o.Manager.Stop(ctx, s.g.HandoffSocket(n)); err != nil {
-				s.log.Debug("hand-off socket not stopped", "instance", n, "err", err)
-			}
-		}()
+		go s.stopRestingSocket(ctx, n)
 	}
 	if known && prev.ActiveState != st.ActiveState {
 		s.log.Debug("instance state", "instance", n, "state", st.ActiveState, "sub", st.SubState, "job", st.JobType)
@@ -669,6 +665,22 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 		}
 	} else if s.disp.Up.Remove(n) {
 		s.log.Info("instance leaves dispatch", "instance", n, "state", st.ActiveState, "job", st.JobType)
+	}
+}
+
+// stopRestingSocket stops the socket of instance n, which came to rest
+// stopped. It runs after the observation, so the operator may have started
+// the instance again meanwhile (systemctl stop, then start): the stop is
+// skipped unless the instance is still at rest with no job, and it is
+// enqueued in mode "fail", so that it never cancels a start queued after
+// that look (Requires= would take the instance along).
+func (s *Supervisor) stopRestingSocket(ctx context.Context, n int) {
+	st, err := s.o.Manager.State(ctx, s.g.Instance(n))
+	if err != nil || st.ActiveState != "inactive" || st.JobType != "" {
+		return
+	}
+	if err := s.o.Manager.StopUnqueued(ctx, s.g.HandoffSocket(n)); err != nil {
+		s.log.Debug("socket of a stopped instance not stopped", "instance", n, "err", err)
 	}
 }
 

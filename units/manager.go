@@ -117,6 +117,12 @@ type Manager interface {
 	Start(ctx context.Context, unit string) error
 	Stop(ctx context.Context, unit string) error
 	Restart(ctx context.Context, unit string) error
+	// StopUnqueued stops unit like Stop but with job mode "fail": it
+	// fails, cancelling nothing, when a job is queued for unit or for a
+	// unit the stop would take along (an instance an operator just asked
+	// to start, whose socket the supervisor is stopping because the
+	// instance had come to rest).
+	StopUnqueued(ctx context.Context, unit string) error
 	// Signal sends sig to the unit's main process alone.
 	Signal(ctx context.Context, unit string, sig syscall.Signal) error
 	// State returns the state of one unit, loaded or not (not-found).
@@ -272,11 +278,15 @@ func (m *dbusManager) Close() error {
 // there, and job follows the unit on a new connection until its job is
 // gone instead of waiting for ever.
 func (m *dbusManager) job(ctx context.Context, what, unit string, enqueue func(c *sdbus.Conn) func(context.Context, string, string, chan<- string) (int, error)) error {
+	return m.jobMode(ctx, what, unit, "replace", enqueue)
+}
+
+func (m *dbusManager) jobMode(ctx context.Context, what, unit, mode string, enqueue func(c *sdbus.Conn) func(context.Context, string, string, chan<- string) (int, error)) error {
 	ch := make(chan string, 1)
 	var conn *sdbus.Conn
 	err := m.call(ctx, func(ctx context.Context, c *sdbus.Conn) error {
 		conn = c
-		_, err := enqueue(c)(ctx, unit, "replace", ch)
+		_, err := enqueue(c)(ctx, unit, mode, ch)
 		return err
 	})
 	if err != nil {
@@ -341,6 +351,12 @@ func (m *dbusManager) Start(ctx context.Context, unit string) error {
 
 func (m *dbusManager) Stop(ctx context.Context, unit string) error {
 	return m.job(ctx, "stop", unit, func(c *sdbus.Conn) func(context.Context, string, string, chan<- string) (int, error) {
+		return c.StopUnitContext
+	})
+}
+
+func (m *dbusManager) StopUnqueued(ctx context.Context, unit string) error {
+	return m.jobMode(ctx, "stop", unit, "fail", func(c *sdbus.Conn) func(context.Context, string, string, chan<- string) (int, error) {
 		return c.StopUnitContext
 	})
 }
