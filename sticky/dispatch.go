@@ -110,7 +110,8 @@ type Stats struct {
 
 	// Queued is, by instance, how many connections wait now in the
 	// dispatcher for room in that instance's hand-off queue (instances
-	// with none are left out).
+	// with none are left out). One that moves from an instance to the
+	// next counts in both for an instant.
 	Queued map[int]int
 	// QueueFull counts the times a connection's QueueWait ended with its
 	// instance's queue still full (it went on to the next instance with
@@ -917,7 +918,10 @@ const holdRetry = 50 * time.Millisecond
 func (d *Dispatcher) hold(ctx context.Context, w *waiting) {
 	d.pauses.Add(1)
 	d.held.Add(1)
-	defer d.held.Add(-1)
+	defer func() {
+		d.held.Add(-1)
+		d.wakeHeld() // for awaitRoom
+	}()
 	since := time.Now()
 	retry := min(holdRetry, d.opts.QueueWait)
 	t := time.NewTimer(retry)
@@ -956,12 +960,44 @@ func (d *Dispatcher) room() {
 	if d.held.Load() == 0 {
 		return
 	}
+	d.wakeHeld()
+}
+
+// wakeHeld closes the channel roomChan returned.
+func (d *Dispatcher) wakeHeld() {
 	d.roomMu.Lock()
 	if d.roomCh != nil {
 		close(d.roomCh)
 		d.roomCh = nil
 	}
 	d.roomMu.Unlock()
+}
+
+// awaitRoom returns once no connection is held (hold), or ctx has ended.
+// The PROXY accept loop calls it before each accept: its connections are
+// held by their header readers, not by the loop, and each one accepted
+// while the others wait for room would only take a slot of the PROXY
+// budget, and past it be closed (ProxyBusy).
+func (d *Dispatcher) awaitRoom(ctx context.Context) {
+	if d.held.Load() == 0 {
+		return
+	}
+	retry := min(holdRetry, d.opts.QueueWait)
+	t := time.NewTimer(retry)
+	defer t.Stop()
+	for {
+		room := d.roomChan()
+		if d.held.Load() == 0 {
+			return
+		}
+		select {
+		case <-room:
+		case <-t.C:
+			t.Reset(retry)
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // closeWaiting closes w, counted as dropped.
@@ -1432,6 +1468,7 @@ func (b *proxyBudget) give(peer netip.Addr) {
 func (d *Dispatcher) acceptProxied(ctx context.Context, name string, trust []netip.Prefix, nl net.Listener, proxied *sync.WaitGroup) error {
 	backoff := time.Duration(0)
 	for {
+		d.awaitRoom(ctx) // backpressure
 		c, err := nl.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
@@ -1459,15 +1496,19 @@ func (d *Dispatcher) acceptProxied(ctx context.Context, name string, trust []net
 		proxied.Add(1)
 		go func() {
 			defer proxied.Done()
-			defer d.budget.give(peer)
-			d.proxied(ctx, name, c)
+			d.proxied(ctx, name, c, func() { d.budget.give(peer) })
 		}()
 	}
 }
 
-func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn) {
+// proxied reads c's PROXY header and dispatches c. It calls read once the
+// header is read (or refused): the budget bounds headers being read; a
+// connection held afterwards for want of room (hold) is bounded by the
+// accept loop, which accepts no more while one is (awaitRoom).
+func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn, read func()) {
 	defer c.Close()
 	ph, err := ReadProxyHeader(ctx, c, d.opts.Proxy)
+	read()
 	if err != nil {
 		d.proxyErrs.Add(1)
 		d.warn("PROXY header refused: connection closed", "listener", name, "peer", c.RemoteAddr().String(), "err", err)
@@ -1496,8 +1537,8 @@ func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn) {
 		_, held = d.dispatch(nfd, key, &h, nil)
 	})
 	if held != nil {
-		// This reader holds it (and its slot in the PROXY budget, which
-		// bounds how many are held so) until an instance has room.
+		// This reader holds it until an instance has room; the accept
+		// loop accepts no more meanwhile (awaitRoom).
 		d.hold(ctx, held)
 	}
 }
