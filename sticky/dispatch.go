@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -52,26 +53,37 @@ type DispatcherOptions struct {
 	// restart.
 	QueueWait time.Duration
 	// MaxQueued bounds, per instance, the connections the dispatcher holds
-	// while that instance's hand-off queue is full; a connection that finds
-	// the bound reached goes to the next instance at once. Default 1024.
+	// while that instance's hand-off queue is full. A connection that
+	// finds the bound reached goes to the next instance with room at once
+	// when its own is stalled (it handed nothing over for QueueWait);
+	// when its own is making room, it waits for it, as one whose queue is
+	// full does, for QueueWait at most, an instance whose queue is empty
+	// taking it at once meanwhile. While it waits the accept loop holds it
+	// and accepts nothing more (see Serve: backpressure). Default 1024.
 	MaxQueued int
 	// MaxQueuedTotal bounds the connections held that way over all
 	// instances: each is a descriptor, and a group of many instances that
 	// all stall would otherwise hold MaxQueued times their number, past
 	// the process's descriptor limit, where accept, the dial of a healthy
 	// instance's hand-off socket and everything else the supervisor does
-	// would fail. A connection that finds the bound reached is closed at
-	// once (Dropped). Default: a quarter of RLIMIT_NOFILE (its soft limit
-	// when NewDispatcher runs), at least MaxQueued when the limit allows.
+	// would fail. A connection that finds the bound reached goes to an
+	// instance that can take it at once, or is held by its accept loop,
+	// which stops accepting until there is room (see Serve): the
+	// dispatcher holds at most MaxQueuedTotal connections and one per
+	// listener. Default: a quarter of RLIMIT_NOFILE (its soft limit when
+	// NewDispatcher runs), at least MaxQueued when the limit allows.
 	MaxQueuedTotal int
 	// MaxWait bounds the time a connection waits in the dispatcher in all.
-	// A connection that went through every instance of its order without
-	// finding room (each queue full for QueueWait) goes round again, in
-	// the order of the instances up then, until MaxWait has passed
-	// since it was accepted; only then is it closed (Dropped). Every
-	// instance may be short of room at once for longer than QueueWait: a
-	// single instance restarting, workers that stopped reading hand-offs
-	// near their descriptor limit. Default 10s.
+	// A connection whose QueueWait ended with no other instance able to
+	// take or queue it keeps its place and tries again after another
+	// QueueWait, in the order of the instances up then, until MaxWait has
+	// passed since it was accepted; only then is it closed (Dropped).
+	// Every instance may be short of room at once for longer than
+	// QueueWait: a single instance restarting, workers that stopped
+	// reading hand-offs near their descriptor limit. It is for a group
+	// that makes no room at all: under overload the workers hand room
+	// back long before (the dispatcher holds at most MaxQueued per
+	// instance and accepts no more meanwhile). Default 10s.
 	MaxWait time.Duration
 	// Proxy tunes PROXY protocol header reading.
 	Proxy ProxyOptions
@@ -92,18 +104,19 @@ type DispatcherOptions struct {
 type Stats struct {
 	HandedOff   uint64         // connections handed to a worker
 	StickyMiss  uint64         // handed to another than the preferred instance
-	Dropped     uint64         // closed because no instance could take them
+	Dropped     uint64         // closed: no instance up, or none made room within MaxWait
 	ProxyErrors uint64         // closed because of a bad, slow or missing PROXY header
 	PerInstance map[int]uint64 // HandedOff by instance
 
 	// Queued is, by instance, how many connections wait now in the
 	// dispatcher for room in that instance's hand-off queue (instances
-	// with none are left out).
+	// with none are left out). One that moves from an instance to the
+	// next counts in both for an instant.
 	Queued map[int]int
-	// QueueFull counts the times a connection left an instance for the
-	// next one (or, at the end of its order, for its preferred one again)
-	// because that instance's queue stayed full for QueueWait or the
-	// dispatcher already held MaxQueued connections for it.
+	// QueueFull counts the times a connection's QueueWait ended with its
+	// instance's queue still full (it went on to the next instance with
+	// room, or kept its place when none had), and the times a new one
+	// found an instance's bound reached.
 	QueueFull uint64
 	// SendErrors counts connections closed because their own hand-off
 	// failed (a header that cannot be encoded, EMSGSIZE, ENOBUFS, ...);
@@ -120,6 +133,15 @@ type Stats struct {
 	// ProxyBusy counts PROXY connections closed at accept because their
 	// peer's (or the dispatcher's) pending-header budget was spent.
 	ProxyBusy uint64
+	// AcceptPauses counts the times an accept loop (or a PROXY header
+	// reader) held a connection that no instance could take or queue
+	// within the bounds, and stopped accepting until there was room: the
+	// next connections waited in the listening socket's backlog
+	// (backpressure) rather than being accepted and closed.
+	AcceptPauses uint64
+	// Held is how many connections are held that way now (at most one
+	// per listener, plus one per PROXY connection whose header was read).
+	Held int
 }
 
 // Dispatcher hands accepted connections to worker instances chosen by
@@ -143,8 +165,15 @@ type Dispatcher struct {
 
 	handedOff, miss, dropped, proxyErrs     atomic.Uint64
 	queueFull, sendErrs, redials, acceptErr atomic.Uint64
-	proxyUntrusted, proxyBusy               atomic.Uint64
+	proxyUntrusted, proxyBusy, pauses       atomic.Uint64
 	queued                                  atomic.Int64 // in every instance's pending queue
+
+	// Backpressure: held counts the connections held by paused accept
+	// loops (hold); while it is not zero, drainers that make room close
+	// roomCh (under roomMu) to wake them.
+	held   atomic.Int32
+	roomMu sync.Mutex
+	roomCh chan struct{}
 
 	// testAccept, when set, replaces the accept(2) call of the plain accept
 	// loop. Only tests set it, to produce errors the kernel cannot be made
@@ -164,7 +193,9 @@ type Dispatcher struct {
 // the loop is dispatching a connection and grows by two with each one. A
 // counter that stays odd and unchanged for a watchdog period is a loop
 // wedged in one dispatch (which never blocks by design); an even one is a
-// loop waiting for connections, which is alive. The supervisor gates its
+// loop waiting for connections, or paused for backpressure (holding a
+// connection until an instance has room, woken by every drainer that
+// makes some: see Serve), which is alive. The supervisor gates its
 // watchdog on it. It costs the hot path two atomic adds, no system call
 // and no timer.
 func (d *Dispatcher) Beats() []uint64 {
@@ -236,6 +267,7 @@ func (d *Dispatcher) Stats() Stats {
 		QueueFull: d.queueFull.Load(), SendErrors: d.sendErrs.Load(),
 		Redials: d.redials.Load(), AcceptErrors: d.acceptErr.Load(),
 		ProxyUntrusted: d.proxyUntrusted.Load(), ProxyBusy: d.proxyBusy.Load(),
+		AcceptPauses: d.pauses.Load(), Held: int(d.held.Load()),
 	}
 	d.insts.Range(func(k, v any) bool {
 		in := v.(*inst)
@@ -252,6 +284,15 @@ func (d *Dispatcher) Stats() Stats {
 
 // Serve accepts on every listener until ctx ends or a listener fails, and
 // dispatches each connection. It closes the listeners when it returns.
+//
+// Backpressure: a connection that no instance can take or queue within
+// the bounds (MaxQueued, MaxQueuedTotal) is held by its accept loop, which
+// accepts nothing more until an instance has room for it: the next
+// connections wait in the listening socket's backlog (with SYN cookies
+// past it), as they would before a server that is behind, rather than
+// being accepted and closed. A connection is closed only when no instance
+// is up, or when none made room for it within MaxWait.
+//
 // The connections still waiting for room in a hand-off queue then go to
 // any instance of their order with room (the next ones first, their own
 // last), for at most QueueWait (and a second) more; only those that find none are closed,
@@ -508,8 +549,15 @@ func (d *Dispatcher) acceptLoop(ctx context.Context, name string, f *os.File) er
 		}
 		backoff = 0
 		beat.Add(1)
-		order = d.dispatch(nfd, peer, &hdr, order[:0])
+		var held *waiting
+		order, held = d.dispatch(nfd, peer, &hdr, order[:0])
 		beat.Add(1)
+		if held != nil {
+			// Backpressure: no instance can take or queue it; accept no
+			// more until one can. The beat stays even: a loop waiting
+			// for room is alive, as one waiting for connections.
+			d.hold(ctx, held)
+		}
 	}
 }
 
@@ -559,6 +607,10 @@ type inst struct {
 	draining      bool
 
 	handed atomic.Uint64
+	// lastSent is when the drainer last handed a connection over
+	// (UnixNano): an instance that made no room for QueueWait is stalled,
+	// and a connection finding its bound reached does not wait for it.
+	lastSent atomic.Int64
 }
 
 // waiting is a connection the dispatcher holds until an instance has
@@ -711,15 +763,17 @@ func (d *Dispatcher) trySend(in *inst, h *handoff.Header, fd int) (sendResult, e
 
 // dispatch hands fd to the preferred up instance for key and closes it;
 // when that instance's queue is full it leaves fd waiting for room (a
-// drainer goroutine owns it then) or goes on in order. It never blocks.
+// drainer goroutine owns it then) or goes on in order. It never blocks:
+// a connection that no instance can take or queue now is returned, for
+// the caller to hold (hold) before it accepts any other.
 // order is scratch space, returned for reuse.
-func (d *Dispatcher) dispatch(fd int, key netip.Addr, h *handoff.Header, order []int) []int {
+func (d *Dispatcher) dispatch(fd int, key netip.Addr, h *handoff.Header, order []int) ([]int, *waiting) {
 	order = d.Up.Order(key, order)
 	if len(order) == 0 {
 		d.dropped.Add(1)
 		d.warn("no instance is up: connection closed")
 		unix.Close(fd)
-		return order
+		return order, nil
 	}
 	in := d.inst(order[0])
 	full := in.nOwn.Load() > 0 // others wait for it already: no overtaking
@@ -731,7 +785,7 @@ func (d *Dispatcher) dispatch(fd int, key netip.Addr, h *handoff.Header, order [
 				d.handed(in, false)
 				// The worker holds the connection now: this close never blocks.
 				unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
-				return order
+				return order, nil
 			}
 			full = errors.Is(err, unix.EAGAIN)
 		}
@@ -739,16 +793,20 @@ func (d *Dispatcher) dispatch(fd int, key netip.Addr, h *handoff.Header, order [
 	// The preferred instance is busy, not dialled yet or gone: wait for
 	// room in its queue (a drainer goroutine owns fd then), or go on in
 	// order. Nothing here blocks the accept loop.
-	w := &waiting{fd: fd, h: *h, order: append([]int(nil), order...), until: time.Now().Add(d.opts.MaxWait), key: key}
+	now := time.Now()
+	w := &waiting{fd: fd, h: *h, order: append([]int(nil), order...), until: now.Add(d.opts.MaxWait), key: key}
+	start := 0
 	if full {
-		if d.enqueue(in, w) {
-			return order
+		if d.enqueue(in, w, enqNew) {
+			return order, nil
 		}
 		d.queueFull.Add(1)
-		w.idx = 1
+		start = 1
 	}
-	d.place(w)
-	return order
+	if d.admit(w, now, start, true) {
+		return order, nil
+	}
+	return order, w
 }
 
 func (d *Dispatcher) handed(in *inst, miss bool) {
@@ -759,68 +817,203 @@ func (d *Dispatcher) handed(in *inst, miss bool) {
 	}
 }
 
-// place hands w to the first instance from w.idx on that takes it now, or
-// queues it for the first one whose queue is full, without blocking. It
-// closes w when no instance can take or queue it, or when w's MaxWait has
-// passed.
-func (d *Dispatcher) place(w *waiting) {
-	var last error
-	// A connection that comes to the end of its order goes round once
-	// more from its preferred instance, until MaxWait ends, in the order
-	// of the set as it is now: instances may have come meanwhile.
-	for start := w.idx; ; start = 0 {
-		if d.placeFrom(w, &last) {
-			return
-		}
-		if start == 0 || d.stopped.Load() || !time.Now().Before(w.until) {
-			break
-		}
-		w.order, w.idx = d.Up.Order(w.key, w.order[:0]), 0
-		if len(w.order) == 0 {
-			break
-		}
+// admit places w, which no queue holds, without blocking: it hands it to
+// the first instance of its order (from start on) that has nothing
+// waiting and room, or queues it for the first one with room within the
+// bounds. It reports false when none can take or queue it now; the caller
+// holds w meanwhile and tries again (not first: start is then 0, and the
+// order is taken again, as instances may have come), since is when that
+// began.
+//
+// A connection whose preferred instance is at its bound waits for it (is
+// held) rather than queue behind another, while that instance makes room
+// (it handed a connection over within QueueWait) and for QueueWait at
+// most; an instance with nothing waiting may take it at once meanwhile.
+// In a storm every instance's queue is at its bound and room appears one
+// connection at a time, here or there: a connection queued wherever room
+// appeared first would lose its instance one time in two. A stalled
+// instance makes no room: its clients go on at once, as before.
+//
+// admit closes w (Dropped) when no instance is up, or MaxWait has passed,
+// and reports true.
+func (d *Dispatcher) admit(w *waiting, since time.Time, start int, first bool) bool {
+	now := time.Now()
+	if !first {
+		w.order = d.Up.Order(w.key, w.order[:0])
 	}
-	d.dropped.Add(1)
-	if !d.stopped.Load() { // else Serve ended: closing what waits is expected
-		d.warn("every instance's hand-off queue is full or unreachable: connection closed", "preferred", w.order[0], "err", last)
+	if len(w.order) == 0 {
+		d.closeWaiting(w, "no instance is up: connection closed", nil)
+		return true
 	}
-	unix.Close(w.fd)
-}
-
-// placeFrom is one pass of place over w's order from w.idx on; it reports
-// whether w was handed off, queued or closed.
-func (d *Dispatcher) placeFrom(w *waiting, last *error) bool {
+	if !now.Before(w.until) {
+		d.closeWaiting(w, "no instance made room for a connection within MaxWait: connection closed", nil)
+		return true
+	}
 	up := d.Up.Snapshot()
-	for ; w.idx < len(w.order); w.idx++ {
-		if !up.Contains(w.order[w.idx]) {
+	pref := d.inst(w.order[0])
+	patient := up.Contains(pref.id) && now.Sub(since) < d.opts.QueueWait &&
+		now.UnixNano()-pref.lastSent.Load() < int64(d.opts.QueueWait)
+	var last error
+	for i := start; i < len(w.order); i++ {
+		id := w.order[i]
+		if !up.Contains(id) {
 			continue // left the set since w was accepted: its socket goes soon
 		}
-		in := d.inst(w.order[w.idx])
+		in := d.inst(id)
 		behind := in.nOwn.Load()
-		if w.idx > 0 {
+		if i > 0 {
 			behind = in.nAll.Load()
 		}
 		if behind == 0 {
 			r, err := d.trySend(in, &w.h, w.fd)
 			switch r {
 			case sent:
-				d.handed(in, w.idx > 0)
+				d.handed(in, i > 0)
 				unix.Close(w.fd)
 				return true
 			case failed:
 				d.sendFailed(w, in.id, err)
 				return true
 			case gone:
-				*last = err
+				last = err
+				if i == 0 {
+					patient = false
+				}
 				continue
 			}
 		}
-		if d.enqueue(in, w) {
+		if i > 0 && patient {
+			continue // only an instance with nothing waiting takes it now
+		}
+		w.idx = i
+		if d.enqueue(in, w, enqNew) {
 			return true
 		}
-		d.queueFull.Add(1)
+		if first {
+			d.queueFull.Add(1)
+		}
+	}
+	if first {
+		args := []any{"listener", w.h.Name, "preferred", w.order[0]}
+		if last != nil {
+			args = append(args, "err", last)
+		}
+		d.warn("every instance's hand-off queue is full: accepting no more connections until one has room (backpressure)", args...)
 	}
 	return false
+}
+
+// holdRetry is how often a held connection tries again without being
+// woken: instances that come, and kernel queues that drain with nothing
+// waiting in the dispatcher, wake no one.
+const holdRetry = 50 * time.Millisecond
+
+// hold keeps w, which no instance could take or queue (dispatch returned
+// it), until one can, and returns then: its accept loop accepts no other
+// meanwhile, so the next connections wait in the listening socket's
+// backlog rather than being accepted and closed. It retries whenever a
+// drainer makes room, and every holdRetry (or QueueWait, if shorter).
+// When ctx ends w gets lastChance, as a connection waiting in a queue
+// does when Serve ends.
+func (d *Dispatcher) hold(ctx context.Context, w *waiting) {
+	d.pauses.Add(1)
+	d.held.Add(1)
+	defer func() {
+		d.held.Add(-1)
+		d.wakeHeld() // for awaitRoom
+	}()
+	since := time.Now()
+	retry := min(holdRetry, d.opts.QueueWait)
+	t := time.NewTimer(retry)
+	defer t.Stop()
+	for {
+		room := d.roomChan() // before admit: room made after admit looked closes it
+		if d.admit(w, since, 0, false) {
+			return
+		}
+		select {
+		case <-room:
+		case <-t.C:
+		case <-ctx.Done():
+			d.lastChance([]*waiting{w})
+			return
+		}
+		t.Reset(retry)
+	}
+}
+
+// roomChan returns a channel that a drainer closes when it next makes
+// room (room).
+func (d *Dispatcher) roomChan() <-chan struct{} {
+	d.roomMu.Lock()
+	defer d.roomMu.Unlock()
+	if d.roomCh == nil {
+		d.roomCh = make(chan struct{})
+	}
+	return d.roomCh
+}
+
+// room wakes the held connections' loops, if any: a drainer calls it
+// after taking a connection out of its queue. Nothing is held almost
+// always, and then it costs an atomic load.
+func (d *Dispatcher) room() {
+	if d.held.Load() == 0 {
+		return
+	}
+	d.wakeHeld()
+}
+
+// wakeHeld closes the channel roomChan returned.
+func (d *Dispatcher) wakeHeld() {
+	d.roomMu.Lock()
+	if d.roomCh != nil {
+		close(d.roomCh)
+		d.roomCh = nil
+	}
+	d.roomMu.Unlock()
+}
+
+// awaitRoom returns once no connection is held (hold), or ctx has ended.
+// The PROXY accept loop calls it before each accept: its connections are
+// held by their header readers, not by the loop, and each one accepted
+// while the others wait for room would only take a slot of the PROXY
+// budget, and past it be closed (ProxyBusy).
+func (d *Dispatcher) awaitRoom(ctx context.Context) {
+	if d.held.Load() == 0 {
+		return
+	}
+	retry := min(holdRetry, d.opts.QueueWait)
+	t := time.NewTimer(retry)
+	defer t.Stop()
+	for {
+		room := d.roomChan()
+		if d.held.Load() == 0 {
+			return
+		}
+		select {
+		case <-room:
+		case <-t.C:
+			t.Reset(retry)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// closeWaiting closes w, counted as dropped.
+func (d *Dispatcher) closeWaiting(w *waiting, msg string, err error) {
+	d.dropped.Add(1)
+	if !d.stopped.Load() { // else Serve ended: closing what waits is expected
+		args := []any{"listener", w.h.Name}
+		if len(w.order) > 0 {
+			args = append(args, "preferred", w.order[0])
+		}
+		if err != nil {
+			args = append(args, "err", err)
+		}
+		d.warn(msg, args...)
+	}
+	unix.Close(w.fd)
 }
 
 func (d *Dispatcher) sendFailed(w *waiting, id int, err error) {
@@ -829,15 +1022,26 @@ func (d *Dispatcher) sendFailed(w *waiting, id int, err error) {
 	unix.Close(w.fd)
 }
 
-// enqueue queues w for in, starting in's drainer if needed. It reports
-// false when in already holds MaxQueued connections or Serve has ended.
-func (d *Dispatcher) enqueue(in *inst, w *waiting) bool {
+// enqueueMode says which bounds a connection queued for an instance is
+// held to.
+type enqueueMode int
+
+const (
+	enqNew   enqueueMode = iota // not held yet: MaxQueued and MaxQueuedTotal
+	enqMove                     // moves from another queue with its slot in MaxQueuedTotal: MaxQueued
+	enqForce                    // moves, and must go somewhere (its instance left): none
+)
+
+// enqueue queues w for in (its own queue if w.idx is 0), starting in's
+// drainer if needed. It reports false when the bounds of mode are
+// reached or Serve has ended.
+func (d *Dispatcher) enqueue(in *inst, w *waiting, mode enqueueMode) bool {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	if len(in.own)+len(in.fallback) >= d.opts.MaxQueued || d.stopped.Load() {
+	if d.stopped.Load() || mode != enqForce && len(in.own)+len(in.fallback) >= d.opts.MaxQueued {
 		return false
 	}
-	if d.queued.Add(1) > int64(d.opts.MaxQueuedTotal) {
+	if mode == enqNew && d.queued.Add(1) > int64(d.opts.MaxQueuedTotal) {
 		d.queued.Add(-1)
 		return false
 	}
@@ -860,28 +1064,39 @@ func (d *Dispatcher) enqueue(in *inst, w *waiting) bool {
 	return true
 }
 
-// pop removes the head of in's own (or fallback) queue, and counts it
-// out of total; in.mu is held.
+// pop removes the head of in's own (or fallback) queue; in.mu is held.
 // Only the drainer removes, and only heads.
-func (in *inst) pop(own bool, total *atomic.Int64) *waiting {
+func (in *inst) pop(own bool) *waiting {
 	q := &in.fallback
 	if own {
 		q = &in.own
 		in.nOwn.Add(-1)
 	}
 	in.nAll.Add(-1)
-	total.Add(-1)
 	w := (*q)[0]
 	(*q)[0] = nil
 	*q = (*q)[1:]
 	return w
 }
 
+// done removes the head of in's own (or fallback) queue, giving its slot
+// in MaxQueuedTotal back unless it moved with the connection, and wakes
+// the held connections: in has room now.
+func (d *Dispatcher) done(in *inst, own, release bool) {
+	in.mu.Lock()
+	in.pop(own)
+	in.mu.Unlock()
+	if release {
+		d.queued.Add(-1)
+	}
+	d.room()
+}
+
 // drain hands in's waiting connections over, own ones first, as its
 // queue makes room, waiting for writability without any lock; a
-// connection that waited QueueWait goes on to its next instance. It
-// returns when nothing waits, or after closing what waits once Serve has
-// ended.
+// connection that waited QueueWait goes on to its next instance if one
+// has room (expire). It returns when nothing waits, or after closing what
+// waits once Serve has ended.
 func (d *Dispatcher) drain(in *inst) {
 	defer d.drainers.Done()
 	for {
@@ -903,23 +1118,23 @@ func (d *Dispatcher) drain(in *inst) {
 		// waits for it goes on at once rather than into that socket.
 		left := !d.Up.Snapshot().Contains(in.id)
 		var expired *waiting
+		own := false
 		switch {
 		case len(in.own) > 0 && (left || !now.Before(in.own[0].deadline)):
-			expired = in.pop(true, &d.queued)
+			expired, own = in.own[0], true
 		case len(in.fallback) > 0 && (left || !now.Before(in.fallback[0].deadline)):
-			expired = in.pop(false, &d.queued)
+			expired = in.fallback[0]
 		}
 		if expired != nil {
 			in.mu.Unlock()
 			if !left {
 				d.queueFull.Add(1)
 			}
-			expired.idx++
-			d.place(expired)
+			d.expire(in, expired, own, left)
 			continue
 		}
 		var w *waiting
-		own := len(in.own) > 0
+		own = len(in.own) > 0
 		deadline := time.Time{}
 		if own {
 			w = in.own[0]
@@ -935,24 +1150,150 @@ func (d *Dispatcher) drain(in *inst) {
 		}
 		in.mu.Unlock()
 		r, err := d.trySend(in, &w.h, w.fd)
-		if r == busy {
-			d.waitRoom(in, deadline)
-			continue
-		}
-		in.mu.Lock()
-		in.pop(own, &d.queued)
-		in.mu.Unlock()
 		switch r {
+		case busy:
+			d.waitRoom(in, deadline)
 		case sent:
+			in.lastSent.Store(time.Now().UnixNano())
+			d.done(in, own, true)
 			d.handed(in, w.idx > 0)
 			unix.Close(w.fd)
 		case failed:
+			d.done(in, own, true)
 			d.sendFailed(w, in.id, err)
 		default: // in's socket is gone
-			w.idx++
-			d.place(w)
+			d.expire(in, w, own, true)
 		}
 	}
+}
+
+// expire moves w, the head of in's own (or fallback) queue, on: to the
+// next instance of its order that can take it now or queue it within its
+// MaxQueued (its slot in MaxQueuedTotal moves with it), then to those of
+// its order as the set is now. When none can, every instance is short of
+// room too: w keeps its place for another QueueWait rather than be
+// closed, a connection accepted for nothing; after MaxWait it is closed.
+// When in cannot take it any more (force: it left the set, or its socket
+// is gone), w goes to the first other instance up, past that one's
+// MaxQueued if need be: it is already held, the descriptor limit is kept.
+func (d *Dispatcher) expire(in *inst, w *waiting, own, force bool) {
+	up := d.Up.Snapshot()
+	fresh := up.Order(w.key, nil)
+	for _, o := range []struct {
+		order []int
+		from  int
+	}{{w.order, w.idx + 1}, {fresh, 0}} {
+		switch d.moveAlong(in, w, up, o.order, o.from) {
+		case moveQueued:
+			d.done(in, own, false)
+			return
+		case moveDone:
+			d.done(in, own, true)
+			return
+		}
+	}
+	if i := slices.Index(fresh, in.id); i >= 0 {
+		w.order, w.idx = fresh, i
+	}
+	now := time.Now()
+	if !now.Before(w.until) {
+		d.done(in, own, true)
+		d.closeWaiting(w, "every instance's hand-off queue stayed full for MaxWait: connection closed", nil)
+		return
+	}
+	if !force {
+		// w stays at the head, the next to go when in makes room: sent
+		// to the back, a connection in a queue that takes longer than
+		// QueueWait to drain (a storm) would go round for ever. The
+		// others whose QueueWait ended behind it had the same instances
+		// to try, and wait another too.
+		if n := d.renew(in, now); n > 1 {
+			d.queueFull.Add(uint64(n - 1)) // drain counted w's
+		}
+		return
+	}
+	for i, id := range fresh {
+		if id == in.id {
+			continue
+		}
+		w.order, w.idx = fresh, i
+		if d.enqueue(d.inst(id), w, enqForce) {
+			d.done(in, own, false)
+		}
+		return // else Serve ended: the drainer hands w over last
+	}
+	d.done(in, own, true)
+	d.closeWaiting(w, "no other instance is up to take a connection whose instance left or is unreachable: connection closed", nil)
+}
+
+// renew gives every connection of in's queues whose QueueWait has ended
+// another (within its MaxWait), and returns how many it renewed.
+func (d *Dispatcher) renew(in *inst, now time.Time) int {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	next := now.Add(d.opts.QueueWait)
+	n := 0
+	for _, q := range [][]*waiting{in.own, in.fallback} {
+		for _, w := range q {
+			if now.Before(w.deadline) {
+				continue
+			}
+			n++
+			w.deadline = next
+			if w.deadline.After(w.until) {
+				w.deadline = w.until
+			}
+		}
+	}
+	return n
+}
+
+// moveResult is what moveAlong did with a connection.
+type moveResult int
+
+const (
+	moveNone   moveResult = iota // nothing: no instance had room
+	moveQueued                   // queued for another instance, with its slot
+	moveDone                     // handed off, or failed and closed
+)
+
+// moveAlong tries the instances of order from index from on, but from
+// itself, for w (still at the head of from's queue, and counted there):
+// one with nothing waiting and room takes it, else the first whose queue
+// is below MaxQueued. It never blocks.
+func (d *Dispatcher) moveAlong(from *inst, w *waiting, up *Set, order []int, start int) moveResult {
+	for i := start; i < len(order); i++ {
+		id := order[i]
+		if id == from.id || !up.Contains(id) {
+			continue
+		}
+		in := d.inst(id)
+		behind := in.nOwn.Load()
+		if i > 0 {
+			behind = in.nAll.Load()
+		}
+		if behind == 0 {
+			r, err := d.trySend(in, &w.h, w.fd)
+			switch r {
+			case sent:
+				d.handed(in, i > 0)
+				unix.Close(w.fd)
+				return moveDone
+			case failed:
+				d.sendFailed(w, in.id, err)
+				return moveDone
+			case gone:
+				continue
+			}
+		}
+		idx, ord := w.idx, w.order
+		w.order, w.idx = order, i
+		if d.enqueue(in, w, enqMove) {
+			return moveQueued
+		}
+		w.order, w.idx = ord, idx
+	}
+	return moveNone
 }
 
 // stopWait bounds lastChance's wait, so that a long QueueWait never holds
@@ -1127,6 +1468,7 @@ func (b *proxyBudget) give(peer netip.Addr) {
 func (d *Dispatcher) acceptProxied(ctx context.Context, name string, trust []netip.Prefix, nl net.Listener, proxied *sync.WaitGroup) error {
 	backoff := time.Duration(0)
 	for {
+		d.awaitRoom(ctx) // backpressure
 		c, err := nl.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
@@ -1154,15 +1496,19 @@ func (d *Dispatcher) acceptProxied(ctx context.Context, name string, trust []net
 		proxied.Add(1)
 		go func() {
 			defer proxied.Done()
-			defer d.budget.give(peer)
-			d.proxied(ctx, name, c)
+			d.proxied(ctx, name, c, func() { d.budget.give(peer) })
 		}()
 	}
 }
 
-func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn) {
+// proxied reads c's PROXY header and dispatches c. It calls read once the
+// header is read (or refused): the budget bounds headers being read; a
+// connection held afterwards for want of room (hold) is bounded by the
+// accept loop, which accepts no more while one is (awaitRoom).
+func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn, read func()) {
 	defer c.Close()
 	ph, err := ReadProxyHeader(ctx, c, d.opts.Proxy)
+	read()
 	if err != nil {
 		d.proxyErrs.Add(1)
 		d.warn("PROXY header refused: connection closed", "listener", name, "peer", c.RemoteAddr().String(), "err", err)
@@ -1179,6 +1525,7 @@ func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn) {
 		d.dropped.Add(1)
 		return
 	}
+	var held *waiting
 	rc.Control(func(fd uintptr) {
 		// dispatch closes the descriptor it is given; give it a copy so
 		// that c keeps its own until the deferred Close.
@@ -1187,8 +1534,13 @@ func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn) {
 			d.dropped.Add(1)
 			return
 		}
-		d.dispatch(nfd, key, &h, nil)
+		_, held = d.dispatch(nfd, key, &h, nil)
 	})
+	if held != nil {
+		// This reader holds it until an instance has room; the accept
+		// loop accepts no more meanwhile (awaitRoom).
+		d.hold(ctx, held)
+	}
 }
 
 // peerAddr returns c's peer IP address, unmapped and without zone, or the

@@ -854,9 +854,10 @@ func TestDispatchMaxWait(t *testing.T) {
 
 // TestDispatchQueuedTotalBound: over all instances the dispatcher holds at
 // most MaxQueuedTotal connections; one more, with no other instance to go
-// to, is closed at once, and a healthy instance's clients are still
-// served. By default the bound is a
-// quarter of the descriptor limit.
+// to, is held by the accept loop, which accepts no more (it was closed at
+// once before backpressure); when a healthy instance joins, it takes that
+// one and its own clients are served. By default the bound is a quarter
+// of the descriptor limit.
 func TestDispatchQueuedTotalBound(t *testing.T) {
 	var rl unix.Rlimit
 	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err != nil {
@@ -879,17 +880,29 @@ func TestDispatchQueuedTotalBound(t *testing.T) {
 			defer dialFrom(t, src, addr).Close()
 		}
 	}
-	waitFor(t, func() bool { return d.Stats().Dropped == 1 })
-	waitFor(t, func() bool { s := d.Stats(); return s.Queued[1]+s.Queued[2] == 3 })
-	if s := d.Stats(); s.HandedOff != 0 || s.Dropped != 1 {
+	waitFor(t, func() bool { s := d.Stats(); return s.Held == 1 && s.Queued[1]+s.Queued[2] == 3 })
+	if s := d.Stats(); s.HandedOff != 0 || s.Dropped != 0 || s.AcceptPauses != 1 {
 		t.Errorf("stats: %+v", s)
 	}
-	// A healthy instance joins: its clients are served.
+	// A healthy instance joins: it takes the held connection (nothing
+	// waits for it), then its own client, accepted after.
 	d.Up.Add(3)
 	c := dialFrom(t, clientsOf(t, d, 3, 1)[0], addr)
 	defer c.Close()
-	_, wc := ws[3].receive(t)
-	wc.Close()
+	for i := 0; ; i++ {
+		_, wc := ws[3].receive(t)
+		own := wc.RemoteAddr().String() == c.LocalAddr().String()
+		wc.Close()
+		if own {
+			break
+		}
+		if i > 0 {
+			t.Fatal("instance 3 got more than the held connection before its own client")
+		}
+	}
+	if s := d.Stats(); s.Dropped != 0 || s.Held != 0 || s.HandedOff != 2 {
+		t.Errorf("stats: %+v", s)
+	}
 }
 
 // TestDispatchStalledGroupKeepsDescriptors: a dispatcher (a process of its
@@ -897,8 +910,10 @@ func TestDispatchQueuedTotalBound(t *testing.T) {
 // gets 250 connections for them; instance 3's socket does not exist yet.
 // Holding every one would take the process to its descriptor limit, where
 // it could neither accept nor dial instance 3 once that comes. With the
-// default MaxQueuedTotal (a quarter of the limit) it closes the excess,
-// and a client of instance 3 is served.
+// default MaxQueuedTotal (a quarter of the limit) it holds 50, stops
+// accepting (the rest wait in the backlog: not one descriptor more), and
+// once instance 3 comes, the held connections go to it and a client of
+// instance 3, behind them in the backlog, is served.
 func TestDispatchStalledGroupKeepsDescriptors(t *testing.T) {
 	const nofile, flood = 200, 250
 	dir := t.TempDir()
@@ -935,9 +950,19 @@ func TestDispatchStalledGroupKeepsDescriptors(t *testing.T) {
 	}
 	defer c.Close()
 	w3 := &worker{id: 3, conn: c}
-	defer dialFrom(t, clientsOf(t, order, 3, 1)[0], addr).Close()
-	_, wc := w3.receive(t)
-	wc.Close()
+	own := dialFrom(t, clientsOf(t, order, 3, 1)[0], addr)
+	defer own.Close()
+	for i := 0; ; i++ {
+		_, wc := w3.receive(t)
+		mine := wc.RemoteAddr().String() == own.LocalAddr().String()
+		wc.Close()
+		if mine {
+			break
+		}
+		if i == flood {
+			t.Fatal("instance 3's client never came")
+		}
+	}
 }
 
 // TestDispatchLeftInstanceQueue: connections waiting for an instance that
@@ -1001,4 +1026,261 @@ func (w *worker) takes(t *testing.T, src, addr string) {
 	t.Cleanup(func() { c.Close() })
 	_, wc := w.receive(t)
 	wc.Close()
+}
+
+// TestDispatchBackpressure: when every instance's hand-off queue is full
+// and the dispatcher holds all its bounds allow (per instance, or in all),
+// it stops accepting instead of accepting and closing: the next clients'
+// connects succeed, and they wait in the listening socket's backlog; none
+// is closed while the workers are stalled, however many QueueWaits pass,
+// and every one is served once the workers read again. (Before, each
+// connection beyond the bounds was accepted and closed at once: Dropped,
+// the clients saw a reset or EOF. A connection storm did that to
+// thousands.)
+func TestDispatchBackpressure(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		opts   DispatcherOptions
+		queued int // connections the dispatcher's queues hold at the bounds
+	}{
+		// The fifth connection finds both instances at their bound.
+		{name: "per-instance bound", opts: DispatcherOptions{MaxQueued: 2}, queued: 4},
+		// The fourth finds the total reached; held connections go
+		// round the two instances meanwhile (their MaxQueued has room).
+		{name: "total bound", opts: DispatcherOptions{MaxQueuedTotal: 3}, queued: 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const perInstance = 5
+			const n = 2 * perInstance
+			dir := t.TempDir()
+			ws := newWorkers(t, dir, 2)
+			// Short: many QueueWaits pass while the workers are stalled.
+			tc.opts.QueueWait = 20 * time.Millisecond
+			tc.opts.MaxWait = time.Minute
+			d := newTestDispatcher(dir, tc.opts, 1, 2)
+			f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+			lfd := dupFile(t, f) // to read the listener's accept queue
+			serveWith(t, d, Listener{Name: "public", File: f})
+			filled := map[int]int{1: fillQueue(t, sockPath(dir, 1)), 2: fillQueue(t, sockPath(dir, 2))}
+
+			var clients []net.Conn
+			for id := 1; id <= 2; id++ {
+				for _, src := range clientsOf(t, d, id, perInstance) {
+					c := dialFrom(t, src, addr) // the kernel completes it: backlog
+					t.Cleanup(func() { c.Close() })
+					clients = append(clients, c)
+				}
+			}
+			queued := func(s Stats) int {
+				n := 0
+				for _, q := range s.Queued {
+					n += q
+				}
+				return n
+			}
+			// The dispatcher holds its bounds' worth in its queues and
+			// one more in its paused accept loop; the rest stay
+			// unaccepted.
+			wantBacklog := n - tc.queued - 1
+			waitFor(t, func() bool {
+				s := d.Stats()
+				return s.Dropped > 0 || queued(s) == tc.queued && acceptQueue(t, lfd) == wantBacklog
+			})
+			// Many QueueWaits: held connections try other instances and
+			// keep their place; nothing is closed meanwhile.
+			qf := d.Stats().QueueFull
+			waitFor(t, func() bool { s := d.Stats(); return s.Dropped > 0 || s.QueueFull >= qf+10 })
+			// d.queued is exact; Stats.Queued may count a connection
+			// moving between the instances in both for an instant.
+			if s, q := d.Stats(), d.queued.Load(); s.Dropped != 0 || s.HandedOff != 0 || q != int64(tc.queued) {
+				t.Errorf("stats with the workers stalled: %+v, %d queued; want 0 dropped, %d queued", s, q, tc.queued)
+			}
+			if got := acceptQueue(t, lfd); got != wantBacklog {
+				t.Errorf("%d connections in the listener's backlog, want %d (the dispatcher accepted what it could not queue)", got, wantBacklog)
+			}
+			for i, c := range clients {
+				if why := closedNow(t, c); why != "" {
+					t.Errorf("client %d (%s) %s while the workers were stalled", i, c.LocalAddr(), why)
+				}
+			}
+			if b := d.Beats(); len(b) != 1 || b[0]%2 != 0 {
+				t.Errorf("beats %v while paused, want one even (alive)", b)
+			}
+
+			// The workers read again: every client is served.
+			serveWorkers(t, ws, filled, n)
+			for i, c := range clients {
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				b, err := io.ReadAll(c)
+				if string(b) != "served" {
+					t.Errorf("client %d (%s): read %q, %v; want served", i, c.LocalAddr(), b, err)
+				}
+			}
+			waitFor(t, func() bool { return d.Stats().HandedOff == n })
+			if s := d.Stats(); s.Dropped != 0 || queued(s) != 0 {
+				t.Errorf("stats at the end: %+v", s)
+			}
+		})
+	}
+}
+
+// dupFile returns a descriptor of the same socket as f, closed when the
+// test ends, without changing f's blocking mode.
+func dupFile(t *testing.T, f *os.File) int {
+	t.Helper()
+	rc, err := f.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	var derr error
+	rc.Control(func(s uintptr) { fd, derr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) })
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return fd
+}
+
+// acceptQueue returns how many connections wait in the accept queue of
+// the listening TCP socket fd (tcp_info's unacked field is the backlog's
+// length for a listener).
+func acceptQueue(t *testing.T, fd int) int {
+	t.Helper()
+	ti, err := unix.GetsockoptTCPInfo(fd, unix.IPPROTO_TCP, unix.TCP_INFO)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(ti.Unacked)
+}
+
+// closedNow says how c's server side ended ("closed", "reset: ..."), or
+// "" when it is open: it peeks without blocking.
+func closedNow(t *testing.T, c net.Conn) string {
+	t.Helper()
+	rc, err := c.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	why := ""
+	rc.Control(func(fd uintptr) {
+		var b [1]byte
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+		case err != nil:
+			why = "reset: " + err.Error()
+		case n == 0:
+			why = "closed"
+		default:
+			why = "answered"
+		}
+	})
+	return why
+}
+
+// serveWorkers lets ws read again: each discards the fillers the test
+// queued (filled, by instance) and answers every other connection with
+// "served", until n are answered.
+func serveWorkers(t *testing.T, ws map[int]*worker, filled map[int]int, n int) {
+	t.Helper()
+	var fds []unix.PollFd
+	var ids []int
+	for id, w := range ws {
+		fds = append(fds, unix.PollFd{Fd: int32(w.fd), Events: unix.POLLIN})
+		ids = append(ids, id)
+	}
+	fillers := map[int]int{}
+	deadline := time.Now().Add(10 * time.Second)
+	for served := 0; served < n; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d connections served within 10s", served, n)
+		}
+		if _, err := unix.Poll(fds, 100); err != nil && err != unix.EINTR {
+			t.Fatal(err)
+		}
+		for i, p := range fds {
+			if p.Revents == 0 {
+				continue
+			}
+			var h handoff.Header
+			fd, err := handoff.Receive(int(p.Fd), &h)
+			if errors.Is(err, unix.EAGAIN) {
+				continue
+			}
+			if err != nil {
+				t.Fatalf("worker %d: %v", ids[i], err)
+			}
+			if h.Name == "filler" {
+				fillers[ids[i]]++
+			} else {
+				unix.Write(fd, []byte("served"))
+				served++
+			}
+			unix.Close(fd)
+		}
+	}
+	for id, want := range filled {
+		if fillers[id] != want {
+			t.Errorf("worker %d: %d fillers, want %d", id, fillers[id], want)
+		}
+	}
+}
+
+// TestDispatchBackpressureProxy: on a PROXY listener the connections that
+// no instance can take are held by their header readers; while any is,
+// the accept loop accepts no more, so the next ones wait in the backlog
+// rather than in the supervisor, one descriptor and goroutine each, with
+// no bound (before backpressure they were closed: Dropped). All are served
+// once the worker reads again.
+func TestDispatchBackpressureProxy(t *testing.T) {
+	const n = 6
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 1)
+	d := newTestDispatcher(dir, DispatcherOptions{
+		QueueWait: 20 * time.Millisecond, MaxWait: time.Minute, MaxQueued: 1,
+		MaxPendingProxy: 4, MaxPendingProxyPerPeer: 4,
+	}, 1)
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	lfd := dupFile(t, f)
+	serveWith(t, d, Listener{Name: "public", Proxy: true, ProxyFrom: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}, File: f})
+	filled := map[int]int{1: fillQueue(t, sockPath(dir, 1))}
+	var clients []net.Conn
+	for i := range n {
+		c := dialFrom(t, "127.0.0.2", addr)
+		t.Cleanup(func() { c.Close() })
+		fmt.Fprintf(c, "PROXY TCP4 198.51.100.%d 192.0.2.1 1 80\r\n", i+1)
+		clients = append(clients, c)
+		switch i {
+		case 0: // queued
+			waitFor(t, func() bool { return d.Stats().Queued[1] == 1 })
+		case 1, 2: // held by its reader (the loop was in accept already for the second)
+			waitFor(t, func() bool { s := d.Stats(); return s.Held == i || s.ProxyBusy > 0 })
+		}
+	}
+	waitFor(t, func() bool {
+		s := d.Stats()
+		return s.ProxyBusy > 0 || s.Dropped > 0 || s.Held > 2 || acceptQueue(t, lfd) == n-3
+	})
+	if s := d.Stats(); s.ProxyBusy != 0 || s.Dropped != 0 || s.Held != 2 {
+		t.Errorf("stats with the worker stalled: %+v, want 0 refused, 0 dropped, 2 held", s)
+	}
+	if got := acceptQueue(t, lfd); got != n-3 {
+		t.Errorf("%d connections in the listener's backlog, want %d", got, n-3)
+	}
+	for i, c := range clients {
+		if why := closedNow(t, c); why != "" {
+			t.Errorf("client %d %s while the worker was stalled", i, why)
+		}
+	}
+	serveWorkers(t, ws, filled, n)
+	for i, c := range clients {
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if b, err := io.ReadAll(c); string(b) != "served" {
+			t.Errorf("client %d: read %q, %v; want served", i, b, err)
+		}
+	}
+	if s := d.Stats(); s.ProxyBusy != 0 || s.Dropped != 0 || s.HandedOff != n {
+		t.Errorf("stats at the end: %+v", s)
+	}
 }

@@ -42,20 +42,29 @@
 // takes no lock: the socket's descriptor is reference-counted, so an
 // instance whose socket is re-created or stopped (and so re-dialled or
 // dropped) never makes a concurrent send write to a closed or reused
-// descriptor. The accept loop never waits.
+// descriptor. The accept loop waits for nothing but room (below).
 //
 // When an instance's kernel queue is full (a slow or stopped worker), the
 // connection waits in the dispatcher, in a queue per instance bounded by
 // DispatcherOptions.MaxQueued, while a goroutine of that instance polls
 // its socket for room and hands waiting connections over in order. A
 // connection that waited DispatcherOptions.QueueWait, or found the bound
-// reached, goes on to the next instance in its rendezvous order (a sticky
-// miss); an instance serves its own clients before those that fall back to
-// it, so one stalled instance delays no other instance's clients. A
-// connection that went through its whole order goes round again from its
-// preferred instance until DispatcherOptions.MaxWait has passed since it
-// was accepted; only then is it closed (Stats.Dropped). When Serve ends,
-// the connections still waiting go to any instance with room, for at most
+// reached while its instance is stalled, goes on to the next instance in
+// its rendezvous order that has room (a sticky miss); an instance serves
+// its own clients before those that fall back to it, so one stalled
+// instance delays no other instance's clients. A connection that finds no
+// other instance with room keeps its place and tries again after another
+// QueueWait, until DispatcherOptions.MaxWait has passed since it was
+// accepted; only then is it closed (Stats.Dropped).
+//
+// Backpressure: a connection that no instance can take or queue within
+// the bounds (MaxQueued, and DispatcherOptions.MaxQueuedTotal in all) is
+// held by its accept loop, which accepts nothing more until a drainer
+// makes room (Stats.AcceptPauses): under a connection storm the excess
+// waits in the listening socket's backlog, as before a server that is
+// behind, instead of being accepted and closed. A paused loop's beat
+// (Dispatcher.Beats) is even: it is alive. When Serve ends, the
+// connections still waiting go to any instance with room, for at most
 // QueueWait, before the rest are closed.
 //
 // Send errors are classified: EAGAIN is a full queue; errors that mean the

@@ -806,6 +806,7 @@ type DispatchCounters struct {
 	AcceptErrors   uint64 `json:"accept_errors"`
 	ProxyUntrusted uint64 `json:"proxy_untrusted"`
 	ProxyBusy      uint64 `json:"proxy_busy"`
+	AcceptPauses   uint64 `json:"accept_pauses"`
 }
 
 // dispatchState returns the dispatcher's counters and set, nil-safe.
@@ -814,7 +815,8 @@ func (s *Supervisor) dispatchState() DispatchState {
 	return DispatchState{
 		DispatchCounters: DispatchCounters{HandedOff: st.HandedOff, StickyMiss: st.StickyMiss, Dropped: st.Dropped,
 			ProxyErrors: st.ProxyErrors, QueueFull: st.QueueFull, SendErrors: st.SendErrors, Redials: st.Redials,
-			AcceptErrors: st.AcceptErrors, ProxyUntrusted: st.ProxyUntrusted, ProxyBusy: st.ProxyBusy},
+			AcceptErrors: st.AcceptErrors, ProxyUntrusted: st.ProxyUntrusted, ProxyBusy: st.ProxyBusy,
+			AcceptPauses: st.AcceptPauses},
 		PerInstance: st.PerInstance, InDispatch: s.disp.Up.Snapshot().IDs(), Queued: st.Queued}
 }
 
