@@ -430,7 +430,7 @@ if want_extra storm && [[ " ${rows[*]} " == *" $SD_TARGET "* ]]; then
       # The supervisor's dispatch counters over the row's life (sdrow logs
       # dispatch.json at power-off): what it did with what it could not hand off.
       counters=$(sed -n 's/^sdrow: .*dispatch.json //p' "$OUT/logs/storm-$row-$sr.log" | tail -1 |
-        awk '{ out = ""; n = split("handed_off dropped sticky_misses queue_full", k, " ")
+        awk '{ out = ""; n = split("handed_off dropped sticky_misses queue_full accept_pauses", k, " ")
           for (i = 1; i <= n; i++) if (match($0, "\"" k[i] "\":[0-9]+")) { v = substr($0, RSTART, RLENGTH); sub(/.*:/, "", v); out = out (out == "" ? "" : ", ") k[i] " " v }
           print (out == "" ? "—" : out) }')
       storm+=("| $sr | $row | $(kv offered_rps "$f") | $(kv rps "$f") | $(kv missed "$f") | $(kv errors "$f") ($(kv err_kinds "$f")) | $(kv sticky_sources "$f") | $(kv p50_ms "$f") | $(kv p99_ms "$f") | $(kv pid_cpu_us_per_conn "$f") | $(kv workers_cpu_us_per_conn "$f") | ${counters:-—} |")
