@@ -312,8 +312,8 @@ func printStatus(e *env, gs []GroupStatus) {
 		if g.Dispatch != nil {
 			ds := g.Dispatch
 			fmt.Fprintf(e.stdout, "  dispatch: %d handed off, %d sticky misses, %d dropped, %d PROXY errors\n", ds.HandedOff, ds.StickyMiss, ds.Dropped, ds.ProxyErrors)
-			fmt.Fprintf(e.stdout, "  faults: %d queue full, %d send errors, %d redials, %d accept errors, %d untrusted PROXY peers, %d PROXY over budget\n",
-				ds.QueueFull, ds.SendErrors, ds.Redials, ds.AcceptErrors, ds.ProxyUntrusted, ds.ProxyBusy)
+			fmt.Fprintf(e.stdout, "  faults: %d queue full, %d accept pauses, %d send errors, %d redials, %d accept errors, %d untrusted PROXY peers, %d PROXY over budget\n",
+				ds.QueueFull, ds.AcceptPauses, ds.SendErrors, ds.Redials, ds.AcceptErrors, ds.ProxyUntrusted, ds.ProxyBusy)
 		}
 		if k := g.Kernel; k != nil {
 			printKernel(e, k)
