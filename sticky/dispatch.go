@@ -865,14 +865,8 @@ func (d *Dispatcher) admit(w *waiting, since time.Time, start int, first bool) b
 			behind = in.nAll.Load()
 		}
 		if behind == 0 {
-			r, err := d.trySend(in, &w.h, w.fd)
-			switch r {
-			case sent:
-				d.handed(in, i > 0)
-				unix.Close(w.fd)
-				return true
-			case failed:
-				d.sendFailed(w, in.id, err)
+			switch r, err := d.handNow(in, w, i > 0); r {
+			case sent, failed:
 				return true
 			case gone:
 				last = err
@@ -1014,6 +1008,21 @@ func (d *Dispatcher) closeWaiting(w *waiting, msg string, err error) {
 		d.warn(msg, args...)
 	}
 	unix.Close(w.fd)
+}
+
+// handNow tries to hand w to in at once. When the result is sent or
+// failed, w's connection is handed off or closed and counted; busy and
+// gone (with its error) leave it to the caller.
+func (d *Dispatcher) handNow(in *inst, w *waiting, miss bool) (sendResult, error) {
+	r, err := d.trySend(in, &w.h, w.fd)
+	switch r {
+	case sent:
+		d.handed(in, miss)
+		unix.Close(w.fd)
+	case failed:
+		d.sendFailed(w, in.id, err)
+	}
+	return r, err
 }
 
 func (d *Dispatcher) sendFailed(w *waiting, id int, err error) {
@@ -1273,14 +1282,8 @@ func (d *Dispatcher) moveAlong(from *inst, w *waiting, up *Set, order []int, sta
 			behind = in.nAll.Load()
 		}
 		if behind == 0 {
-			r, err := d.trySend(in, &w.h, w.fd)
-			switch r {
-			case sent:
-				d.handed(in, i > 0)
-				unix.Close(w.fd)
-				return moveDone
-			case failed:
-				d.sendFailed(w, in.id, err)
+			switch r, _ := d.handNow(in, w, i > 0); r {
+			case sent, failed:
 				return moveDone
 			case gone:
 				continue

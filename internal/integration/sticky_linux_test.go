@@ -51,6 +51,42 @@ type stream struct {
 
 func startStream(addrs []string) *stream { return startLoad(webURL, addrs, false) }
 
+// killWeb2UnderStream SIGKILLs web@2 while 16 of the web clients stream
+// requests, waits until its successor runs and the stream goes on, and
+// checks that at most one request per stream failed (the one inside the
+// killed process), and only for web@2's clients (none refused, with
+// noRefused). It returns each client's instance before the kill and the
+// finished stream.
+func killWeb2UnderStream(t *testing.T, h *house, noRefused bool) (map[string]string, *stream) {
+	t.Helper()
+	web2 := units.Group{Name: "web"}.Instance(2)
+	before := stickyMap(t, webClients)
+	oldPID := h.show(web2, "MainPID")
+	var addrs []string
+	for a := range before {
+		addrs = append(addrs, a)
+	}
+	s := startStream(addrs[:16])
+	s.waitServed(t, 200)
+	h.systemctl("kill", "-s", "KILL", web2)
+	waitFor(t, 20*time.Second, "web@2 back with a new PID", func() bool {
+		p := h.show(web2, "MainPID")
+		return p != "0" && p != oldPID && h.show(web2, "ActiveState") == "active"
+	})
+	s.waitServed(t, 200)
+	s.finish()
+	for _, f := range s.failures {
+		a := strings.SplitN(f, ":", 2)[0]
+		if before[a] != "web@2" || (noRefused && strings.Contains(f, "refused")) {
+			t.Errorf("a client of %s failed: %s", before[a], f)
+		}
+	}
+	if s.failed.Load() > 16 {
+		t.Errorf("%d failures, more than one per stream: %v", s.failed.Load(), s.failures)
+	}
+	return before, s
+}
+
 // startLoad keeps requests to url flowing from each address, on new
 // connections or on kept-alive ones.
 func startLoad(url string, addrs []string, keepAlive bool) *stream {
@@ -148,32 +184,9 @@ func TestIntegrationSticky(t *testing.T) {
 	})
 
 	t.Run("SIGKILL of a worker loses only what was inside it", func(t *testing.T) {
-		before := stickyMap(t, webClients)
-		oldPID := h.show("powerhouse-web@2.service", "MainPID")
-		var addrs []string
-		for a := range before {
-			addrs = append(addrs, a)
-		}
-		s := startStream(addrs[:16])
-		s.waitServed(t, 200)
-		h.systemctl("kill", "-s", "KILL", "powerhouse-web@2.service")
-		waitFor(t, 20*time.Second, "web@2 back with a new PID", func() bool {
-			p := h.show("powerhouse-web@2.service", "MainPID")
-			return p != "0" && p != oldPID && h.show("powerhouse-web@2.service", "ActiveState") == "active"
-		})
-		s.waitServed(t, 200)
-		s.finish()
 		// At most one request per stream could be inside the killed
 		// process, and only from clients of web@2.
-		for _, f := range s.failures {
-			a := strings.SplitN(f, ":", 2)[0]
-			if before[a] != "web@2" {
-				t.Errorf("a client of %s failed: %s", before[a], f)
-			}
-		}
-		if s.failed.Load() > int64(len(addrs[:16])) {
-			t.Errorf("%d failures, more than one per stream: %v", s.failed.Load(), s.failures)
-		}
+		before, s := killWeb2UnderStream(t, h, false)
 		t.Logf("served %d, failed %d (inside the killed process)", s.ok.Load(), s.failed.Load())
 		after := stickyMap(t, webClients)
 		for a, inst := range before {
