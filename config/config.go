@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -590,6 +591,15 @@ func (p *parser) dispatch(at string, v any, w *Worker) {
 			return
 		case l.Network == "unix":
 			p.errf(at, "%q cannot serve unix socket %s: only TCP listening sockets can share an address (SO_REUSEPORT), one per instance; keep dispatch = %q for this group", Kernel, l.Address, Handoff)
+			return
+		}
+	}
+	// Beside an IPv6 address the units bind IPv6-only, and a port alone
+	// becomes two sockets (IPv4 and IPv6 wildcards): two reuseport groups
+	// for one listener, which kernel steering keeps per listener.
+	for _, l := range w.Listen {
+		if strings.HasPrefix(l.Address, ":") && slices.ContainsFunc(w.Listen, func(x Listener) bool { return strings.HasPrefix(x.Address, "[") }) {
+			p.errf(at, "%q cannot serve listener %q (port %d on every address) beside an IPv6 address: write \"0.0.0.0:%d\" and \"[::]:%d\" as two listeners", Kernel, l.Address, l.Port(), l.Port(), l.Port())
 			return
 		}
 	}

@@ -81,7 +81,8 @@ func TestDispatch(t *testing.T) {
 		{name: "default shared", src: w + "listen = [80]\n", want: Handoff},
 		{name: "handoff written", src: w + "sticky = true\nlisten = [80]\ndispatch = \"handoff\"\n", want: Handoff},
 		{name: "handoff on a shared group", src: w + "listen = [80]\ndispatch = \"handoff\"\n", want: Handoff},
-		{name: "kernel", src: w + "sticky = true\nlisten = [\"127.0.0.1:80\", \"[::1]:80\", 81]\ndispatch = \"kernel\"\n", want: Kernel, kernel: true},
+		{name: "kernel", src: w + "sticky = true\nlisten = [\"127.0.0.1:80\", \"[::1]:80\", \"0.0.0.0:81\"]\ndispatch = \"kernel\"\n", want: Kernel, kernel: true},
+		{name: "kernel, a port alone", src: w + "sticky = true\nlisten = [81]\ndispatch = \"kernel\"\n", want: Kernel, kernel: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := Parse("/etc/ph.toml", []byte(tc.src))
@@ -208,6 +209,7 @@ func TestBad(t *testing.T) {
 		{"dispatch kernel not sticky", w + "listen = [80]\ndispatch = \"kernel\"\n", 5, "worker.dispatch", "only applies to a sticky group"},
 		{"dispatch kernel child", w + "type = \"child\"\ndispatch = \"kernel\"\n", 5, "worker.dispatch", "only applies to a sticky group"},
 		{"dispatch kernel proxy", w + "sticky = true\nlisten = [80, { address = 81, proxy_protocol = true, proxy_from = [\"10.0.0.1\"], name = \"lb\" }]\ndispatch = \"kernel\"\n", 6, "worker.dispatch", `cannot serve listener "lb" with proxy_protocol = true: the client's address is inside the stream`},
+		{"dispatch kernel port beside IPv6", w + "sticky = true\nlisten = [\":8080\", \"[::1]:8081\"]\ndispatch = \"kernel\"\n", 6, "worker.dispatch", `write "0.0.0.0:8080" and "[::]:8080" as two listeners`},
 		{"dispatch kernel unix", w + "sticky = true\nlisten = [\"/run/w.sock\"]\ndispatch = \"kernel\"\n", 6, "worker.dispatch", "cannot serve unix socket /run/w.sock"},
 		{"prepare no exec", "[prepare]\n" + w, 1, "prepare", "missing key exec"},
 		{"no worker", "title = \"x\"\n", 0, "", "at least one worker"},

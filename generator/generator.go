@@ -345,20 +345,18 @@ func (g *gen) socketUnit(w *config.Worker, proxied bool) (Unit, bool) {
 		u.add("Unit", "Description", Specifiers(g.c.Title)+" public sockets of group "+w.Name)
 	}
 	u.add("Unit", "PartOf", units.Target)
-	v6only := false
+	v6only := ipv6Only(ls)
 	var unixL *config.Listener
 	var allow []string
 	seen := map[netip.Prefix]bool{}
 	for i, l := range ls {
-		switch {
-		case l.Network == "unix":
+		if l.Network == "unix" {
 			u.add("Socket", "ListenStream", PathEscape(l.Address))
 			unixL = &ls[i] // config makes them agree on ownership
-		case strings.HasPrefix(l.Address, ":"):
-			u.add("Socket", "ListenStream", l.Address[1:])
-		default:
-			u.add("Socket", "ListenStream", l.Address)
-			v6only = v6only || strings.HasPrefix(l.Address, "[")
+		} else {
+			for _, a := range tcpStreams(l, v6only) {
+				u.add("Socket", "ListenStream", a)
+			}
 		}
 		for _, pf := range l.ProxyFrom {
 			if !seen[pf] {
@@ -718,18 +716,41 @@ func (g *gen) handoffSocket(w *config.Worker) Unit {
 // group with nobody to accept. Without one, a restarting instance finds
 // its socket and queue as they were. Whoever stops an instance stops its
 // socket after it (the supervisor does, as for hand-off sockets).
+// ipv6Only reports whether a socket unit of these listeners needs
+// BindIPv6Only=ipv6-only: an "[addr]:p" listener bound dual-stack would
+// also take IPv4 and collide with "0.0.0.0:p" or another IPv4 listener.
+func ipv6Only(ls []config.Listener) bool {
+	for _, l := range ls {
+		if l.Network == "tcp" && strings.HasPrefix(l.Address, "[") {
+			return true
+		}
+	}
+	return false
+}
+
+// tcpStreams is the ListenStream= values of a TCP listener. ":p" means
+// every address, IPv4 and IPv6: a port alone binds [::]:p dual-stack, but
+// in a unit with BindIPv6Only=ipv6-only it would serve IPv6 only, so
+// there it becomes "0.0.0.0:p" and "[::]:p".
+func tcpStreams(l config.Listener, v6only bool) []string {
+	if !strings.HasPrefix(l.Address, ":") {
+		return []string{l.Address}
+	}
+	if v6only {
+		return []string{"0.0.0.0" + l.Address, "[::]" + l.Address}
+	}
+	return []string{l.Address[1:]}
+}
+
 func (g *gen) instanceSocket(w *config.Worker) Unit {
 	var u opts
 	u.add("Unit", "Description", Specifiers(g.c.Title)+" listening socket of "+w.Name+" #%i")
 	u.add("Unit", "PartOf", units.Target)
-	v6only := false
+	v6only := ipv6Only(w.Listen)
 	for _, l := range w.Listen { // config allows TCP listeners only in kernel mode
-		if strings.HasPrefix(l.Address, ":") {
-			u.add("Socket", "ListenStream", l.Address[1:])
-			continue
+		for _, a := range tcpStreams(l, v6only) {
+			u.add("Socket", "ListenStream", a)
 		}
-		u.add("Socket", "ListenStream", l.Address)
-		v6only = v6only || strings.HasPrefix(l.Address, "[")
 	}
 	if v6only {
 		u.add("Socket", "BindIPv6Only", "ipv6-only")

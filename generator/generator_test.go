@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -686,5 +687,33 @@ func TestKernelDropIn(t *testing.T) {
 	big := KernelDropIn(w, testOpts, config.MaxAmount+5)
 	if got := directives([]Unit{big}, big.Name, "Service", "Sockets"); len(strings.Fields(got[0])) != config.MaxAmount {
 		t.Errorf("%d sockets for an amount over MaxAmount", len(strings.Fields(got[0])))
+	}
+}
+
+// TestPortOnlyListenerBesideIPv6: ":p" means every address, IPv4 and
+// IPv6. In a socket unit that needs BindIPv6Only=ipv6-only (an "[addr]:q"
+// listener beside it), a bare port would bind IPv6 only, so it becomes an
+// IPv4 and an IPv6 wildcard; alone, it stays a bare port (dual-stack).
+// (Kernel mode refuses the mix: config's "port beside IPv6" case.)
+func TestPortOnlyListenerBesideIPv6(t *testing.T) {
+	for _, tc := range []struct {
+		name, listen, dispatch string
+		unit                   string
+		want                   []string
+		v6only                 bool
+	}{
+		{"alone", `[":8080"]`, "", units.Group{Name: "n"}.PublicSocket(), []string{"8080"}, false},
+		{"beside IPv6", `[":8080", "[::1]:8081"]`, "", units.Group{Name: "n"}.PublicSocket(), []string{"0.0.0.0:8080", "[::]:8080", "[::1]:8081"}, true},
+		{"beside IPv4", `[":8080", "127.0.0.1:8081"]`, "", units.Group{Name: "n"}.PublicSocket(), []string{"8080", "127.0.0.1:8081"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, us := generate(t, testOpts, []byte("[[worker]]\nname = \"n\"\nexec = \"/srv/app\"\nsticky = true\n"+tc.dispatch+"listen = "+tc.listen+"\n"))
+			if got := directives(us, tc.unit, "Socket", "ListenStream"); !slices.Equal(got, tc.want) {
+				t.Errorf("ListenStream=%q, want %q", got, tc.want)
+			}
+			if got := len(directives(us, tc.unit, "Socket", "BindIPv6Only")) > 0; got != tc.v6only {
+				t.Errorf("BindIPv6Only= present: %v, want %v", got, tc.v6only)
+			}
+		})
 	}
 }
