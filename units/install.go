@@ -155,6 +155,7 @@ func (t Tree) Apply(files []File) (Result, error) {
 			r.Unchanged = append(r.Unchanged, f.Path)
 		}
 	}
+	gone := map[string]bool{}
 	for _, p := range old.Files {
 		if owned[p] {
 			continue
@@ -163,7 +164,10 @@ func (t Tree) Apply(files []File) (Result, error) {
 			return r, fmt.Errorf("install: %w", err)
 		}
 		r.Removed = append(r.Removed, p)
+		gone[path.Dir(p)] = true
 	}
+	// A group back in hand-off mode leaves its drop-in directory empty.
+	t.removeOwnDirs(rfd, gone)
 	m := manifest{Adopted: adopted}
 	for p := range owned {
 		m.Files = append(m.Files, p)
@@ -231,10 +235,20 @@ func (t Tree) Uninstall() (UninstallResult, error) {
 		return r, fmt.Errorf("uninstall: %w", err)
 	}
 	dirs[path.Dir(t.Manifest)] = true
-	// Only directories that install creates for itself, and only if empty.
+	t.removeOwnDirs(rfd, dirs)
+	return r, nil
+}
+
+// removeOwnDirs removes those of dirs that install creates for itself
+// (powerhouse/, the .wants/ of the targets, a supervisor's drop-in
+// directory powerhouse@GROUP.service.d/), and only if empty.
+func (t Tree) removeOwnDirs(rfd int, dirs map[string]bool) {
 	for d := range dirs {
-		switch path.Base(d) {
-		case "powerhouse", "multi-user.target.wants", "default.target.wants":
+		base := path.Base(d)
+		_, dropIn := GroupOfSupervisor(strings.TrimSuffix(base, ".d"))
+		switch {
+		case base == "powerhouse", base == "multi-user.target.wants", base == "default.target.wants",
+			dropIn && strings.HasSuffix(base, ".d"):
 			parent, name := path.Split(d)
 			if pfd, err := t.openDir(rfd, parent, false); err == nil {
 				unix.Unlinkat(pfd, name, unix.AT_REMOVEDIR) // fails, harmlessly, when not empty
@@ -242,7 +256,6 @@ func (t Tree) Uninstall() (UninstallResult, error) {
 			}
 		}
 	}
-	return r, nil
 }
 
 // Installed reports whether a manifest exists.

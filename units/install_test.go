@@ -368,3 +368,44 @@ func TestWriteFileRefusesLink(t *testing.T) {
 		t.Errorf("victim now %q", b)
 	}
 }
+
+// TestDropInDirectoryRemoved: a kernel-mode supervisor's drop-in
+// directory goes with its last file, when install drops it (the group is
+// back in hand-off mode) and on uninstall; one that holds an operator's
+// own drop-in stays.
+func TestDropInDirectoryRemoved(t *testing.T) {
+	dropIn := "/etc/systemd/system/" + (Group{Name: "web"}).KernelDropIn()
+	for _, tc := range []struct {
+		name    string
+		mine    bool // an operator's drop-in beside ours
+		removed bool
+	}{{"empty afterwards", false, true}, {"holds the operator's drop-in", true, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			root := t.TempDir()
+			tree := testTree(root)
+			dir := filepath.Join(root, filepath.Dir(dropIn))
+			base := []File{{Path: "/etc/systemd/system/a.service", Data: []byte("A"), Perm: Public}}
+			if _, err := tree.Apply(append(base, File{Path: dropIn, Data: []byte("K"), Perm: Public})); err != nil {
+				t.Fatal(err)
+			}
+			if tc.mine {
+				os.WriteFile(filepath.Join(dir, "10-mine.conf"), []byte("x"), 0o644)
+			}
+			if _, err := tree.Apply(base); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(dir); os.IsNotExist(err) != tc.removed {
+				t.Errorf("after install without it: directory removed %v, want %v", os.IsNotExist(err), tc.removed)
+			}
+			if _, err := tree.Apply(append(base, File{Path: dropIn, Data: []byte("K"), Perm: Public})); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tree.Uninstall(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := os.Stat(dir); os.IsNotExist(err) != tc.removed {
+				t.Errorf("after uninstall: directory removed %v, want %v", os.IsNotExist(err), tc.removed)
+			}
+		})
+	}
+}
