@@ -51,6 +51,33 @@ type stream struct {
 
 func startStream(addrs []string) *stream { return startLoad(webURL, addrs, false) }
 
+// stickyRounds maps the web clients to the instances that answer them
+// ten times, checks that each address always reaches the same one and
+// that each of the 4 instances gets clients, and returns the first map.
+func stickyRounds(t *testing.T) map[string]string {
+	t.Helper()
+	first := stickyMap(t, webClients)
+	per := map[string]int{}
+	for _, inst := range first {
+		per[inst]++
+	}
+	for round := 0; round < 9; round++ {
+		again := stickyMap(t, webClients)
+		for a, inst := range again {
+			if inst != first[a] {
+				t.Errorf("%s reached %s, then %s", a, first[a], inst)
+			}
+		}
+	}
+	for n := 1; n <= 4; n++ {
+		if per[fmt.Sprintf("web@%d", n)] == 0 {
+			t.Errorf("instance web@%d got no client: %v", n, per)
+		}
+	}
+	t.Logf("clients per instance: %v", per)
+	return first
+}
+
 // killWeb2UnderStream SIGKILLs web@2 while 16 of the web clients stream
 // requests, waits until its successor runs and the stream goes on, and
 // checks that at most one request per stream failed (the one inside the
@@ -148,25 +175,7 @@ func TestIntegrationSticky(t *testing.T) {
 	}
 
 	t.Run("every address always reaches the same instance", func(t *testing.T) {
-		first := stickyMap(t, webClients)
-		per := map[string]int{}
-		for _, inst := range first {
-			per[inst]++
-		}
-		for round := 0; round < 9; round++ {
-			again := stickyMap(t, webClients)
-			for a, inst := range again {
-				if inst != first[a] {
-					t.Errorf("%s reached %s, then %s", a, first[a], inst)
-				}
-			}
-		}
-		for n := 1; n <= 4; n++ {
-			if per[fmt.Sprintf("web@%d", n)] == 0 {
-				t.Errorf("instance web@%d got no client: %v", n, per)
-			}
-		}
-		t.Logf("clients per instance: %v", per)
+		stickyRounds(t)
 	})
 
 	t.Run("shared socket group serves", func(t *testing.T) {
