@@ -78,6 +78,34 @@ func stickyRounds(t *testing.T) map[string]string {
 	return first
 }
 
+// stopWeb2 stops web@2 and checks that its clients move within a second
+// and that no other client moves; it returns the clients' instances
+// before and after.
+func stopWeb2(t *testing.T, h *house) (before, after map[string]string) {
+	t.Helper()
+	before = stickyMap(t, webClients)
+	h.systemctl("stop", units.Group{Name: "web"}.Instance(2))
+	start := time.Now()
+	waitFor(t, 5*time.Second, "web@2's clients to move", func() bool {
+		after = stickyMap(t, webClients)
+		for _, inst := range after {
+			if inst == "web@2" {
+				return false
+			}
+		}
+		return true
+	})
+	if d := time.Since(start); d > time.Second+500*time.Millisecond {
+		t.Errorf("clients moved after %v, want within a second", d)
+	}
+	for a, inst := range before {
+		if inst != "web@2" && after[a] != inst {
+			t.Errorf("%s moved from %s to %s though its instance kept running", a, inst, after[a])
+		}
+	}
+	return before, after
+}
+
 // killWeb2UnderStream SIGKILLs web@2 while 16 of the web clients stream
 // requests, waits until its successor runs and the stream goes on, and
 // checks that at most one request per stream failed (the one inside the
@@ -206,27 +234,7 @@ func TestIntegrationSticky(t *testing.T) {
 	})
 
 	t.Run("stopping an instance moves only its clients", func(t *testing.T) {
-		before := stickyMap(t, webClients)
-		h.systemctl("stop", "powerhouse-web@2.service")
-		start := time.Now()
-		var after map[string]string
-		waitFor(t, 5*time.Second, "web@2's clients to move", func() bool {
-			after = stickyMap(t, webClients)
-			for _, inst := range after {
-				if inst == "web@2" {
-					return false
-				}
-			}
-			return true
-		})
-		if d := time.Since(start); d > time.Second+500*time.Millisecond {
-			t.Errorf("clients moved after %v, want within a second", d)
-		}
-		for a, inst := range before {
-			if inst != "web@2" && after[a] != inst {
-				t.Errorf("%s moved from %s to %s though its instance kept running", a, inst, after[a])
-			}
-		}
+		before, _ := stopWeb2(t, h)
 		h.systemctl("restart", "powerhouse-web@2.service")
 		waitFor(t, 10*time.Second, "web@2's clients to come back", func() bool {
 			m := stickyMap(t, webClients)
