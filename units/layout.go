@@ -178,8 +178,81 @@ func InstanceOfFDName(name string) (int, bool) {
 // needs to steer with BPF; generator.KernelDropIn writes its content.
 func (g Group) KernelDropIn() string { return g.SupervisorUnit() + ".d/50-kernel.conf" }
 
-// InstancePattern matches the services of every instance of the group.
+// InstancePattern matches the side-A services of every instance of the
+// group (powerhouse-web@*.service); InstancePatterns matches both sides.
 func (g Group) InstancePattern() string { return g.prefix() + "*.service" }
+
+// Side is one of the two services an instance of a reloadable group
+// alternates between on a handover reload: the new process starts in the
+// side that is not running, and the old one drains in its own unit while
+// the new one serves. Both sides get the instance's socket (Sockets=), so
+// the slot, its hand-off or listening socket and its clients stay the same.
+type Side uint8
+
+const (
+	// SideA is the contract's instance unit: powerhouse-web@3.service.
+	SideA Side = iota
+	// SideB is its twin: powerhouse-web.b@3.service. The "." cannot
+	// appear in a group name, so no group's units are ever named so.
+	SideB
+)
+
+// Other is the side an instance hands over to.
+func (s Side) Other() Side { return 1 - s }
+
+func (s Side) String() string {
+	if s == SideB {
+		return "b"
+	}
+	return "a"
+}
+
+// sidePrefix is the template prefix of side s: "powerhouse-web@" or
+// "powerhouse-web.b@".
+func (g Group) sidePrefix(s Side) string {
+	if s == SideB {
+		return "powerhouse-" + g.Name + ".b@"
+	}
+	return g.prefix()
+}
+
+// InstanceSide is the service of instance n on side s:
+// powerhouse-web@3.service (SideA, the same as Instance) or
+// powerhouse-web.b@3.service (SideB).
+func (g Group) InstanceSide(n int, s Side) string {
+	return g.sidePrefix(s) + strconv.Itoa(n) + ".service"
+}
+
+// WorkerTemplateSide is the worker template of side s:
+// powerhouse-web@.service or powerhouse-web.b@.service.
+func (g Group) WorkerTemplateSide(s Side) string { return g.sidePrefix(s) + ".service" }
+
+// InstancePatterns matches the services of every instance of the group on
+// both sides.
+func (g Group) InstancePatterns() []string {
+	return []string{g.sidePrefix(SideA) + "*.service", g.sidePrefix(SideB) + "*.service"}
+}
+
+// SideOf returns n and the side for the service of instance n of this
+// group on either side, and false for any other unit name.
+func (g Group) SideOf(unit string) (int, Side, bool) {
+	for _, s := range []Side{SideA, SideB} {
+		rest, ok := strings.CutPrefix(unit, g.sidePrefix(s))
+		if !ok {
+			continue
+		}
+		rest, ok = strings.CutSuffix(rest, ".service")
+		if !ok {
+			return 0, 0, false
+		}
+		n, err := strconv.Atoi(rest)
+		if err != nil || n < 1 || strconv.Itoa(n) != rest {
+			return 0, 0, false
+		}
+		return n, s, true
+	}
+	return 0, 0, false
+}
 
 // InstanceOf returns n for the service of instance n of this group, and
 // false for any other unit name.
@@ -211,15 +284,20 @@ func GroupOfSupervisor(unit string) (string, bool) {
 }
 
 // Owns reports whether unit is one of the group's own units (its sockets,
-// its worker and hand-off templates and their instances). The supervisor
+// its worker templates of both sides, its hand-off template and their
+// instances). The supervisor
 // template is every group's, so it is none's.
 func (g Group) Owns(unit string) bool {
 	switch unit {
 	case g.SupervisorUnit(), g.PublicSocket(), g.ProxySocket():
 		return true
 	}
-	rest, ok := strings.CutPrefix(unit, g.prefix())
-	return ok && !strings.Contains(rest, "@")
+	for _, s := range []Side{SideA, SideB} {
+		if rest, ok := strings.CutPrefix(unit, g.sidePrefix(s)); ok && !strings.Contains(rest, "@") {
+			return true
+		}
+	}
+	return false
 }
 
 func (g Group) prefix() string { return "powerhouse-" + g.Name + "@" }

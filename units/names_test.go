@@ -120,3 +120,51 @@ func TestInstanceFDName(t *testing.T) {
 		t.Errorf("instance socket names: %s %s %s", g.InstanceSocket(3), g.InstanceSocketTemplate(), g.UnitInstanceSocket())
 	}
 }
+
+// TestSides: both sides of an instance are named by Group, read back by
+// SideOf, owned by their group only, and never a unit of another group
+// (group names cannot hold the "." that marks side B).
+func TestSides(t *testing.T) {
+	web := Group{Name: "web"}
+	webB := Group{Name: "web-b"}
+	for _, tc := range []struct {
+		unit   string
+		n      int
+		side   Side
+		ok     bool
+		webOwn bool
+	}{
+		{"powerhouse-web@3.service", 3, SideA, true, true},
+		{"powerhouse-web.b@3.service", 3, SideB, true, true},
+		{"powerhouse-web.b@03.service", 0, 0, false, true},
+		{"powerhouse-web.b@0.service", 0, 0, false, true},
+		{"powerhouse-web.b@3.socket", 0, 0, false, true},
+		{"powerhouse-web-b@3.service", 0, 0, false, false},
+		{"powerhouse-web.c@3.service", 0, 0, false, false},
+		{"powerhouse@web.service", 0, 0, false, true},
+	} {
+		n, side, ok := web.SideOf(tc.unit)
+		if n != tc.n || side != tc.side || ok != tc.ok {
+			t.Errorf("SideOf(%q) = %d, %v, %v; want %d, %v, %v", tc.unit, n, side, ok, tc.n, tc.side, tc.ok)
+		}
+		if ok && web.InstanceSide(n, side) != tc.unit {
+			t.Errorf("InstanceSide(%d, %v) = %q; want %q", n, side, web.InstanceSide(n, side), tc.unit)
+		}
+		if got := web.Owns(tc.unit); got != tc.webOwn {
+			t.Errorf("web owns %q = %v; want %v", tc.unit, got, tc.webOwn)
+		}
+	}
+	if web.InstanceSide(2, SideA) != web.Instance(2) {
+		t.Errorf("side A of 2 = %q; want the contract's %q", web.InstanceSide(2, SideA), web.Instance(2))
+	}
+	if _, _, ok := webB.SideOf(web.InstanceSide(1, SideB)); ok {
+		t.Errorf("group web-b claims %q", web.InstanceSide(1, SideB))
+	}
+	if SideA.Other() != SideB || SideB.Other() != SideA {
+		t.Error("Other does not alternate")
+	}
+	pats := web.InstancePatterns()
+	if len(pats) != 2 || pats[0] != web.InstancePattern() || pats[1] != "powerhouse-web.b@*.service" {
+		t.Errorf("InstancePatterns = %q", pats)
+	}
+}
