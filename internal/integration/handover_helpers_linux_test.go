@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -267,42 +266,66 @@ func (w *slotWatch) checkNeverDown(t *testing.T) {
 	}
 }
 
-// statusWatch polls `powerhouse status web` until stopped and records,
-// per slot, the (serving PID, draining PID) pairs its lines showed:
-//
-//	2  active  pid 812 (powerhouse-web.b@2.service) · draining pid 640 (powerhouse-web@2.service, 3s)
+// statusWatch polls `powerhouse status --json web` until stopped and
+// records, per slot, the (serving PID, draining PID) pairs it showed, and
+// the text of `powerhouse status web` once while a slot drained.
 type statusWatch struct {
 	stop, done chan struct{}
 	once       sync.Once
 	mu         sync.Mutex
 	seen       map[int]map[[2]string]bool
-	sample     string // one output showing a draining process
+	sample     string // `powerhouse status` while a process drained
 	errs       []string
 }
 
-var statusDrainingRE = regexp.MustCompile(`(?m)^\s*(\d+)\s.*?\bpid (\d+) \([^)]*\).*\bdraining pid (\d+)`)
+// statusJSON is the part of `powerhouse status --json` the watch reads.
+type statusJSON []struct {
+	Instances []struct {
+		Instance int    `json:"instance"`
+		Unit     string `json:"unit"`
+		PID      uint32 `json:"pid"`
+		Draining *struct {
+			Unit string `json:"unit"`
+			PID  uint32 `json:"pid"`
+		} `json:"draining"`
+	} `json:"instances"`
+}
 
 func watchStatus(h *house) *statusWatch {
 	w := &statusWatch{stop: make(chan struct{}), done: make(chan struct{}), seen: map[int]map[[2]string]bool{}}
 	go func() {
 		defer close(w.done)
 		for {
-			out, err := h.powerhouse("status", handoverGroup.Name)
+			out, err := h.powerhouse("status", "--json", handoverGroup.Name)
+			var st statusJSON
+			if err == nil {
+				err = json.Unmarshal([]byte(out), &st)
+			}
 			w.mu.Lock()
 			if err != nil {
 				w.errs = append(w.errs, fmt.Sprintf("%v: %s", err, out))
 			}
-			for _, m := range statusDrainingRE.FindAllStringSubmatch(out, -1) {
-				n, _ := strconv.Atoi(m[1])
-				if w.seen[n] == nil {
-					w.seen[n] = map[[2]string]bool{}
-				}
-				w.seen[n][[2]string{m[2], m[3]}] = true
-				if w.sample == "" {
-					w.sample = out
+			drains := false
+			for _, g := range st {
+				for _, in := range g.Instances {
+					if in.Draining == nil || in.Draining.PID == 0 {
+						continue
+					}
+					drains = true
+					if w.seen[in.Instance] == nil {
+						w.seen[in.Instance] = map[[2]string]bool{}
+					}
+					w.seen[in.Instance][[2]string{strconv.Itoa(int(in.PID)), strconv.Itoa(int(in.Draining.PID))}] = true
 				}
 			}
+			sampled := w.sample != ""
 			w.mu.Unlock()
+			if drains && !sampled {
+				text, _ := h.powerhouse("status", handoverGroup.Name)
+				w.mu.Lock()
+				w.sample = text
+				w.mu.Unlock()
+			}
 			select {
 			case <-w.stop:
 				return

@@ -234,6 +234,9 @@ func handoverReload(t *testing.T, dispatch string) {
 				t.Errorf("slot %d: powerhouse status never showed pid %s serving and pid %s draining (seen %v; errors %v)", n, after[n], before[n], status.seen[n], status.errs[:min(len(status.errs), 3)])
 			}
 		}
+		if !strings.Contains(status.sample, "draining") {
+			t.Errorf("powerhouse status, while a process drained, does not say so:\n%s", status.sample)
+		}
 		if t.Failed() || testing.Verbose() {
 			t.Logf("powerhouse status during the drains:\n%s", status.sample)
 		}
