@@ -327,7 +327,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	}
 	for _, g := range affectedGroups(old, c, res.Written, lay.unitDir) {
 		fmt.Fprintf(e.stderr, "install: applying the change to group %s\n", g)
-		if err := applyGroup(e, m, old, c, g, res.Written, lay.unitDir); err != nil {
+		if err := applyGroup(e, m, old, c, e.group(g, user), res.Written, lay.unitDir); err != nil {
 			// Why the group's supervisor did not come back says more
 			// than the failed job.
 			if rerr := groupsReady(e, m, scope, []string{g}, began); rerr != nil {
@@ -395,15 +395,23 @@ func affectedGroups(old, c *config.Config, written []string, unitDir string) []s
 }
 
 // applyGroup brings a running group in line with its new configuration:
-// changed worker units mean a rolling restart of the workers; anything else
-// (amount, config, sockets) is picked up by restarting the supervisor,
-// which leaves the workers running.
-func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, written []string, unitDir string) error {
+// changed worker units mean a reload of the workers, by the group's
+// supervisor (a handover per instance, one at a time: the new process
+// starts on the side of its instance that is not running, from the new
+// unit, and the old one drains); anything else (amount, config, sockets)
+// is picked up by restarting the supervisor, which leaves the workers
+// running.
+func applyGroup(e *env, m units.Manager, old, c *config.Config, gr units.Group, written []string, unitDir string) error {
+	g := gr.Name
 	w := c.Worker(g)
 	workerChanged := false
+	changed := []string{gr.HandoffTemplate()}
+	for _, s := range generator.Sides(w) {
+		changed = append(changed, gr.WorkerTemplateSide(s))
+	}
 	for _, p := range written {
-		if p == filepath.Join(unitDir, units.Group{Name: g}.WorkerTemplate()) || p == filepath.Join(unitDir, units.Group{Name: g}.HandoffTemplate()) {
-			workerChanged = true
+		for _, u := range changed {
+			workerChanged = workerChanged || p == filepath.Join(unitDir, u)
 		}
 	}
 	// Socket units whose listeners changed are rebound: these and the ones
@@ -440,7 +448,7 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 	// brings the group up again on the new units.
 	remade := instanceSocketsToRemake(e, m, old, w)
 	if len(gone)+len(start)+len(remade) > 0 {
-		if err := m.Stop(e.ctx, units.Group{Name: g}.SupervisorUnit()); err != nil {
+		if err := m.Stop(e.ctx, gr.SupervisorUnit()); err != nil {
 			return err
 		}
 		for _, s := range append(append(gone, start...), remade...) {
@@ -452,14 +460,16 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 			}
 		}
 	}
-	if err := m.Restart(e.ctx, units.Group{Name: g}.SupervisorUnit()); err != nil {
+	if err := m.Restart(e.ctx, gr.SupervisorUnit()); err != nil {
 		return err
 	}
 	if workerChanged && w.Reloadable && len(remade) == 0 { // remade: already stopped, they start on the new units
-		for n := 1; n <= w.Amount; n++ {
-			if err := m.Restart(e.ctx, units.Group{Name: g}.Instance(n)); err != nil {
-				return fmt.Errorf("group %s: instance %d: %w", g, n, err)
-			}
+		// Not a restart of each instance's side-A unit: after a reload
+		// an instance may run on side B, and restarting side A would
+		// start a second process on its socket and leave the old one.
+		// The supervisor knows which side serves.
+		if _, err := client(gr).Reload(e.ctx, e.progress("install", g)); err != nil {
+			return callFailed("install", err)
 		}
 	}
 	return nil
