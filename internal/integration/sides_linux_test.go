@@ -281,3 +281,54 @@ func dialKernel(t *testing.T, h *house, g units.Group) (string, error) {
 	}
 	return askHello(c)
 }
+
+// TestIntegrationInstallAppliesWorkerChange: install --now of a changed
+// worker template on a running house has the group's supervisor reload
+// it (applyGroup asks the supervisor, which knows which side of each
+// instance serves, rather than restarting side A): every instance runs a
+// new process started from the new unit, one side per instance, and the
+// group serves. It guards that path: the reload it asks for is, on this
+// branch, still the supervisor's rolling restart of side A.
+func TestIntegrationInstallAppliesWorkerChange(t *testing.T) {
+	h := bootKernelHouse(t)
+	src := h.box.Path("/run/src/sides.toml")
+	if err := os.MkdirAll(filepath.Dir(src), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("[[worker]]\nname = \"web\"\nexec = %q\namount = 2\nsticky = true\nlisten = [\"127.0.0.1:%d\"]\n", filepath.Join(boxBin, "hello"), sidesHandoffPort)
+	install := func(cfg string) string {
+		t.Helper()
+		if err := os.WriteFile(src, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out, err := h.powerhouse("install", "--now", "/run/src/sides.toml")
+		if err != nil {
+			t.Fatalf("install --now: %v\n%s\n%s", err, out, h.journal())
+		}
+		return out
+	}
+	install(cfg)
+	g := units.Group{Name: "web"}
+	before := map[int]string{}
+	for n := 1; n <= 2; n++ {
+		before[n] = h.show(g.InstanceSide(n, units.SideA), "MainPID")
+	}
+	t.Logf("%s", install(cfg+"[worker.service]\nenvironment = { CHANGED = \"yes\" }\n"))
+	for n := 1; n <= 2; n++ {
+		a, b := g.InstanceSide(n, units.SideA), g.InstanceSide(n, units.SideB)
+		serving := a
+		if h.show(b, "ActiveState") == "active" {
+			serving = b
+			if st := h.show(a, "ActiveState"); st != "inactive" {
+				t.Errorf("instance %d runs on both sides (%s is %s)", n, a, st)
+			}
+		}
+		pid := h.show(serving, "MainPID")
+		if pid == before[n] || pid == "0" || h.envOf(pid, "CHANGED") != "yes" {
+			t.Errorf("instance %d after the change: %s pid %s (was %s), CHANGED=%q: want a new process from the new unit", n, serving, pid, before[n], h.envOf(pid, "CHANGED"))
+		}
+	}
+	if r, err := get(client("127.0.0.2"), fmt.Sprintf("http://127.0.0.1:%d/", sidesHandoffPort)); err != nil || !strings.HasPrefix(r.Instance, "web@") {
+		t.Errorf("web after the change: %v %+v", err, r)
+	}
+}

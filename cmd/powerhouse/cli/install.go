@@ -468,9 +468,11 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, gr units.Group, 
 		// an instance may run on side B, and restarting side A would
 		// start a second process on its socket and leave the old one.
 		// The supervisor knows which side serves.
-		if _, err := client(gr).Reload(e.ctx, e.progress("install", g)); err != nil {
+		res, err := client(gr).Reload(e.ctx, e.progress("install", g))
+		if err != nil {
 			return callFailed("install", err)
 		}
+		fmt.Fprintf(e.stderr, "install: %s\n", res.Message)
 	}
 	return nil
 }
