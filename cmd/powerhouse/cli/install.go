@@ -104,8 +104,10 @@ enables powerhouse.target and asks systemd to reload. System scope: writes
 ` + units.SysusersPath + ` and runs systemd-sysusers, which creates
 the static user and group "powerhouse" workers run as by default (under
 --root, only when DIR has an /etc/passwd). Uninstall leaves the user. --now also starts the
-house, or, when it runs, restarts or reloads only the groups that changed,
-and waits until every group's supervisor is ready (it dispatches to a
+house, or, when it runs, applies the change to the groups that changed
+only (changed worker units by the group's reload, as powerhouse reload
+does; anything else by a restart of its supervisor, which leaves the
+workers running), and waits until every group's supervisor is ready (it dispatches to a
 ready instance): a group that is not fails the command, which names its
 supervisor unit, its state and result, and the last lines the supervisor
 wrote to the journal. While install writes, it holds the lock set and
