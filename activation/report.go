@@ -190,3 +190,10 @@ func (r *reporter) stop() {
 	r.flushClosed()
 	r.c.Close()
 }
+
+// drainResult reports the end of the drain.
+func (r *reporter) drainResult(res DrainResult) {
+	if r != nil {
+		r.send(report.DrainResult{Drained: res.Drained, Cut: res.Cut})
+	}
+}
