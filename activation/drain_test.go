@@ -306,3 +306,47 @@ func TestTrackerShutdown(t *testing.T) {
 		t.Errorf("report %#v, want the drain result %+v", m, want)
 	}
 }
+
+// TestServeAnswersSlowFirstRequest: a client that connected before the
+// drain and sends its first request 1.5 s into it is answered. net/http's
+// Shutdown waits up to 5 s for such a connection and then drops the
+// request it reads; the drain used to wait only 1 s before calling
+// Shutdown, so a request in between was read after Shutdown began and
+// dropped unanswered.
+func TestServeAnswersSlowFirstRequest(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	accepted := make(chan struct{}, 1)
+	srv := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }),
+		ConnState: func(c net.Conn, st http.ConnState) {
+			if st == http.StateNew {
+				accepted <- struct{}{}
+			}
+		},
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&activation.ServeConfig{StopTimeout: 20 * time.Second}).Serve(ctx, srv, l) }()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-accepted
+	cancel()
+	// The client is slow: the lapse of time is the case, not a wait for
+	// an event.
+	time.Sleep(1500 * time.Millisecond)
+	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+		t.Fatalf("first request 1.5s into the drain: %q, %v; want an answer", line, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+}

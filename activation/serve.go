@@ -354,8 +354,11 @@ func (r *readyListener) drainNew(ctx context.Context) {
 }
 
 // freshWait bounds how long a stopping worker waits for connected clients
-// to send their first request.
-const freshWait = time.Second
+// to send their first request. It is net/http's own bound: Shutdown waits
+// that long for a connection in StateNew anyway (then takes it for idle
+// and closes it), so a shorter wait only opened a window in which a late
+// first request was read after Shutdown began and dropped unanswered.
+const freshWait = 5 * time.Second
 
 // A stopping worker with a hand-off socket keeps receiving until no
 // hand-off came for handoffQuiet, for at most handoffLinger. The
