@@ -45,12 +45,13 @@ says since when. powerhouse status shows it.
 --wait then waits until new connections have stopped arriving for the
 --quiet period, printing what it sees each second, and stops the house
 (powerhouse.target) cleanly: each worker finishes its connections within
-its stop timeout. New connections are counted per group: a hand-off
-group's from its supervisor's dispatch counters (dispatch.json, every
-connection it accepted); a kernel-mode or shared-socket group's from the
-kernel's socket table (sock_diag), where every TCP connection to the
-group's addresses shows with a cookie the kernel never reuses, from the
-accept queue to TIME_WAIT. Unix-socket listeners of shared groups are not
+its stop timeout. New connections are seen in the kernel's socket table
+(sock_diag, polled every 100ms), where every TCP connection to a group's
+addresses shows, in any dispatch mode, with a cookie the kernel never
+reuses, from the accept queue to TIME_WAIT; a hand-off group's
+supervisor also counts every connection it accepts (dispatch.json,
+published every second), which catches those too short for a poll and
+those on unix sockets. A shared group's unix-socket listeners are not
 counted. Interrupting --wait (Ctrl-C) leaves the house draining and
 serving, not stopped.
 
@@ -303,43 +304,50 @@ type arrival struct {
 	n  uint64
 }
 
-// sumArrivals adds up several sources.
-type sumArrivals []arrivals
+// maxArrivals reads several sources that may see the same connections
+// (a hand-off group's in the socket table and in its supervisor's
+// counters): each poll counts the largest of their figures, so that a
+// connection is never counted twice and any source's activity counts.
+type maxArrivals []arrivals
 
-func (s sumArrivals) New() (uint64, error) {
+func (s maxArrivals) New() (uint64, error) {
 	var n uint64
 	for _, a := range s {
 		m, err := a.New()
 		if err != nil {
 			return 0, err
 		}
-		n += m
+		n = max(n, m)
 	}
 	return n, nil
 }
 
 // houseArrivals is how drain --wait counts c's new connections, and notes
-// on what it cannot count: a hand-off group's from its supervisor's
-// dispatch counters (every connection it accepted, also those it could
-// not hand off); a kernel-mode or shared-socket group's, whose
-// connections the supervisor never sees, from the kernel's socket table.
+// on what it cannot count. Every TCP connection to a group's addresses,
+// in any dispatch mode, is in the kernel's socket table (cookieArrivals),
+// seen within a poll; a hand-off group's supervisor also counts every
+// connection it accepts (dispatchArrivals), which catches the ones too
+// short-lived for the table, a second late (it publishes every second).
+// Unix-socket listeners are in no table drain reads: a hand-off group's
+// supervisor counts them, a shared group's are not counted.
 func houseArrivals(c *config.Config, user bool, root string) (arrivals, []string) {
-	var out sumArrivals
+	var out maxArrivals
 	var notes []string
 	conns := &cookieArrivals{list: tcpConns, ports: map[uint16]bool{}}
 	for i := range c.Workers {
 		w := &c.Workers[i]
-		if w.Sticky && !w.KernelDispatch() {
+		handoff := w.Sticky && !w.KernelDispatch()
+		if handoff {
 			g := units.Group{Name: w.Name, Scope: scopeOf(user), Root: root}
 			out = append(out, &dispatchArrivals{path: g.DispatchStatePath()})
-			continue
 		}
 		for _, l := range w.Listen {
-			if l.Network != "tcp" {
+			switch {
+			case l.Network == "tcp":
+				conns.add(l)
+			case !handoff:
 				notes = append(notes, fmt.Sprintf("group %s: new connections on the unix socket %s are not counted", w.Name, l.Address))
-				continue
 			}
-			conns.add(l)
 		}
 	}
 	if len(conns.ports) > 0 {

@@ -294,3 +294,52 @@ func TestDrainState(t *testing.T) {
 		t.Errorf("a broken file: draining %v, err %v; want draining with an error", ok, err)
 	}
 }
+
+// TestMaxArrivals: two sources that see the same connections count them
+// once; either one's activity counts.
+func TestMaxArrivals(t *testing.T) {
+	a := maxArrivals{&scripted{at: []uint64{3, 0, 0}}, &scripted{at: []uint64{0, 0, 2}}}
+	for i, want := range []uint64{0, 3, 0, 2, 0} {
+		if n, err := a.New(); err != nil || n != want {
+			t.Errorf("poll %d: %d %v, want %d", i, n, err, want)
+		}
+	}
+}
+
+// TestHouseArrivals: every group's TCP addresses go to the socket table,
+// hand-off groups' counters too, and a shared group's unix socket is
+// named as not counted.
+func TestHouseArrivals(t *testing.T) {
+	c, err := config.Parse("/x.toml", []byte(`
+[[worker]]
+name = "web"
+exec = "/w"
+sticky = true
+listen = ["127.0.0.1:8080", "/run/web.sock"]
+[[worker]]
+name = "api"
+exec = "/a"
+listen = [8081, "/run/api.sock"]
+[[worker]]
+name = "bg"
+type = "child"
+exec = "/b"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, notes := houseArrivals(c, false, "/r")
+	m := a.(maxArrivals)
+	if len(m) != 2 {
+		t.Fatalf("%d sources, want dispatch counters and the socket table", len(m))
+	}
+	if d, ok := m[0].(*dispatchArrivals); !ok || d.path != "/r/web/dispatch.json" {
+		t.Errorf("first source %#v", m[0])
+	}
+	if ca, ok := m[1].(*cookieArrivals); !ok || !ca.ports[8080] || !ca.ports[8081] || len(ca.ports) != 2 {
+		t.Errorf("socket table source %#v", m[1])
+	}
+	if len(notes) != 1 || !strings.Contains(notes[0], "group api: new connections on the unix socket /run/api.sock are not counted") {
+		t.Errorf("notes %q", notes)
+	}
+}
