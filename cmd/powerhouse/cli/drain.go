@@ -458,8 +458,10 @@ func printDrain(e *env, mf *managerFlags) {
 	}
 	d := &drainer{e: e, user: *mf.user}
 	d.c, _ = mf.load()
-	since := "since a time that is not readable (" + err.Error() + ")"
-	if err == nil {
+	var since string
+	if err != nil {
+		since = "since a time that is not readable (" + err.Error() + ")"
+	} else {
 		since = fmt.Sprintf("since %s (%s ago)", stamp(st.Since), ago(time.Now(), st.Since))
 	}
 	what := d.endpoint() + " answers 503 draining"
