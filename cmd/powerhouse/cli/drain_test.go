@@ -343,3 +343,23 @@ exec = "/b"
 		t.Errorf("notes %q", notes)
 	}
 }
+
+// TestDrainWaitInterrupted: Ctrl-C during --wait exits 130 and says the
+// house is still draining and serving; the drain stays.
+func TestDrainWaitInterrupted(t *testing.T) {
+	root := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "ph.toml")
+	if err := os.WriteFile(cfg, []byte("health = \"127.0.0.1:9990\"\n[[worker]]\nname = \"w\"\nexec = \"/bin/w\"\nlisten = [\"127.0.0.1:9991\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	var o, e strings.Builder
+	code := (&env{ctx: ctx, stdout: &o, stderr: &e, argv0: "powerhouse", runtimeRoot: root}).run([]string{"powerhouse", "drain", "--user", "--config", cfg, "--wait"})
+	if code != ExitInterrupted || !strings.Contains(e.String(), "interrupted: the house stays draining and keeps serving; it is not stopped") {
+		t.Errorf("exit %d\n%s", code, e.String())
+	}
+	if _, err := os.Stat(filepath.Join(root, "drain.json")); err != nil {
+		t.Errorf("the drain did not stay: %v", err)
+	}
+}
