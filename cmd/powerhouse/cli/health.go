@@ -25,7 +25,8 @@ var healthVerb = verb{
 	short:   "(internal) answer the house's health checks (what " + units.HealthService + " runs)",
 	long: `Runs as ` + units.HealthService + `, on the socket systemd passes it
 (the top-level health key): every connection that sends an HTTP/1.0 or
-HTTP/1.1 GET or HEAD, whatever the path, gets "200 ok", or "503 draining"
+HTTP/1.1 GET, HEAD or OPTIONS (HAProxy's default check), whatever the
+path, gets "200 ok", or "503 draining"
 while the drain state file exists (powerhouse drain writes it, powerhouse
 drain --undo removes it), and is closed. Any other method gets 405, a
 malformed or oversized request 400. A request must arrive within 2s and
@@ -209,7 +210,7 @@ type healthRequest int
 
 const (
 	reqIncomplete healthRequest = iota // the header has not ended yet
-	reqGet                             // GET: status and body
+	reqGet                             // GET (or OPTIONS): status and body
 	reqHead                            // HEAD: status alone
 	reqMethod                          // a method other than GET and HEAD: 405
 	reqBad                             // malformed, or longer than allowed: 400
@@ -233,7 +234,7 @@ func parseHealthRequest(b []byte, max int) healthRequest {
 	}
 	method, _, _ := bytes.Cut(line, []byte(" "))
 	switch string(method) {
-	case "GET":
+	case "GET", "OPTIONS": // OPTIONS: what HAProxy's plain "option httpchk" sends
 		return reqGet
 	case "HEAD":
 		return reqHead
@@ -272,7 +273,7 @@ func healthAnswer(req healthRequest, draining func() bool) []byte {
 			status, body = "503 Service Unavailable", "draining\n"
 		}
 	case reqMethod:
-		status, body, extra = "405 Method Not Allowed", "GET or HEAD\n", "Allow: GET, HEAD\r\n"
+		status, body, extra = "405 Method Not Allowed", "GET, HEAD or OPTIONS\n", "Allow: GET, HEAD, OPTIONS\r\n"
 	}
 	head := fmt.Sprintf("HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nCache-Control: no-store\r\nConnection: close\r\n%s\r\n", status, len(body), extra)
 	if req == reqHead {

@@ -26,6 +26,7 @@ func TestParseHealthRequest(t *testing.T) {
 		{"get", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", reqGet},
 		{"get any path, 1.0, bare LF", "GET /healthz?x=1 HTTP/1.0\n\n", reqGet},
 		{"head", "HEAD /x HTTP/1.1\r\n\r\n", reqHead},
+		{"options, HAProxy's default check", "OPTIONS / HTTP/1.0\r\n\r\n", reqGet},
 		{"post", "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", reqMethod},
 		{"lower-case method", "get / HTTP/1.1\r\n\r\n", reqBad},
 		{"http/2 preface", "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", reqBad},
@@ -60,7 +61,7 @@ func FuzzHealthRequest(f *testing.F) {
 		if len(b) >= max && got == reqIncomplete {
 			t.Fatalf("%d bytes and still waiting", len(b))
 		}
-		if got == reqGet && !strings.HasPrefix(string(b), "GET ") || got == reqHead && !strings.HasPrefix(string(b), "HEAD ") {
+		if got == reqGet && !strings.HasPrefix(string(b), "GET ") && !strings.HasPrefix(string(b), "OPTIONS ") || got == reqHead && !strings.HasPrefix(string(b), "HEAD ") {
 			t.Fatalf("%q taken for %d", b, got)
 		}
 		if a := healthAnswer(got, func() bool { return len(b)%2 == 0 }); !strings.HasPrefix(string(a), "HTTP/1.1 ") {
@@ -135,7 +136,7 @@ func TestHealthAnswers(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, get, "200 OK", "ok\n"},
-		{"post", func() {}, "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "405 Method Not Allowed", "GET or HEAD\n"},
+		{"post", func() {}, "POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "405 Method Not Allowed", "GET, HEAD or OPTIONS\n"},
 		{"garbage", func() {}, "\x16\x03\x01 hello\r\n\r\n", "400 Bad Request", "bad request\n"},
 	}
 	for _, s := range steps {
