@@ -45,14 +45,14 @@ says since when. powerhouse status shows it.
 --wait then waits until new connections have stopped arriving for the
 --quiet period, printing what it sees each second, and stops the house
 (powerhouse.target) cleanly: each worker finishes its connections within
-its stop timeout. New connections are seen in the kernel's socket table
-(sock_diag, polled every 100ms), where every TCP connection to a group's
-addresses shows, in any dispatch mode, with a cookie the kernel never
-reuses, from the accept queue to TIME_WAIT; a hand-off group's
-supervisor also counts every connection it accepts (dispatch.json,
-published every second), which catches those too short for a poll and
-those on unix sockets. A shared group's unix-socket listeners are not
-counted. Interrupting --wait (Ctrl-C) leaves the house draining and
+its stop timeout. New connections are seen in the kernel's socket tables
+(sock_diag, polled every 100ms), where every connection to a group's
+addresses shows in any dispatch mode, from the accept queue on, each
+known by a mark of its own (a TCP socket's cookie, which the kernel
+never reuses and TIME_WAIT keeps; a unix connection's client inode); a
+hand-off group's supervisor also counts every connection it accepts
+(dispatch.json, published every second), which catches those too short
+for a poll. Interrupting --wait (Ctrl-C) leaves the house draining and
 serving, not stopped.
 
 --undo ends the drain: the health endpoint answers "200 ok" again.
@@ -172,10 +172,7 @@ func (d *drainer) undo() error {
 
 // waitAndStop waits for the quiet period, then stops the house.
 func (d *drainer) waitAndStop(quiet, timeout time.Duration) error {
-	arr, notes := houseArrivals(d.c, d.user, d.e.runtimeRoot)
-	for _, n := range notes {
-		fmt.Fprintf(d.e.stderr, "drain: %s\n", n)
-	}
+	arr := houseArrivals(d.c, d.user, d.e.runtimeRoot)
 	q := quietWait{quiet: quiet, timeout: timeout, poll: 100 * time.Millisecond, now: time.Now, sleep: sleepCtx, arrivals: arr,
 		progress: func(s string) { fmt.Fprintf(d.e.stderr, "drain: %s\n", s) }}
 	fmt.Fprintf(d.e.stderr, "drain: waiting until no new connection has arrived for %s\n", quiet)
@@ -322,38 +319,37 @@ func (s maxArrivals) New() (uint64, error) {
 	return n, nil
 }
 
-// houseArrivals is how drain --wait counts c's new connections, and notes
-// on what it cannot count. Every TCP connection to a group's addresses,
-// in any dispatch mode, is in the kernel's socket table (cookieArrivals),
-// seen within a poll; a hand-off group's supervisor also counts every
-// connection it accepts (dispatchArrivals), which catches the ones too
-// short-lived for the table, a second late (it publishes every second).
-// Unix-socket listeners are in no table drain reads: a hand-off group's
-// supervisor counts them, a shared group's are not counted.
-func houseArrivals(c *config.Config, user bool, root string) (arrivals, []string) {
+// houseArrivals is how drain --wait counts c's new connections. Every
+// connection to a group's addresses, in any dispatch mode, is in the
+// kernel's socket tables (cookieArrivals for TCP, unixArrivals for unix
+// sockets), seen within a poll; a hand-off group's supervisor also counts
+// every connection it accepts (dispatchArrivals), which catches the ones
+// too short-lived for a poll, a second late (it publishes every second).
+func houseArrivals(c *config.Config, user bool, root string) arrivals {
 	var out maxArrivals
-	var notes []string
 	conns := &cookieArrivals{list: tcpConns, ports: map[uint16]bool{}}
+	socks := &unixArrivals{list: unixConns, paths: map[string]bool{}}
 	for i := range c.Workers {
 		w := &c.Workers[i]
-		handoff := w.Sticky && !w.KernelDispatch()
-		if handoff {
+		if w.Sticky && !w.KernelDispatch() {
 			g := units.Group{Name: w.Name, Scope: scopeOf(user), Root: root}
 			out = append(out, &dispatchArrivals{path: g.DispatchStatePath()})
 		}
 		for _, l := range w.Listen {
-			switch {
-			case l.Network == "tcp":
+			if l.Network == "unix" {
+				socks.paths[l.Address] = true
+			} else {
 				conns.add(l)
-			case !handoff:
-				notes = append(notes, fmt.Sprintf("group %s: new connections on the unix socket %s are not counted", w.Name, l.Address))
 			}
 		}
 	}
 	if len(conns.ports) > 0 {
 		out = append(out, conns)
 	}
-	return out, notes
+	if len(socks.paths) > 0 {
+		out = append(out, socks)
+	}
+	return out
 }
 
 // dispatchArrivals counts the connections a hand-off group's supervisor
@@ -398,8 +394,61 @@ type cookieArrivals struct {
 	list  func(map[uint16]bool) ([]tcpConn, error)
 	ports map[uint16]bool
 	addrs []netip.AddrPort // specific addresses; a zero Addr: every address of the port
+	newCookies
+}
+
+// newCookies counts the socket cookies not seen in the previous look.
+type newCookies struct {
 	seen  map[uint64]bool
 	ready bool
+}
+
+func (s *newCookies) count(cookies []uint64) uint64 {
+	next := make(map[uint64]bool, len(cookies))
+	var n uint64
+	for _, c := range cookies {
+		if s.ready && !s.seen[c] && !next[c] {
+			n++
+		}
+		next[c] = true
+	}
+	s.seen, s.ready = next, true
+	return n
+}
+
+// unixArrivals counts the connections to unix-socket listeners that are
+// new since the last look. A connection is known by its client's inode,
+// which the listener's queue and the accepted socket both show; once
+// accepted, by its accepted socket's cookie too, so that it keeps its key
+// when the client closes first.
+type unixArrivals struct {
+	list  func(map[string]bool) ([]unixConn, error)
+	paths map[string]bool
+	keys  map[uint64]uint64 // accepted socket's cookie -> the connection's key
+	newCookies
+}
+
+func (a *unixArrivals) New() (uint64, error) {
+	cs, err := a.list(a.paths)
+	if err != nil {
+		return 0, err
+	}
+	keys := make(map[uint64]uint64, len(cs))
+	var seen []uint64
+	for _, c := range cs {
+		k := uint64(c.Client)
+		if old, ok := a.keys[c.Server]; ok && c.Server != 0 {
+			k = old
+		} else if c.Client == 0 {
+			k = 1<<63 | c.Server // no client to know it by: a key apart
+		}
+		if c.Server != 0 {
+			keys[c.Server] = k
+		}
+		seen = append(seen, k)
+	}
+	a.keys = keys
+	return a.count(seen), nil
 }
 
 // add counts the connections to listener l.
@@ -434,19 +483,13 @@ func (a *cookieArrivals) New() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	next := make(map[uint64]bool, len(cs))
-	var n uint64
+	var cookies []uint64
 	for _, c := range cs {
-		if !a.match(c.Local) {
-			continue
+		if a.match(c.Local) {
+			cookies = append(cookies, c.Cookie)
 		}
-		if a.ready && !a.seen[c.Cookie] && !next[c.Cookie] {
-			n++
-		}
-		next[c.Cookie] = true
 	}
-	a.seen, a.ready = next, true
-	return n, nil
+	return a.count(cookies), nil
 }
 
 // printDrain is status's house line while the house drains: since when,

@@ -306,9 +306,8 @@ func TestMaxArrivals(t *testing.T) {
 	}
 }
 
-// TestHouseArrivals: every group's TCP addresses go to the socket table,
-// hand-off groups' counters too, and a shared group's unix socket is
-// named as not counted.
+// TestHouseArrivals: every group's addresses go to the socket tables
+// (TCP and unix), hand-off groups' counters too; a child group has none.
 func TestHouseArrivals(t *testing.T) {
 	c, err := config.Parse("/x.toml", []byte(`
 [[worker]]
@@ -328,20 +327,72 @@ exec = "/b"
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, notes := houseArrivals(c, false, "/r")
-	m := a.(maxArrivals)
-	if len(m) != 2 {
-		t.Fatalf("%d sources, want dispatch counters and the socket table", len(m))
+	m := houseArrivals(c, false, "/r").(maxArrivals)
+	if len(m) != 3 {
+		t.Fatalf("%d sources, want dispatch counters and the TCP and unix tables", len(m))
 	}
 	if d, ok := m[0].(*dispatchArrivals); !ok || d.path != "/r/web/dispatch.json" {
 		t.Errorf("first source %#v", m[0])
 	}
 	if ca, ok := m[1].(*cookieArrivals); !ok || !ca.ports[8080] || !ca.ports[8081] || len(ca.ports) != 2 {
-		t.Errorf("socket table source %#v", m[1])
+		t.Errorf("TCP source %#v", m[1])
 	}
-	if len(notes) != 1 || !strings.Contains(notes[0], "group api: new connections on the unix socket /run/api.sock are not counted") {
-		t.Errorf("notes %q", notes)
+	if ua, ok := m[2].(*unixArrivals); !ok || !ua.paths["/run/web.sock"] || !ua.paths["/run/api.sock"] || len(ua.paths) != 2 {
+		t.Errorf("unix source %#v", m[2])
 	}
+}
+
+// TestUnixArrivals counts real connections to a unix listener through
+// the kernel's unix socket table: queued and accepted ones once, not
+// those to another listener.
+func TestUnixArrivals(t *testing.T) {
+	dir := t.TempDir()
+	p, q := filepath.Join(dir, "a.sock"), filepath.Join(dir, "b.sock")
+	l, err := net.Listen("unix", p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	other, err := net.Listen("unix", q)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	a := &unixArrivals{list: unixConns, paths: map[string]bool{p: true}}
+	want := func(what string, n uint64) {
+		t.Helper()
+		got, err := a.New()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got != n {
+			t.Errorf("%s: %d new, want %d", what, got, n)
+		}
+	}
+	dial := func(path string) net.Conn {
+		c, err := net.Dial("unix", path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	want("baseline", 0)
+	first := dial(p)
+	dial(p)
+	want("two dialled, in the accept queue", 2)
+	s, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	want("one of them accepted", 0)
+	first.Close()
+	want("its client gone, the server's end still open", 0)
+	dial(q)
+	want("one to another listener", 0)
+	dial(p)
+	want("one more", 1)
 }
 
 // TestDrainWaitInterrupted: Ctrl-C during --wait exits 130 and says the
