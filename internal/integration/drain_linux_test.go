@@ -3,6 +3,7 @@ package integration
 import (
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/powerhouse/powerhouse/internal/sdbox"
 	"github.com/powerhouse/powerhouse/units"
 )
 
@@ -17,14 +19,15 @@ const (
 	drainWebURL    = "http://127.0.0.1:19420/"
 	drainAPIURL    = "http://127.0.0.1:19421/"
 	drainHealthURL = "http://127.0.0.1:19422/healthz"
+	movedHealthURL = "http://127.0.0.1:19423/healthz"
 )
 
 // drainConfig is a house behind a load balancer: a sticky hand-off group,
 // a shared-socket group and the health endpoint the balancer checks.
-func drainConfig() string {
+func drainConfig(health string) string {
 	hello := filepath.Join(boxBin, "hello")
 	return `title  = "drain"
-health = "127.0.0.1:19422"
+health = "` + health + `"
 
 [[worker]]
 name   = "web"
@@ -43,9 +46,9 @@ listen = ["127.0.0.1:19421"]
 
 // healthCheck is what a load balancer's HTTP check sees: the status code
 // and body, or an error.
-func healthCheck() (int, string, error) {
+func healthCheck(url string) (int, string, error) {
 	c := &http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	resp, err := c.Get(drainHealthURL)
+	resp, err := c.Get(url)
 	if err != nil {
 		return 0, "", err
 	}
@@ -89,23 +92,33 @@ func startTrickle(url string) *trickle {
 
 func (tr *trickle) finish() { close(tr.stop); tr.wg.Wait() }
 
-// TestIntegrationDrain: the health endpoint answers 200; powerhouse drain
+// TestIntegrationDrain: a house installed with a health endpoint
+// (install --now) answers 200 there; powerhouse drain
 // makes it answer 503 while both groups keep answering new connections,
 // and says so when run twice; status shows the drain; drain --undo
-// brings 200 back. drain --wait does not stop the house while new
+// brings 200 back; a reinstall that moves the endpoint stops the old
+// address and serves the new one. drain --wait does not stop the house while new
 // connections arrive, whichever group they reach (the shared group's are
 // seen only in the kernel's socket table): it gives up at --timeout with
 // exit status 3 and leaves the house serving. With no traffic, drain
 // --wait --quiet 1s stops powerhouse.target and reports it.
 func TestIntegrationDrain(t *testing.T) {
-	h := newHouse(t, drainConfig())
-	h.systemctl("start", units.Target)
+	h := bootHouse(t, sdbox.Options{})
+	src := h.box.Path("/run/src/drain.toml")
+	os.MkdirAll(filepath.Dir(src), 0o755)
+	if err := os.WriteFile(src, []byte(drainConfig("127.0.0.1:19422")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.powerhouse("install", "--now", "/run/src/drain.toml"); err != nil {
+		t.Fatalf("install --now: %v\n%s\n%s", err, out, h.journal())
+	}
+	healthURL := drainHealthURL
 	status := func() (int, string) {
 		var code int
 		var body string
 		var err error
 		waitFor(t, 20*time.Second, "an answer from the health endpoint", func() bool {
-			code, body, err = healthCheck()
+			code, body, err = healthCheck(healthURL)
 			return err == nil
 		})
 		return code, body
@@ -150,6 +163,22 @@ func TestIntegrationDrain(t *testing.T) {
 	}
 	if out, _ := h.powerhouse("status"); strings.Contains(out, "DRAINING") {
 		t.Errorf("status after --undo:\n%s", out)
+	}
+
+	// A reinstall that moves the endpoint: the old address goes, the new
+	// one answers.
+	if err := os.WriteFile(src, []byte(drainConfig("127.0.0.1:19423")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := h.powerhouse("install", "--now", "/run/src/drain.toml"); err != nil || !strings.Contains(out, "health endpoint 127.0.0.1:19422: moving it to 127.0.0.1:19423") {
+		t.Fatalf("install moving the health endpoint: %v\n%s", err, out)
+	}
+	healthURL = movedHealthURL
+	if code, body := status(); code != 200 || body != "ok\n" {
+		t.Errorf("health at its new address: %d %q", code, body)
+	}
+	if _, _, err := healthCheck(drainHealthURL); err == nil {
+		t.Errorf("the health endpoint's old address still answers")
 	}
 
 	// Traffic keeps arriving: --wait must not stop the house.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/coreos/go-systemd/v22/activation"
 
+	"github.com/powerhouse/powerhouse/config"
 	"github.com/powerhouse/powerhouse/units"
 )
 
@@ -280,4 +281,36 @@ func healthAnswer(req healthRequest, draining func() bool) []byte {
 		return []byte(head)
 	}
 	return []byte(head + body)
+}
+
+// applyHealth brings a running house's health endpoint in line with a
+// reinstalled configuration c (install --now, the target active): when
+// the endpoint's address changed, went away, or its units were rewritten
+// (a new binary), its service and socket are stopped, and the target's
+// start that follows starts the socket again if c still has one (a new
+// endpoint is started by it too). A check in that moment is refused, as
+// a host's would be while it restarts.
+func applyHealth(e *env, m units.Manager, old, c *config.Config, written []string, unitDir string) {
+	if old == nil || old.Health == nil {
+		return // nothing running to change; the target's start starts a new one
+	}
+	changed := c.Health == nil || c.Health.Address != old.Health.Address
+	for _, p := range written {
+		if p == filepath.Join(unitDir, units.HealthSocket) || p == filepath.Join(unitDir, units.HealthService) {
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	what := "restarting it on its new units"
+	switch {
+	case c.Health == nil:
+		what = "removing it"
+	case c.Health.Address != old.Health.Address:
+		what = "moving it to " + c.Health.Address
+	}
+	fmt.Fprintf(e.stderr, "install: health endpoint %s: %s\n", old.Health.Address, what)
+	m.Stop(e.ctx, units.HealthService) // a unit never started cannot be stopped: fine
+	m.Stop(e.ctx, units.HealthSocket)
 }
