@@ -128,12 +128,46 @@
 // # Lifecycle
 //
 // Serve runs an http.Server: READY=1 once it accepts, WATCHDOG=1 when the
-// unit has WatchdogSec=, and on SIGTERM STOPPING=1, then a graceful
-// shutdown within the stop timeout ($POWERHOUSE_STOP_TIMEOUT, default 30s,
-// of which 90% is given to in-flight requests). An accept error (EMFILE,
-// ENOBUFS, EPROTO, EPERM, ...) never ends it: it backs off (5 ms doubling
-// to 1 s) and accepts again; only a closed listener stops it. Workers that are not HTTP
-// servers can use go-systemd's daemon package the same way.
+// unit has WatchdogSec=, and on SIGTERM STOPPING=1 and a drain. An accept
+// error (EMFILE, ENOBUFS, EPROTO, EPERM, ...) never ends it: it backs off
+// (5 ms doubling to 1 s) and accepts again; only a closed listener stops
+// it. Workers that are not HTTP servers can use go-systemd's daemon
+// package the same way.
+//
+// # Draining
+//
+// A reload hands each instance slot over: the supervisor starts the slot's
+// other unit (powerhouse-web.b@2.service beside powerhouse-web@2.service,
+// both on the slot's socket), waits for its READY=1, and only then stops
+// the old one. So when SIGTERM comes, the new process already takes the
+// slot's new connections, and the old one has its whole stop timeout to
+// drain. Serve (or Tracker.Shutdown, for a worker that runs its own
+// http.Server loop, prepared with Track):
+//
+//   - stops taking new connections: a listening socket is close()d, never
+//     shutdown(), since it is shared with systemd and the slot's new
+//     process (in kernel mode and in shared groups); a hand-off listener
+//     keeps reading until the dispatcher stopped sending (20 ms quiet,
+//     250 ms at most), then stops, leaving what is queued to the socket;
+//   - closes the Draining channel of every request context (Draining) and
+//     runs ServeConfig.OnDrain: long-polls answer early, WebSockets tell
+//     their clients to reconnect;
+//   - finishes requests in flight and closes idle keep-alives;
+//   - lets long-lived connections, hijacked ones (WebSockets) and
+//     long-polls, end on their own, until the drain deadline: 90% of the
+//     stop timeout ($POWERHOUSE_STOP_TIMEOUT, default 30s), the rest being
+//     kept to exit before systemd's SIGKILL. A second SIGTERM ends it early;
+//   - closes what is left and counts it as cut, then reports the counts
+//     (DrainResult: drained, cut) to the supervisor, which puts them in the
+//     worker.reload event.
+//
+// A worker that does not use this library gets the same contract from
+// systemd: the new process is ready before the old one receives SIGTERM;
+// from then on, the old one should stop accepting (close its listening
+// socket, do not shut it down: the new process shares it), finish what it
+// has, and exit within TimeoutStopSec= (the group's timeout_stop, also in
+// $POWERHOUSE_STOP_TIMEOUT), after which systemd kills it. With KillMode=
+// mixed only the main process gets SIGTERM.
 //
 // # Reports to the supervisor
 //
@@ -143,10 +177,11 @@
 // every 30 seconds after (the library's release, the hand-off header
 // versions it reads, and whether SIGHUP reloads the configuration: it does
 // when the package's SIGHUP handler runs, or ServeConfig.ReloadOnSIGHUP
-// says the caller handles it),
-// Draining on SIGTERM, and the number of connections closed, at most every
-// 100 ms and only when it changed. Sends never block and never fail the
-// worker; the first failure is logged. Outside PowerHouse nothing is sent.
+// says the caller handles it), Draining on SIGTERM, the number of
+// connections closed, at most every 100 ms and only when it changed, and a
+// DrainResult when the drain is over. Sends never block and never fail
+// the worker; the first failure is logged. Outside PowerHouse nothing is
+// sent.
 //
 // A hand-off whose header version this library does not know (a
 // supervisor of another release) is never served: its connection is

@@ -142,3 +142,55 @@ func ExampleRejected() {
 		log.Printf("%d hand-offs from strangers refused, last: %v", n, last)
 	}
 }
+
+// A long-poll returns early when the worker starts to drain, so that the
+// client asks again and reaches the slot's new process, which is ready by
+// then; a WebSocket handler would send its "reconnect" message there.
+func ExampleDraining() {
+	events := make(chan string)
+	http.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case e := <-events:
+			fmt.Fprintln(w, e)
+		case <-activation.Draining(r.Context()):
+			w.WriteHeader(http.StatusServiceUnavailable) // ask again
+		case <-r.Context().Done():
+		}
+	})
+}
+
+// OnDrain tells the application itself that the drain started, once.
+func ExampleServeConfig_onDrain() {
+	l, err := activation.Listen()
+	if err != nil {
+		log.Fatal(err)
+	}
+	sc := &activation.ServeConfig{OnDrain: func() { log.Print("draining: telling WebSocket clients to reconnect") }}
+	if err := sc.Serve(context.Background(), &http.Server{}, l); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// A worker that runs its own http.Server loop drains it with Track and
+// Tracker.Shutdown: the same drain as Serve's, with the counts returned.
+func ExampleTrack() {
+	l, err := activation.Listen()
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &http.Server{}
+	tr := activation.Track(srv) // before srv serves
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
+	go func() {
+		if err := srv.Serve(l); !errors.Is(err, http.ErrServerClosed) {
+			log.Fatal(err)
+		}
+	}()
+	<-term
+	res, err := tr.Shutdown(context.Background())
+	log.Printf("drained %d connections, cut %d", res.Drained, res.Cut)
+	if err != nil {
+		log.Fatal(err)
+	}
+}

@@ -53,6 +53,8 @@ func TestMain(m *testing.M) {
 		os.Exit(childSendAs())
 	case "servecfg":
 		os.Exit(childServeConfig())
+	case "drain":
+		os.Exit(childDrain())
 	default:
 		fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
 		os.Exit(2)

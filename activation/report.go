@@ -34,9 +34,11 @@ type reporter struct {
 
 	helloEvery time.Duration // report.HelloInterval; shorter in tests
 
-	failed atomic.Bool // a send failed and was logged
-	done   chan struct{}
-	wg     sync.WaitGroup
+	failed    atomic.Bool   // a send failed and was logged
+	drainOnce sync.Once     // closes drainCh
+	drainCh   chan struct{} // closed at Draining: Hellos stop
+	done      chan struct{}
+	wg        sync.WaitGroup
 }
 
 // newReporter returns the reporter of the report socket at path; nil
@@ -51,7 +53,7 @@ func newReporter(path string) *reporter {
 		log.Printf("activation: not reporting to the supervisor: %v", err)
 		return nil
 	}
-	r := &reporter{c: c, wake: make(chan struct{}, 1), done: make(chan struct{}), helloEvery: report.HelloInterval}
+	r := &reporter{c: c, wake: make(chan struct{}, 1), done: make(chan struct{}), drainCh: make(chan struct{}), helloEvery: report.HelloInterval}
 	r.wg.Add(1)
 	go r.flusher()
 	return r
@@ -92,6 +94,11 @@ func (r *reporter) hello(f report.Features) {
 			select {
 			case <-t.C:
 				r.send(h)
+			case <-r.drainCh:
+				// A draining worker no longer repeats its Hello: during
+				// a handover the slot's new process declares itself, and
+				// the old one's would only get in its way.
+				return
 			case <-r.done:
 				return
 			}
@@ -99,10 +106,13 @@ func (r *reporter) hello(f report.Features) {
 	}()
 }
 
-// draining says the worker stopped accepting.
+// draining says the worker stopped accepting, once.
 func (r *reporter) draining() {
 	if r != nil {
-		r.send(report.Draining{})
+		r.drainOnce.Do(func() {
+			close(r.drainCh)
+			r.send(report.Draining{})
+		})
 	}
 }
 
@@ -189,4 +199,11 @@ func (r *reporter) stop() {
 	r.wg.Wait()
 	r.flushClosed()
 	r.c.Close()
+}
+
+// drainResult reports the end of the drain.
+func (r *reporter) drainResult(res DrainResult) {
+	if r != nil {
+		r.send(report.DrainResult{Drained: res.Drained, Cut: res.Cut})
+	}
 }

@@ -133,3 +133,45 @@ func TestHelloAfterSupervisorRestart(t *testing.T) {
 		t.Errorf("report %#v, want %#v", m, want)
 	}
 }
+
+// TestNoHelloWhileDraining: once it drains, a worker no longer repeats its
+// Hello: during a handover the slot's new process declares itself, and
+// the old one's would take its place in the supervisor's records. Three
+// periods pass with nothing but the Draining report: there is no event to
+// wait for when the point is that nothing comes.
+func TestNoHelloWhileDraining(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "report.sock")
+	rcv, err := report.Listen(path, 0o600, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rcv.Close()
+	r := newReporter(path)
+	defer r.stop()
+	r.helloEvery = 20 * time.Millisecond
+	r.hello(0)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for range 2 { // the first and a repeat
+		if m, _, err := rcv.Recv(ctx); err != nil || m.Kind() != report.KindHello {
+			t.Fatalf("Hello: %v, %v", m, err)
+		}
+	}
+	r.draining()
+	r.draining() // once only
+	for {
+		m, _, err := rcv.Recv(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m.Kind() == report.KindDraining {
+			break
+		}
+		// A Hello sent before draining() may still be queued.
+	}
+	quiet, cancelQuiet := context.WithTimeout(context.Background(), 60*time.Millisecond)
+	defer cancelQuiet()
+	if m, _, err := rcv.Recv(quiet); err == nil {
+		t.Errorf("report %#v after Draining, want none", m)
+	}
+}

@@ -32,7 +32,7 @@ const DefaultStopTimeout = 30 * time.Second
 // defaults.
 type ServeConfig struct {
 	// StopTimeout is the unit's stop timeout: after SIGTERM, systemd kills
-	// the worker when it runs out. Serve lets in-flight requests run for 90%
+	// the worker when it runs out. The drain (see Serve) takes up to 90%
 	// of it, keeping the rest to close connections and exit. Zero means
 	// $POWERHOUSE_STOP_TIMEOUT, else DefaultStopTimeout.
 	StopTimeout time.Duration
@@ -41,6 +41,11 @@ type ServeConfig struct {
 	// report). Empty means $POWERHOUSE_REPORT_SOCKET; with neither,
 	// nothing is reported.
 	ReportSocket string
+	// OnDrain, when set, runs once when the drain starts (SIGTERM, or the
+	// end of Serve's ctx, or Tracker.Shutdown), on a goroutine of its own:
+	// the place to tell long-lived connections (WebSockets) to reconnect.
+	// Handlers can watch Draining instead.
+	OnDrain func()
 	// ReloadOnSIGHUP declares that the caller re-reads its configuration
 	// on SIGHUP itself (ConfigFile.Reload from its own signal handling),
 	// so that the supervisor signals the worker instead of restarting it.
@@ -64,22 +69,28 @@ func Serve(ctx context.Context, srv *http.Server, l net.Listener) error {
 //     serving starts, and every 30 s after: this library's release, the
 //     hand-off versions it understands, and whether SIGHUP reloads the
 //     configuration (the package's SIGHUP handler runs, or
-//     ReloadOnSIGHUP); then Draining
-//     when the worker stops accepting, and the count of closed
-//     connections at most every 100 ms while it changes. Reports never
-//     block or fail serving; the first failure is logged;
+//     ReloadOnSIGHUP); then Draining when the worker stops accepting, the
+//     count of closed connections at most every 100 ms while it changes,
+//     and a DrainResult when the drain is over. Reports never block or
+//     fail serving; the first failure is logged;
 //   - READY=1 is sent to $NOTIFY_SOCKET when srv first calls Accept, that
 //     is once the worker is accepting;
 //   - when $WATCHDOG_USEC is set (and $WATCHDOG_PID is this process or
 //     unset), WATCHDOG=1 is sent every half interval until Serve returns;
-//   - on SIGTERM or SIGINT, or when ctx is done, STOPPING=1 is sent and
-//     srv.Shutdown stops accepting (l is closed: a hand-off socket is left
-//     undrained for the next instance, once the dispatcher stopped sending:
-//     a hand-off listener keeps accepting until none came for 20 ms, at
-//     most 250 ms, since a stopped instance's socket goes away with what
-//     it queued), then Shutdown closes idle connections and waits for
-//     in-flight requests, for at most 90% of the stop timeout. A second
-//     SIGTERM or SIGINT cuts the wait short.
+//   - on SIGTERM or SIGINT, or when ctx is done, the worker drains. Under
+//     PowerHouse the slot's new process is already ready then (handover
+//     reload), so the drain may take its time: STOPPING=1 is sent, the
+//     Draining channel of srv's requests is closed and OnDrain runs; the
+//     worker stops taking connections (l is closed: a listening socket is
+//     close()d, never shut down, since systemd and the slot's next process
+//     share it; a hand-off listener first keeps taking hand-offs until
+//     none came for 20 ms, at most 250 ms, since the dispatcher learns of
+//     the stop a moment later, then leaves what is queued to the socket);
+//     requests in flight finish, idle keep-alives are closed, and
+//     long-lived connections (hijacked ones such as WebSockets, long-poll
+//     requests) may end on their own, all of it for at most 90% of the
+//     stop timeout. Then what is left is closed and counted as cut. A
+//     second SIGTERM or SIGINT cuts the drain short.
 //
 // An error from l.Accept other than a closed listener (EMFILE, ENOBUFS,
 // EPROTO, EPERM, a hand-off socket's recvmsg error, ...) never ends
@@ -87,12 +98,13 @@ func Serve(ctx context.Context, srv *http.Server, l net.Listener) error {
 // from 5 ms doubling up to 1 s, and accepts again. Only a listener closed
 // under it (an error matching net.ErrClosed) makes srv stop by itself.
 //
-// It returns nil after a clean shutdown. When requests outlive the wait,
-// their connections are closed and the error wraps
-// context.DeadlineExceeded (context.Canceled after a second signal). If srv
-// stops by itself, its error is returned (nil if the caller shut it down).
-// Hijacked connections
-// (WebSockets) are not waited for; see http.Server.RegisterOnShutdown.
+// It returns nil after a clean drain, also when hijacked connections were
+// cut at its end (they are counted in the DrainResult report and logged).
+// When requests outlive the drain, their connections are closed and the
+// error wraps context.DeadlineExceeded (context.Canceled after a second
+// signal). If srv stops by itself, its error is returned (nil if the
+// caller shut it down). Serve wraps srv's ConnState, ConnContext,
+// BaseContext and Handler (see Track), each calling the caller's own.
 //
 // Outside systemd the notifications are skipped (go-systemd's SdNotify does
 // nothing without $NOTIFY_SOCKET) and the signals work the same.
@@ -122,21 +134,13 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, l net.Listen
 		features |= report.FeatureReloadOnSIGHUP
 	}
 
-	rl := &readyListener{Listener: l, closed: make(chan struct{})}
+	// The tracker follows srv's connections, for drainNew and for the
+	// drain's counts; srv keeps its hooks (connection goroutines may
+	// still call them after Serve).
+	t := sc.Track(srv)
+	t.closed = rep.connClosed
+	rl := &readyListener{Listener: l, t: t, closed: make(chan struct{})}
 	defer rl.stopping()
-	// Track connections that have not sent their first request yet: see
-	// drainNew. The caller's ConnState hook keeps working; srv keeps the
-	// wrapper (connection goroutines may still call it after Serve).
-	userHook := srv.ConnState
-	srv.ConnState = func(c net.Conn, st http.ConnState) {
-		rl.track(c, st)
-		if st == http.StateClosed {
-			rep.connClosed()
-		}
-		if userHook != nil {
-			userHook(c, st)
-		}
-	}
 	// Before READY=1 (the first Accept): the supervisor knows what the
 	// worker supports by the time systemd reports it started.
 	rep.hello(features)
@@ -152,11 +156,12 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, l net.Listen
 	case <-sigs:
 	}
 
-	// Shutdown closes the listener first, which sends STOPPING=1.
+	// STOPPING=1 goes once the listener is closed (drainNew): a client
+	// that sees it may count on the next process taking its connection.
 	rep.draining()
+	t.begin()
 	sctx, scancel := context.WithTimeout(context.Background(), grace)
 	defer scancel()
-	rl.drainNew(sctx)
 	go func() {
 		select {
 		case <-sigs:
@@ -164,23 +169,13 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, l net.Listen
 		case <-sctx.Done():
 		}
 	}()
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
-		<-served
-		return fmt.Errorf("activation: shutdown: requests still running after %v: %w", grace, err)
+	rl.drainNew(sctx)
+	res, err := t.finish(sctx, grace)
+	if serr := <-served; err == nil && !errors.Is(serr, http.ErrServerClosed) {
+		err = fmt.Errorf("activation: serve: %w", serr)
 	}
-	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("activation: serve: %w", err)
-	}
-	// Shutdown can return while Serve holds a connection it accepted but
-	// has not tracked yet; exiting then would drop it (a client would see
-	// EOF during a reload). Serve has returned now, so every accepted
-	// connection is tracked: a second Shutdown waits for those too.
-	if err := srv.Shutdown(sctx); err != nil {
-		srv.Close()
-		return fmt.Errorf("activation: shutdown: requests still running after %v: %w", grace, err)
-	}
-	return nil
+	rep.drainResult(res)
+	return err
 }
 
 // grace is how long Shutdown may wait: 90% of the stop timeout.
@@ -207,20 +202,17 @@ func (sc *ServeConfig) grace() (time.Duration, error) {
 }
 
 // readyListener sends READY=1 on the first Accept, when the worker really
-// accepts, STOPPING=1 once it stops accepting, and counts the connections
-// that have not sent a request yet.
+// accepts, and STOPPING=1 once it stops accepting; it counts the Accept
+// calls under way and the connections returned, in t, for drainNew.
 type readyListener struct {
 	net.Listener
+	t                      *Tracker
 	ready, stop, closeOnce sync.Once
 	closed                 chan struct{} // the listener is closed: Accept blocks until Close
 
 	mu         sync.Mutex
-	lastAccept time.Time         // when Accept last returned a connection
-	inAccept   int               // Accept calls inside the underlying listener
-	accepted   int               // returned by Accept, not yet seen by ConnState
-	fresh      map[net.Conn]bool // in StateNew: no request read yet
-	changed    chan struct{}     // signalled when accepted or fresh shrink
-	shutCh     chan struct{}     // closed by Close
+	lastAccept time.Time     // when Accept last returned a connection
+	shutCh     chan struct{} // closed by Close
 }
 
 func (r *readyListener) Accept() (net.Conn, error) {
@@ -236,20 +228,23 @@ func (r *readyListener) Accept() (net.Conn, error) {
 	var delay time.Duration
 	var failures int
 	var logged time.Time
+	t := r.t
 	for {
-		r.mu.Lock()
-		r.inAccept++
-		r.mu.Unlock()
+		t.mu.Lock()
+		t.inAccept++
+		t.mu.Unlock()
 		c, err := r.Listener.Accept()
-		r.mu.Lock()
-		r.inAccept--
+		t.mu.Lock()
+		t.inAccept--
 		if err == nil {
-			r.accepted++
-			r.lastAccept = time.Now()
+			t.accepted++
 		}
-		r.signalLocked()
-		r.mu.Unlock()
+		t.signalLocked()
+		t.mu.Unlock()
 		if err == nil {
+			r.mu.Lock()
+			r.lastAccept = time.Now()
+			r.mu.Unlock()
 			if failures > 0 {
 				log.Printf("activation: accepting again after %d failed accepts", failures)
 			}
@@ -273,11 +268,11 @@ func (r *readyListener) Accept() (net.Conn, error) {
 			logged = now
 			log.Printf("activation: accept: %v; retrying in %v (%d failures in a row)", err, delay, failures)
 		}
-		t := time.NewTimer(delay)
+		tm := time.NewTimer(delay)
 		select {
-		case <-t.C:
+		case <-tm.C:
 		case <-r.closed:
-			t.Stop()
+			tm.Stop()
 			<-r.shut()
 			return nil, err
 		}
@@ -303,9 +298,6 @@ func acceptBackoff(prev time.Duration) time.Duration {
 func (r *readyListener) shut() chan struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.changed == nil {
-		r.changed = make(chan struct{})
-	}
 	if r.shutCh == nil {
 		r.shutCh = make(chan struct{})
 	}
@@ -321,55 +313,33 @@ func (r *readyListener) isStopped() bool {
 	}
 }
 
-func (r *readyListener) track(c net.Conn, st http.ConnState) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.fresh == nil {
-		r.fresh = map[net.Conn]bool{}
-	}
-	switch st {
-	case http.StateNew:
-		r.accepted--
-		r.fresh[c] = true
-	default:
-		if !r.fresh[c] {
-			return
-		}
-		delete(r.fresh, c)
-	}
-	r.signalLocked()
-}
-
-// signalLocked wakes drainNew, if it waits, to count again; r.mu is held.
-func (r *readyListener) signalLocked() {
-	if r.changed != nil {
-		close(r.changed)
-		r.changed = make(chan struct{})
-	}
-}
-
 // drainNew stops accepting, then waits (at most until ctx ends or
-// freshWait passes) until every accepted connection has sent its first
-// request. net/http's Shutdown closes a connection whose request it reads
-// after shutdown began without answering it, which a client cannot tell
-// from a failure on a new connection; once the request is being handled,
-// Shutdown waits for it.
+// freshWait passes) until every accepted connection has had its first
+// request reach the handler (or closed). net/http's Shutdown drops a
+// request that it finishes reading after shutdown began, without an
+// answer, which a client cannot tell from a failure on a new connection;
+// once the request is in the handler, Shutdown waits for it. A request
+// that was read but has not reached the handler yet (StateActive is set
+// just before net/http checks for the shutdown) still counts: waiting
+// only for StateActive lost one request in thousands of a rolling reload
+// under load (TestServeWaitsForFreshRequest).
 func (r *readyListener) drainNew(ctx context.Context) {
 	r.lingerHandoffs(ctx)
 	r.closeListener()
 	deadline := time.NewTimer(freshWait)
 	defer deadline.Stop()
+	t := r.t
 	for {
-		r.mu.Lock()
-		if r.changed == nil {
-			r.changed = make(chan struct{})
+		t.mu.Lock()
+		if t.changed == nil {
+			t.changed = make(chan struct{})
 		}
 		// An Accept still inside the listener may yet return a
 		// connection (a hand-off listener returns the datagram it was
 		// reading at the moment of Close): wait for it to come out, so
 		// that such a connection is counted and served before Shutdown.
-		n, ch := r.inAccept+r.accepted+len(r.fresh), r.changed
-		r.mu.Unlock()
+		n, ch := t.inAccept+t.accepted+len(t.fresh), t.changed
+		t.mu.Unlock()
 		if n <= 0 {
 			return
 		}
@@ -384,8 +354,11 @@ func (r *readyListener) drainNew(ctx context.Context) {
 }
 
 // freshWait bounds how long a stopping worker waits for connected clients
-// to send their first request.
-const freshWait = time.Second
+// to send their first request. It is net/http's own bound: Shutdown waits
+// that long for a connection in StateNew anyway (then takes it for idle
+// and closes it), so a shorter wait only opened a window in which a late
+// first request was read after Shutdown began and dropped unanswered.
+const freshWait = 5 * time.Second
 
 // A stopping worker with a hand-off socket keeps receiving until no
 // hand-off came for handoffQuiet, for at most handoffLinger. The
@@ -411,13 +384,13 @@ func (r *readyListener) lingerHandoffs(ctx context.Context) {
 	}
 	r.stopping()
 	start := time.Now()
-	t := time.NewTimer(0)
-	defer t.Stop()
+	tm := time.NewTimer(0)
+	defer tm.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-tm.C:
 		}
 		r.mu.Lock()
 		last := r.lastAccept
@@ -430,7 +403,7 @@ func (r *readyListener) lingerHandoffs(ctx context.Context) {
 		if quiet >= handoffQuiet || now.Sub(start) >= handoffLinger {
 			return
 		}
-		t.Reset(min(handoffQuiet-quiet, handoffLinger-now.Sub(start)))
+		tm.Reset(min(handoffQuiet-quiet, handoffLinger-now.Sub(start)))
 	}
 }
 

@@ -75,6 +75,10 @@ type Config struct {
 	Verbose bool
 	// Prepare is nil when the file has no [prepare] table.
 	Prepare *Prepare
+	// Health is the address of the house's health endpoint (health),
+	// which a front load balancer checks and `powerhouse drain` makes
+	// fail; nil when the file has none. Its Name is unused.
+	Health  *Listener
 	Workers []Worker
 	// Warnings are settings the file asks for that generation had to work
 	// around (file:line: key: what and why), in file order. generate,
@@ -337,7 +341,7 @@ var indexRE = regexp.MustCompile(`\[\d+\]`)
 func displayKey(p string) string { return indexRE.ReplaceAllString(p, "") }
 
 var (
-	topKeys     = []string{"title", "amount", "verbose", "prepare", "worker"}
+	topKeys     = []string{"title", "amount", "verbose", "health", "prepare", "worker"}
 	prepareKeys = []string{"exec"}
 	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "service", "config", "reload_signal", "public_config", "dispatch"}
 	listenKeys  = []string{"address", "proxy_protocol", "proxy_from", "name", "socket_user", "socket_group", "socket_mode"}
@@ -403,6 +407,11 @@ func (p *parser) config(raw map[string]any) *Config {
 			}
 		}
 	}
+	if v, ok := raw["health"]; ok {
+		if l, ok := p.address("health", v); ok {
+			c.Health = &l
+		}
+	}
 	v, ok := raw["worker"]
 	if !ok {
 		p.errf("", "no [[worker]] table: a house needs at least one worker group")
@@ -434,6 +443,9 @@ func (p *parser) config(raw map[string]any) *Config {
 			}
 		}
 		for _, l := range w.Listen {
+			if c.Health != nil && conflicts(l, *c.Health) {
+				p.errf(at+".listen", "address %s is already the health endpoint's (health, line %d)", l.Address, p.loc.line("health"))
+			}
 			for _, b := range bound {
 				if conflicts(l, b.l) {
 					p.errf(at+".listen", "address %s is already listened on (line %d)", l.Address, p.loc.line(b.at))

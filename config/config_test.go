@@ -211,6 +211,11 @@ func TestBad(t *testing.T) {
 		{"dispatch kernel proxy", w + "sticky = true\nlisten = [80, { address = 81, proxy_protocol = true, proxy_from = [\"10.0.0.1\"], name = \"lb\" }]\ndispatch = \"kernel\"\n", 6, "worker.dispatch", `cannot serve listener "lb" with proxy_protocol = true: the client's address is inside the stream`},
 		{"dispatch kernel port beside IPv6", w + "sticky = true\nlisten = [\":8080\", \"[::1]:8081\"]\ndispatch = \"kernel\"\n", 6, "worker.dispatch", `write "0.0.0.0:8080" and "[::]:8080" as two listeners`},
 		{"dispatch kernel unix", w + "sticky = true\nlisten = [\"/run/w.sock\"]\ndispatch = \"kernel\"\n", 6, "worker.dispatch", "cannot serve unix socket /run/w.sock"},
+		{"health bad port", "health = \"127.0.0.1:0\"\n" + w, 1, "health", "port must be"},
+		{"health host name", "health = \"localhost:9990\"\n" + w, 1, "health", "IPv4 address"},
+		{"health wrong type", "health = true\n" + w, 1, "health", "string or a port"},
+		{"health unix unclean", "health = \"/run/../h.sock\"\n" + w, 1, "health", "clean"},
+		{"health taken by a group", "health = 9990\n" + w + "listen = [\"127.0.0.1:9990\"]\n", 5, "worker.listen", "already the health endpoint's (health, line 1)"},
 		{"prepare no exec", "[prepare]\n" + w, 1, "prepare", "missing key exec"},
 		{"no worker", "title = \"x\"\n", 0, "", "at least one worker"},
 		{"toml syntax", "title = \n" + w, 1, "", "expected value"},
@@ -561,5 +566,32 @@ group = "web"
 	}
 	if got := (&Config{File: "f"}).WorkerError(0, "service.user", "x").Error(); got != "f: worker.service.user: x" {
 		t.Errorf("not made by Parse: %q", got)
+	}
+}
+
+// TestHealth: the health key takes an address as listen does, normalised
+// the same way, and is nil when not written.
+func TestHealth(t *testing.T) {
+	const w = "[[worker]]\nname = \"w\"\nexec = \"/bin/w\"\n"
+	for _, tc := range []struct {
+		name, src string
+		want      *Listener
+	}{
+		{"none", w, nil},
+		{"port", "health = 9990\n" + w, &Listener{Network: "tcp", Address: ":9990"}},
+		{"ipv4", "health = \"127.0.0.1:9990\"\n" + w, &Listener{Network: "tcp", Address: "127.0.0.1:9990"}},
+		{"ipv6", "health = \"[::1]:9990\"\n" + w, &Listener{Network: "tcp", Address: "[::1]:9990"}},
+		{"unix", "health = \"/run/ph-health.sock\"\n" + w, &Listener{Network: "unix", Address: "/run/ph-health.sock"}},
+		{"beside a group on another port", "health = \"127.0.0.1:9990\"\n" + w + "listen = [\"127.0.0.1:9991\"]\n", &Listener{Network: "tcp", Address: "127.0.0.1:9990"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse("/etc/ph.toml", []byte(tc.src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(c.Health, tc.want) {
+				t.Errorf("Health = %+v, want %+v", c.Health, tc.want)
+			}
+		})
 	}
 }

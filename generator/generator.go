@@ -113,6 +113,7 @@ func Generate(c *config.Config, o Options) ([]Unit, error) {
 	}
 	g := &gen{c: c, o: o}
 	units := []Unit{g.target(), g.supervisor()}
+	units = append(units, g.healthUnits()...)
 	if c.Prepare != nil {
 		units = append(units, g.prepare())
 	}
@@ -173,6 +174,7 @@ func (g *gen) target() Unit {
 	if g.c.Prepare != nil {
 		wants = append(wants, units.PrepareService)
 	}
+	wants = append(wants, g.healthWants()...)
 	for i := range g.c.Workers {
 		w := &g.c.Workers[i]
 		wants = append(wants, GroupSockets(w)...)

@@ -35,6 +35,9 @@
 //   - Closed, the number of connections the worker closed since its
 //     previous Closed report (sent at most every 100 ms, only when it
 //     changed).
+//   - DrainResult (version 2), once the drain is over, before the worker
+//     exits: how many connections ended on their own during the drain
+//     and how many were still open at its deadline and cut.
 //
 // # Versions
 //

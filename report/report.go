@@ -20,8 +20,9 @@ const (
 	Magic = "PHRP"
 	// Version is the newest report version this package writes and reads.
 	// It reads every version from 1 to Version and writes the lowest one
-	// that carries the message (all of today's messages are version 1).
-	Version = 1
+	// that carries the message: Hello, Draining and Closed are version 1,
+	// DrainResult (added later) is version 2.
+	Version = 2
 	// MaxDatagramLen bounds every datagram of every version, present and
 	// future: receivers read at most this many bytes, and a longer
 	// datagram is malformed whatever its version.
@@ -53,26 +54,41 @@ const (
 	offKind    = 5 // 1 byte
 	headerLen  = 6 // then the body of the kind
 
-	helloFixed = 4 + 1 + 1 // features, release length, hand-off version count
-	closedLen  = 8         // the count
+	helloFixed     = 4 + 1 + 1 // features, release length, hand-off version count
+	closedLen      = 8         // the count
+	drainResultLen = 8 + 8     // drained, cut
 	// maxLen1 is the longest version-1 datagram, a Hello with the longest
 	// release and every hand-off version.
 	maxLen1 = headerLen + helloFixed + MaxReleaseLen + MaxHandoffVersions
 )
 
 // The longest version-1 datagram fits in the bound of every version
-// (compile-time check).
+// (compile-time check); version 2 adds only DrainResult, which is shorter.
 var _ [MaxDatagramLen - maxLen1]struct{}
+var _ [maxLen1 - (headerLen + drainResultLen)]struct{}
 
 // Kind says which message a datagram carries.
 type Kind uint8
 
-// The message kinds of version 1.
+// The message kinds: 1 to 3 of version 1, 4 of version 2. A kind is
+// written in the version that introduced it, and only that one.
 const (
-	KindHello    Kind = 1
-	KindDraining Kind = 2
-	KindClosed   Kind = 3
+	KindHello       Kind = 1
+	KindDraining    Kind = 2
+	KindClosed      Kind = 3
+	KindDrainResult Kind = 4
 )
+
+// version is the report version that carries kind k, 0 for no kind.
+func (k Kind) version() uint8 {
+	switch k {
+	case KindHello, KindDraining, KindClosed:
+		return 1
+	case KindDrainResult:
+		return 2
+	}
+	return 0
+}
 
 func (k Kind) String() string {
 	switch k {
@@ -82,11 +98,13 @@ func (k Kind) String() string {
 		return "draining"
 	case KindClosed:
 		return "closed"
+	case KindDrainResult:
+		return "drain result"
 	}
 	return "kind " + strconv.Itoa(int(k))
 }
 
-// Message is one report: a Hello, a Draining or a Closed. Callers tell them
+// Message is one report: a Hello, a Draining, a Closed or a DrainResult. Callers tell them
 // apart with a type switch; no other type implements it.
 type Message interface {
 	// Kind is the message's kind byte.
@@ -156,12 +174,25 @@ type Closed struct {
 	Count uint64
 }
 
-func (Hello) Kind() Kind    { return KindHello }
-func (Draining) Kind() Kind { return KindDraining }
-func (Closed) Kind() Kind   { return KindClosed }
-func (Hello) message()      {}
-func (Draining) message()   {}
-func (Closed) message()     {}
+// DrainResult is the last report of a draining worker, sent once its
+// drain is over, just before it exits: how many of its connections ended
+// on their own during the drain (requests that finished, idle keep-alives
+// it closed, WebSockets and long-polls that ended before the deadline)
+// and how many it still had at the drain deadline and closed. Both may be
+// 0. It is a version-2 message.
+type DrainResult struct {
+	Drained uint64
+	Cut     uint64
+}
+
+func (Hello) Kind() Kind       { return KindHello }
+func (Draining) Kind() Kind    { return KindDraining }
+func (Closed) Kind() Kind      { return KindClosed }
+func (DrainResult) Kind() Kind { return KindDrainResult }
+func (Hello) message()         {}
+func (Draining) message()      {}
+func (Closed) message()        {}
+func (DrainResult) message()   {}
 
 // NewHello returns this process's Hello: Release(), the hand-off header
 // version of the linked handoff package, and features.
@@ -212,6 +243,14 @@ func (c Closed) AppendBinary(b []byte) ([]byte, error) {
 	b = append(b, Magic...)
 	b = append(b, 1, byte(KindClosed))
 	return binary.BigEndian.AppendUint64(b, c.Count), nil
+}
+
+// AppendBinary appends the encoded DrainResult datagram (version 2) to b.
+func (d DrainResult) AppendBinary(b []byte) ([]byte, error) {
+	b = append(b, Magic...)
+	b = append(b, KindDrainResult.version(), byte(KindDrainResult))
+	b = binary.BigEndian.AppendUint64(b, d.Drained)
+	return binary.BigEndian.AppendUint64(b, d.Cut), nil
 }
 
 func (h Hello) validate() error {
@@ -299,13 +338,20 @@ func Decode(b []byte) (Message, error) {
 	case v > Version:
 		return nil, &VersionError{Version: v}
 	}
-	// Version 1, the only one so far. A later version adds its decoder
-	// here and keeps this one: a receiver reads every older version.
+	// Versions 1 and 2 share the header. Each kind has one layout, in the
+	// version that introduced it: a kind in any other version is
+	// malformed (a sender writes the lowest version that carries it), so
+	// that every message has exactly one encoding. A later version that
+	// changes a kind adds its layout here and keeps the older ones.
 	if len(b) < headerLen {
 		return nil, fmt.Errorf("%w: datagram is %d bytes, shorter than the %d-byte header", ErrMalformed, len(b), headerLen)
 	}
 	body := b[headerLen:]
-	switch k := Kind(b[offKind]); k {
+	k := Kind(b[offKind])
+	if v := k.version(); v != 0 && v != b[offVersion] {
+		return nil, fmt.Errorf("%w: %s in a version-%d datagram; it is a version-%d message", ErrMalformed, k, b[offVersion], v)
+	}
+	switch k {
 	case KindHello:
 		h, err := decodeHello(body)
 		if err != nil {
@@ -326,6 +372,11 @@ func Decode(b []byte) (Message, error) {
 			return nil, fmt.Errorf("%w: closed: count 0", ErrMalformed)
 		}
 		return Closed{Count: n}, nil
+	case KindDrainResult:
+		if len(body) != drainResultLen {
+			return nil, fmt.Errorf("%w: drain result: %d bytes after the header, want %d", ErrMalformed, len(body), drainResultLen)
+		}
+		return DrainResult{Drained: binary.BigEndian.Uint64(body), Cut: binary.BigEndian.Uint64(body[8:])}, nil
 	default:
 		return nil, fmt.Errorf("%w: unknown message kind %d", ErrMalformed, uint8(k))
 	}

@@ -36,7 +36,7 @@ func spaced(b []byte) string {
 	return s.String()
 }
 
-// goldens are version-1 datagrams as this release writes them. The files
+// goldens are the datagrams of every version as this release writes them. The files
 // under testdata/ are the frozen format: a later release must decode them
 // to the same messages (TestGolden), whatever it writes itself.
 var goldens = []struct {
@@ -49,6 +49,9 @@ var goldens = []struct {
 	{"draining.hex", Draining{}},
 	{"closed.hex", Closed{Count: 1}},
 	{"closed-large.hex", Closed{Count: 1<<40 + 5}},
+	{"drain-result.hex", DrainResult{Drained: 200, Cut: 3}},
+	{"drain-result-zero.hex", DrainResult{}},
+	{"drain-result-large.hex", DrainResult{Drained: 1<<63 + 1, Cut: 1<<32 + 7}},
 }
 
 func TestGolden(t *testing.T) {
@@ -98,7 +101,7 @@ func TestDocExample(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{docExample, "50 48 52 50 01 02", "50 48 52 50 01 03 00 00 00 00 00 00 00 2a"} {
+	for _, s := range []string{docExample, "50 48 52 50 01 02", "50 48 52 50 01 03 00 00 00 00 00 00 00 2a", docDrainResult} {
 		if !strings.Contains(string(doc), s) {
 			t.Errorf("docs/report.md does not contain the bytes %q", s)
 		}
@@ -107,7 +110,13 @@ func TestDocExample(t *testing.T) {
 	if spaced(c) != "50 48 52 50 01 03 00 00 00 00 00 00 00 2a" {
 		t.Errorf("Closed{42} encodes as %s", spaced(c))
 	}
+	if d, _ := (DrainResult{Drained: 200, Cut: 3}).AppendBinary(nil); spaced(d) != docDrainResult {
+		t.Errorf("DrainResult{200, 3} encodes as %s", spaced(d))
+	}
 }
+
+// docDrainResult is the DrainResult{Drained: 200, Cut: 3} of docs/report.md.
+const docDrainResult = "50 48 52 50 02 04 00 00 00 00 00 00 00 c8 00 00 00 00 00 00 00 03"
 
 func TestEncodeRejects(t *testing.T) {
 	tests := []struct {
@@ -151,7 +160,14 @@ func TestDecodeRejects(t *testing.T) {
 		{name: "magic only", hex: "50 48 52 50", want: "no version byte"},
 		{name: "version 0", hex: "50 48 52 50 00 02", want: "version 0"},
 		{name: "no kind", hex: "50 48 52 50 01", want: "shorter than the 6-byte header"},
-		{name: "unknown kind", hex: "50 48 52 50 01 04", want: "unknown message kind 4"},
+		{name: "unknown kind", hex: "50 48 52 50 01 05", want: "unknown message kind 5"},
+		{name: "unknown kind v2", hex: "50 48 52 50 02 09", want: "unknown message kind 9"},
+		{name: "drain result as version 1", hex: "50 48 52 50 01 04" + strings.Repeat(" 00", 16), want: "drain result in a version-1 datagram; it is a version-2 message"},
+		{name: "hello as version 2", hex: strings.Replace(hello, "50 48 52 50 01", "50 48 52 50 02", 1), want: "hello in a version-2 datagram; it is a version-1 message"},
+		{name: "closed as version 2", hex: "50 48 52 50 02 03 00 00 00 00 00 00 00 01", want: "closed in a version-2 datagram"},
+		{name: "drain result short", hex: "50 48 52 50 02 04" + strings.Repeat(" 00", 15), want: "drain result: 15 bytes after the header, want 16"},
+		{name: "drain result long", hex: "50 48 52 50 02 04" + strings.Repeat(" 00", 17), want: "drain result: 17 bytes after the header, want 16"},
+		{name: "drain result no body", hex: "50 48 52 50 02 04", want: "drain result: 0 bytes"},
 		{name: "kind 0", hex: "50 48 52 50 01 00", want: "unknown message kind 0"},
 		{name: "draining with body", hex: "50 48 52 50 01 02 00", want: "1 bytes after the header, want none"},
 		{name: "closed short", hex: "50 48 52 50 01 03 00 00 00 00 00 00 01", want: "7 bytes after the header, want 8"},
@@ -197,8 +213,8 @@ func TestNewerVersion(t *testing.T) {
 		name string
 		b    []byte
 	}{
-		{name: "v2 hello", b: []byte("PHRP\x02\x01anything")},
-		{name: "v2 header only", b: []byte("PHRP\x02")},
+		{name: "v3 hello", b: []byte("PHRP\x03\x01anything")},
+		{name: "v3 header only", b: []byte("PHRP\x03")},
 		{name: "v255 new kind", b: []byte("PHRP\xff\x09")},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -214,7 +230,7 @@ func TestNewerVersion(t *testing.T) {
 				t.Errorf("error %v does not match ErrMalformed", err)
 			}
 			msg := err.Error()
-			for _, want := range []string{"version " + strconv.Itoa(int(tt.b[4])), "report versions 1 to 1", Release()} {
+			for _, want := range []string{"version " + strconv.Itoa(int(tt.b[4])), "report versions 1 to 2", Release()} {
 				if !strings.Contains(msg, want) {
 					t.Errorf("error %q does not name %q", msg, want)
 				}
@@ -285,6 +301,8 @@ func FuzzDecode(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte("PHRP\x02\x01"))
+	f.Add([]byte("PHRP\x03\x04"))
+	f.Add([]byte("PHRP\x01\x04\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"))
 	f.Add([]byte("PHRP\x01\x01\x00\x00\x00\x00\x01\x02v\x02\x01"))
 	f.Add([]byte("PHRP\x01\x03\x00\x00\x00\x00\x00\x00\x00\x00"))
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -308,7 +326,11 @@ func FuzzDecode(f *testing.F) {
 			t.Fatalf("round trip:\n  in % x\n out % x", b, out)
 		}
 		if len(b) > maxLen1 {
-			t.Fatalf("accepted %d bytes, more than the longest version-1 datagram (%d)", len(b), maxLen1)
+			t.Fatalf("accepted %d bytes, more than the longest datagram of any version (%d)", len(b), maxLen1)
+		}
+		// Each kind travels in the version that introduced it, only.
+		if b[offVersion] != m.Kind().version() {
+			t.Fatalf("accepted %s in a version-%d datagram", m.Kind(), b[offVersion])
 		}
 	})
 }

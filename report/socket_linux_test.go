@@ -114,6 +114,7 @@ func TestSendReceive(t *testing.T) {
 		report.Closed{Count: 3},
 		report.Draining{},
 		report.Closed{Count: 1 << 33},
+		report.DrainResult{Drained: 200, Cut: 3},
 	}
 	for _, m := range msgs {
 		if err := c.Send(m); err != nil {
@@ -164,7 +165,7 @@ func TestRefused(t *testing.T) {
 		{name: "oversized", payload: append([]byte("PHRP\x01\x02"), make([]byte, report.MaxDatagramLen)...), is: report.ErrMalformed, want: "longer than 4096 bytes"},
 		{name: "malformed", payload: []byte("PHRP\x01\x07"), is: report.ErrMalformed, want: "unknown message kind 7"},
 		{name: "garbage", payload: []byte("GET / HTTP/1.1\r\n"), is: report.ErrMalformed, want: "bad magic"},
-		{name: "newer version", payload: []byte("PHRP\x02\x01whatever v2 holds"), is: report.ErrMalformed, want: "report datagram of version 2; this receiver (powerhouse " + report.Release() + ") reads report versions 1 to 1"},
+		{name: "newer version", payload: []byte("PHRP\x03\x01whatever v3 holds"), is: report.ErrMalformed, want: "report datagram of version 3; this receiver (powerhouse " + report.Release() + ") reads report versions 1 to 2"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -22,6 +22,43 @@ type declared struct {
 	// logged at most once a minute.
 	refused    uint64
 	lastLogged time.Time
+	// drains are the DrainResults of workers that drained, by sender PID;
+	// drainOrder is their arrival order, for evicting the oldest beyond
+	// maxDrains. Both made on first use.
+	drains     map[uint32]report.DrainResult
+	drainOrder []uint32
+}
+
+// maxDrains bounds the drain results kept: a reload reads its result
+// within a stop timeout of the worker's exit, so the newest thousand are
+// more than any reload needs, and a flood of reports cannot grow the map.
+const maxDrains = 1024
+
+// recordDrain keeps the drain result that process pid reported; a second
+// one from the same PID replaces the first (a PID is reused only after
+// the process is gone).
+func (d *declared) recordDrain(pid uint32, m report.DrainResult) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.drains == nil {
+		d.drains = map[uint32]report.DrainResult{}
+	}
+	if _, ok := d.drains[pid]; !ok {
+		if len(d.drainOrder) >= maxDrains {
+			delete(d.drains, d.drainOrder[0])
+			d.drainOrder = append(d.drainOrder[:0], d.drainOrder[1:]...)
+		}
+		d.drainOrder = append(d.drainOrder, pid)
+	}
+	d.drains[pid] = m
+}
+
+// drainOf returns the drain result that process pid reported.
+func (d *declared) drainOf(pid uint32) (report.DrainResult, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m, ok := d.drains[pid]
+	return m, ok
 }
 
 type heard struct {
@@ -51,6 +88,16 @@ func (r workerReports) ReloadsOnSIGHUP(n int) bool {
 	r.s.mu.Unlock()
 	h, ok := r.s.declared.helloOf(n, pid)
 	return ok && h.Features.Has(report.FeatureReloadOnSIGHUP)
+}
+
+// Drained returns the counts that the worker process pid reported when
+// its drain ended: connections that ended on their own and connections
+// cut at the drain deadline; ok is false when it reported none (a worker
+// that does not use the library, an older library, a lost datagram, or a
+// result evicted after 1,024 newer ones).
+func (r workerReports) Drained(pid uint32) (drained, cut uint64, ok bool) {
+	m, ok := r.s.declared.drainOf(pid)
+	return m.Drained, m.Cut, ok
 }
 
 // listenReports binds the group's report socket, which the workers' group
@@ -96,7 +143,8 @@ func (s *Supervisor) serveReports(ctx context.Context, r *report.Receiver) {
 			return
 		}
 		unit, err := s.o.Manager.UnitByPID(ctx, uint32(from.PID))
-		n, ok := s.g.InstanceOf(unit)
+		// Either side of the instance's slot (handover reloads run both).
+		n, _, ok := s.g.SideOf(unit)
 		if err != nil || !ok {
 			s.refusedReport(fmt.Errorf("report from pid %d, which is no instance of group %s (unit %q, %v)", from.PID, s.g.Name, unit, err))
 			continue
@@ -119,6 +167,9 @@ func (s *Supervisor) serveReports(ctx context.Context, r *report.Receiver) {
 			s.log.Debug("worker draining", "instance", n, "pid", from.PID)
 		case report.Closed:
 			// Counted by the library; the supervisor has no use for it yet.
+		case report.DrainResult:
+			s.declared.recordDrain(uint32(from.PID), m)
+			s.log.Debug("worker drained", "instance", n, "pid", from.PID, "drained", m.Drained, "cut", m.Cut)
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/powerhouse/powerhouse/report"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // TestReportsDecideDelivery: a worker that declares over the report
@@ -88,5 +89,85 @@ func TestReportsDecideDelivery(t *testing.T) {
 	})
 	if declares(2) {
 		t.Error("a Hello of instance 2's previous process still counts")
+	}
+}
+
+// TestReportsDrained: the drain result a worker sends when its drain is
+// over is kept by its PID, from either side of the slot, and answered by
+// Reports.Drained; one from a process of no instance is refused and not
+// kept. The report socket and its datagrams are real; the sender is this
+// test process, made the main process of an instance in the fake manager.
+func TestReportsDrained(t *testing.T) {
+	r := newRig(t, apiTOML, "api", nil)
+	r.run()
+	r.waitReady()
+	waitFor(t, r.n, "the start to end", func() bool { return r.s.runningOp() == "" })
+	drained := r.s.o.Reports.(interface {
+		Drained(pid uint32) (drained, cut uint64, ok bool)
+	}).Drained
+	send := func(m report.DrainResult) {
+		c, err := report.NewClient(r.s.g.ReportPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	self := uint32(os.Getpid())
+
+	send(report.DrainResult{Drained: 9, Cut: 9})
+	waitFor(t, r.n, "the stray report refused", func() bool {
+		r.s.declared.mu.Lock()
+		defer r.s.declared.mu.Unlock()
+		return r.s.declared.refused == 1
+	})
+	if _, _, ok := drained(self); ok {
+		t.Fatal("a drain result from no instance was kept")
+	}
+
+	for _, unit := range []string{r.s.g.InstanceSide(2, units.SideA), r.s.g.InstanceSide(3, units.SideB)} {
+		r.f.setPID(unit, self)
+		want := report.DrainResult{Drained: 200, Cut: 3}
+		if unit == r.s.g.InstanceSide(3, units.SideB) {
+			want = report.DrainResult{Drained: 7}
+		}
+		send(want)
+		waitFor(t, r.n, "the drain result of "+unit, func() bool {
+			d, c, ok := drained(self)
+			return ok && d == want.Drained && c == want.Cut
+		})
+		r.f.setPID(unit, 0)
+	}
+	if _, _, ok := drained(self + 1); ok {
+		t.Error("a PID that reported nothing has a drain result")
+	}
+}
+
+// TestDrainsBounded: beyond maxDrains results the oldest go first; a
+// repeated PID keeps its place and takes the newer counts.
+func TestDrainsBounded(t *testing.T) {
+	var d declared
+	for pid := uint32(1); pid <= maxDrains+10; pid++ {
+		d.recordDrain(pid, report.DrainResult{Drained: uint64(pid)})
+	}
+	if len(d.drains) != maxDrains || len(d.drainOrder) != maxDrains {
+		t.Fatalf("%d results kept (%d in order), want %d", len(d.drains), len(d.drainOrder), maxDrains)
+	}
+	for pid := uint32(1); pid <= 10; pid++ {
+		if _, ok := d.drainOf(pid); ok {
+			t.Errorf("pid %d, among the oldest, was not evicted", pid)
+		}
+	}
+	d.recordDrain(11, report.DrainResult{Cut: 5})
+	if m, ok := d.drainOf(11); !ok || m != (report.DrainResult{Cut: 5}) {
+		t.Errorf("pid 11 after a second result: %+v, %v", m, ok)
+	}
+	if len(d.drainOrder) != maxDrains {
+		t.Errorf("a repeated PID grew the order to %d", len(d.drainOrder))
+	}
+	if m, ok := d.drainOf(maxDrains + 10); !ok || m.Drained != maxDrains+10 {
+		t.Errorf("the newest result: %+v, %v", m, ok)
 	}
 }

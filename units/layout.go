@@ -52,6 +52,24 @@ func (s Scope) PrepareEnv() string { return filepath.Join(s.RuntimeBase(), "prep
 // UnitPrepareEnv is PrepareEnv as unit files write it.
 func (s Scope) UnitPrepareEnv() string { return s.UnitRuntimeBase() + "/prepare.env" }
 
+// The house's health endpoint (the top-level health key): a socket the
+// front load balancer checks, and the small service behind it
+// (`powerhouse health`) that answers 200 or, while the house drains
+// (`powerhouse drain`), 503. The names have no "@", so no group's units
+// are ever named so.
+const (
+	HealthSocket  = "powerhouse-health.socket"
+	HealthService = "powerhouse-health.service"
+)
+
+// DrainState is the file `powerhouse drain` writes (and --undo removes)
+// while the house drains: when the drain started. The health service
+// reads it on every check.
+func (s Scope) DrainState() string { return filepath.Join(s.RuntimeBase(), "drain.json") }
+
+// UnitDrainState is DrainState as unit files write it.
+func (s Scope) UnitDrainState() string { return s.UnitRuntimeBase() + "/drain.json" }
+
 // Flag is the command-line flag that selects s for systemctl and
 // powerhouse alike: "--user", or "" for the system.
 func (s Scope) Flag() string {

@@ -22,3 +22,23 @@ func TestGroupOfSupervisor(t *testing.T) {
 		}
 	}
 }
+
+// TestHealthNames: the health units belong to no group, not even one
+// called "health", and the drain state sits in the scope's runtime base.
+func TestHealthNames(t *testing.T) {
+	g := Group{Name: "health"}
+	for _, u := range []string{HealthSocket, HealthService} {
+		if g.Owns(u) {
+			t.Errorf("group health owns %s", u)
+		}
+		if _, ok := GroupOfSupervisor(u); ok {
+			t.Errorf("%s is taken for a supervisor", u)
+		}
+	}
+	if got := System.DrainState(); got != "/run/powerhouse/drain.json" {
+		t.Errorf("System.DrainState() = %q", got)
+	}
+	if got := User.UnitDrainState(); got != "%t/powerhouse/drain.json" {
+		t.Errorf("User.UnitDrainState() = %q", got)
+	}
+}

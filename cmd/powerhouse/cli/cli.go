@@ -75,10 +75,12 @@ var verbs = []*verb{
 	&setVerb,
 	&scaleVerb,
 	&statusVerb,
+	&drainVerb,
 	&eventsVerb,
 	&runVerb,
 	&superviseVerb,
 	&prepareVerb,
+	&healthVerb,
 	&systemdGeneratorVerb,
 	&versionVerb,
 }

@@ -338,6 +338,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 			return err
 		}
 	}
+	applyHealth(e, m, old, c, res.Written, lay.unitDir)
 	if err := m.Start(e.ctx, units.Target); err != nil {
 		return err
 	}

@@ -66,6 +66,7 @@ their supervisors run with. --json prints a stable JSON array of groups
 				enc.SetIndent("", "  ")
 				return enc.Encode(out)
 			}
+			printDrain(e, mf)
 			printStatus(e, out)
 			return nil
 		}
