@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/powerhouse/powerhouse/internal/helloclient"
+	"github.com/powerhouse/powerhouse/supervisor"
 	"github.com/powerhouse/powerhouse/units"
 )
 
@@ -137,44 +139,34 @@ func (s slotState) String() string {
 	return fmt.Sprintf("%d: a %s/%s pid %s, b %s/%s pid %s", s.N, s.A.Active, s.A.Sub, s.A.PID, s.B.Active, s.B.Sub, s.B.PID)
 }
 
-// slotStates asks systemd about both sides of every slot in one call. It
-// may run outside the test goroutine: it returns errors, never fails t.
+// slotStates asks systemd about both sides of every slot, over the
+// house's D-Bus connection: no process spawned, so that polling it costs
+// the machine little. It may run outside the test goroutine: it returns
+// errors, never fails t.
 func slotStates(ctx context.Context, h *house) ([]slotState, error) {
-	var names []string
-	for n := 1; n <= handoverSlots; n++ {
-		names = append(names, handoverGroup.InstanceSide(n, units.SideA), handoverGroup.InstanceSide(n, units.SideB))
-	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	out, err := h.box.Systemctl(ctx, append([]string{"show", "-p", "Id,ActiveState,SubState,MainPID"}, names...)...)
-	if err != nil {
-		return nil, fmt.Errorf("systemctl show: %w: %s", err, out)
-	}
-	by := map[string]sideState{}
-	for block := range strings.SplitSeq(strings.TrimSpace(string(out)), "\n\n") {
-		var s sideState
-		for line := range strings.Lines(block) {
-			k, v, _ := strings.Cut(strings.TrimSpace(line), "=")
-			switch k {
-			case "Id":
-				s.Unit = v
-			case "ActiveState":
-				s.Active = v
-			case "SubState":
-				s.Sub = v
-			case "MainPID":
-				s.PID = v
-			}
-		}
-		by[s.Unit] = s
-	}
 	var st []slotState
 	for n := 1; n <= handoverSlots; n++ {
-		a, b := handoverGroup.InstanceSide(n, units.SideA), handoverGroup.InstanceSide(n, units.SideB)
-		if by[a].Unit == "" || by[b].Unit == "" {
-			return nil, fmt.Errorf("systemctl show: no %s or %s in %q", a, b, out)
+		s := slotState{N: n}
+		for _, sd := range []units.Side{units.SideA, units.SideB} {
+			u := handoverGroup.InstanceSide(n, sd)
+			us, err := h.m.State(ctx, u)
+			if err != nil {
+				return nil, err
+			}
+			pid, err := h.m.MainPID(ctx, u)
+			if err != nil {
+				return nil, err
+			}
+			x := sideState{Unit: u, Active: string(us.ActiveState), Sub: us.SubState, PID: strconv.Itoa(int(pid))}
+			if sd == units.SideA {
+				s.A = x
+			} else {
+				s.B = x
+			}
 		}
-		st = append(st, slotState{N: n, A: by[a], B: by[b]})
+		st = append(st, s)
 	}
 	return st, nil
 }
@@ -266,9 +258,11 @@ func (w *slotWatch) checkNeverDown(t *testing.T) {
 	}
 }
 
-// statusWatch polls `powerhouse status --json web` until stopped and
-// records, per slot, the (serving PID, draining PID) pairs it showed, and
-// the text of `powerhouse status web` once while a slot drained.
+// statusWatch asks the supervisor for its status (what `powerhouse
+// status --json web` prints, over its control socket: no process spawned
+// per poll) until stopped and records, per slot, the (serving PID,
+// draining PID) pairs it showed, and the text of `powerhouse status web`
+// once while a slot drained.
 type statusWatch struct {
 	stop, done chan struct{}
 	once       sync.Once
@@ -278,8 +272,8 @@ type statusWatch struct {
 	errs       []string
 }
 
-// statusJSON is the part of `powerhouse status --json` the watch reads.
-type statusJSON []struct {
+// statusJSON is the part of the status the watch reads.
+type statusJSON struct {
 	Instances []struct {
 		Instance int    `json:"instance"`
 		Unit     string `json:"unit"`
@@ -293,20 +287,20 @@ type statusJSON []struct {
 
 func watchStatus(h *house) *statusWatch {
 	w := &statusWatch{stop: make(chan struct{}), done: make(chan struct{}), seen: map[int]map[[2]string]bool{}}
+	c := supervisor.Client{Path: h.box.Path(handoverGroup.ControlPath())}
 	go func() {
 		defer close(w.done)
 		for {
-			out, err := h.powerhouse("status", "--json", handoverGroup.Name)
-			var st statusJSON
-			if err == nil {
-				err = json.Unmarshal([]byte(out), &st)
-			}
+			var g statusJSON
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := c.Call(ctx, supervisor.MethodStatus, nil, nil, &g)
+			cancel()
 			w.mu.Lock()
 			if err != nil {
-				w.errs = append(w.errs, fmt.Sprintf("%v: %s", err, out))
+				w.errs = append(w.errs, err.Error())
 			}
 			drains := false
-			for _, g := range st {
+			{
 				for _, in := range g.Instances {
 					if in.Draining == nil || in.Draining.PID == 0 {
 						continue
@@ -347,32 +341,35 @@ type echoConn struct {
 }
 
 // echoes holds long-lived connections, one per source address, each
-// sending a line every period and checking its echo, until end is
-// closed: then each closes its connection, on its own.
+// sending a line every period and checking its echo, until finish: then
+// each closes its connection, on its own.
 type echoes struct {
 	conns []*echoConn
 	up    sync.WaitGroup // every connection has had its first echo (or failed)
 	wg    sync.WaitGroup
-	end   chan struct{}
+	ends  []chan struct{} // one per connection
+	once  sync.Once
 	said  atomic.Int64
 }
 
 func holdEchoes(srcs []string, period time.Duration) *echoes {
-	e := &echoes{end: make(chan struct{})}
+	e := &echoes{}
 	for i, src := range srcs {
 		c := &echoConn{src: src}
+		end := make(chan struct{})
 		e.conns = append(e.conns, c)
+		e.ends = append(e.ends, end)
 		e.up.Add(1)
 		e.wg.Add(1)
 		go func() {
 			defer e.wg.Done()
-			e.run(c, period, time.Duration(i)*period/time.Duration(len(srcs)))
+			e.run(c, end, period, time.Duration(i)*period/time.Duration(len(srcs)))
 		}()
 	}
 	return e
 }
 
-func (e *echoes) run(c *echoConn, period, offset time.Duration) {
+func (e *echoes) run(c *echoConn, end <-chan struct{}, period, offset time.Duration) {
 	first := true
 	defer func() {
 		if first {
@@ -411,20 +408,24 @@ func (e *echoes) run(c *echoConn, period, offset time.Duration) {
 		c.said++
 		e.said.Add(1)
 		select {
-		case <-e.end:
+		case <-end:
 			return
 		case <-tick.C:
 		}
 	}
 }
 
-// finish ends every connection and waits for them.
-func (e *echoes) finish() {
-	select {
-	case <-e.end:
-	default:
-		close(e.end)
-	}
+// finish has the clients close their connections, one after the other
+// over spread, and waits for them.
+func (e *echoes) finish(spread time.Duration) {
+	e.once.Do(func() {
+		for i, end := range e.ends {
+			if i > 0 && spread > 0 {
+				time.Sleep(spread / time.Duration(len(e.ends))) // the clients' pace
+			}
+			close(end)
+		}
+	})
 	e.wg.Wait()
 }
 
@@ -557,6 +558,17 @@ func sampleErrs(ss []sample, since time.Time) string {
 	var b []string
 	for _, s := range ss[:min(len(ss), 5)] {
 		b = append(b, fmt.Sprintf("%s at +%v: %v", s.src, s.at.Sub(since).Round(time.Millisecond), s.err))
+	}
+	return strings.Join(b, "; ")
+}
+
+// slowest lists the n slowest samples: when (after since), where, how long.
+func slowest(ss []sample, since time.Time, n int) string {
+	ss = slices.Clone(ss)
+	slices.SortFunc(ss, func(a, b sample) int { return cmp.Compare(b.took, a.took) })
+	var b []string
+	for _, s := range ss[:min(len(ss), n)] {
+		b = append(b, fmt.Sprintf("+%v %s %s/%s %v", s.at.Sub(since).Round(time.Millisecond), s.src, s.inst, s.pid, s.took.Round(100*time.Microsecond)))
 	}
 	return strings.Join(b, "; ")
 }
