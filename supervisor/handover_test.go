@@ -411,3 +411,33 @@ func TestParsePlan(t *testing.T) {
 		}
 	}
 }
+
+// TestSlotSides: of a slot's two services, the one serving speaks for
+// it, and the other is shown draining while its stop job runs.
+func TestSlotSides(t *testing.T) {
+	st := func(name string, a units.ActiveState, job units.JobType) units.UnitState {
+		return units.UnitState{Name: name, LoadState: units.Loaded, ActiveState: a, JobType: job}
+	}
+	const a, b = "powerhouse-web@2.service", "powerhouse-web.b@2.service"
+	for _, tc := range []struct {
+		name          string
+		sts           []units.UnitState
+		speaks, drain string
+	}{
+		{"one side", []units.UnitState{st(a, units.Active, "")}, a, ""},
+		{"handed over, old draining", []units.UnitState{st(a, units.Deactivating, units.JobStop), st(b, units.Active, "")}, b, a},
+		{"new coming up, old serving", []units.UnitState{st(a, units.Active, ""), st(b, units.Activating, units.JobStart)}, a, ""},
+		{"old at rest", []units.UnitState{st(b, units.Active, ""), st(a, units.Inactive, "")}, b, ""},
+		{"both at rest, one failed", []units.UnitState{st(a, units.Inactive, ""), st(b, units.Failed, "")}, b, ""},
+		{"slot stopping", []units.UnitState{st(a, units.Deactivating, units.JobStop), st(b, units.Inactive, "")}, a, ""},
+	} {
+		speaks, drain := SlotSides(tc.sts)
+		got := ""
+		if drain != nil {
+			got = drain.Name
+		}
+		if speaks.Name != tc.speaks || got != tc.drain {
+			t.Errorf("%s: speaks %s, draining %q; want %s, %q", tc.name, speaks.Name, got, tc.speaks, tc.drain)
+		}
+	}
+}
