@@ -15,6 +15,14 @@
 // sticky group's per-instance hand-off sockets) and
 // powerhouse-prepare.service (the [prepare] hook).
 //
+// A reloadable group (reloadable = true, the default) also gets
+// powerhouse-GROUP.b@.service, side B of its instances (units.Side): the
+// workers' template again, but for its Description= and
+// POWERHOUSE_SIDE=b (side A's is =a). A handover reload starts the new
+// process of instance N in the side that is not running, and stops the
+// old one once the new one is ready; both sides have Sockets= on the same
+// socket, so either serves the slot. See Sides.
+//
 // A kernel-mode group (dispatch = "kernel") has no powerhouse@GROUP.socket
 // and no hand-off sockets: powerhouse-GROUP@.socket is each instance's own
 // listening socket on the group's addresses (ReusePort=yes,

@@ -24,6 +24,7 @@ listen = [9999]
 	// powerhouse@.service
 	// powerhouse@web.socket
 	// powerhouse-web@.service
+	// powerhouse-web.b@.service
 	// powerhouse-web@.socket
 }
 

@@ -26,7 +26,11 @@ const (
 	HandoffFDName = "handoff"
 	// SupervisorUIDEnv, set on sticky workers, is the uid the library
 	// accepts hand-off datagrams from.
-	SupervisorUIDEnv  = "POWERHOUSE_SUPERVISOR_UID"
+	SupervisorUIDEnv = "POWERHOUSE_SUPERVISOR_UID"
+	// SideEnv, set on every worker, is the side of its instance the
+	// process runs in (units.Side: "a" or "b"): a handover reload starts
+	// the new process in the side that is not running.
+	SideEnv           = "POWERHOUSE_SIDE"
 	DefaultBinaryPath = "/usr/bin/powerhouse"
 )
 
@@ -117,7 +121,8 @@ func Generate(c *config.Config, o Options) ([]Unit, error) {
 		if w.KernelDispatch() {
 			// The instances' own sockets, no group-level ones: see
 			// instanceSocket and KernelDropIn.
-			units = append(units, g.worker(w), g.instanceSocket(w), KernelDropIn(w, o, w.Amount))
+			units = append(units, g.workers(w)...)
+			units = append(units, g.instanceSocket(w), KernelDropIn(w, o, w.Amount))
 			continue
 		}
 		if u, ok := g.socketUnit(w, false); ok {
@@ -126,7 +131,7 @@ func Generate(c *config.Config, o Options) ([]Unit, error) {
 		if u, ok := g.socketUnit(w, true); ok {
 			units = append(units, u)
 		}
-		units = append(units, g.worker(w))
+		units = append(units, g.workers(w)...)
 		if w.Sticky {
 			units = append(units, g.handoffSocket(w))
 		}
@@ -391,9 +396,37 @@ func (g *gen) socketUnit(w *config.Worker, proxied bool) (Unit, bool) {
 	return Unit{Name: g.group(w).ProxySocket(), Options: u}, true
 }
 
-func (g *gen) worker(w *config.Worker) Unit {
+// Sides are the worker templates a group has: side A alone, or with
+// reloadable = true both sides, between which a handover reload
+// alternates (units.Side).
+func Sides(w *config.Worker) []units.Side {
+	if w.Reloadable {
+		return []units.Side{units.SideA, units.SideB}
+	}
+	return []units.Side{units.SideA}
+}
+
+// workers returns the worker templates of w, one per side (Sides).
+func (g *gen) workers(w *config.Worker) []Unit {
+	var out []Unit
+	for _, s := range Sides(w) {
+		out = append(out, g.worker(w, s))
+	}
+	return out
+}
+
+// worker is the worker template of side s. The two sides differ only in
+// their Description= and SideEnv: both have Sockets=, Requires= and
+// After= on the same socket (the instance's, or the group's), so either
+// side serves the slot's clients, and systemd counts both as triggered by
+// it: traffic while side B runs does not start side A.
+func (g *gen) worker(w *config.Worker, s units.Side) Unit {
 	var u opts
-	u.add("Unit", "Description", Specifiers(w.Title)+" ("+w.Name+" #%i)")
+	desc := w.Name + " #%i"
+	if s == units.SideB {
+		desc += ", side " + s.String()
+	}
+	u.add("Unit", "Description", Specifiers(w.Title)+" ("+desc+")")
 	u.add("Unit", "PartOf", units.Target)
 	if g.c.Prepare != nil {
 		u.add("Unit", "Requires", units.PrepareService)
@@ -417,6 +450,7 @@ func (g *gen) worker(w *config.Worker) Unit {
 	env := []string{
 		"POWERHOUSE_GROUP=" + w.Name,
 		"POWERHOUSE_INSTANCE=%i",
+		SideEnv + "=" + s.String(),
 		"POWERHOUSE_CONFIG=" + g.group(w).UnitConfigPath(),
 		// Where the library reports to the supervisor what the worker
 		// supports (SIGHUP reload), when it drains and what it closed.
@@ -464,7 +498,7 @@ func (g *gen) worker(w *config.Worker) Unit {
 	// left after the stop timeout.
 	u.add("Service", "KillMode", "mixed")
 	g.serviceSettings(&u, w.Service)
-	return Unit{Name: g.group(w).WorkerTemplate(), Options: u}
+	return Unit{Name: g.group(w).WorkerTemplateSide(s), Options: u}
 }
 
 // serviceSettings writes a group's [worker.service] table: resources and

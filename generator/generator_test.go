@@ -125,6 +125,7 @@ listen = [81]
 name = "mail"
 type = "child"
 exec = "/w"
+reloadable = false
 `))
 	if err != nil {
 		t.Fatal(err)
@@ -138,9 +139,9 @@ exec = "/w"
 		names = append(names, u.Name)
 	}
 	want := "powerhouse.target powerhouse@.service powerhouse-prepare.service " +
-		"powerhouse@web.socket powerhouse-proxy@web.socket powerhouse-web@.service powerhouse-web@.socket " +
-		"powerhouse-proxy@lb.socket powerhouse-lb@.service powerhouse-lb@.socket " +
-		"powerhouse@api.socket powerhouse-api@.service powerhouse-mail@.service"
+		"powerhouse@web.socket powerhouse-proxy@web.socket powerhouse-web@.service powerhouse-web.b@.service powerhouse-web@.socket " +
+		"powerhouse-proxy@lb.socket powerhouse-lb@.service powerhouse-lb.b@.service powerhouse-lb@.socket " +
+		"powerhouse@api.socket powerhouse-api@.service powerhouse-api.b@.service powerhouse-mail@.service"
 	if got := strings.Join(names, " "); got != want {
 		t.Errorf("units:\n got %s\nwant %s", got, want)
 	}
@@ -715,5 +716,99 @@ func TestPortOnlyListenerBesideIPv6(t *testing.T) {
 				t.Errorf("BindIPv6Only= present: %v, want %v", got, tc.v6only)
 			}
 		})
+	}
+}
+
+// TestSides: every reloadable group, whatever its kind, gets the side-B
+// worker template beside side A's, and a group with reloadable = false
+// gets none. Side B is side A's template but for two lines: its
+// Description= says ", side b" and its environment POWERHOUSE_SIDE=b
+// (side A's =a). So both sides have the same Sockets=, Requires= and
+// After= on the slot's socket, in both scopes.
+func TestSides(t *testing.T) {
+	userOpts := Options{Binary: "/home/u/bin/powerhouse", ConfigPath: "/home/u/.config/powerhouse/powerhouse.toml", User: true}
+	for _, tc := range []struct {
+		name, src string
+		sideB     bool
+		sockets   string // the Sockets= of both sides, "" for none
+		user      bool   // also in a user's manager
+	}{
+		{"hand-off sticky", "sticky = true\nlisten = [80]\n", true, "powerhouse-w@%i.socket", true},
+		{"kernel mode", "sticky = true\ndispatch = \"kernel\"\nlisten = [\"127.0.0.1:80\"]\n", true, "powerhouse-w@%i.socket", false},
+		{"shared cluster", "listen = [80, { address = 81, proxy_protocol = true, proxy_from = [\"10.0.0.1\"] }]\n", true, "powerhouse@w.socket powerhouse-proxy@w.socket", true},
+		{"cluster without sockets", "", true, "", true},
+		{"child", "type = \"child\"\n", true, "", true},
+		{"hand-off sticky, not reloadable", "sticky = true\nlisten = [80]\nreloadable = false\n", false, "powerhouse-w@%i.socket", true},
+		{"child, not reloadable", "type = \"child\"\nreloadable = false\n", false, "", true},
+	} {
+		for _, o := range []Options{testOpts, userOpts} {
+			if o.User && !tc.user {
+				continue
+			}
+			t.Run(tc.name+"/"+o.Scope().String(), func(t *testing.T) {
+				src := "[prepare]\nexec = \"/p\"\n[[worker]]\nname = \"w\"\ntitle = \"T\"\nexec = \"/w\"\n" + tc.src
+				_, us := generate(t, o, []byte(src))
+				g := units.Group{Name: "w"}
+				var a, b *Unit
+				for i := range us {
+					switch us[i].Name {
+					case g.WorkerTemplateSide(units.SideA):
+						a = &us[i]
+					case g.WorkerTemplateSide(units.SideB):
+						b = &us[i]
+					}
+				}
+				if a == nil {
+					t.Fatalf("no side-A template %s", g.WorkerTemplate())
+				}
+				if a.Name != g.WorkerTemplate() {
+					t.Errorf("side A is %s, want the contract's %s", a.Name, g.WorkerTemplate())
+				}
+				if side := directives([]Unit{*a}, a.Name, "Service", "Environment"); !strings.Contains(" "+side[0]+" ", " POWERHOUSE_SIDE=a ") {
+					t.Errorf("side A's environment %q lacks POWERHOUSE_SIDE=a", side[0])
+				}
+				if got := strings.Join(directives([]Unit{*a}, a.Name, "Service", "Sockets"), " "); got != tc.sockets {
+					t.Errorf("side A: Sockets=%q, want %q", got, tc.sockets)
+				}
+				if (b != nil) != tc.sideB {
+					t.Fatalf("side-B template %s generated: %v, want %v", g.WorkerTemplateSide(units.SideB), b != nil, tc.sideB)
+				}
+				if b == nil {
+					return
+				}
+				if len(a.Options) != len(b.Options) {
+					t.Fatalf("side A has %d directives, side B %d:\n%s\n%s", len(a.Options), len(b.Options), a.Render(o), b.Render(o))
+				}
+				var differ []string
+				for i, oa := range a.Options {
+					ob := b.Options[i]
+					if oa.Section != ob.Section || oa.Name != ob.Name {
+						t.Fatalf("directive %d: side A %s.%s, side B %s.%s", i, oa.Section, oa.Name, ob.Section, ob.Name)
+					}
+					if oa.Value == ob.Value {
+						continue
+					}
+					differ = append(differ, oa.Name)
+					switch oa.Name {
+					case "Description":
+						if want := "T (w #%i, side b)"; ob.Value != want || oa.Value != "T (w #%i)" {
+							t.Errorf("Description= side A %q, side B %q; want side B %q", oa.Value, ob.Value, want)
+						}
+					case "Environment":
+						if want := strings.Replace(oa.Value, "POWERHOUSE_SIDE=a", "POWERHOUSE_SIDE=b", 1); ob.Value != want {
+							t.Errorf("Environment= side A %q, side B %q; want %q", oa.Value, ob.Value, want)
+						}
+					}
+				}
+				if got := strings.Join(differ, " "); got != "Description Environment" {
+					t.Errorf("the sides differ in %q, want exactly Description and Environment", got)
+				}
+				for _, d := range [][2]string{{"Unit", "Requires"}, {"Unit", "After"}, {"Service", "Sockets"}} {
+					if sa, sb := directives([]Unit{*a}, a.Name, d[0], d[1]), directives([]Unit{*b}, b.Name, d[0], d[1]); !slices.Equal(sa, sb) {
+						t.Errorf("%s=: side A %q, side B %q", d[1], sa, sb)
+					}
+				}
+			})
+		}
 	}
 }

@@ -104,8 +104,10 @@ enables powerhouse.target and asks systemd to reload. System scope: writes
 ` + units.SysusersPath + ` and runs systemd-sysusers, which creates
 the static user and group "powerhouse" workers run as by default (under
 --root, only when DIR has an /etc/passwd). Uninstall leaves the user. --now also starts the
-house, or, when it runs, restarts or reloads only the groups that changed,
-and waits until every group's supervisor is ready (it dispatches to a
+house, or, when it runs, applies the change to the groups that changed
+only (changed worker units by the group's reload, as powerhouse reload
+does; anything else by a restart of its supervisor, which leaves the
+workers running), and waits until every group's supervisor is ready (it dispatches to a
 ready instance): a group that is not fails the command, which names its
 supervisor unit, its state and result, and the last lines the supervisor
 wrote to the journal. While install writes, it holds the lock set and
@@ -327,7 +329,7 @@ func install(e *env, src, root, binary string, user, now bool) error {
 	}
 	for _, g := range affectedGroups(old, c, res.Written, lay.unitDir) {
 		fmt.Fprintf(e.stderr, "install: applying the change to group %s\n", g)
-		if err := applyGroup(e, m, old, c, g, res.Written, lay.unitDir); err != nil {
+		if err := applyGroup(e, m, old, c, e.group(g, user), res.Written, lay.unitDir); err != nil {
 			// Why the group's supervisor did not come back says more
 			// than the failed job.
 			if rerr := groupsReady(e, m, scope, []string{g}, began); rerr != nil {
@@ -395,15 +397,23 @@ func affectedGroups(old, c *config.Config, written []string, unitDir string) []s
 }
 
 // applyGroup brings a running group in line with its new configuration:
-// changed worker units mean a rolling restart of the workers; anything else
-// (amount, config, sockets) is picked up by restarting the supervisor,
-// which leaves the workers running.
-func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, written []string, unitDir string) error {
+// changed worker units mean a reload of the workers, by the group's
+// supervisor (a handover per instance, one at a time: the new process
+// starts on the side of its instance that is not running, from the new
+// unit, and the old one drains); anything else (amount, config, sockets)
+// is picked up by restarting the supervisor, which leaves the workers
+// running.
+func applyGroup(e *env, m units.Manager, old, c *config.Config, gr units.Group, written []string, unitDir string) error {
+	g := gr.Name
 	w := c.Worker(g)
 	workerChanged := false
+	changed := []string{gr.HandoffTemplate()}
+	for _, s := range generator.Sides(w) {
+		changed = append(changed, gr.WorkerTemplateSide(s))
+	}
 	for _, p := range written {
-		if p == filepath.Join(unitDir, units.Group{Name: g}.WorkerTemplate()) || p == filepath.Join(unitDir, units.Group{Name: g}.HandoffTemplate()) {
-			workerChanged = true
+		for _, u := range changed {
+			workerChanged = workerChanged || p == filepath.Join(unitDir, u)
 		}
 	}
 	// Socket units whose listeners changed are rebound: these and the ones
@@ -440,7 +450,7 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 	// brings the group up again on the new units.
 	remade := instanceSocketsToRemake(e, m, old, w)
 	if len(gone)+len(start)+len(remade) > 0 {
-		if err := m.Stop(e.ctx, units.Group{Name: g}.SupervisorUnit()); err != nil {
+		if err := m.Stop(e.ctx, gr.SupervisorUnit()); err != nil {
 			return err
 		}
 		for _, s := range append(append(gone, start...), remade...) {
@@ -452,15 +462,19 @@ func applyGroup(e *env, m units.Manager, old, c *config.Config, g string, writte
 			}
 		}
 	}
-	if err := m.Restart(e.ctx, units.Group{Name: g}.SupervisorUnit()); err != nil {
+	if err := m.Restart(e.ctx, gr.SupervisorUnit()); err != nil {
 		return err
 	}
 	if workerChanged && w.Reloadable && len(remade) == 0 { // remade: already stopped, they start on the new units
-		for n := 1; n <= w.Amount; n++ {
-			if err := m.Restart(e.ctx, units.Group{Name: g}.Instance(n)); err != nil {
-				return fmt.Errorf("group %s: instance %d: %w", g, n, err)
-			}
+		// Not a restart of each instance's side-A unit: after a reload
+		// an instance may run on side B, and restarting side A would
+		// start a second process on its socket and leave the old one.
+		// The supervisor knows which side serves.
+		res, err := client(gr).Reload(e.ctx, e.progress("install", g))
+		if err != nil {
+			return callFailed("install", err)
 		}
+		fmt.Fprintf(e.stderr, "install: %s\n", res.Message)
 	}
 	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/powerhouse/powerhouse/config"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 const tinyConfig = "[[worker]]\nname = \"w\"\nexec = \"/bin/true\"\n[worker.config]\npassword = \"s3cret\"\n"
@@ -319,5 +320,75 @@ func TestUserManagerPrivateSocket(t *testing.T) {
 	defer l.Close()
 	if err := userBus(); err != nil {
 		t.Errorf("userBus with the manager's private socket: %v", err)
+	}
+}
+
+// TestEveryWriterHasBothSides: install --root, the boot-time systemd
+// generator and generate -o all write side B of each reloadable group's
+// worker template (powerhouse-GROUP.b@.service) and none for a group with
+// reloadable = false; install lists it in its manifest, a second install
+// changes nothing, and uninstall removes it with the rest.
+func TestEveryWriterHasBothSides(t *testing.T) {
+	const house = "[[worker]]\nname = \"web\"\nexec = \"/bin/true\"\nsticky = true\nlisten = [80]\n" +
+		"[[worker]]\nname = \"kweb\"\nexec = \"/bin/true\"\nsticky = true\ndispatch = \"kernel\"\nlisten = [\"127.0.0.1:81\"]\n" +
+		"[[worker]]\nname = \"api\"\nexec = \"/bin/true\"\nlisten = [82]\n" +
+		"[[worker]]\nname = \"mail\"\ntype = \"child\"\nexec = \"/bin/true\"\nreloadable = false\n"
+	src := filepath.Join(t.TempDir(), "house.toml")
+	if err := os.WriteFile(src, []byte(house), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	unitDir := filepath.Join(root, "etc/systemd/system")
+	genDir := t.TempDir()
+	outDir := t.TempDir()
+	if code, _, stderr := run(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", src); code != 0 {
+		t.Fatalf("install: %d %s", code, stderr)
+	}
+	t.Setenv("POWERHOUSE_GENERATOR_CONFIG", src)
+	if code, _, stderr := run(t, "systemd-generator", genDir); code != 0 {
+		t.Fatalf("systemd-generator: %d %s", code, stderr)
+	}
+	if code, _, stderr := run(t, "generate", "-o", outDir, src); code != 0 {
+		t.Fatalf("generate -o: %d %s", code, stderr)
+	}
+	manifest, err := os.ReadFile(filepath.Join(root, "etc/powerhouse/.installed.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		group string
+		sideB bool
+	}{{"web", true}, {"kweb", true}, {"api", true}, {"mail", false}} {
+		g := units.Group{Name: tc.group}
+		for _, s := range []units.Side{units.SideA, units.SideB} {
+			want := s == units.SideA || tc.sideB
+			name := g.WorkerTemplateSide(s)
+			for _, dir := range []string{unitDir, genDir, outDir} {
+				b, err := os.ReadFile(filepath.Join(dir, name))
+				if (err == nil) != want {
+					t.Errorf("%s in %s: present %v, want %v", name, dir, err == nil, want)
+					continue
+				}
+				if want && !strings.Contains(string(b), "POWERHOUSE_SIDE="+s.String()+" ") {
+					t.Errorf("%s in %s lacks POWERHOUSE_SIDE=%s:\n%s", name, dir, s, b)
+				}
+			}
+			if listed := strings.Contains(string(manifest), `"/etc/systemd/system/`+name+`"`); listed != want {
+				t.Errorf("%s in the install manifest: %v, want %v", name, listed, want)
+			}
+		}
+	}
+	if code, stdout, stderr := run(t, "install", "--root", root, "--binary", "/usr/bin/powerhouse", src); code != 0 || !strings.Contains(stdout, "install: no change") {
+		t.Errorf("second install: %d %s %s", code, stdout, stderr)
+	}
+	if code, _, stderr := run(t, "uninstall", "--root", root); code != 0 {
+		t.Fatalf("uninstall: %d %s", code, stderr)
+	}
+	if entries, err := os.ReadDir(unitDir); err != nil || len(entries) != 0 {
+		var names []string
+		for _, e := range entries {
+			names = append(names, e.Name())
+		}
+		t.Errorf("unit directory after uninstall: %v %v", names, err)
 	}
 }
