@@ -338,7 +338,7 @@ func (s *Supervisor) drainOld(ctx context.Context, w *config.Worker, n int, oldU
 			result = "stop failed: " + err.Error()
 		}
 		f["result"] = result
-		msg := fmt.Sprintf("worker %s@%d handed over: %s (pid %d) to %s (pid %d)", s.o.Group, n, oldUnit, oldPID, newUnit, newPID)
+		msg := fmt.Sprintf("worker %s@%d reloaded: handed over from %s (pid %d) to %s (pid %d)", s.o.Group, n, oldUnit, oldPID, newUnit, newPID)
 		if ready >= 0 {
 			msg += fmt.Sprintf(", ready in %v", ready.Round(time.Millisecond))
 		}
