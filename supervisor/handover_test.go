@@ -441,3 +441,59 @@ func TestSlotSides(t *testing.T) {
 		}
 	}
 }
+
+// TestKernelHandoverKeepsSlots: in kernel mode, a reload's handovers
+// (old sides draining, then stopped) never take a slot out of the bucket
+// table, never clear its socket from the array, and never stop its
+// socket unit: the new side listens on that very socket.
+func TestKernelHandoverKeepsSlots(t *testing.T) {
+	var p *fakeSteer
+	r, _ := kernelRig(t, 4, func(adopt []*os.File) (steering, error) { p = newFakeSteer(adopt); return p, nil })
+	drains := map[int]chan struct{}{}
+	for n := 1; n <= 4; n++ {
+		drains[n] = make(chan struct{})
+		r.f.drain[r.side(n, units.SideA)] = drains[n]
+	}
+	r.run()
+	r.waitAll()
+	all := []int{1, 2, 3, 4}
+	waitFor(t, r.n, "table of 4", func() bool { tb, _ := p.state(); return slices.Equal(tb, all) })
+	p.mu.Lock()
+	first := len(p.history)
+	p.mu.Unlock()
+	if _, err := r.client().Reload(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range drains {
+		close(c)
+	}
+	waitFor(t, r.n, "4 worker.reload events", func() bool { return len(r.n.eventsOf(events.WorkerReload)) == 4 })
+	waitFor(t, r.n, "the old sides seen at rest", func() bool {
+		r.s.mu.Lock()
+		defer r.s.mu.Unlock()
+		for n := 1; n <= 4; n++ {
+			if st, ok := r.s.sides[sideKey{n, units.SideA}]; !ok || st.ActiveState != units.Inactive {
+				return false
+			}
+		}
+		return true
+	})
+	r.s.kick <- struct{}{}
+	waitFor(t, r.n, "a refresh", func() bool { return len(r.s.kick) == 0 })
+	p.mu.Lock()
+	history := slices.Clone(p.history[first:])
+	p.mu.Unlock()
+	for _, tb := range history {
+		if !slices.Equal(tb, all) {
+			t.Errorf("the bucket table became %v during the handovers (history %v)", tb, history)
+		}
+	}
+	if tb, slots := p.state(); !slices.Equal(tb, all) || !slices.Equal(slots, all) {
+		t.Errorf("after the handovers: table %v, socket slots %v", tb, slots)
+	}
+	for _, j := range r.f.jobs() {
+		if strings.HasSuffix(j, ".socket") && !strings.HasPrefix(j, "start ") {
+			t.Errorf("a slot's socket unit was touched: %q", j)
+		}
+	}
+}
