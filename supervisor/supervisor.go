@@ -360,8 +360,15 @@ loop:
 		// Restart= gave up): waiting longer would only hold up
 		// `systemctl start`.
 		if !s.isReady() && closed(startOver) && s.allDown() {
-			runErr = s.startFailed(ctx, "is up, and systemd is starting none")
-			break loop
+			// The watch's signals may lag behind the start jobs' ends
+			// (an instance up, not observed yet): a fresh look first.
+			if err := s.refresh(ctx); err == nil {
+				s.checkReady(serve, true)
+			}
+			if !s.isReady() && s.allDown() {
+				runErr = s.startFailed(ctx, "is up, and systemd is starting none")
+				break loop
+			}
 		}
 		s.kernelPickup(ctx, time.Now())
 		s.o.Notify("STATUS=" + s.status())
