@@ -182,7 +182,7 @@ func (s *Supervisor) handoverAll(ctx context.Context, verb string, w *config.Wor
 		plan.To = map[int]string{}
 	}
 	s.writePlan(plan)
-	ext := restartBound(w.Service) + extendMargin
+	ext := handoverBound(w.Service) + extendMargin
 	var done []int
 	for i, n := range list {
 		s.o.Notify(fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", ext.Microseconds()))

@@ -210,11 +210,11 @@ func span(v string) time.Duration {
 	return time.Duration(n) * unit
 }
 
-// restartBound is the longest the handover of one instance may take: the
-// other side's drain from an earlier reload (its stop timeout), then the
-// new side's start timeout.
-func restartBound(svc config.Service) time.Duration {
-	return span(svc.TimeoutStop) + span(svc.TimeoutStart)
+// handoverBound is the longest the handover of one instance may take:
+// the other side's drain from an earlier reload (its stop timeout), the
+// new side's start timeout, and, when it does not become ready, its stop.
+func handoverBound(svc config.Service) time.Duration {
+	return 2*span(svc.TimeoutStop) + span(svc.TimeoutStart)
 }
 
 // scale is MethodScale: run amount instances from now on.

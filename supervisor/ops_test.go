@@ -158,8 +158,9 @@ func TestReload(t *testing.T) {
 	if !slices.Equal(jobs, wantJobs) {
 		t.Errorf("jobs %q, want %q", jobs, wantJobs)
 	}
-	// 5s stop + 20s start + 10s margin.
-	if got := r.n.find("EXTEND_TIMEOUT_USEC=35000000"); len(got) != 3 {
+	// 5s for an earlier drain + 20s start + 5s stop of a new side that
+	// fails + 10s margin.
+	if got := r.n.find("EXTEND_TIMEOUT_USEC=40000000"); len(got) != 3 {
 		t.Errorf("EXTEND_TIMEOUT_USEC sent %d times, want 3: %q", len(got), r.n.notify)
 	}
 	waitFor(t, r.n, "3 worker.reload events", func() bool { return len(r.n.eventsOf(events.WorkerReload)) == 3 })
