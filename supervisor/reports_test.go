@@ -68,11 +68,12 @@ func TestReportsDecideDelivery(t *testing.T) {
 	var signals, restarts []int
 	for _, j := range r.f.jobs() {
 		verb, unit, _ := strings.Cut(strings.TrimPrefix(j, "signal hangup"), " ")
-		n, ok := r.s.g.InstanceOf(unit)
+		// A handover reload starts side B of each instance it renews.
+		n, side, ok := r.s.g.SideOf(unit)
 		switch {
 		case ok && verb == "":
 			signals = append(signals, n)
-		case ok && verb == "restart":
+		case ok && verb == "start" && side == units.SideB:
 			restarts = append(restarts, n)
 		}
 	}
