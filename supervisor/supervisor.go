@@ -162,7 +162,7 @@ func New(o Options) (*Supervisor, error) {
 		sides: map[sideKey]units.UnitState{}, sidePIDs: map[sideKey]uint32{}, draining: map[sideKey]time.Time{},
 		uid: os.Geteuid(), ops: make(chan *operation, maxWaiting), kick: make(chan struct{}, 1)}
 	s.beats = func() []uint64 { return nil }
-	s.declared.hello = map[int]heard{}
+	s.declared.hello = map[slotSide]heard{}
 	if s.o.Reports == nil {
 		s.o.Reports = workerReports{s}
 	}
