@@ -426,11 +426,17 @@ func (s *Supervisor) resume(ctx context.Context, plan *reloadPlan, progress func
 	return res, nil
 }
 
-// settleSlots finds, at the supervisor's start, slots with both sides
-// serving and no reload to say which is new (an operator started the
-// other side by hand): the newer keeps serving, the older is stopped
-// (its stop is its drain), in the background.
-func (s *Supervisor) settleSlots(ctx context.Context) {
+// settleSlots finds slots with both sides serving and no reload to say
+// which is new (an operator started the other side by hand): the newer
+// keeps serving, the older is stopped (its stop is its drain), in the
+// background. It returns those slots. It runs at the supervisor's start,
+// and as the "settle" operation when the main loop sees such a slot
+// between operations (settleIfBoth).
+//
+// So `systemctl restart powerhouse-web@2.service` while side B serves
+// instance 2 is a handover the operator asked for: side A starts beside
+// B, and B drains once the supervisor sees both.
+func (s *Supervisor) settleSlots(ctx context.Context) []int {
 	s.mu.Lock()
 	var both []int
 	for n := range s.state {
@@ -455,5 +461,37 @@ func (s *Supervisor) settleSlots(ctx context.Context) {
 				s.log.Warn("the older side was not stopped", "unit", oldUnit, "err", err)
 			}
 		}()
+	}
+	return both
+}
+
+// settleIfBoth queues the "settle" operation when a slot has both sides
+// serving and no operation runs or waits (a handover has both serving
+// only inside its operation, and stops the old side itself).
+func (s *Supervisor) settleIfBoth() {
+	s.mu.Lock()
+	both := false
+	for n := range s.state {
+		if serving(s.sides[sideKey{n, units.SideA}]) && serving(s.sides[sideKey{n, units.SideB}]) {
+			both = true
+			break
+		}
+	}
+	s.mu.Unlock()
+	if !both {
+		return
+	}
+	s.opMu.Lock()
+	idle := s.running == "" && s.waiting == 0 && !s.stopping
+	s.opMu.Unlock()
+	if !idle {
+		return
+	}
+	err := s.submit("settle", func(ctx context.Context, progress func(Progress)) (OperationResult, error) {
+		settled := s.settleSlots(ctx)
+		return OperationResult{Message: fmt.Sprintf("settle %s: %d instances had both sides serving; the older side drains", s.o.Group, len(settled)), Instances: settled}, nil
+	}, nil)
+	if err != nil {
+		s.log.Debug("settle not queued", "err", err)
 	}
 }

@@ -497,3 +497,23 @@ func TestKernelHandoverKeepsSlots(t *testing.T) {
 		}
 	}
 }
+
+// TestBothSidesAtRunTime: an operator who starts the other side of a
+// serving instance by hand (systemctl restart powerhouse-api@2.service
+// while side B serves it) gets a handover: the supervisor sees both
+// serving between operations, the newer keeps serving, the older stops.
+func TestBothSidesAtRunTime(t *testing.T) {
+	r := newRig(t, strings.Replace(apiTOML, "amount = 3", "amount = 2", 1), "api", nil)
+	r.run()
+	r.waitAll()
+	waitFor(t, r.n, "side A of both instances serving", func() bool {
+		return serving(mustState(t, r.f, r.side(1, units.SideA))) && serving(mustState(t, r.f, r.side(2, units.SideA)))
+	})
+	r.f.set(r.side(2, units.SideB), units.Active, "")
+	waitFor(t, r.n, "the older side of instance 2 to stop", func() bool {
+		return !serving(mustState(t, r.f, r.side(2, units.SideA)))
+	})
+	if !serving(mustState(t, r.f, r.side(2, units.SideB))) || !serving(mustState(t, r.f, r.side(1, units.SideA))) {
+		t.Errorf("a newer or unrelated side was stopped: jobs %q", r.f.jobs())
+	}
+}

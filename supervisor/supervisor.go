@@ -332,6 +332,7 @@ loop:
 			if err := s.refresh(ctx); err != nil {
 				s.log.Warn("refresh failed", "err", err)
 			}
+			s.settleIfBoth()
 		case <-s.kick:
 			if err := s.refresh(ctx); err != nil {
 				s.log.Warn("refresh failed", "err", err)
