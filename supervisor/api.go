@@ -230,8 +230,9 @@ func (c *Client) Status(ctx context.Context) (GroupStatus, error) {
 	return gs, err
 }
 
-// Reload restarts the group's instances one at a time, each once the
-// previous is ready again.
+// Reload hands the group's instances over to new processes one at a
+// time: each new one is ready before the old one is told to stop and
+// drain (docs/ARCHITECTURE.md, "Reload").
 func (c *Client) Reload(ctx context.Context, progress func(Progress)) (OperationResult, error) {
 	var r OperationResult
 	err := c.Call(ctx, MethodReload, nil, progress, &r)

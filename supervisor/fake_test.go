@@ -35,6 +35,11 @@ type fakeManager struct {
 	fail map[string]string
 	// hold makes a restart of the unit wait until the channel closes.
 	hold map[string]chan struct{}
+	// drain makes a stop of the unit, while its process runs, take until
+	// the channel closes: the unit is deactivating with a stop job, its
+	// process still there (an old side draining after a handover).
+	// Another stop meanwhile joins it, as systemd's does.
+	drain map[string]chan struct{}
 	// busErr, when set, is the error of every call (the bus went away).
 	busErr error
 	// stall, when set, makes State wait until it closes (a manager that
@@ -53,7 +58,7 @@ type fakeUnit struct {
 }
 
 func newFake() *fakeManager {
-	return &fakeManager{units: map[string]*fakeUnit{}, fail: map[string]string{}, hold: map[string]chan struct{}{}, nextPID: 100}
+	return &fakeManager{units: map[string]*fakeUnit{}, fail: map[string]string{}, hold: map[string]chan struct{}{}, drain: map[string]chan struct{}{}, nextPID: 100}
 }
 
 func (f *fakeManager) unit(name string) *fakeUnit {
@@ -208,6 +213,24 @@ func (f *fakeManager) Stop(ctx context.Context, name string) error {
 	}
 	f.log = append(f.log, "stop "+name)
 	u := f.unit(name)
+	if d := f.drain[name]; d != nil && u.pid != 0 {
+		if u.st.JobType != units.JobStop {
+			u.st.ActiveState, u.st.SubState, u.st.JobType = units.Deactivating, "stop-sigterm", units.JobStop
+			f.changed(name)
+		}
+		f.mu.Unlock()
+		select {
+		case <-d:
+		case <-ctx.Done():
+			f.mu.Lock()
+			return fmt.Errorf("stop %s: %w", name, ctx.Err())
+		}
+		f.mu.Lock()
+		if u.st.JobType != units.JobStop {
+			return nil // a joined stop ended it already
+		}
+		u.st.JobType = units.NoJob
+	}
 	if u.pid != 0 {
 		u.exit = units.MainExit{Kind: units.Killed, Status: int(syscall.SIGTERM), Result: "success"}
 	}
@@ -336,6 +359,24 @@ func (f *fakeManager) Watch(ctx context.Context) (<-chan string, error) {
 	c := make(chan string, 256)
 	f.watches = append(f.watches, c)
 	return c, nil
+}
+
+// draining says whether unit is deactivating with its stop job.
+func (f *fakeManager) draining(name string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	u := f.units[name]
+	return u != nil && u.st.ActiveState == units.Deactivating && u.st.JobType == units.JobStop
+}
+
+// pidOf is unit's main PID, 0 for none.
+func (f *fakeManager) pidOf(name string) uint32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if u := f.units[name]; u != nil {
+		return u.pid
+	}
+	return 0
 }
 
 // notes records what the supervisor tells systemd and the events it emits.

@@ -151,11 +151,12 @@ func (s *Supervisor) runOps(ctx context.Context) {
 	}
 }
 
-// Reload is MethodReload: a rolling restart of instances 1..amount, one
-// at a time, each once the previous one is ready again (Manager.Restart
-// waits for READY=1 of a Type=notify worker). It stops at the first
-// instance that does not come back, naming it and why; the instances
-// after it keep their old process.
+// Reload is MethodReload: a handover of instances 1..amount, one at a
+// time (handoverAll): each slot's new process is started beside the old
+// one and ready (READY=1) before the old one is told to stop; the old
+// ones drain in the background, overlapping. It stops at the first
+// instance whose new process does not become ready, naming it and why;
+// that one and the instances after it keep their old process.
 func (s *Supervisor) reload(ctx context.Context, progress func(Progress)) (OperationResult, error) {
 	s.mu.Lock()
 	w, amount := s.w, s.amount
@@ -167,40 +168,11 @@ func (s *Supervisor) reload(ctx context.Context, progress func(Progress)) (Opera
 	for i := range list {
 		list[i] = i + 1
 	}
-	done, err := s.rollingRestart(ctx, "reload", w, list, progress)
+	done, err := s.handoverAll(ctx, "reload", w, list, nil, progress)
 	if err != nil {
 		return OperationResult{Instances: done}, err
 	}
-	return OperationResult{Message: fmt.Sprintf("reload %s: %d instances restarted", s.o.Group, len(done)), Instances: done}, nil
-}
-
-// rollingRestart restarts the instances of list one at a time. Before
-// each it tells systemd that it needs up to that instance's stop and start
-// timeouts more (EXTEND_TIMEOUT_USEC=): `systemctl reload` runs under the
-// supervisor's TimeoutStartSec=, and a long reload that progresses must
-// not be killed half-way, while one that hangs still is.
-func (s *Supervisor) rollingRestart(ctx context.Context, verb string, w *config.Worker, list []int, progress func(Progress)) ([]int, error) {
-	ext := restartBound(w.Service) + extendMargin
-	var done []int
-	for i, n := range list {
-		unit := s.g.Instance(n)
-		s.o.Notify(fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", ext.Microseconds()))
-		progress(Progress{Message: fmt.Sprintf("%s %s: restarting %s (%d/%d)", verb, s.o.Group, unit, i+1, len(list)), Instance: n})
-		if err := s.o.Manager.Restart(ctx, unit); err != nil {
-			why := err.Error()
-			if x, xerr := s.o.Manager.MainExit(ctx, unit); xerr == nil && x.Result != "" && x.Result != "success" {
-				why += " (result " + x.Result + ")"
-			}
-			rest := ""
-			if len(list) > i+1 {
-				rest = fmt.Sprintf("; instances %s keep their old process", joinInts(list[i+1:]))
-			}
-			return done, failed("%s %s: instance %d (%s) did not become ready: %s%s", verb, s.o.Group, n, unit, why, rest)
-		}
-		s.emit(events.WorkerReload, n, fmt.Sprintf("worker %s@%d reloaded", s.o.Group, n), nil)
-		done = append(done, n)
-	}
-	return done, nil
+	return OperationResult{Message: fmt.Sprintf("reload %s: %d instances handed over; old processes drain for up to %v", s.o.Group, len(done), span(w.Service.TimeoutStop)), Instances: done}, nil
 }
 
 func joinInts(ns []int) string {
@@ -238,10 +210,11 @@ func span(v string) time.Duration {
 	return time.Duration(n) * unit
 }
 
-// restartBound is the longest a restart of one instance may take: its
-// stop timeout, then its start timeout.
-func restartBound(svc config.Service) time.Duration {
-	return span(svc.TimeoutStop) + span(svc.TimeoutStart)
+// handoverBound is the longest the handover of one instance may take:
+// the other side's drain from an earlier reload (its stop timeout), the
+// new side's start timeout, and, when it does not become ready, its stop.
+func handoverBound(svc config.Service) time.Duration {
+	return 2*span(svc.TimeoutStop) + span(svc.TimeoutStart)
 }
 
 // scale is MethodScale: run amount instances from now on.
@@ -294,50 +267,68 @@ func (s *Supervisor) converge(ctx context.Context, progress func(Progress)) (sta
 	defer cancel()
 	s.mu.Lock()
 	amount := s.amount
-	known := map[int]units.UnitState{}
-	for n, st := range s.state {
-		known[n] = st
+	known := map[sideKey]units.UnitState{}
+	for k, st := range s.sides {
+		known[k] = st
 	}
 	s.mu.Unlock()
 	// Fresh states when systemd answers; what the main loop saw otherwise.
-	if sts, err := s.o.Manager.States(ctx, s.g.InstancePattern()); err == nil {
-		known = map[int]units.UnitState{}
+	if sts, err := s.o.Manager.States(ctx, s.g.InstancePatterns()...); err == nil {
+		known = map[sideKey]units.UnitState{}
 		for _, st := range sts {
-			if n, ok := s.g.InstanceOf(st.Name); ok {
-				known[n] = st
+			if n, side, ok := s.g.SideOf(st.Name); ok {
+				known[sideKey{n, side}] = st
 			}
 		}
+	}
+	slots := map[int]bool{}
+	for k := range known {
+		slots[k.n] = true
 	}
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var failures []string
-	fail := func(n int, what string, err error) {
+	fail := func(n int, what, unit string, err error) {
 		mu.Lock()
-		failures = append(failures, fmt.Sprintf("instance %d (%s) did not %s: %v", n, s.g.Instance(n), what, err))
+		failures = append(failures, fmt.Sprintf("instance %d (%s) did not %s: %v", n, unit, what, err))
 		mu.Unlock()
 	}
 	for n := 1; n <= amount; n++ {
-		if st, ok := known[n]; !ok || !st.ActiveState.Running() || st.JobType == units.JobStop {
+		// A slot runs when either side does; its start (a no-op for a
+		// side running, a wait for one coming up) is that side's, or
+		// side A's when neither is.
+		a, b := known[sideKey{n, units.SideA}], known[sideKey{n, units.SideB}]
+		side := units.SideA
+		switch {
+		case serving(a):
+		case serving(b):
+			side = units.SideB
+		case Member(b) && !Member(a):
+			side = units.SideB
+		}
+		unit := s.g.InstanceSide(n, side)
+		if !serving(a) && !serving(b) {
 			started = append(started, n)
-			progress(Progress{Message: fmt.Sprintf("scale %s: starting %s", s.o.Group, s.g.Instance(n)), Instance: n})
+			progress(Progress{Message: fmt.Sprintf("scale %s: starting %s", s.o.Group, unit), Instance: n})
 		}
 		wg.Add(1)
 		go func(n int) {
 			defer wg.Done()
-			if err := s.o.Manager.Start(ctx, s.g.Instance(n)); err != nil {
-				if x, xerr := s.o.Manager.MainExit(ctx, s.g.Instance(n)); xerr == nil && x.Result != "" && x.Result != "success" {
+			if err := s.o.Manager.Start(ctx, unit); err != nil {
+				if x, xerr := s.o.Manager.MainExit(ctx, unit); xerr == nil && x.Result != "" && x.Result != "success" {
 					err = fmt.Errorf("%w (result %s)", err, x.Result)
 				}
-				fail(n, "start", err)
+				fail(n, "start", unit, err)
 			}
 		}(n)
 	}
-	for n, st := range known {
-		if n <= amount || st.ActiveState.AtRest() && st.JobType == units.NoJob {
+	for n := range slots {
+		a, b := known[sideKey{n, units.SideA}], known[sideKey{n, units.SideB}]
+		if n <= amount || a.ActiveState.AtRest() && a.JobType == units.NoJob && b.ActiveState.AtRest() && b.JobType == units.NoJob {
 			continue
 		}
 		stopped = append(stopped, n)
-		progress(Progress{Message: fmt.Sprintf("scale %s: stopping %s", s.o.Group, s.g.Instance(n)), Instance: n})
+		progress(Progress{Message: fmt.Sprintf("scale %s: stopping instance %d", s.o.Group, n), Instance: n})
 		// Out of dispatch first: a connection sent to a surplus
 		// instance while it stops would be queued in its hand-off
 		// socket and start it again (socket activation), and a
@@ -348,18 +339,24 @@ func (s *Supervisor) converge(ctx context.Context, progress func(Progress)) (sta
 		wg.Add(1)
 		go func(n int) {
 			defer wg.Done()
-			// Stopping the hand-off socket stops the service too
+			// Stopping the hand-off socket stops both sides too
 			// (Requires=), in one transaction: the worker drains what
 			// was queued before it left dispatch, and nothing can start
 			// it again.
 			// Kernel mode: its listening socket, likewise.
 			if s.disp != nil || s.kern != nil {
 				if err := s.o.Manager.Stop(ctx, s.g.HandoffSocket(n)); err != nil {
-					fail(n, "stop its socket", err)
+					fail(n, "stop its socket", s.g.HandoffSocket(n), err)
 				}
 			}
-			if err := s.o.Manager.Stop(ctx, s.g.Instance(n)); err != nil {
-				fail(n, "stop", err)
+			for _, side := range []units.Side{units.SideA, units.SideB} {
+				unit := s.g.InstanceSide(n, side)
+				if st, ok := known[sideKey{n, side}]; !ok || st.ActiveState.AtRest() && st.JobType == units.NoJob {
+					continue
+				}
+				if err := s.o.Manager.Stop(ctx, unit); err != nil {
+					fail(n, "stop", unit, err)
+				}
 			}
 		}(n)
 	}
@@ -489,7 +486,7 @@ func asJSON(v any) any {
 // says so (reload_signal); a rolling restart for the others, since SIGHUP
 // ends a process that does not handle it, unless reloadable = false.
 func (s *Supervisor) deliver(ctx context.Context, w *config.Worker, progress func(Progress)) (string, []int, error) {
-	sts, err := s.o.Manager.States(ctx, s.g.InstancePattern())
+	sts, err := s.o.Manager.States(ctx, s.g.InstancePatterns()...)
 	if err != nil {
 		return "", nil, failed("reconfigure %s: %v", s.o.Group, err)
 	}
@@ -497,11 +494,21 @@ func (s *Supervisor) deliver(ctx context.Context, w *config.Worker, progress fun
 	amount := s.amount
 	s.mu.Unlock()
 	var hup, restart []int
+	// Per slot, the side that serves it (the newer of two).
+	unitOf := map[int]string{}
 	for _, st := range sts {
-		n, ok := s.g.InstanceOf(st.Name)
-		if !ok || n > amount || !st.ActiveState.Running() {
+		n, _, ok := s.g.SideOf(st.Name)
+		if !ok || n > amount || !serving(st) {
 			continue
 		}
+		if prev, dup := unitOf[n]; dup {
+			if side := s.newerSide(ctx, n); s.g.InstanceSide(n, side) == prev {
+				continue
+			}
+			unitOf[n] = st.Name
+			continue
+		}
+		unitOf[n] = st.Name
 		if w.ReloadSignal == config.ReloadSIGHUP || (s.o.Reports != nil && s.o.Reports.ReloadsOnSIGHUP(n)) {
 			hup = append(hup, n)
 		} else {
@@ -521,9 +528,9 @@ func (s *Supervisor) deliver(ctx context.Context, w *config.Worker, progress fun
 			why = "they declared it over the report channel"
 		}
 		for _, n := range hup {
-			progress(Progress{Message: fmt.Sprintf("reconfigure %s: SIGHUP to %s", s.o.Group, s.g.Instance(n)), Instance: n})
-			if err := s.o.Manager.Signal(ctx, s.g.Instance(n), syscall.SIGHUP); err != nil {
-				return "", done, failed("reconfigure %s: deliver to instance %d (%s): %v", s.o.Group, n, s.g.Instance(n), err)
+			progress(Progress{Message: fmt.Sprintf("reconfigure %s: SIGHUP to %s", s.o.Group, unitOf[n]), Instance: n})
+			if err := s.o.Manager.Signal(ctx, unitOf[n], syscall.SIGHUP); err != nil {
+				return "", done, failed("reconfigure %s: deliver to instance %d (%s): %v", s.o.Group, n, unitOf[n], err)
 			}
 			done = append(done, n)
 		}
@@ -533,12 +540,12 @@ func (s *Supervisor) deliver(ctx context.Context, w *config.Worker, progress fun
 		if !w.Reloadable {
 			parts = append(parts, fmt.Sprintf("%d running workers keep the old configuration until they restart (no reload_signal, and reloadable = false forbids a rolling restart)", len(restart)))
 		} else {
-			r, err := s.rollingRestart(ctx, "reconfigure", w, restart, progress)
+			r, err := s.handoverAll(ctx, "reconfigure", w, restart, nil, progress)
 			done = append(done, r...)
 			if err != nil {
 				return "", done, err
 			}
-			parts = append(parts, fmt.Sprintf("restarted %d instances one at a time (no reload_signal: the workers may not handle SIGHUP)", len(restart)))
+			parts = append(parts, fmt.Sprintf("handed %d instances over to new processes one at a time (no reload_signal: the workers may not handle SIGHUP)", len(restart)))
 		}
 	}
 	return strings.Join(parts, "; "), done, nil
@@ -603,31 +610,47 @@ func (s *Supervisor) groupStatus(ctx context.Context, full bool) GroupStatus {
 			in[n] = true
 		}
 	}
-	sts, err := s.o.Manager.States(ctx, s.g.InstancePattern())
+	sts, err := s.o.Manager.States(ctx, s.g.InstancePatterns()...)
 	if err != nil {
 		// What the main loop saw last.
 		s.mu.Lock()
-		for _, st := range s.state {
+		for _, st := range s.sides {
 			sts = append(sts, st)
 		}
 		s.mu.Unlock()
 	}
-	seen := map[int]bool{}
+	slots := map[int][]units.UnitState{}
 	for _, st := range sts {
-		n, ok := s.g.InstanceOf(st.Name)
-		if !ok || seen[n] {
-			continue
+		if n, _, ok := s.g.SideOf(st.Name); ok {
+			slots[n] = append(slots[n], st)
 		}
+	}
+	seen := map[int]bool{}
+	for n, sides := range slots {
 		seen[n] = true
+		st, dr := SlotSides(sides)
 		is := InstanceStatus{Instance: n, UnitStatus: UnitStatus{Unit: st.Name, State: string(st.ActiveState), SubState: st.SubState},
 			HandedOff: ds.PerInstance[n], Queued: ds.Queued[n], InDispatch: in[n], Buckets: buckets[n]}
-		if st.ActiveState.Running() {
+		if st.ActiveState.Running() || st.ActiveState == units.Deactivating {
 			is.PID, _ = s.o.Manager.MainPID(ctx, st.Name)
 		}
-		is.Restarts, _ = s.o.Manager.Restarts(ctx, st.Name)
+		for _, x := range sides {
+			r, _ := s.o.Manager.Restarts(ctx, x.Name)
+			is.Restarts += r
+		}
 		if st.ActiveState == units.Active {
 			if t, err := s.o.Manager.Since(ctx, st.Name); err == nil && !t.IsZero() {
 				is.UptimeSeconds = time.Since(t).Round(time.Millisecond).Seconds()
+			}
+		}
+		if dr != nil {
+			if pid, err := s.o.Manager.MainPID(ctx, dr.Name); err == nil && pid != 0 {
+				is.Draining = &DrainingStatus{Unit: dr.Name, PID: pid}
+				if _, side, ok := s.g.SideOf(dr.Name); ok {
+					s.mu.Lock()
+					is.Draining.Since = s.draining[sideKey{n, side}]
+					s.mu.Unlock()
+				}
 			}
 		}
 		gs.Instances = append(gs.Instances, is)

@@ -108,67 +108,138 @@ func TestReadyOnlyWithAnInstanceUp(t *testing.T) {
 	}
 }
 
-// TestReload: a rolling reload restarts instance after instance, each
-// with its progress line, its EXTEND_TIMEOUT_USEC= and its worker.reload
-// event emitted by the supervisor.
+// TestReload: a reload hands instance after instance over to its other
+// side: the new side is started (and ready: its start job ended) before
+// the old one is told to stop, each with its progress lines naming units
+// and PIDs, its EXTEND_TIMEOUT_USEC= and, once the old one has stopped,
+// its worker.reload event with both processes. A second reload hands
+// each back to side A.
 func TestReload(t *testing.T) {
-	r := newRig(t, apiTOML+"[worker.service]\ntimeout_start = \"20s\"\ntimeout_stop = \"5s\"\n", "api", nil)
+	r := newRig(t, apiTOML+"[worker.service]\ntimeout_start = \"20s\"\ntimeout_stop = \"5s\"\n", "api", func(f *fakeManager, o *Options) {
+		o.Reports = drainedOf{}
+	})
 	r.run()
 	r.waitAll()
+	old := map[int]uint32{}
+	for n := 1; n <= 3; n++ {
+		old[n] = r.f.pidOf(r.instance(n))
+	}
+	r.s.o.Reports.(drainedOf)[old[2]] = [2]uint64{7, 1}
 	var lines []string
 	res, err := r.client().Reload(context.Background(), func(p Progress) { lines = append(lines, p.Message) })
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(res.Instances, []int{1, 2, 3}) || res.Message != "reload api: 3 instances restarted" {
+	if !slices.Equal(res.Instances, []int{1, 2, 3}) || res.Message != "reload api: 3 instances handed over; old processes drain for up to 5s" {
 		t.Errorf("result %+v", res)
 	}
-	want := []string{"reload api: restarting powerhouse-api@1.service (1/3)", "reload api: restarting powerhouse-api@2.service (2/3)", "reload api: restarting powerhouse-api@3.service (3/3)"}
-	if !slices.Equal(lines, want) {
-		t.Errorf("progress %q, want %q", lines, want)
+	var want []string
+	for n := 1; n <= 3; n++ {
+		b := r.s.g.InstanceSide(n, units.SideB)
+		want = append(want, fmt.Sprintf("reload api: starting %s beside %s (pid %d) (%d/3)", b, r.instance(n), old[n], n),
+			fmt.Sprintf("reload api: %s (pid %d) ready in ", b, r.f.pidOf(b)))
 	}
-	var restarts []string
-	for _, j := range r.f.jobs() {
-		if strings.HasPrefix(j, "restart ") {
-			restarts = append(restarts, j)
+	if len(lines) != len(want) {
+		t.Fatalf("progress %q, want %q", lines, want)
+	}
+	for i := range want {
+		if !strings.HasPrefix(lines[i], want[i]) {
+			t.Errorf("progress line %d %q, want %q...", i, lines[i], want[i])
 		}
 	}
-	if !slices.Equal(restarts, []string{"restart powerhouse-api@1.service", "restart powerhouse-api@2.service", "restart powerhouse-api@3.service"}) {
-		t.Errorf("jobs %q", restarts)
+	// The new side's start, then the old side's stop, slot by slot.
+	var jobs []string
+	for _, j := range r.f.jobs() {
+		if strings.Contains(j, ".b@") || strings.HasPrefix(j, "stop ") || strings.HasPrefix(j, "restart ") {
+			jobs = append(jobs, j)
+		}
 	}
-	// 5s stop + 20s start + 10s margin.
-	if got := r.n.find("EXTEND_TIMEOUT_USEC=35000000"); len(got) != 3 {
+	wantJobs := []string{"start powerhouse-api.b@1.service", "stop powerhouse-api@1.service", "start powerhouse-api.b@2.service", "stop powerhouse-api@2.service", "start powerhouse-api.b@3.service", "stop powerhouse-api@3.service"}
+	if !slices.Equal(jobs, wantJobs) {
+		t.Errorf("jobs %q, want %q", jobs, wantJobs)
+	}
+	// 5s for an earlier drain + 20s start + 5s stop of a new side that
+	// fails + 10s margin.
+	if got := r.n.find("EXTEND_TIMEOUT_USEC=40000000"); len(got) != 3 {
 		t.Errorf("EXTEND_TIMEOUT_USEC sent %d times, want 3: %q", len(got), r.n.notify)
 	}
-	if ev := r.n.eventsOf(events.WorkerReload); len(ev) != 3 || ev[0].Instance != 1 || ev[2].Instance != 3 {
-		t.Errorf("worker.reload events %+v", ev)
+	waitFor(t, r.n, "3 worker.reload events", func() bool { return len(r.n.eventsOf(events.WorkerReload)) == 3 })
+	for _, e := range r.n.eventsOf(events.WorkerReload) {
+		n := e.Instance
+		b := r.s.g.InstanceSide(n, units.SideB)
+		f := e.Fields
+		if f["old_unit"] != r.instance(n) || f["new_unit"] != b || f["old_pid"] != fmt.Sprint(old[n]) || f["new_pid"] != fmt.Sprint(r.f.pidOf(b)) || f["ready_ms"] == "" || f["result"] != "success" {
+			t.Errorf("worker.reload of instance %d: %+v", n, e)
+		}
+		if n == 2 && (f["drained"] != "7" || f["cut"] != "1" || !strings.Contains(e.Message, "drained 7 connections, cut 1")) {
+			t.Errorf("worker.reload of instance 2 lacks the drain report: %+v", e)
+		} else if n != 2 && (f["drained"] != "" || f["cut"] != "") {
+			t.Errorf("worker.reload of instance %d has a drain report it did not send: %+v", n, e)
+		}
+	}
+	waitFor(t, r.n, "the plan to go", func() bool { _, err := os.Stat(r.s.planPath()); return err != nil })
+	// And back to side A.
+	r.f.mu.Lock()
+	r.f.log = nil
+	r.f.mu.Unlock()
+	if _, err := r.client().Reload(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if j := r.f.jobs(); len(j) < 2 || j[0] != "start powerhouse-api@1.service" || j[1] != "stop powerhouse-api.b@1.service" {
+		t.Errorf("second reload's jobs %q", j)
 	}
 }
 
-// TestReloadFailureNamesInstance: an instance that does not come back
-// ends the reload with an error naming it and why; the instances after
-// it keep their old process.
+// drainedOf is Reports with the drain reports of the PIDs it holds.
+type drainedOf map[uint32][2]uint64
+
+func (drainedOf) ReloadsOnSIGHUP(int) bool { return false }
+func (d drainedOf) Drained(pid uint32) (uint64, uint64, bool) {
+	x, ok := d[pid]
+	return x[0], x[1], ok
+}
+
+// TestReloadFailureNamesInstance: an instance whose new side does not
+// become ready (its start job fails: here systemd's start timeout) ends
+// the reload with an error naming it, its unit and why; the new side is
+// stopped, the old one was never told anything and keeps serving, and
+// the instances after it keep their old process. The slot never leaves
+// dispatch.
 func TestReloadFailureNamesInstance(t *testing.T) {
 	r := newRig(t, apiTOML, "api", nil)
 	r.run()
 	r.waitAll()
+	b2 := r.s.g.InstanceSide(2, units.SideB)
 	r.f.mu.Lock()
-	r.f.fail[r.instance(2)] = "timeout"
-	pid3 := r.f.units[r.instance(3)].pid
+	r.f.fail[b2] = "timeout"
 	r.f.mu.Unlock()
+	pid2, pid3 := r.f.pidOf(r.instance(2)), r.f.pidOf(r.instance(3))
 	_, err := r.client().Reload(context.Background(), nil)
 	if callErrName(err) != ErrFailed {
 		t.Fatalf("error %v, want %s", err, ErrFailed)
 	}
-	want := "reload api: instance 2 (powerhouse-api@2.service) did not become ready: restart powerhouse-api@2.service: job failed (result timeout); instances 3 keep their old process"
+	want := fmt.Sprintf("reload api: instance 2 (powerhouse-api.b@2.service) did not become ready: start powerhouse-api.b@2.service: job failed (result timeout); powerhouse-api@2.service (pid %d) keeps serving; instances 3 keep their old process", pid2)
 	if err.Error() != want {
 		t.Errorf("error %q,\nwant %q", err, want)
 	}
-	r.f.mu.Lock()
-	if p := r.f.units[r.instance(3)].pid; p != pid3 {
+	if p := r.f.pidOf(r.instance(2)); p != pid2 {
+		t.Errorf("instance 2's old process %d replaced by %d", pid2, p)
+	}
+	if p := r.f.pidOf(r.instance(3)); p != pid3 {
 		t.Errorf("instance 3 restarted: pid %d -> %d", pid3, p)
 	}
-	r.f.mu.Unlock()
+	if !slices.Contains(r.f.jobs(), "stop "+b2) {
+		t.Errorf("the new side that failed was not stopped: %q", r.f.jobs())
+	}
+	for _, j := range r.f.jobs() {
+		if j == "stop "+r.instance(2) || j == "stop "+r.instance(3) {
+			t.Errorf("an old side was stopped: %q", r.f.jobs())
+		}
+	}
+	if _, err := os.Stat(r.s.planPath()); err == nil {
+		t.Error("the plan of a failed reload is left behind")
+	}
+	waitFor(t, r.n, "3/3 up", func() bool { up, _ := r.s.upCount(); return up == 3 })
 }
 
 func TestReloadNotReloadable(t *testing.T) {
@@ -191,7 +262,7 @@ func TestReloadOutlivesItsCaller(t *testing.T) {
 	r.waitAll()
 	hold := make(chan struct{})
 	r.f.mu.Lock()
-	r.f.hold[r.instance(2)] = hold
+	r.f.hold[r.s.g.InstanceSide(2, units.SideB)] = hold
 	r.f.mu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
@@ -223,6 +294,7 @@ func TestReloadOutlivesItsCaller(t *testing.T) {
 	if err := <-second; err != nil {
 		t.Fatal(err)
 	}
+	waitFor(t, r.n, "6 worker.reload events", func() bool { return len(r.n.eventsOf(events.WorkerReload)) >= 6 })
 	if len(lines) == 0 || !strings.Contains(lines[0], "reload api: waiting for the running reload to end") {
 		t.Errorf("the second caller was not told it waits: %q", lines)
 	}
@@ -247,7 +319,7 @@ func TestScale(t *testing.T) {
 	if err != nil || res.Message != "scale api: 2 instances running; stopped 3, 4, 5" {
 		t.Fatalf("scale 2: %+v %v", res, err)
 	}
-	if len(lines) != 3 || !strings.Contains(strings.Join(lines, "\n"), "scale api: stopping powerhouse-api@4.service") {
+	if len(lines) != 3 || !strings.Contains(strings.Join(lines, "\n"), "scale api: stopping instance 4") {
 		t.Errorf("progress %q", lines)
 	}
 	for n := 3; n <= 5; n++ {
@@ -286,9 +358,9 @@ func TestReconfigure(t *testing.T) {
 	}{
 		{name: "reload_signal", extra: `reload_signal = "SIGHUP"`, signals: []int{1, 2, 3},
 			how: `sent SIGHUP to 3 running workers (reload_signal = "SIGHUP"), which re-read it without a restart`},
-		{name: "restart", restarts: []int{1, 2, 3}, how: "restarted 3 instances one at a time (no reload_signal: the workers may not handle SIGHUP)"},
+		{name: "restart", restarts: []int{1, 2, 3}, how: "handed 3 instances over to new processes one at a time (no reload_signal: the workers may not handle SIGHUP)"},
 		{name: "declared by report", reports: map[int]bool{2: true}, signals: []int{2}, restarts: []int{1, 3},
-			how: "sent SIGHUP to 1 running workers (they declared it over the report channel), which re-read it without a restart; restarted 2 instances one at a time"},
+			how: "sent SIGHUP to 1 running workers (they declared it over the report channel), which re-read it without a restart; handed 2 instances over to new processes one at a time"},
 		{name: "not reloadable", extra: "reloadable = false",
 			how: "3 running workers keep the old configuration until they restart"},
 	} {
@@ -318,11 +390,12 @@ func TestReconfigure(t *testing.T) {
 				if verb == "" {
 					verb = "signal"
 				}
-				n, ok := r.s.g.InstanceOf(unit)
+				n, side, ok := r.s.g.SideOf(unit)
 				switch {
 				case ok && verb == "signal":
 					signals = append(signals, n)
-				case ok && verb == "restart":
+				case ok && verb == "start" && side == units.SideB:
+					// A handover: the new process on side B.
 					restarts = append(restarts, n)
 				}
 			}
@@ -349,6 +422,8 @@ func TestReconfigure(t *testing.T) {
 type reportsOf map[int]bool
 
 func (r reportsOf) ReloadsOnSIGHUP(n int) bool { return r[n] }
+
+func (r reportsOf) Drained(uint32) (uint64, uint64, bool) { return 0, 0, false }
 
 // TestSIGHUPAppliesAmount: SIGHUP (Options.Reload), the way `powerhouse
 // scale` of earlier releases asks, re-reads the file and scales.
@@ -451,7 +526,7 @@ func TestStopEndsWaitingOperations(t *testing.T) {
 	r.waitAll()
 	hold := make(chan struct{})
 	r.f.mu.Lock()
-	r.f.hold[r.instance(1)] = hold
+	r.f.hold[r.s.g.InstanceSide(1, units.SideB)] = hold
 	r.f.mu.Unlock()
 	first := make(chan error, 1)
 	go func() { _, err := r.client().Reload(context.Background(), nil); first <- err }()
@@ -507,7 +582,7 @@ func TestSIGHUPDeliversOnlyWhatWorkersLack(t *testing.T) {
 	restarts := func() int {
 		n := 0
 		for _, j := range r.f.jobs() {
-			if strings.HasPrefix(j, "restart ") {
+			if strings.HasPrefix(j, "start powerhouse-api.b@") {
 				n++
 			}
 		}
@@ -540,7 +615,7 @@ func TestSIGHUPDeliversOnlyWhatWorkersLack(t *testing.T) {
 		t.Errorf("master.reconfigure keys %q, want color", ev.Fields["keys"])
 	}
 	if n := restarts(); n != 2 {
-		t.Errorf("%d restarts, want 2 (a rolling restart of the 2 instances)", n)
+		t.Errorf("%d handovers, want 2 (the 2 instances, one at a time)", n)
 	}
 }
 

@@ -10,14 +10,17 @@ import (
 
 	"github.com/powerhouse/powerhouse/handoff"
 	"github.com/powerhouse/powerhouse/report"
+	"github.com/powerhouse/powerhouse/units"
 )
 
 // declared is what the group's workers said over the report socket: the
-// last Hello of each instance's worker, with the PID that sent it, so that
-// a Hello from a process that has since been replaced counts for nothing.
+// last Hello of each instance's worker on each side, with the PID that
+// sent it, so that a Hello from a process that has since been replaced
+// counts for nothing, and the new process of a handover does not hide the
+// old one's while both run.
 type declared struct {
 	mu    sync.Mutex
-	hello map[int]heard
+	hello map[slotSide]heard
 	// refused counts datagrams refused or from no instance of the group;
 	// logged at most once a minute.
 	refused    uint64
@@ -61,6 +64,12 @@ func (d *declared) drainOf(pid uint32) (report.DrainResult, bool) {
 	return m, ok
 }
 
+// slotSide is one side of one instance slot.
+type slotSide struct {
+	n    int
+	side units.Side
+}
+
 type heard struct {
 	pid   uint32
 	hello report.Hello
@@ -71,11 +80,15 @@ type heard struct {
 func (d *declared) helloOf(n int, pid uint32) (report.Hello, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	h, ok := d.hello[n]
-	if !ok || pid == 0 || h.pid != pid {
+	if pid == 0 {
 		return report.Hello{}, false
 	}
-	return h.hello, true
+	for _, side := range []units.Side{units.SideA, units.SideB} {
+		if h, ok := d.hello[slotSide{n, side}]; ok && h.pid == pid {
+			return h.hello, true
+		}
+	}
+	return report.Hello{}, false
 }
 
 // workerReports answers Options.Reports from what the workers declared,
@@ -144,7 +157,7 @@ func (s *Supervisor) serveReports(ctx context.Context, r *report.Receiver) {
 		}
 		unit, err := s.o.Manager.UnitByPID(ctx, uint32(from.PID))
 		// Either side of the instance's slot (handover reloads run both).
-		n, _, ok := s.g.SideOf(unit)
+		n, side, ok := s.g.SideOf(unit)
 		if err != nil || !ok {
 			s.refusedReport(fmt.Errorf("report from pid %d, which is no instance of group %s (unit %q, %v)", from.PID, s.g.Name, unit, err))
 			continue
@@ -152,8 +165,8 @@ func (s *Supervisor) serveReports(ctx context.Context, r *report.Receiver) {
 		switch m := m.(type) {
 		case report.Hello:
 			s.declared.mu.Lock()
-			prev, known := s.declared.hello[n]
-			s.declared.hello[n] = heard{pid: uint32(from.PID), hello: m}
+			prev, known := s.declared.hello[slotSide{n, side}]
+			s.declared.hello[slotSide{n, side}] = heard{pid: uint32(from.PID), hello: m}
 			s.declared.mu.Unlock()
 			if known && prev.pid == uint32(from.PID) {
 				continue // the periodic repeat

@@ -68,11 +68,12 @@ func TestReportsDecideDelivery(t *testing.T) {
 	var signals, restarts []int
 	for _, j := range r.f.jobs() {
 		verb, unit, _ := strings.Cut(strings.TrimPrefix(j, "signal hangup"), " ")
-		n, ok := r.s.g.InstanceOf(unit)
+		// A handover reload starts side B of each instance it renews.
+		n, side, ok := r.s.g.SideOf(unit)
 		switch {
 		case ok && verb == "":
 			signals = append(signals, n)
-		case ok && verb == "restart":
+		case ok && verb == "start" && side == units.SideB:
 			restarts = append(restarts, n)
 		}
 	}
@@ -169,5 +170,28 @@ func TestDrainsBounded(t *testing.T) {
 	}
 	if m, ok := d.drainOf(maxDrains + 10); !ok || m.Drained != maxDrains+10 {
 		t.Errorf("the newest result: %+v, %v", m, ok)
+	}
+}
+
+// TestHelloPerSide: during a handover both processes of a slot have said
+// Hello; the new one's does not hide the old one's, and a process that is
+// neither counts for nothing.
+func TestHelloPerSide(t *testing.T) {
+	d := declared{hello: map[slotSide]heard{}}
+	old := report.Hello{Release: "old", Features: report.FeatureReloadOnSIGHUP}
+	d.hello[slotSide{2, units.SideA}] = heard{pid: 100, hello: old}
+	d.hello[slotSide{2, units.SideB}] = heard{pid: 200, hello: report.Hello{Release: "new"}}
+	for _, tc := range []struct {
+		pid  uint32
+		want string
+		ok   bool
+	}{{100, "old", true}, {200, "new", true}, {300, "", false}, {0, "", false}} {
+		h, ok := d.helloOf(2, tc.pid)
+		if ok != tc.ok || h.Release != tc.want {
+			t.Errorf("helloOf(2, %d) = %q, %v; want %q, %v", tc.pid, h.Release, ok, tc.want, tc.ok)
+		}
+	}
+	if _, ok := d.helloOf(1, 100); ok {
+		t.Error("instance 1 has the Hello of instance 2's process")
 	}
 }

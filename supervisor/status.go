@@ -1,5 +1,11 @@
 package supervisor
 
+import (
+	"time"
+
+	"github.com/powerhouse/powerhouse/units"
+)
+
 // GroupStatus is one group in `powerhouse status --json` and the result of
 // MethodStatus. The field names are stable (docs/status.md); new fields
 // may be added.
@@ -35,7 +41,10 @@ type UnitStatus struct {
 // DispatchStatus are a sticky group's counters since its supervisor started.
 type DispatchStatus = DispatchCounters
 
-// InstanceStatus is one worker instance.
+// InstanceStatus is one worker instance: one slot, served by one of its
+// two services (powerhouse-web@2.service or, after a reload,
+// powerhouse-web.b@2.service), named in Unit with its state and PID,
+// while the process it replaced may still drain (Draining).
 type InstanceStatus struct {
 	Instance int `json:"instance"`
 	UnitStatus
@@ -45,4 +54,37 @@ type InstanceStatus struct {
 	Queued        int     `json:"queued"`         // connections waiting now for room in its hand-off queue (sticky groups)
 	InDispatch    bool    `json:"in_dispatch"`    // receives new connections (sticky groups)
 	Buckets       int     `json:"buckets"`        // buckets of the steering table it serves (kernel mode)
+	// Draining is the slot's old process while it drains after a
+	// reload handed the slot over (its unit's stop job); absent when
+	// none does.
+	Draining *DrainingStatus `json:"draining,omitempty"`
+}
+
+// DrainingStatus is an instance's old process while it drains.
+type DrainingStatus struct {
+	Unit string `json:"unit"`
+	PID  uint32 `json:"pid"`
+	// Since is when the supervisor saw its drain begin; absent when
+	// unknown (systemd's view, without the supervisor).
+	Since time.Time `json:"since,omitzero"`
+}
+
+// SlotSides returns, of the states of a slot's services (its two sides,
+// or the one systemd has loaded), the one that speaks for the slot: the
+// one serving, else one coming up, else one busy, else one at rest
+// (failed first); and the other when it is on its way down (a drain),
+// nil otherwise. sts must not be empty.
+func SlotSides(sts []units.UnitState) (units.UnitState, *units.UnitState) {
+	best := 0
+	for i := range sts {
+		if sideRank(sts[i]) > sideRank(sts[best]) {
+			best = i
+		}
+	}
+	for i := range sts {
+		if i != best && (sts[i].ActiveState == units.Deactivating || sts[i].JobType == units.JobStop && !sts[i].ActiveState.AtRest()) {
+			return sts[best], &sts[i]
+		}
+	}
+	return sts[best], nil
 }

@@ -76,6 +76,11 @@ type Reports interface {
 	// ReloadsOnSIGHUP reports whether the running worker of instance n
 	// declared that it re-reads its configuration on SIGHUP.
 	ReloadsOnSIGHUP(n int) bool
+	// Drained is the drain result the process pid reported before it
+	// exited (package activation, on SIGTERM): the connections it let
+	// end on their own and those it cut at the drain deadline; ok is
+	// false when it reported none (a worker without the library).
+	Drained(pid uint32) (drained, cut uint64, ok bool)
 }
 
 // Supervisor is one running group supervisor.
@@ -91,10 +96,21 @@ type Supervisor struct {
 	mu     sync.Mutex
 	w      *config.Worker // the group's configuration in force; guarded by mu
 	amount int            // instances wanted; guarded by mu
-	state  map[int]units.UnitState
-	pids   map[int]uint32 // main PID last seen active
-	ready  bool           // READY=1 was sent
-	quiet  bool           // record states without reporting events (start-up); main loop only
+	// sides are the states of each slot's two services, sidePIDs their
+	// main processes (also while they drain), draining when each side's
+	// drain (its stop) began as the supervisor saw it.
+	sides    map[sideKey]units.UnitState
+	sidePIDs map[sideKey]uint32
+	draining map[sideKey]time.Time
+	// state is each slot's state, that of the side that speaks for it
+	// (slotState): Member, Running and at rest mean the same for the
+	// slot as for that side; pids its main PID.
+	state map[int]units.UnitState
+	pids  map[int]uint32
+	ready bool // READY=1 was sent
+	quiet bool // record states without reporting events (start-up); main loop only
+	// drains are the stops of old sides that reloads left running.
+	drains sync.WaitGroup
 
 	// The operations: one at a time, in the order they came.
 	opMu     sync.Mutex
@@ -143,9 +159,10 @@ func New(o Options) (*Supervisor, error) {
 	}
 	s := &Supervisor{o: o, g: units.Group{Name: o.Group, Scope: o.Scope, Root: o.RuntimeRoot}, w: w,
 		log: o.Log.With("group", o.Group), amount: w.Amount, state: map[int]units.UnitState{}, pids: map[int]uint32{},
+		sides: map[sideKey]units.UnitState{}, sidePIDs: map[sideKey]uint32{}, draining: map[sideKey]time.Time{},
 		uid: os.Geteuid(), ops: make(chan *operation, maxWaiting), kick: make(chan struct{}, 1)}
 	s.beats = func() []uint64 { return nil }
-	s.declared.hello = map[int]heard{}
+	s.declared.hello = map[slotSide]heard{}
 	if s.o.Reports == nil {
 		s.o.Reports = workerReports{s}
 	}
@@ -231,10 +248,27 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 	// Instances 1..amount run, and no other: the first operation.
 	startOver := make(chan struct{})
+	plan := s.readPlan()
 	s.submit("start", func(ctx context.Context, progress func(Progress)) (OperationResult, error) {
 		defer close(startOver)
-		return s.scaleTo(ctx, -1, progress)
+		res, err := s.scaleTo(ctx, -1, progress)
+		if plan == nil {
+			// A slot with both sides running and no reload to say
+			// which is new (an operator's start of the other side):
+			// the newer serves, the older drains. After the starts,
+			// whose start of a running side is a no-op, and never
+			// the start of a side just told to stop.
+			s.settleSlots(ctx)
+		}
+		return res, err
 	}, nil)
+	if plan != nil {
+		// A reload that a restart of the supervisor interrupted: it
+		// goes on from where it was, after the start.
+		s.submit(plan.Verb, func(ctx context.Context, progress func(Progress)) (OperationResult, error) {
+			return s.resume(ctx, plan, progress)
+		}, nil)
+	}
 	// systemd's own start timeout (TimeoutStartSec=, 90s by default)
 	// must not end the start before ours does, which says why.
 	s.o.Notify(fmt.Sprintf("EXTEND_TIMEOUT_USEC=%d", (s.o.StartTimeout + extendMargin).Microseconds()))
@@ -274,9 +308,9 @@ loop:
 				if err := s.refresh(ctx); err != nil {
 					s.log.Warn("refresh failed", "err", err)
 				}
-			} else if n, ok := s.g.InstanceOf(name); ok {
+			} else if n, side, ok := s.g.SideOf(name); ok {
 				if st, err := s.o.Manager.State(ctx, name); err == nil {
-					s.observe(ctx, n, st)
+					s.observe(ctx, n, side, st)
 				} else {
 					s.log.Warn("state not read", "unit", name, "err", err)
 				}
@@ -298,6 +332,7 @@ loop:
 			if err := s.refresh(ctx); err != nil {
 				s.log.Warn("refresh failed", "err", err)
 			}
+			s.settleIfBoth()
 		case <-s.kick:
 			if err := s.refresh(ctx); err != nil {
 				s.log.Warn("refresh failed", "err", err)
@@ -326,8 +361,15 @@ loop:
 		// Restart= gave up): waiting longer would only hold up
 		// `systemctl start`.
 		if !s.isReady() && closed(startOver) && s.allDown() {
-			runErr = s.startFailed(ctx, "is up, and systemd is starting none")
-			break loop
+			// The watch's signals may lag behind the start jobs' ends
+			// (an instance up, not observed yet): a fresh look first.
+			if err := s.refresh(ctx); err == nil {
+				s.checkReady(serve, true)
+			}
+			if !s.isReady() && s.allDown() {
+				runErr = s.startFailed(ctx, "is up, and systemd is starting none")
+				break loop
+			}
 		}
 		s.kernelPickup(ctx, time.Now())
 		s.o.Notify("STATUS=" + s.status())
@@ -340,6 +382,8 @@ loop:
 	<-ctlDone
 	<-wdDone
 	<-reportsDone
+	// The stops of old sides end with opCtx: systemd goes on with them.
+	s.drains.Wait()
 	stopDispatch()
 	if s.serving.Load() && runErr == nil {
 		<-dispatchErr
@@ -444,6 +488,11 @@ func (s *Supervisor) startFailed(ctx context.Context, why string) error {
 	var each []string
 	for n := 1; n <= amount; n++ {
 		unit := s.g.Instance(n)
+		s.mu.Lock()
+		if st, ok := s.state[n]; ok {
+			unit = st.Name // the side that speaks for the slot
+		}
+		s.mu.Unlock()
 		st, err := s.o.Manager.State(ctx, unit)
 		if err != nil {
 			each = append(each, fmt.Sprintf("%s: %v", unit, err))
@@ -561,77 +610,142 @@ func (s *Supervisor) shutdown() {
 	s.log.Info("supervisor stopped: stopping the group's workers")
 	var wg sync.WaitGroup
 	s.mu.Lock()
-	for n := range s.state {
+	for k := range s.sides {
 		wg.Add(1)
-		go func(n int) {
+		go func(unit string) {
 			defer wg.Done()
-			if err := s.o.Manager.Stop(ctx, s.g.Instance(n)); err != nil {
-				s.log.Warn("stop failed", "instance", n, "err", err)
+			if err := s.o.Manager.Stop(ctx, unit); err != nil {
+				s.log.Warn("stop failed", "unit", unit, "err", err)
 			}
-		}(n)
+		}(s.g.InstanceSide(k.n, k.side))
 	}
 	s.mu.Unlock()
 	wg.Wait()
 }
 
-// refresh re-reads the state of every instance.
+// sideKey names one of the two services of slot n.
+type sideKey struct {
+	n    int
+	side units.Side
+}
+
+// refresh re-reads the state of every instance, both sides.
 func (s *Supervisor) refresh(ctx context.Context) error {
-	sts, err := s.o.Manager.States(ctx, s.g.InstancePattern())
+	sts, err := s.o.Manager.States(ctx, s.g.InstancePatterns()...)
 	if err != nil {
 		return err
 	}
-	seen := map[int]bool{}
+	seen := map[sideKey]bool{}
 	for _, st := range sts {
-		if n, ok := s.g.InstanceOf(st.Name); ok {
-			seen[n] = true
-			s.observe(ctx, n, st)
+		if n, side, ok := s.g.SideOf(st.Name); ok {
+			seen[sideKey{n, side}] = true
+			s.observe(ctx, n, side, st)
 		}
 	}
 	s.mu.Lock()
-	var gone []int
-	for n := range s.state {
-		if !seen[n] {
-			gone = append(gone, n)
+	var gone []sideKey
+	for k := range s.sides {
+		if !seen[k] {
+			gone = append(gone, k)
 		}
 	}
 	s.mu.Unlock()
-	for _, n := range gone {
-		s.observe(ctx, n, units.UnitState{Name: s.g.Instance(n), LoadState: "not-found", ActiveState: "inactive"})
+	for _, k := range gone {
+		s.observe(ctx, k.n, k.side, units.UnitState{Name: s.g.InstanceSide(k.n, k.side), LoadState: "not-found", ActiveState: "inactive"})
 	}
 	return s.kernelRefresh(ctx)
 }
 
-// observe records an instance's state, reports what changed as events and
-// updates the dispatch set.
-func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
+// sideRank orders the states of a slot's two sides by how much each says
+// about the slot: serving (running, no stop job), then a member (coming
+// up, or running with a stop job queued), then busy (a job, or on its
+// way down), then at rest, failed before inactive.
+func sideRank(st units.UnitState) int {
+	switch {
+	case st.ActiveState.Running() && st.JobType != units.JobStop && Member(st):
+		return 5
+	case Member(st):
+		return 4
+	case !st.ActiveState.AtRest() || st.JobType != units.NoJob:
+		return 3
+	case st.ActiveState == units.Failed:
+		return 2
+	}
+	return 1
+}
+
+// slotState returns the state that speaks for slot n, from its sides'
+// (s.mu held): Member of it is true when either side is a member; it is
+// running when either side runs; at rest with no job only when both
+// sides are. ok is false when systemd knows neither side. Side A wins a
+// tie (two sides serving is settled by settleSlots).
+func (s *Supervisor) slotState(n int) (st units.UnitState, side units.Side, ok bool) {
+	for _, sd := range []units.Side{units.SideA, units.SideB} {
+		x, known := s.sides[sideKey{n, sd}]
+		if known && (!ok || sideRank(x) > sideRank(st)) {
+			st, side, ok = x, sd, true
+		}
+	}
+	return st, side, ok
+}
+
+// observe records the state of one side of slot n, reports what changed
+// as events (per process) and updates the dispatch set (per slot).
+func (s *Supervisor) observe(ctx context.Context, n int, side units.Side, st units.UnitState) {
 	var pid uint32
-	if st.ActiveState == "active" || st.ActiveState == "reloading" {
+	// A side that drains (deactivating: its stop job) still has its
+	// process: its worker.stop comes when the process ends.
+	if st.ActiveState == units.Active || st.ActiveState == units.Reloading || st.ActiveState == units.Deactivating {
 		if p, err := s.o.Manager.MainPID(ctx, st.Name); err == nil {
 			pid = p
 		}
 	}
+	k := sideKey{n, side}
 	s.mu.Lock()
-	prevPID := s.pids[n]
+	prevPID := s.sidePIDs[k]
 	// No main PID (even while systemd still says active: the process is
 	// gone and the state has not caught up) means no process to report.
 	if pid != 0 {
-		s.pids[n] = pid
+		s.sidePIDs[k] = pid
 	} else {
-		delete(s.pids, n)
+		delete(s.sidePIDs, k)
+	}
+	if st.LoadState == "not-found" && st.ActiveState == "inactive" {
+		delete(s.sides, k)
+	} else {
+		s.sides[k] = st
+	}
+	if pid != 0 && (st.JobType == units.JobStop || st.ActiveState == units.Deactivating) {
+		if _, ok := s.draining[k]; !ok {
+			s.draining[k] = time.Now()
+		}
+	} else {
+		delete(s.draining, k)
 	}
 	prev, known := s.state[n]
-	if st.LoadState == "not-found" && st.ActiveState == "inactive" {
-		delete(s.state, n)
+	cur, curSide, present := s.slotState(n)
+	if present {
+		s.state[n] = cur
+		if p := s.sidePIDs[sideKey{n, curSide}]; p != 0 {
+			s.pids[n] = p
+		} else {
+			delete(s.pids, n)
+		}
 	} else {
-		s.state[n] = st
+		cur = units.UnitState{Name: s.g.Instance(n), LoadState: units.NotFound, ActiveState: units.Inactive}
+		delete(s.state, n)
+		delete(s.pids, n)
 	}
-	in := Member(st) && n <= s.amount
-	// An instance that came to rest with nothing to restart it was
-	// stopped (by an operator, a scale-down, a failure). Its hand-off
-	// socket goes too, or connections still queued there would start it
-	// again behind everybody's back; `systemctl start` brings both back.
+	in := present && Member(cur) && n <= s.amount
+	// A slot that came to rest, both sides, with nothing to restart it
+	// was stopped (by an operator, a scale-down, a failure). Its
+	// hand-off socket goes too, or connections still queued there would
+	// start it again behind everybody's back; `systemctl start` brings
+	// both back. Not while one side still runs or comes up: a reload's
+	// stop of the old side would take the socket, and with it (Requires=)
+	// the new side.
 	stopSocket := (s.disp != nil || s.kern != nil) && known && prev.ActiveState != "inactive" &&
-		st.ActiveState == "inactive" && st.JobType == ""
+		cur.ActiveState == "inactive" && cur.JobType == ""
 	s.mu.Unlock()
 	if stopSocket {
 		// Kernel mode: the supervisor's copy of the instance's socket
@@ -639,16 +753,14 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 		s.kernelRelease(n, "the instance stopped")
 		go s.stopRestingSocket(ctx, n)
 	}
-	if known && prev.ActiveState != st.ActiveState {
-		s.log.Debug("instance state", "instance", n, "state", st.ActiveState, "sub", st.SubState, "job", st.JobType)
-	}
+	s.log.Debug("instance state", "instance", n, "unit", st.Name, "state", st.ActiveState, "sub", st.SubState, "job", st.JobType, "slot", cur.ActiveState)
 	// A main PID that went away, or changed between two looks (a restart
 	// faster than the signals), is a stop; a new one is a start.
 	if prevPID != 0 && prevPID != pid {
 		s.stopped(ctx, n, st, prevPID)
 	}
 	if pid != 0 && pid != prevPID && !s.quiet {
-		s.emit(events.WorkerStart, n, fmt.Sprintf("worker %s@%d started, pid %d", s.o.Group, n, pid), map[string]string{"pid": fmt.Sprint(pid)})
+		s.emit(events.WorkerStart, n, fmt.Sprintf("worker %s@%d started, pid %d (%s)", s.o.Group, n, pid, st.Name), map[string]string{"pid": fmt.Sprint(pid), "unit": st.Name})
 	}
 	// Not while the first refresh learns the instances one by one: a
 	// table over the first of them would send every client there. Run
@@ -670,14 +782,20 @@ func (s *Supervisor) observe(ctx context.Context, n int, st units.UnitState) {
 
 // stopRestingSocket stops the socket of instance n, which came to rest
 // stopped. It runs after the observation, so the operator may have started
-// the instance again meanwhile (systemctl stop, then start): the stop is
-// skipped unless the instance is still at rest with no job, and it is
-// enqueued in mode "fail", so that it never cancels a start queued after
-// that look (Requires= would take the instance along).
+// the instance again meanwhile (systemctl stop, then start), or a reload
+// the other side: the stop is skipped unless both sides are still at rest
+// with no job, and it is enqueued in mode "fail", so that it never
+// cancels a start queued after that look (Requires= would take the
+// instance along).
 func (s *Supervisor) stopRestingSocket(ctx context.Context, n int) {
-	st, err := s.o.Manager.State(ctx, s.g.Instance(n))
-	if err != nil || st.ActiveState != "inactive" || st.JobType != "" {
-		return
+	for _, side := range []units.Side{units.SideA, units.SideB} {
+		st, err := s.o.Manager.State(ctx, s.g.InstanceSide(n, side))
+		if err != nil || !st.ActiveState.AtRest() || st.JobType != "" {
+			return
+		}
+		if side == units.SideA && st.ActiveState != "inactive" {
+			return
+		}
 	}
 	if err := s.o.Manager.StopUnqueued(ctx, s.g.HandoffSocket(n)); err != nil {
 		s.log.Debug("socket of a stopped instance not stopped", "instance", n, "err", err)
@@ -702,9 +820,10 @@ func (s *Supervisor) stopped(ctx context.Context, n int, st units.UnitState, pid
 			how = "killed by " + name
 		}
 	}
-	s.emit(events.WorkerStop, n, fmt.Sprintf("worker %s@%d (pid %d) %s", s.o.Group, n, pid, how), f)
+	f["unit"] = st.Name
+	s.emit(events.WorkerStop, n, fmt.Sprintf("worker %s@%d (pid %d, %s) %s", s.o.Group, n, pid, st.Name, how), f)
 	if st.JobType == "stop" || (Stopping(st) && st.ActiveState != "failed") {
-		s.emit(events.WorkerShutdown, n, fmt.Sprintf("worker %s@%d shut down on request", s.o.Group, n), map[string]string{"pid": fmt.Sprint(pid)})
+		s.emit(events.WorkerShutdown, n, fmt.Sprintf("worker %s@%d (%s) shut down on request", s.o.Group, n, st.Name), map[string]string{"pid": fmt.Sprint(pid), "unit": st.Name})
 	}
 }
 

@@ -67,12 +67,12 @@ listen = ["127.0.0.1:9993"]
 		if err != nil {
 			t.Fatalf("set: %v\n%s\n%s", err, out, h.journal())
 		}
-		if !strings.Contains(out, "restarted 2 instances one at a time") {
+		if !strings.Contains(out, "handed 2 instances over to new processes one at a time") {
 			t.Errorf("set does not say it restarted the instances:\n%s", out)
 		}
 		after := pidsOf(h, "py", 2)
 		for i := 1; i <= 2; i++ {
-			unit := units.Group{Name: "py"}.Instance(i)
+			unit, _ := servingSide(h, units.Group{Name: "py"}, i)
 			if after[i] == before[i] || after[i] == "0" {
 				t.Errorf("%s: PID %s before, %s after: want a new process", unit, before[i], after[i])
 			}

@@ -85,8 +85,8 @@ func TestIntegrationReloadExtendsTimeout(t *testing.T) {
 }
 
 // TestIntegrationReloadOutlivesClient: a client killed while the reload
-// restarts the second instance leaves the reload running: every instance
-// is restarted, each worker.reload is in the journal, and the supervisor
+// hands the second instance over leaves the reload running: every instance
+// is handed over, each worker.reload is in the journal, and the supervisor
 // logs the result nobody reads.
 func TestIntegrationReloadOutlivesClient(t *testing.T) {
 	h := newHouse(t, slowConfig())
@@ -106,7 +106,7 @@ func TestIntegrationReloadOutlivesClient(t *testing.T) {
 	var lines []string
 	for sc.Scan() {
 		lines = append(lines, sc.Text())
-		if strings.Contains(sc.Text(), "restarting "+slowGroup.Instance(2)) {
+		if strings.Contains(sc.Text(), "starting "+slowGroup.InstanceSide(2, units.SideB)) {
 			break
 		}
 	}
@@ -114,13 +114,14 @@ func TestIntegrationReloadOutlivesClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.Wait()
-	if len(lines) != 2 {
-		t.Fatalf("the client printed %q before it was killed, want 2 progress lines", lines)
+	// Instance 1: its new side starts, then is ready; instance 2: starts.
+	if len(lines) != 3 {
+		t.Fatalf("the client printed %q before it was killed, want 3 progress lines", lines)
 	}
 	restartedAll(t, h, before, 3)
 	waitFor(t, 10*time.Second, "the result in the supervisor's log", func() bool {
 		out, _ := h.run("journalctl", "--no-pager", "-o", "cat", "-u", slowGroup.SupervisorUnit())
-		return strings.Contains(out, "reload slow: 3 instances restarted")
+		return strings.Contains(out, "reload slow: 3 instances handed over")
 	})
 }
 

@@ -10,13 +10,20 @@ import (
 var reloadVerb = verb{
 	name:  "reload",
 	args:  "[GROUP...]",
-	short: "restart a group's instances one at a time, each once the previous is ready",
-	long: `A rolling reload, carried out by the group's supervisor: instance by
-instance, it restarts it and waits until the new process reported ready
-(READY=1), then goes on with the next. Each step is printed as the
-supervisor reports it. It returns when every instance has been restarted,
-or fails with the supervisor's message naming the first instance that did
-not come back; the instances after it keep running the old process. This
+	short: "hand a group's instances over to new processes, one at a time: each new one ready before the old one drains",
+	long: `A handover reload, carried out by the group's supervisor: instance by
+instance, it starts a new process beside the old one (the instance's other
+unit, powerhouse-GROUP.b@N.service or powerhouse-GROUP@N.service, on the
+same socket: same clients) and waits until it reported ready (READY=1);
+then the old one is told to stop and drains (finishes what it has, up to
+the group's timeout_stop) while the supervisor goes on with the next
+instance. Each step is printed as the supervisor reports it, naming units
+and PIDs. It returns when every instance has been handed over (the old
+processes may still drain), or fails with the supervisor's message naming
+the first instance whose new process did not become ready: that one is
+stopped, the old one keeps serving, and the instances after it keep
+running the old process. A supervisor restarted in the middle of a reload
+resumes it. This
 is what "systemctl reload powerhouse@GROUP" runs, so both report the same
 failure in the same words. Interrupting the command does not stop the
 reload: the supervisor finishes it and logs its end. Without GROUP, every

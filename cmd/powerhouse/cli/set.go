@@ -29,8 +29,9 @@ asked to apply it: it rewrites the group's JSON config (mode 0640, group
 of the workers) and delivers it to the running workers. Instances whose
 worker handles SIGHUP (reload_signal = "SIGHUP", or a worker that told its
 supervisor so, as the activation library does) get SIGHUP and re-read it
-without a restart; the others are restarted one at a time, each once the
-previous is ready (as powerhouse reload), since SIGHUP ends a worker that
+without a restart; the others are handed over to new processes one at a
+time, each new one ready before the old one drains (as powerhouse reload),
+since SIGHUP ends a worker that
 does not handle it. A group with reloadable = false is not restarted: its
 workers read the new configuration when they next start. The command
 prints what the supervisor did. The supervisor logs the change as

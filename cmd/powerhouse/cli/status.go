@@ -31,8 +31,11 @@ var statusVerb = verb{
 	args:  "[GROUP...]",
 	short: "show each group's supervisor and instances: state, PID, uptime, restarts, connections",
 	long: `For each group (all by default): the supervisor's state and, per instance,
-its state, main PID, uptime, restart count (systemd's NRestarts) and, for
-sticky groups, the connections handed off to it. Each group's supervisor
+its state, main PID, uptime, restart count (systemd's NRestarts), for
+sticky groups the connections handed off to it, and the unit serving it
+(powerhouse-GROUP@N.service, or powerhouse-GROUP.b@N.service after a
+reload) with, while a reload's old process drains, its PID, unit and how
+long it has drained. Each group's supervisor
 answers for its group; for a group whose supervisor does not run, systemd's
 view of its units is shown. Without --config, the groups are those of the
 installed configuration, or, when it cannot be read (it is root's alone),
@@ -255,24 +258,37 @@ func groupStatus(e *env, m units.Manager, g units.Group, w *config.Worker) (Grou
 	for _, id := range ds.InDispatch {
 		in[id] = true
 	}
-	sts, err := m.States(e.ctx, g.InstancePattern())
+	// Both sides of each slot: the one serving speaks for it, and an
+	// old one still draining after a reload is shown beside it.
+	sts, err := m.States(e.ctx, g.InstancePatterns()...)
 	if err != nil {
 		return gs, err
 	}
-	seen := map[int]bool{}
+	slots := map[int][]units.UnitState{}
 	for _, st := range sts {
-		n, ok := g.InstanceOf(st.Name)
-		if !ok {
-			continue
+		if n, _, ok := g.SideOf(st.Name); ok {
+			slots[n] = append(slots[n], st)
 		}
+	}
+	seen := map[int]bool{}
+	for n, sides := range slots {
 		seen[n] = true
+		st, dr := supervisor.SlotSides(sides)
 		is := InstanceStatus{Instance: n, UnitStatus: UnitStatus{Unit: st.Name, State: string(st.ActiveState), SubState: st.SubState},
 			HandedOff: ds.PerInstance[n], Queued: ds.Queued[n], InDispatch: in[n]}
 		is.PID, _ = m.MainPID(e.ctx, st.Name)
-		is.Restarts, _ = m.Restarts(e.ctx, st.Name)
+		for _, x := range sides {
+			r, _ := m.Restarts(e.ctx, x.Name)
+			is.Restarts += r
+		}
 		if st.ActiveState == units.Active {
 			if t, err := m.Since(e.ctx, st.Name); err == nil && !t.IsZero() {
 				is.UptimeSeconds = time.Since(t).Round(time.Millisecond).Seconds()
+			}
+		}
+		if dr != nil {
+			if pid, err := m.MainPID(e.ctx, dr.Name); err == nil && pid != 0 {
+				is.Draining = &supervisor.DrainingStatus{Unit: dr.Name, PID: pid}
 			}
 		}
 		gs.Instances = append(gs.Instances, is)
@@ -326,7 +342,7 @@ func printStatus(e *env, gs []GroupStatus) {
 			// what each instance gets.
 			last = "BUCKETS"
 		}
-		fmt.Fprintln(tw, "  INSTANCE\tSTATE\tPID\tUPTIME\tRESTARTS\t"+last)
+		fmt.Fprintln(tw, "  INSTANCE\tSTATE\tPID\tUPTIME\tRESTARTS\t"+last+"\tUNIT")
 		for _, in := range g.Instances {
 			state := in.State + " (" + in.SubState + ")"
 			if g.Sticky && g.DispatchKnown && in.State == "active" && !in.InDispatch {
@@ -343,10 +359,25 @@ func printStatus(e *env, gs []GroupStatus) {
 					count = fmt.Sprintf("%d (%.1f%%)", in.Buckets, 100*float64(in.Buckets)/float64(g.Kernel.Buckets))
 				}
 			}
-			fmt.Fprintf(tw, "  %s@%d\t%s\t%d\t%s\t%d\t%s\n", g.Group, in.Instance, state, in.PID, up, in.Restarts, count)
+			fmt.Fprintf(tw, "  %s@%d\t%s\t%d\t%s\t%d\t%s\t%s\n", g.Group, in.Instance, state, in.PID, up, in.Restarts, count, unitColumn(in))
 		}
 		tw.Flush()
 	}
+}
+
+// unitColumn names the unit serving an instance and, while a reload's
+// old process drains beside it, that one: "powerhouse-web.b@2.service ·
+// draining pid 640 (powerhouse-web@2.service, 3s)".
+func unitColumn(in InstanceStatus) string {
+	col := in.Unit
+	if d := in.Draining; d != nil {
+		how := d.Unit
+		if !d.Since.IsZero() {
+			how += ", " + time.Since(d.Since).Round(time.Second).String()
+		}
+		col += fmt.Sprintf(" · draining pid %d (%s)", d.PID, how)
+	}
+	return col
 }
 
 // printKernel prints a kernel-mode group's steering line.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"strings"
 	"syscall"
 	"time"
 
@@ -95,9 +96,15 @@ func callFailed(verb string, err error) error {
 }
 
 // progress prints a supervisor's progress replies as they come, one line
-// each, prefixed with the verb and the group.
+// each, prefixed with the verb and the group unless the supervisor's line
+// already starts with its own ("reload web: ..."), which names the
+// operation that runs (install --now runs a reload).
 func (e *env) progress(verb, group string) func(supervisor.Progress) {
 	return func(p supervisor.Progress) {
+		if op, _, ok := strings.Cut(p.Message, " "+group+": "); ok && op != "" && !strings.Contains(op, " ") {
+			fmt.Fprintln(e.stderr, p.Message)
+			return
+		}
 		fmt.Fprintf(e.stderr, "%s %s: %s\n", verb, group, p.Message)
 	}
 }

@@ -477,3 +477,20 @@ func TestScaleTimeout(t *testing.T) {
 		t.Errorf("the amount was not saved:\n%s", b)
 	}
 }
+
+// TestProgressPrefix: a supervisor's line that names its own operation and
+// group is printed as it is; another gets the verb and group in front.
+func TestProgressPrefix(t *testing.T) {
+	for _, tc := range []struct{ verb, msg, want string }{
+		{"reload", "reload web: starting powerhouse-web.b@1.service (1/3)", "reload web: starting powerhouse-web.b@1.service (1/3)\n"},
+		{"install", "reload web: 3 instances handed over", "reload web: 3 instances handed over\n"},
+		{"scale", "instance 3 stopped", "scale web: instance 3 stopped\n"},
+		{"reload", "the new web: side", "reload web: the new web: side\n"},
+	} {
+		var b strings.Builder
+		(&env{stderr: &b}).progress(tc.verb, "web")(supervisor.Progress{Message: tc.msg})
+		if b.String() != tc.want {
+			t.Errorf("progress(%q, %q) printed %q; want %q", tc.verb, tc.msg, b.String(), tc.want)
+		}
+	}
+}
