@@ -463,6 +463,10 @@ func TestIntegrationHandoverSupervisorKilled(t *testing.T) {
 		}
 	}
 	j, _ := h.run("journalctl", "--no-pager", "-o", "cat", "-u", handoverGroup.SupervisorUnit(), "_PID="+newSup)
+	// The new supervisor found the interrupted reload and says so.
+	if !strings.Contains(j, "resumed") {
+		t.Errorf("the new supervisor does not report the interrupted reload it resumed:\n%s", j)
+	}
 	if len(old) > 0 {
 		// A partial end is allowed only when the new supervisor says so.
 		if !strings.Contains(j, "partial") && !strings.Contains(j, "interrupted") {
