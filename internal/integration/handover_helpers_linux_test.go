@@ -238,7 +238,7 @@ func watchSlots(h *house) *slotWatch {
 			select {
 			case <-w.stop:
 				return
-			case <-time.After(50 * time.Millisecond): // poll: systemd's D-Bus signals would race the test's own reads
+			case <-time.After(25 * time.Millisecond): // poll: systemd's D-Bus signals would race the test's own reads
 			}
 		}
 	}()
