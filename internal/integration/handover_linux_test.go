@@ -331,9 +331,16 @@ func reloadRound(t *testing.T, h *house, load *pacedLoad) *handoverRound {
 // fails naming the instance and its unit, and the old processes keep
 // serving every client (same instance, same PID), long-lived connections
 // included; no request fails.
-func TestIntegrationHandoverNeverReady(t *testing.T) {
+func TestIntegrationHandoverNeverReady(t *testing.T) { handoverNeverReady(t, "handoff") }
+
+// TestIntegrationHandoverNeverReadyKernel: the same in kernel mode, where
+// the new process that never becomes ready holds the slot's listening
+// socket too, and must not take its connections (or, stopped, end it).
+func TestIntegrationHandoverNeverReadyKernel(t *testing.T) { handoverNeverReady(t, "kernel") }
+
+func handoverNeverReady(t *testing.T, dispatch string) {
 	const marker = "/run/never-ready"
-	h := newHandoverHouse(t, handoverConfig("handoff",
+	h := newHandoverHouse(t, handoverConfig(dispatch,
 		helloBehind("if [ -e "+marker+" ]; then exec sleep 600; fi"), `timeout_start = "3s"`+"\n"+`timeout_stop = "5s"`))
 	before := servingPIDs(t, h)
 	clients := stickyMap(t, webClients)
