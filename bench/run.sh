@@ -13,7 +13,10 @@
 # only; without root they are skipped with a message.
 # Tunables (env): DURATION=4 ROUNDS=4 WARMUP=1 CLOSE_CONNS=16 KA_CONNS=64 SOURCES=64
 #   REF_EVERY=1 BASE_PORT=18100 READY_TIMEOUT=15 SD_READY_TIMEOUT=90 HOLD_CONNS=10000 HOLD_SECONDS=3
-#   EXTRAS="hold syscalls gobench storm idle" STORM_RATE=10000 STORM_SECONDS=4 STORM_ROUNDS=2
+#   EXTRAS="hold syscalls gobench storm idle reload" STORM_RATE=10000 STORM_SECONDS=4 STORM_ROUNDS=2
+#   RELOAD_LONG=200 RELOAD_STEADY=3 RELOAD_MODES="handoff kernel"
+#   ROUNDS=0 with rows and EXTRAS=reload: the reload extra alone, e.g.
+#     ROUNDS=0 EXTRAS=reload UPDATE_DOCS=0 bench/run.sh --no-setup systemd-house
 #   STORM_INFLIGHT=4096 GOALS="systemd-house:0.95:0.98:10 ..." UPDATE_DOCS=1 OUT=bench/results/<timestamp> SHARED_BENCH=<repo>/../shared/bench
 set -uo pipefail   # no -e: one broken row must not abort the suite
 B=$(cd "$(dirname "$0")" && pwd)
@@ -25,7 +28,8 @@ DURATION=${DURATION:-4}; ROUNDS=${ROUNDS:-4}; WARMUP=${WARMUP:-1}
 CLOSE_CONNS=${CLOSE_CONNS:-16}; KA_CONNS=${KA_CONNS:-64}; SOURCES=${SOURCES:-64}
 REF_EVERY=${REF_EVERY:-1}; BASE_PORT=${BASE_PORT:-18100}; READY_TIMEOUT=${READY_TIMEOUT:-15}
 HOLD_CONNS=${HOLD_CONNS:-10000}; HOLD_SECONDS=${HOLD_SECONDS:-3}; UPDATE_DOCS=${UPDATE_DOCS:-1}
-SD_READY_TIMEOUT=${SD_READY_TIMEOUT:-90}; EXTRAS=${EXTRAS:-hold syscalls gobench storm idle}
+SD_READY_TIMEOUT=${SD_READY_TIMEOUT:-90}; EXTRAS=${EXTRAS:-hold syscalls gobench storm idle reload}
+RELOAD_LONG=${RELOAD_LONG:-200}; RELOAD_STEADY=${RELOAD_STEADY:-3}; RELOAD_MODES=${RELOAD_MODES:-handoff kernel}
 STORM_RATE=${STORM_RATE:-10000}; STORM_SECONDS=${STORM_SECONDS:-4}; STORM_ROUNDS=${STORM_ROUNDS:-2}
 STORM_INFLIGHT=${STORM_INFLIGHT:-4096}
 TARGET=powerhouse-sticky
@@ -465,6 +469,46 @@ if want_extra idle && [[ " ${rows[*]} " == *" $SD_TARGET "* ]]; then
     } >> "$OUT/summary.md"
   else
     echo "- $HOLD_CONNS idle connections: $SD_TARGET FAILED to start (see $OUT/logs/idle.log)" >> "$OUT/summary.md"
+  fi
+fi
+
+# --- extra under systemd: reload under load ----------------------------------
+# bench/sdrow's reload mode: `systemctl reload` of a 3-instance sticky group
+# (bench/rows/systemd-reload.toml) under a stream of new connections from
+# SOURCES addresses (a request every 100 ms each, open loop per source) and
+# RELOAD_LONG long-lived connections (hello's line-echo, a line every 100 ms
+# each, closed by their clients 1 s after the reload returned), in each
+# dispatch mode of RELOAD_MODES.
+rkv() { awk -v k="$1" '/^reload / { for (i = 2; i <= NF; i++) if (index($i, k "=") == 1) { print substr($i, length(k) + 2); exit } }' "$2"; }
+if want_extra reload; then
+  why=$(row_unusable systemd-house)
+  if [[ -n $why ]]; then
+    echo "bench: extra reload skipped: $why" >&2
+  else
+    reload_rows=()
+    for mode in $RELOAD_MODES; do
+      next_port; f=$ex/reload-$mode.txt
+      wx=""; [[ $mode == kernel ]] && wx='dispatch = "kernel"'
+      "$BENCH_BIN/sdrow" -port "$port" -config "$B/rows/systemd-reload.toml" -worker-extra "$wx" -name bench-reload \
+        -long "$RELOAD_LONG" -sources "$SOURCES" -steady "${RELOAD_STEADY}s" -ready-timeout "${SD_READY_TIMEOUT}s" reload > "$f" 2>&1 &
+      rpid=$!; bgpids+=("$rpid"); wait "$rpid"
+      grep '^reload ' "$f" >&2
+      if grep -q '^reload ' "$f"; then
+        reload_rows+=("| $mode | $(rkv slots "$f") | $(rkv long "$f") | **$(rkv cut "$f")** | $(rkv event_cut "$f") | $(rkv drained "$f") | $(rkv requests "$f") | **$(rkv failed "$f")** | $(rkv p99_steady_ms "$f") | $(rkv p99_reload_ms "$f") | $(rkv reload_s "$f") | $(rkv drains_s "$f") | $(rkv ready_ms "$f") |")
+      else
+        reload_rows+=("| $mode | FAILED (see extras/reload-$mode.txt) | | | | | | | | | | | |")
+      fi
+    done
+    {
+      echo
+      echo "### Reload under load under systemd"
+      echo
+      echo "\`systemctl reload powerhouse@web\` of 3 sticky hello instances (bench/rows/systemd-reload.toml, timeout_stop 10 s) while $SOURCES addresses each open a new connection every 100 ms (open loop per address) and $RELOAD_LONG long-lived connections (hello's line-echo: hijacked, as a WebSocket) each send a line every 100 ms, closed by their clients 1 s after the reload returned. Steady state: the ${RELOAD_STEADY} s before the reload; during: from the reload's start until every old process drained and exited. Cut: long-lived connections closed by the house before their client closed them (client's count, and the workers' drain reports in worker.reload). Ready: each slot's time from the start of its new process to READY=1 (worker.reload ready_ms)."
+      echo
+      echo "| dispatch | instances | long-lived | cut | cut (worker.reload) | drained (worker.reload) | new connections | failed | p99 steady ms | p99 during reload ms | reload s | until drained s | ready ms per instance |"
+      echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+      printf '%s\n' "${reload_rows[@]}"
+    } >> "$OUT/summary.md"
   fi
 fi
 

@@ -36,6 +36,17 @@
 // dispatch counters (house) and powers the box off. If sdrow is killed,
 // the box dies with it (sdbox's PR_SET_PDEATHSIG).
 //
+// reload: the house, as in house mode, then `systemctl reload` of its
+// first sticky group under load, measured (bench/sdrow/reload.go): a
+// stream of new connections from -sources addresses and -long long-lived
+// connections (examples/hello's line-echo, hijacked as a WebSocket is),
+// a request or a line every -period each; the steady state for -steady
+// before the reload; the long-lived connections close -hold after it
+// returned. It prints one line, "reload dispatch=... cut=... failed=...
+// p99_steady_ms=... p99_reload_ms=... ready_ms=...", and powers off:
+//
+//	sdrow -port 18190 -config bench/rows/systemd-reload.toml reload
+//
 // Needs root, like every sdbox box.
 package main
 
@@ -87,6 +98,7 @@ type options struct {
 	pids        string
 	name        string
 	ready       time.Duration
+	reload      reloadOptions
 }
 
 func main() {
@@ -100,8 +112,13 @@ func main() {
 	flag.StringVar(&o.pids, "pids", os.Getenv("BENCH_PIDS"), "write front=PID and workers=PID,... (host PIDs) to this `file` once ready (default $BENCH_PIDS)")
 	flag.StringVar(&o.name, "name", "", "box name (default bench-MODE)")
 	flag.DurationVar(&o.ready, "ready-timeout", 90*time.Second, "how long the row may take to boot and answer")
+	flag.IntVar(&o.reload.long, "long", 200, "reload: long-lived connections held across the reload")
+	flag.IntVar(&o.reload.sources, "sources", 64, "reload: source addresses of the stream of new connections")
+	flag.DurationVar(&o.reload.period, "period", 100*time.Millisecond, "reload: a request per source, a line per long-lived connection, every `period`")
+	flag.DurationVar(&o.reload.steady, "steady", 3*time.Second, "reload: the steady-state window before the reload")
+	flag.DurationVar(&o.reload.hold, "hold", time.Second, "reload: how long the long-lived connections stay open after the reload returned")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: sdrow -port N -config FILE [-worker-extra LINES] [-pids FILE] house|reference")
+		fmt.Fprintln(os.Stderr, "usage: sdrow -port N -config FILE [-worker-extra LINES] [-pids FILE] house|reference|reload")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -125,8 +142,8 @@ func main() {
 
 func (o *options) check() error {
 	switch {
-	case o.mode != "house" && o.mode != "reference":
-		return fmt.Errorf("mode %q: want house or reference", o.mode)
+	case o.mode != "house" && o.mode != "reference" && o.mode != "reload":
+		return fmt.Errorf("mode %q: want house, reference or reload", o.mode)
 	case o.port < 1 || o.port > 65535:
 		return fmt.Errorf("-port %d: want 1..65535", o.port)
 	case o.bin == "" || !filepath.IsAbs(o.bin):
@@ -139,6 +156,9 @@ func (o *options) check() error {
 		return fmt.Errorf("-worker %q: want an absolute program and its arguments", strings.Join(o.worker, " "))
 	case os.Geteuid() != 0:
 		return errors.New("needs root (it boots a private systemd)")
+	}
+	if err := o.reload.check(); err != nil {
+		return err
 	}
 	if o.name == "" {
 		o.name = "bench-" + o.mode
@@ -197,7 +217,7 @@ func run(o *options) (err error) {
 	var front int
 	var workers []int
 	switch o.mode {
-	case "house":
+	case "house", "reload":
 		front, workers, err = startHouse(bootCtx, box, src, cfg)
 	default:
 		front, workers, err = startReference(bootCtx, box, o, cfg)
@@ -226,6 +246,15 @@ func run(o *options) (err error) {
 	}
 	fmt.Printf("sdrow: %s ready on 127.0.0.1:%d in %.2f s (box booted in %.2f s, host pid %d): front=%d workers=%s\n",
 		o.mode, o.port, time.Since(began).Seconds(), booted.Seconds(), box.PID(), front, joinInts(workers))
+	if o.mode == "reload" {
+		w := stickyWorker(cfg)
+		res, err := reloadUnderLoad(ctx, box, o.port, units.Group{Name: w.Name}, w.Amount, string(w.Dispatch), o.reload)
+		if err != nil {
+			return errors.Join(err, fmt.Errorf("journal (tail):\n%s", journal(box)))
+		}
+		fmt.Println(res.line())
+		return nil
+	}
 
 	// Until told to stop, or until the harness that started us is gone
 	// (reparented: nobody would ever stop us), without leaving a box.
@@ -265,13 +294,7 @@ func startHouse(ctx context.Context, box *sdbox.Box, src []byte, cfg *config.Con
 	if out, err := box.Run(ctx, boxBin+"/powerhouse", "install", "--now", boxConfig); err != nil {
 		return 0, nil, fmt.Errorf("powerhouse install --now: %w\n%s", err, out)
 	}
-	w := cfg.Workers[0]
-	for _, c := range cfg.Workers {
-		if c.Sticky {
-			w = c
-			break
-		}
-	}
+	w := stickyWorker(cfg)
 	g := units.Group{Name: w.Name}
 	front, err := mainPID(ctx, box, g.SupervisorUnit())
 	if err != nil {
@@ -286,6 +309,16 @@ func startHouse(ctx context.Context, box *sdbox.Box, src []byte, cfg *config.Con
 		workers = append(workers, pid)
 	}
 	return front, workers, nil
+}
+
+// stickyWorker is the configuration's first sticky group, else its first.
+func stickyWorker(cfg *config.Config) *config.Worker {
+	for i := range cfg.Workers {
+		if cfg.Workers[i].Sticky {
+			return &cfg.Workers[i]
+		}
+	}
+	return &cfg.Workers[0]
 }
 
 // refSkip are the worker unit's [Service] settings the reference does not

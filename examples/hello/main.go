@@ -6,8 +6,23 @@
 //
 // GET /config shows the group's configuration as the worker last read it
 // (it re-reads it on SIGHUP, after `powerhouse set`), and POST /message
-// sends its body as a worker.message event. Outside PowerHouse the
-// instance is dev@0. It runs the same under
+// sends its body as a worker.message event.
+//
+// GET /echo with "Connection: Upgrade" and "Upgrade: line-echo" switches
+// the connection to a line protocol (101 Switching Protocols): every line
+// the client sends comes back as the answer line with the client's line
+// after " echo=",
+//
+//	instance=web@2 pid=4242 remote=203.0.113.7:51234 echo=<line>
+//
+// until the client closes the connection. It stands for a WebSocket: a
+// long-lived connection that net/http hands over to the handler
+// (hijacked) and no longer tracks, which the activation library lets end
+// on its own while the worker drains after SIGTERM (a handover reload).
+// A line is at most 1 KiB (a longer one ends the connection with an
+// "error:" line) and a client silent for a minute is disconnected.
+//
+// Outside PowerHouse the instance is dev@0. It runs the same under
 // PowerHouse (sticky or shared), under systemd-socket-activate, and alone
 // with POWERHOUSE_LISTEN=127.0.0.1:8080. The demo, the integration tests and
 // the benchmarks use it.
@@ -74,6 +89,7 @@ func main() {
 		}
 		fmt.Fprintln(w, "sent")
 	})
+	mux.HandleFunc("GET /echo", echo(line))
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	if err := activation.Serve(context.Background(), srv, l); err != nil {
 		log.Fatalf("hello: %v", err)

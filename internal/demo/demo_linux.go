@@ -47,7 +47,7 @@ the same tour is, from the repository:
     powerhouse status
     curl --interface 127.0.0.2 http://127.0.0.1:9999/    # again, and from .3, .4, ...:
                                                          # each address keeps its instance
-    sudo systemctl reload powerhouse@web                 # rolling reload
+    sudo systemctl reload powerhouse@web                 # handover reload
     sudo systemctl kill -s KILL powerhouse-web@2.service # it comes back
     powerhouse events
     sudo powerhouse uninstall
@@ -361,9 +361,11 @@ func (d *demo) stickyScreen(ctx context.Context) error {
 	return nil
 }
 
-// reloadScreen reloads the web group while clients keep asking.
+// reloadScreen reloads the web group while clients keep asking and
+// long-lived connections stay open: a handover per instance, the new
+// process ready before the old one drains.
 func (d *demo) reloadScreen(ctx context.Context) error {
-	d.title("Rolling reload under load: systemctl reload " + units.Group{Name: group}.SupervisorUnit())
+	d.title("Handover reload under load: systemctl reload " + units.Group{Name: group}.SupervisorUnit())
 	n := d.web.Amount
 	before, err := d.pids(ctx, n)
 	if err != nil {
@@ -373,12 +375,21 @@ func (d *demo) reloadScreen(ctx context.Context) error {
 	for i := 0; i < loadClients && i < len(d.rows); i++ {
 		addrs = append(addrs, d.rows[i].addr)
 	}
-	d.printf("  Load: %d clients on new connections and %d on kept-alive ones (%s … %s), asking non-stop.",
+	d.printf("  Load: %d clients on new connections and %d on kept-alive ones (%s … %s), asking non-stop,",
 		len(addrs), len(addrs), addrs[0], addrs[len(addrs)-1])
+	var longAddrs []string
+	for i := range longConns {
+		longAddrs = append(longAddrs, clientAddr(longFrom+i))
+	}
+	d.printf("  and %d long-lived connections (%s … %s), a line every %v each: hello's line-echo,",
+		longConns, longAddrs[0], longAddrs[len(longAddrs)-1], linePeriod)
+	d.printf("  a hijacked connection as a WebSocket is, which a restart would cut.")
 	fresh := startLoad(ctx, webURL, addrs, false)
 	kept := startLoad(ctx, webURL, addrs, true)
 	stopLoad := func() { fresh.stop(); kept.stop() }
 	defer stopLoad()
+	long := startLong(ctx, longAddrs)
+	defer long.stop()
 	okNow := func() int64 { return fresh.ok.Load() + kept.ok.Load() }
 	failedNow := func() int64 { return fresh.failed.Load() + kept.failed.Load() }
 	for _, l := range []*load{fresh, kept} {
@@ -386,7 +397,12 @@ func (d *demo) reloadScreen(ctx context.Context) error {
 			return fmt.Errorf("load before the reload: %w", err)
 		}
 	}
-	d.printf("  PIDs before: %s", pidList(before))
+	long.up.Wait()
+	if cut := long.cut(); len(cut) > 0 {
+		return fmt.Errorf("long-lived connections before the reload: %s", strings.Join(cut, "; "))
+	}
+	perLong := long.perInstance()
+	d.printf("  PIDs before: %s; long-lived connections per instance: %s", pidList(before), countList(perLong))
 	d.printf("")
 
 	okStart, failStart := okNow(), failedNow()
@@ -400,30 +416,93 @@ func (d *demo) reloadScreen(ctx context.Context) error {
 		reloadErr <- err
 	}()
 	d.printf("» systemctl reload %s …", units.Group{Name: group}.SupervisorUnit())
-	tick := time.NewTicker(500 * time.Millisecond)
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
 	var rerr error
+	// Every instance seen serving from its new process beside its old
+	// one draining: the handover.
+	overlap := map[int]bool{}
+	show := func() {
+		now, err := d.slots(ctx, n)
+		if err != nil {
+			return
+		}
+		for i, s := range now {
+			if s.draining.pid == before[i] && s.serving.pid != 0 && s.serving.pid != before[i] {
+				overlap[i] = true
+			}
+		}
+		d.printf("  … %5v  %s  %d requests answered, %d failed", time.Since(start).Round(100*time.Millisecond),
+			handoverLine(now), okNow()-okStart, failedNow()-failStart)
+	}
 wait:
 	for {
 		select {
 		case rerr = <-reloadErr:
 			break wait
 		case <-tick.C:
-			now, _ := d.pids(ctx, n)
-			d.printf("  … %5v  %s  %d requests answered, %d failed", time.Since(start).Round(100*time.Millisecond),
-				reloadProgress(before, now), okNow()-okStart, failedNow()-failStart)
+			show()
 		}
 	}
-	tick.Stop()
+	took := time.Since(start)
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	took := time.Since(start)
-	okDuring, failDuring := okNow()-okStart, failedNow()-failStart
-	if d.check(rerr == nil, "systemctl reload %s succeeded in %v", units.Group{Name: group}.SupervisorUnit(), seconds(took)) {
+	if d.check(rerr == nil, "systemctl reload %s returned in %v: each instance's new process was ready before its old one was told to stop", units.Group{Name: group}.SupervisorUnit(), seconds(took)) {
 		d.printf("")
 	} else {
 		d.printf("    %v", rerr)
 	}
+	show()
+	// The long-lived connections go on a second more while the old
+	// processes drain, then their clients close them.
+	for end := time.After(time.Second); ; {
+		select {
+		case <-end:
+		case <-tick.C:
+			show()
+			continue
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		break
+	}
+	long.stop()
+	d.printf("  The long-lived connections' clients close them (%d lines echoed); the old processes finish draining.", long.lines.Load())
+	var after map[int]uint32
+	drainStart := time.Now()
+	err = d.step("waiting for the old processes to drain and exit", time.Second, func() error {
+		deadline := time.Now().Add(40 * time.Second)
+		for {
+			now, err := d.slots(ctx, n)
+			if err == nil {
+				done := true
+				for _, s := range now {
+					if s.draining.pid != 0 {
+						done = false
+					}
+				}
+				if done {
+					after = map[int]uint32{}
+					for i, s := range now {
+						after[i] = s.serving.pid
+					}
+					return nil
+				}
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("still draining after 40s: %s", handoverLine(now))
+			}
+			time.Sleep(50 * time.Millisecond) // poll: the state is systemd's
+		}
+	})
+	if err != nil {
+		return err
+	}
+	drained := time.Since(drainStart)
 	// Keep asking a little after the reload: the new processes serve.
 	for _, l := range []*load{fresh, kept} {
 		if err := l.waitServed(ctx, 100, 20*time.Second); err != nil {
@@ -432,16 +511,49 @@ wait:
 	}
 	stopLoad()
 	total, failed := okNow(), failedNow()
+	okDuring, failDuring := okNow()-okStart, failedNow()-failStart
 
-	after, err := d.pids(ctx, n)
+	evs, err := d.waitReloadEvents(ctx, n, start.Add(-time.Second), 10*time.Second)
 	if err != nil {
 		return err
 	}
-	d.printf("  PIDs after:  %s", pidList(after))
+	d.printf("")
+	d.printf("  The handovers (worker.reload events):")
+	var cutTotal, drainedTotal int
+	var badEvents []string
+	for i := 1; i <= n; i++ {
+		e, ok := evs[i]
+		if !ok {
+			badEvents = append(badEvents, fmt.Sprintf("%s@%d: no worker.reload", group, i))
+			continue
+		}
+		f := e.Fields
+		dr, cut := atoiOr(f["drained"]), atoiOr(f["cut"])
+		d.printf("    %s@%d  PID %s → %s  ready in %s ms  %s connections drained, %s cut  (%s → %s)",
+			group, i, f["old_pid"], f["new_pid"], f["ready_ms"], f["drained"], f["cut"], f["old_unit"], f["new_unit"])
+		if dr < 0 || cut < 0 {
+			badEvents = append(badEvents, fmt.Sprintf("%s@%d: drained %q, cut %q", group, i, f["drained"], f["cut"]))
+			continue
+		}
+		drainedTotal += dr
+		cutTotal += cut
+	}
+	d.printf("  PIDs after:  %s; the drains took %v after the reload returned", pidList(after), seconds(drained))
 	d.printf("")
 	d.printf("  reload: %d requests during the reload, %d failed", okDuring+failDuring, failDuring)
 	d.printf("")
 	d.check(failed == 0, "%d failed of %d requests under load (%d during the reload)%s", failed, total+failed, okDuring+failDuring, failureSample(fresh, kept))
+	cut := long.cut()
+	d.check(len(cut) == 0, "%d cut of %d long-lived connections: each ended when its client closed it%s", len(cut), longConns, listIf(" — cut: ", cut[:min(len(cut), 3)]))
+	d.check(len(badEvents) == 0 && cutTotal == 0 && drainedTotal >= longConns,
+		"the old processes drained %d connections and cut %d (worker.reload)%s", drainedTotal, cutTotal, listIf(" — ", badEvents))
+	var missed []string
+	for i := 1; i <= n; i++ {
+		if !overlap[i] {
+			missed = append(missed, fmt.Sprintf("%s@%d", group, i))
+		}
+	}
+	d.check(len(missed) == 0, "every instance was seen with its new process serving while its old one drained%s", listIf(" — not: ", missed))
 	var same []string
 	for i := 1; i <= n; i++ {
 		if after[i] == before[i] || after[i] == 0 {
@@ -468,7 +580,15 @@ wait:
 
 // killScreen kills one instance with SIGKILL while clients keep asking.
 func (d *demo) killScreen(ctx context.Context) error {
-	unit := units.Group{Name: group}.Instance(victim)
+	// After the reload, the instance may run on either side.
+	sl, err := d.slotOf(ctx, victim)
+	if err != nil {
+		return err
+	}
+	unit := sl.serving.unit
+	if unit == "" {
+		unit = units.Group{Name: group}.Instance(victim)
+	}
 	inst := fmt.Sprintf("%s@%d", group, victim)
 	d.title("A worker killed: systemctl kill -s KILL " + unit)
 	// Its clients: from the table, or found among more addresses.
@@ -716,15 +836,16 @@ func (d *demo) mainPID(ctx context.Context, unit string) (uint32, error) {
 	return d.m.MainPID(ctx, unit)
 }
 
-// pids returns the main PIDs of the web group's instances 1..n.
+// pids returns the main PIDs of the web group's instances 1..n: each
+// one's serving side (after a handover reload, side b may serve).
 func (d *demo) pids(ctx context.Context, n int) (map[int]uint32, error) {
+	ss, err := d.slots(ctx, n)
+	if err != nil {
+		return nil, err
+	}
 	m := map[int]uint32{}
-	for i := 1; i <= n; i++ {
-		p, err := d.mainPID(ctx, units.Group{Name: group}.Instance(i))
-		if err != nil {
-			return nil, err
-		}
-		m[i] = p
+	for i, s := range ss {
+		m[i] = s.serving.pid
 	}
 	return m, nil
 }

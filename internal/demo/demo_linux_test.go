@@ -63,6 +63,8 @@ func TestIntegrationDemo(t *testing.T) {
 		"✓ 0 failed of ",
 		"web@2 came back with a new process",
 		"worker.reload web@4",
+		"0 cut of 24 long-lived connections",
+		"every instance was seen with its new process serving while its old one drained",
 		"signal=SIGKILL",
 		"every check passed",
 	} {

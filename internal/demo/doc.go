@@ -14,9 +14,14 @@
 //     new connections each, every address always answered by the same
 //     instance; and a client behind a PROXY protocol load balancer;
 //  4. `systemctl reload powerhouse@web` under load (new and kept-alive
-//     connections from eight addresses), with the number of requests
-//     served during the reload and failed (0), every instance with a new
-//     process afterwards, every client still on its instance;
+//     connections from eight addresses, and 24 long-lived connections,
+//     examples/hello's line-echo, a line every 100 ms each): the handover
+//     of each instance, its new process serving beside its old one
+//     draining, the old and new PIDs, the time to ready and the
+//     connections drained and cut of each worker.reload event; the
+//     requests served during the reload and failed (0), the long-lived
+//     connections cut (0), every instance with a new process afterwards,
+//     every client still on its instance;
 //  5. `systemctl kill -s KILL powerhouse-web@2.service`: the instance
 //     comes back with a new process and its clients are served by it;
 //  6. `powerhouse events`: the journald events of all that.

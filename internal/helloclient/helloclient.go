@@ -1,6 +1,8 @@
-// Package helloclient asks examples/hello who answered: the demo and the
-// integration tests use it to see which instance (and which process) a
-// client address reaches.
+// Package helloclient asks examples/hello who answered: the demo, the
+// integration tests and the reload benchmark (bench/sdrow) use it to see
+// which instance (and which process) a client address reaches, on a new
+// connection, a kept-alive one, or a long-lived line-echo connection
+// (DialEcho).
 package helloclient
 
 import (
