@@ -247,7 +247,11 @@ func (s *Supervisor) handover(ctx context.Context, verb string, w *config.Worker
 	}
 	to := from.Other()
 	oldUnit, newUnit := s.g.InstanceSide(n, from), s.g.InstanceSide(n, to)
-	if st := sts[to]; !st.ActiveState.AtRest() || st.JobType != units.NoJob {
+	// A reload resumed after a supervisor restart may find the new side
+	// still starting (its start job outlived the old supervisor): the
+	// start below joins that job rather than stopping it.
+	resumedStart := plan.To[n] == to.String() && sts[to].JobType == units.JobStart
+	if st := sts[to]; !resumedStart && (!st.ActiveState.AtRest() || st.JobType != units.NoJob) {
 		// The other side still drains (an earlier reload's stop), or is
 		// busy otherwise: it must be at rest before it starts again.
 		// Its stop, joined, ends when it does; bounded by its

@@ -517,3 +517,55 @@ func TestBothSidesAtRunTime(t *testing.T) {
 		t.Errorf("a newer or unrelated side was stopped: jobs %q", r.f.jobs())
 	}
 }
+
+// TestResumeJoinsStartingSide: a supervisor killed while an instance's new
+// side starts leaves systemd's start job running; the next supervisor's
+// resumed reload waits for that start rather than stopping the side and
+// starting it again.
+func TestResumeJoinsStartingSide(t *testing.T) {
+	r := newRig(t, apiTOML, "api", nil)
+	hold := make(chan struct{})
+	released := false
+	defer func() {
+		if !released {
+			close(hold)
+		}
+	}()
+	r.f.hold[r.side(2, units.SideB)] = hold
+	r.run()
+	r.waitAll()
+	errc := make(chan error, 1)
+	go func() { _, err := r.client().Reload(context.Background(), nil); errc <- err }()
+	waitFor(t, r.n, "instance 2's new side starting", func() bool {
+		return mustState(t, r.f, r.side(2, units.SideB)).ActiveState == units.Activating
+	})
+	r.stop()
+	if err := <-r.done; err != nil {
+		t.Fatal(err)
+	}
+	r.done <- nil // for the cleanup
+	<-errc
+	// systemd's start job outlives the supervisor that asked for it.
+	r.f.mu.Lock()
+	r.f.unit(r.side(2, units.SideB)).st.JobType = units.JobStart
+	r.f.log = nil
+	r.f.mu.Unlock()
+
+	r2 := r.again(t, &syncBuffer{})
+	r2.run()
+	waitFor(t, r2.n, "the resumed reload to join instance 2's start", func() bool {
+		return slices.Contains(r2.f.jobs(), "start "+r.side(2, units.SideB))
+	})
+	close(hold)
+	released = true
+	waitFor(t, r2.n, "the resumed reload's end", func() bool {
+		_, err := os.Stat(r2.s.planPath())
+		return os.IsNotExist(err)
+	})
+	if slices.Contains(r2.f.jobs(), "stop "+r.side(2, units.SideB)) {
+		t.Errorf("the starting new side was stopped and started again: %q", r2.f.jobs())
+	}
+	waitFor(t, r2.n, "instance 2 served by its new side only", func() bool {
+		return serving(mustState(t, r.f, r.side(2, units.SideB))) && !serving(mustState(t, r.f, r.side(2, units.SideA)))
+	})
+}
