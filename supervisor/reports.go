@@ -75,6 +75,19 @@ type heard struct {
 	hello report.Hello
 }
 
+// saidHello reports whether process pid sent a Hello that was attributed
+// to an instance of the group.
+func (d *declared) saidHello(pid uint32) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, h := range d.hello {
+		if h.pid == pid {
+			return true
+		}
+	}
+	return false
+}
+
 // helloOf returns the Hello that instance n's worker, main process pid,
 // sent; false when it sent none.
 func (d *declared) helloOf(n int, pid uint32) (report.Hello, bool) {
@@ -158,6 +171,14 @@ func (s *Supervisor) serveReports(ctx context.Context, r *report.Receiver) {
 		unit, err := s.o.Manager.UnitByPID(ctx, uint32(from.PID))
 		// Either side of the instance's slot (handover reloads run both).
 		n, side, ok := s.g.SideOf(unit)
+		if dr, drain := m.(report.DrainResult); drain && err != nil && s.declared.saidHello(uint32(from.PID)) {
+			// Sent just before the process exits: systemd may have
+			// forgotten the PID by the time it is read. Its Hello,
+			// attributed while it ran, vouches for it.
+			s.declared.recordDrain(uint32(from.PID), dr)
+			s.log.Debug("worker drained", "pid", from.PID, "drained", dr.Drained, "cut", dr.Cut)
+			continue
+		}
 		if err != nil || !ok {
 			s.refusedReport(fmt.Errorf("report from pid %d, which is no instance of group %s (unit %q, %v)", from.PID, s.g.Name, unit, err))
 			continue

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/powerhouse/powerhouse/handoff"
 	"github.com/powerhouse/powerhouse/report"
 	"github.com/powerhouse/powerhouse/units"
 )
@@ -194,4 +195,44 @@ func TestHelloPerSide(t *testing.T) {
 	if _, ok := d.helloOf(1, 100); ok {
 		t.Error("instance 1 has the Hello of instance 2's process")
 	}
+}
+
+// TestDrainReportAfterExit: a drain result read after systemd forgot its
+// sender (it is sent just before the process exits) still counts when
+// that process's Hello was attributed to an instance; from a process that
+// never said Hello it is refused.
+func TestDrainReportAfterExit(t *testing.T) {
+	r := newRig(t, apiTOML, "api", nil)
+	r.run()
+	r.waitReady()
+	waitFor(t, r.n, "the start to end", func() bool { return r.s.runningOp() == "" })
+	send := func(m report.Message) {
+		c, err := report.NewClient(r.s.g.ReportPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Send(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	self := uint32(os.Getpid())
+	send(report.DrainResult{Drained: 1})
+	waitFor(t, r.n, "the report of a process that never said Hello refused", func() bool {
+		r.s.declared.mu.Lock()
+		defer r.s.declared.mu.Unlock()
+		return r.s.declared.refused == 1
+	})
+	unit := r.s.g.InstanceSide(2, units.SideB)
+	r.f.setPID(unit, self)
+	send(report.Hello{Release: "test", HandoffVersions: []uint8{handoff.Version}})
+	waitFor(t, r.n, "the Hello attributed", func() bool { _, ok := r.s.declared.helloOf(2, self); return ok })
+	r.f.setPID(unit, 0) // the process is gone: systemd no longer knows it
+	send(report.DrainResult{Drained: 200, Cut: 2})
+	waitFor(t, r.n, "the drain result kept", func() bool {
+		d, c, ok := r.s.o.Reports.(interface {
+			Drained(pid uint32) (drained, cut uint64, ok bool)
+		}).Drained(self)
+		return ok && d == 200 && c == 2
+	})
 }
