@@ -159,6 +159,9 @@ func TestDispatchSticky(t *testing.T) {
 			t.Errorf("instance %d got a connection it should not have", id)
 		}
 	}
+	// The count follows sendmsg's return, which the worker's receive
+	// may beat: the last one can lag a moment.
+	waitFor(t, func() bool { return d.Stats().HandedOff == 60 })
 	if s := d.Stats(); s.HandedOff != 60 || s.StickyMiss != 0 || s.Dropped != 0 {
 		t.Errorf("stats %+v", s)
 	}
