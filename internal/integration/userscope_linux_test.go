@@ -125,10 +125,21 @@ func TestIntegrationUserScope(t *testing.T) {
 	})
 
 	t.Run("systemctl --user reload under load", func(t *testing.T) {
-		before := map[string]string{}
+		// The side serving each instance, and its PID: a handover
+		// reload moves each instance to its other side.
+		web := units.Group{Name: "web", Scope: units.User}
+		serving := func(i int) (unit, pid string) {
+			for _, side := range []units.Side{units.SideA, units.SideB} {
+				u := web.InstanceSide(i, side)
+				if show(u, "ActiveState") == "active" {
+					return u, show(u, "MainPID")
+				}
+			}
+			return web.Instance(i), "0"
+		}
+		before := map[int]string{}
 		for i := 1; i <= 3; i++ {
-			unit := units.Group{Name: "web", Scope: units.User}.Instance(i)
-			before[unit] = show(unit, "MainPID")
+			_, before[i] = serving(i)
 		}
 		var addrs []string
 		for i := 0; i < 10; i++ {
@@ -153,9 +164,9 @@ func TestIntegrationUserScope(t *testing.T) {
 		if n := fresh.failed.Load() + kept.failed.Load(); n != 0 {
 			t.Errorf("%d requests failed during the reload: %v %v", n, fresh.failures, kept.failures)
 		}
-		for unit, pid := range before {
-			if now := show(unit, "MainPID"); now == pid || now == "0" {
-				t.Errorf("%s: PID %s before, %s after the reload", unit, pid, now)
+		for i, pid := range before {
+			if unit, now := serving(i); now == pid || now == "0" {
+				t.Errorf("instance %d (%s): PID %s before, %s after the reload", i, unit, pid, now)
 			}
 		}
 		t.Logf("reload of 3 instances took %v; served %d new-connection and %d keep-alive requests, %d failed",
