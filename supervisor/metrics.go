@@ -155,19 +155,21 @@ func snake(s string) string {
 }
 
 var (
-	descWanted     = prometheus.NewDesc("powerhouse_instances_wanted", "Instances the group should run (amount).", nil, nil)
-	descUp         = prometheus.NewDesc("powerhouse_instance_up", "1 when the instance's serving side runs (active or reloading).", []string{"instance", "unit"}, nil)
-	descInDispatch = prometheus.NewDesc("powerhouse_instance_in_dispatch", "1 when the dispatcher hands new connections to the instance.", []string{"instance"}, nil)
-	descDraining   = prometheus.NewDesc("powerhouse_instance_draining", "1 while the instance's old side drains after a handover.", []string{"instance", "unit"}, nil)
-	descRestarts   = prometheus.NewDesc("powerhouse_instance_restarts_total", "Automatic restarts of the instance's services, both sides (systemd's NRestarts).", []string{"instance"}, nil)
-	descPID        = prometheus.NewDesc("powerhouse_instance_pid", "Main PID of the instance's serving side.", []string{"instance", "unit"}, nil)
-	descQBytes     = prometheus.NewDesc("powerhouse_instance_handoff_queue_bytes", "Bytes (kernel accounting, per datagram overhead included) of hand-offs sent to the instance and not yet received by it: the dispatcher's socket's SIOCOUTQ.", []string{"instance"}, nil)
-	descQLen       = prometheus.NewDesc("powerhouse_instance_handoff_queue_length", "Hand-offs (datagrams, each with one descriptor) sent to the instance and not yet received: handoff_queue_bytes over the bytes one hand-off costs (an estimate: Linux counts no datagrams for the sender).", []string{"instance"}, nil)
-	descQLimit     = prometheus.NewDesc("powerhouse_handoff_queue_limit", "Datagrams a hand-off socket queues before a send blocks (net.unix.max_dgram_qlen).", nil, nil)
-	descFDs        = prometheus.NewDesc("powerhouse_handoff_fds_in_flight", "Descriptors in flight over the hand-off sockets (sent, not received): the sum of handoff_queue_length.", nil, nil)
-	descFDLimit    = prometheus.NewDesc("powerhouse_handoff_fds_in_flight_limit", "Descriptors a non-root sender's user may have in flight over unix sockets: the supervisor's RLIMIT_NOFILE (not enforced for root).", nil, nil)
-	descBacklog    = prometheus.NewDesc("powerhouse_listener_backlog", "Connections in the listening socket's accept queue now.", []string{"listener"}, nil)
-	descBacklogMax = prometheus.NewDesc("powerhouse_listener_backlog_limit", "The listening socket's accept queue bound (Backlog=, capped by net.core.somaxconn).", []string{"listener"}, nil)
+	descWanted         = prometheus.NewDesc("powerhouse_instances_wanted", "Instances the group should run (amount).", nil, nil)
+	descUp             = prometheus.NewDesc("powerhouse_instance_up", "1 when the instance's serving side runs (active or reloading).", []string{"instance", "unit"}, nil)
+	descInDispatch     = prometheus.NewDesc("powerhouse_instance_in_dispatch", "1 when the dispatcher hands new connections to the instance.", []string{"instance"}, nil)
+	descDraining       = prometheus.NewDesc("powerhouse_instance_draining", "1 while the instance's old side drains after a handover.", []string{"instance", "unit"}, nil)
+	descRestarts       = prometheus.NewDesc("powerhouse_instance_restarts_total", "Automatic restarts of the instance's services, both sides (systemd's NRestarts).", []string{"instance"}, nil)
+	descPID            = prometheus.NewDesc("powerhouse_instance_pid", "Main PID of the instance's serving side.", []string{"instance", "unit"}, nil)
+	descQBytes         = prometheus.NewDesc("powerhouse_instance_handoff_queue_bytes", "Bytes (kernel accounting, per datagram overhead included) of hand-offs sent to the instance and not yet received by it: the dispatcher's socket's SIOCOUTQ.", []string{"instance"}, nil)
+	descQLen           = prometheus.NewDesc("powerhouse_instance_handoff_queue_length", "Hand-offs (datagrams, each with one descriptor) sent to the instance and not yet received: handoff_queue_bytes over the bytes one hand-off costs (an estimate: Linux counts no datagrams for the sender).", []string{"instance"}, nil)
+	descQLimit         = prometheus.NewDesc("powerhouse_handoff_queue_limit", "Datagrams a hand-off socket queues before a send blocks (net.unix.max_dgram_qlen).", nil, nil)
+	descFDs            = prometheus.NewDesc("powerhouse_handoff_fds_in_flight", "Descriptors in flight over the hand-off sockets (sent, not received): the sum of handoff_queue_length.", nil, nil)
+	descFDLimit        = prometheus.NewDesc("powerhouse_handoff_fds_in_flight_limit", "Descriptors a non-root sender's user may have in flight over unix sockets: the supervisor's RLIMIT_NOFILE (not enforced for root).", nil, nil)
+	descBacklog        = prometheus.NewDesc("powerhouse_listener_backlog", "Connections in the listening socket's accept queue now.", []string{"listener"}, nil)
+	descBacklogMax     = prometheus.NewDesc("powerhouse_listener_backlog_limit", "The listening socket's accept queue bound (Backlog=, capped by net.core.somaxconn).", []string{"listener"}, nil)
+	descInstBacklog    = prometheus.NewDesc("powerhouse_instance_listener_backlog", "Kernel mode: connections in the accept queue of the instance's own listening socket now.", []string{"instance", "listener"}, nil)
+	descInstBacklogMax = prometheus.NewDesc("powerhouse_instance_listener_backlog_limit", "Kernel mode: the accept queue bound of the instance's own listening socket (Backlog=).", []string{"instance", "listener"}, nil)
 )
 
 // metrics is a supervisor's registry and the one value it keeps.
@@ -221,7 +223,7 @@ func (c supervisorCollector) Describe(ch chan<- *prometheus.Desc) {
 		ch <- d.desc
 	}
 	for _, d := range []*prometheus.Desc{descWanted, descUp, descInDispatch, descDraining, descRestarts, descPID,
-		descQBytes, descQLen, descQLimit, descFDs, descFDLimit, descBacklog, descBacklogMax} {
+		descQBytes, descQLen, descQLimit, descFDs, descFDLimit, descBacklog, descBacklogMax, descInstBacklog, descInstBacklogMax} {
 		ch <- d
 	}
 }
@@ -287,6 +289,40 @@ func (c supervisorCollector) Collect(ch chan<- prometheus.Metric) {
 		s.collectHandoffQueues(ch)
 	}
 	s.collectBacklogs(ch)
+	s.collectKernelBacklogs(ch)
+}
+
+// collectKernelBacklogs reports, in kernel mode, the accept queue of
+// each instance's own socket (the supervisor holds a copy of each): the
+// kernel picks the socket, so each instance has a queue of its own.
+func (s *Supervisor) collectKernelBacklogs(ch chan<- prometheus.Metric) {
+	k := s.kern
+	if k == nil {
+		return
+	}
+	w := s.worker()
+	k.mu.Lock()
+	defer k.mu.Unlock() // the copies are closed under it too
+	for n, byAddr := range k.socks {
+		for j, f := range byAddr {
+			name := strconv.Itoa(j)
+			if j < len(w.Listen) {
+				name = w.Listen[j].Name
+			}
+			rc, err := f.SyscallConn()
+			if err != nil {
+				continue
+			}
+			var ti *unix.TCPInfo
+			var terr error
+			if err := rc.Control(func(fd uintptr) { ti, terr = unix.GetsockoptTCPInfo(int(fd), unix.SOL_TCP, unix.TCP_INFO) }); err != nil || terr != nil {
+				continue
+			}
+			in := strconv.Itoa(n)
+			ch <- prometheus.MustNewConstMetric(descInstBacklog, prometheus.GaugeValue, float64(ti.Unacked), in, name)
+			ch <- prometheus.MustNewConstMetric(descInstBacklogMax, prometheus.GaugeValue, float64(ti.Sacked), in, name)
+		}
+	}
 }
 
 // collectHandoffQueues reports, per instance, what the dispatcher sent to

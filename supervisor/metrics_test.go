@@ -257,3 +257,47 @@ listen = ["`+addr+`"]`, 1), "amount = 3", "amount = 1", 1)
 		return false
 	})
 }
+
+// TestKernelBacklogMetrics: in kernel mode each instance's own listening
+// socket has its accept queue; connections nobody accepts yet show there,
+// per instance, and add up to what the client opened.
+func TestKernelBacklogMetrics(t *testing.T) {
+	var p *fakeSteer
+	r, _ := kernelRig(t, 4, func(adopt []*os.File) (steering, error) { p = newFakeSteer(adopt); return p, nil })
+	r.run()
+	r.waitAll()
+	a, err := sockName(r.s.o.Files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 6
+	for i := 0; i < n; i++ {
+		c, err := net.Dial("tcp", a.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	var total, limit float64
+	waitFor(t, r.n, "every connection in an accept queue", func() bool {
+		fams, err := r.s.Gatherer().Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		total, limit = 0, 0
+		for _, f := range fams {
+			for _, m := range f.GetMetric() {
+				switch f.GetName() {
+				case "powerhouse_instance_listener_backlog":
+					total += m.GetGauge().GetValue()
+				case "powerhouse_instance_listener_backlog_limit":
+					limit = max(limit, m.GetGauge().GetValue())
+				}
+			}
+		}
+		return total == n
+	})
+	if limit <= 0 {
+		t.Errorf("backlog limit %v", limit)
+	}
+}

@@ -181,7 +181,7 @@ func TestTopOnce(t *testing.T) {
 		t.Fatalf("top --once: exit %d: %s", code, errOut)
 	}
 	for _, re := range []string{
-		`(?m)^powerhouse top · \d\d:\d\d:\d\d · every 200ms$`,
+		`(?m)^powerhouse top · \d\d:\d\d:\d\d · every 200ms · hand-off queues hold \d+ \(net\.unix\.max_dgram_qlen\)$`,
 		`(?m)^group web: 2/2 up · [1-9][0-9.]*k? conn/s · 0 misses · 0 dropped$`,
 		`(?m)^  web@1 +up, out of dispatch +0 +0 +0 +0 +- +0 +- +powerhouse-web@1\.service$`,
 		`(?m)^  web@2 +up, out of dispatch +0 +0 +0 +0 +- +0 +- +powerhouse-web@2\.service$`,
@@ -197,4 +197,3 @@ func TestTopOnce(t *testing.T) {
 		t.Errorf("top --interval 1ms: exit %d, want 2", code)
 	}
 }
-

@@ -63,7 +63,7 @@ func runTop(e *env, user, once bool, interval time.Duration, args []string) erro
 		cur := sampleOf(fams, time.Now())
 		if !once || prev != nil {
 			var b strings.Builder
-			renderTop(&b, prev, cur, errs, interval)
+			renderTop(&b, prev, cur, errs, interval, hostQueueBound())
 			if tty {
 				// Home, clear, redraw: one write, so the screen never
 				// shows half a view.
@@ -85,6 +85,22 @@ func runTop(e *env, user, once bool, interval time.Duration, args []string) erro
 		case <-t.C:
 		}
 	}
+}
+
+// hostQueueBound is the host's net.unix.max_dgram_qlen, the bound of the
+// hand-off queues (systemd makes the hand-off sockets in the host's
+// network namespace; the supervisors, in a private one, cannot read it),
+// or "" when it cannot be read.
+func hostQueueBound() string {
+	b, err := os.ReadFile("/proc/sys/net/unix/max_dgram_qlen")
+	if err != nil {
+		return ""
+	}
+	v := strings.TrimSpace(string(b))
+	if _, err := strconv.Atoi(v); err != nil {
+		return ""
+	}
+	return v
 }
 
 // isTerminal reports whether w is a terminal.
@@ -190,8 +206,12 @@ func rate(prev, cur float64, dt time.Duration) float64 {
 }
 
 // renderTop writes one view of cur, with rates since prev.
-func renderTop(w io.Writer, prev, cur *topSample, errs []error, interval time.Duration) {
-	fmt.Fprintf(w, "powerhouse top · %s · every %v\n", cur.at.Format("15:04:05"), interval)
+func renderTop(w io.Writer, prev, cur *topSample, errs []error, interval time.Duration, bound string) {
+	fmt.Fprintf(w, "powerhouse top · %s · every %v", cur.at.Format("15:04:05"), interval)
+	if bound != "" {
+		fmt.Fprintf(w, " · hand-off queues hold %s (net.unix.max_dgram_qlen)", bound)
+	}
+	fmt.Fprintln(w)
 	names := make([]string, 0, len(cur.groups))
 	for n := range cur.groups {
 		names = append(names, n)
