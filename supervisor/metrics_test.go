@@ -301,3 +301,17 @@ func TestKernelBacklogMetrics(t *testing.T) {
 		t.Errorf("backlog limit %v", limit)
 	}
 }
+
+// gathered returns what the supervisor's registry gathers now, by name.
+func gathered(t *testing.T, s *Supervisor) map[string]*dto.MetricFamily {
+	t.Helper()
+	list, err := s.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, f := range list {
+		out[f.GetName()] = f
+	}
+	return out
+}
