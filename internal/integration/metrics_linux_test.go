@@ -154,6 +154,25 @@ listen = ["127.0.0.1:19440"]
 	if _, ok := seriesValue(fams, "process_cpu_seconds_total", map[string]string{"group": "web"}); !ok {
 		t.Error("TCP endpoint: no process_cpu_seconds_total{group=web}")
 	}
+	// The near-limit figures, read under the supervisor's sandbox: the
+	// hand-off queues (empty: the workers took every connection), the
+	// descriptors in flight and the listener's accept queue and bound.
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		min    float64
+	}{
+		{"powerhouse_instance_handoff_queue_length", map[string]string{"group": "web", "instance": "1"}, 0},
+		{"powerhouse_instance_handoff_queue_length", map[string]string{"group": "web", "instance": "2"}, 0},
+		{"powerhouse_handoff_fds_in_flight", map[string]string{"group": "web"}, 0},
+		{"powerhouse_handoff_fds_in_flight_limit", map[string]string{"group": "web"}, 1},
+		{"powerhouse_listener_backlog", map[string]string{"group": "web", "listener": "127.0.0.1:19440"}, 0},
+		{"powerhouse_listener_backlog_limit", map[string]string{"group": "web", "listener": "127.0.0.1:19440"}, 1},
+	} {
+		if v, ok := seriesValue(fams, c.name, c.labels); !ok || v < c.min {
+			t.Errorf("TCP endpoint: %s%v = %v (present %v), want at least %v", c.name, c.labels, v, ok, c.min)
+		}
+	}
 	req, _ := http.NewRequestWithContext(context.Background(), http.MethodGet, metricsTCPURL, nil)
 	req.Header.Set("Accept", "application/openmetrics-text; version=1.0.0")
 	if resp, err := c.Do(req); err != nil {

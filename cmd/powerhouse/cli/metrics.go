@@ -98,7 +98,7 @@ func metricsSockets(base string, groups []string) (map[string]string, error) {
 // put there) holds nothing up.
 const (
 	maxMetricsGroups  = config.MaxGroups
-	maxExposition     = 32 << 20
+	maxExposition     = 8 << 20
 	groupScrapeTimout = 5 * time.Second
 )
 
@@ -183,7 +183,7 @@ top-level metrics key): GET /metrics answers with the merged metrics of
 every group's metrics socket under --runtime, in the Prometheus text format
 or OpenMetrics as the scraper asks; every series is labelled group=NAME.
 A request must arrive within 2s; each group's answer is read within 5s and
-32 MiB; at most 4 scrapes are served at a time (more get 503), and an
+8 MiB; at most 4 scrapes are served at a time (more get 503), and an
 answer that a client does not read within 15s is abandoned, so that a slow
 or hostile client never holds the endpoint up.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
