@@ -56,7 +56,8 @@ series:
 // TestIntegrationMetrics: a sticky group installed with the metrics key.
 // N connections of a load generator (one request each, counted by the
 // generator) move powerhouse_handed_off_total, as `powerhouse metrics web`
-// prints it and expfmt parses it, by exactly the generator's count; the
+// prints it and expfmt parses it, by exactly the generator's count
+// (scrapes during the load see it grow, within those bounds); the
 // group's metrics socket is 0660 root:powerhouse and a user outside the
 // group cannot read it; the TCP endpoint (powerhouse-metrics.socket)
 // serves the same merge, OpenMetrics when asked; `powerhouse top --once`
@@ -103,13 +104,33 @@ listen = ["127.0.0.1:19440"]
 
 	// The load generator: N connections from several sources, each one
 	// request, counted.
+	// Scrapes run during the load: each sees the counter between where
+	// it started and where the load takes it, never going back.
 	const n = 300
 	var ok int
-	for i := 0; i < n; i++ {
-		if _, err := get(client(clientAddr(i%20)), metricsWebURL); err == nil {
-			ok++
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		for i := 0; i < n; i++ {
+			if _, err := get(client(clientAddr(i%20)), metricsWebURL); err == nil {
+				ok++
+			}
 		}
+	}()
+	last, scrapes := before, 0
+	for running := true; running; scrapes++ {
+		select {
+		case <-loadDone:
+			running = false
+		default:
+		}
+		v := handed()
+		if v < last || v > before+n {
+			t.Errorf("during the load: handed off %v after %v (started at %v, %d connections)", v, last, before, n)
+		}
+		last = v
 	}
+	t.Logf("%d scrapes during the load", scrapes)
 	if ok != n {
 		t.Errorf("the load generator got %d answers of %d", ok, n)
 	}
