@@ -78,7 +78,11 @@ type Config struct {
 	// Health is the address of the house's health endpoint (health),
 	// which a front load balancer checks and `powerhouse drain` makes
 	// fail; nil when the file has none. Its Name is unused.
-	Health  *Listener
+	Health *Listener
+	// Metrics is the TCP (or unix) address of the house's metrics
+	// endpoint (metrics), a socket unit serving every group's metrics
+	// merged; nil when the file has none. Its Name is unused.
+	Metrics *Listener
 	Workers []Worker
 	// Warnings are settings the file asks for that generation had to work
 	// around (file:line: key: what and why), in file order. generate,
@@ -341,7 +345,7 @@ var indexRE = regexp.MustCompile(`\[\d+\]`)
 func displayKey(p string) string { return indexRE.ReplaceAllString(p, "") }
 
 var (
-	topKeys     = []string{"title", "amount", "verbose", "health", "prepare", "worker"}
+	topKeys     = []string{"title", "amount", "verbose", "health", "metrics", "prepare", "worker"}
 	prepareKeys = []string{"exec"}
 	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "service", "config", "reload_signal", "public_config", "dispatch"}
 	listenKeys  = []string{"address", "proxy_protocol", "proxy_from", "name", "socket_user", "socket_group", "socket_mode"}
@@ -412,6 +416,14 @@ func (p *parser) config(raw map[string]any) *Config {
 			c.Health = &l
 		}
 	}
+	if v, ok := raw["metrics"]; ok {
+		if l, ok := p.address("metrics", v); ok {
+			c.Metrics = &l
+			if c.Health != nil && conflicts(l, *c.Health) {
+				p.errf("metrics", "address %s is already the health endpoint's (health, line %d)", l.Address, p.loc.line("health"))
+			}
+		}
+	}
 	v, ok := raw["worker"]
 	if !ok {
 		p.errf("", "no [[worker]] table: a house needs at least one worker group")
@@ -445,6 +457,9 @@ func (p *parser) config(raw map[string]any) *Config {
 		for _, l := range w.Listen {
 			if c.Health != nil && conflicts(l, *c.Health) {
 				p.errf(at+".listen", "address %s is already the health endpoint's (health, line %d)", l.Address, p.loc.line("health"))
+			}
+			if c.Metrics != nil && conflicts(l, *c.Metrics) {
+				p.errf(at+".listen", "address %s is already the metrics endpoint's (metrics, line %d)", l.Address, p.loc.line("metrics"))
 			}
 			for _, b := range bound {
 				if conflicts(l, b.l) {

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -114,6 +115,7 @@ func Generate(c *config.Config, o Options) ([]Unit, error) {
 	g := &gen{c: c, o: o}
 	units := []Unit{g.target(), g.supervisor()}
 	units = append(units, g.healthUnits()...)
+	units = append(units, g.metricsUnits()...)
 	if c.Prepare != nil {
 		units = append(units, g.prepare())
 	}
@@ -175,6 +177,7 @@ func (g *gen) target() Unit {
 		wants = append(wants, units.PrepareService)
 	}
 	wants = append(wants, g.healthWants()...)
+	wants = append(wants, g.metricsWants()...)
 	for i := range g.c.Workers {
 		w := &g.c.Workers[i]
 		wants = append(wants, GroupSockets(w)...)
@@ -249,8 +252,23 @@ func (g *gen) supervisor() Unit {
 	// rather than one. Measured under systemd: half the supervisor CPU
 	// per connection, more new connections per second (docs/BENCHMARKS.md).
 	u.add("Service", "CPUSchedulingPolicy", "batch")
+	// journald's per-service rate limit (journald.conf's default, or a
+	// host's lower setting) must not drop the group's events: a mass
+	// restart of 1,024 instances is about 4,096 of them (start, stop,
+	// shutdown, reload), and the supervisor rate-limits its own
+	// warnings. What journald still suppresses it says in the journal
+	// ("Suppressed N messages from powerhouse@web.service").
+	u.add("Service", "LogRateLimitIntervalSec", "30s")
+	u.add("Service", "LogRateLimitBurst", "20000")
 	if !g.o.User {
-		supervisorHardening(&u, !config.UnderTmp(g.o.Binary) && !config.UnderTmp(g.o.ConfigPath), g.workerGroups())
+		groups := g.workerGroups()
+		if g.c.Metrics != nil && !slices.Contains(groups, config.DefaultUser) {
+			// The metrics sockets go to that group, which the
+			// metrics service joins: a member may chown(2) to it.
+			groups = append(groups, config.DefaultUser)
+			sort.Strings(groups)
+		}
+		supervisorHardening(&u, !config.UnderTmp(g.o.Binary) && !config.UnderTmp(g.o.ConfigPath), groups)
 	}
 	return Unit{Name: units.SupervisorTemplate, Options: u}
 }

@@ -11,11 +11,15 @@
 // supervisor's own goroutine: a caller that goes away leaves its
 // operation running to its end, logged and reported as events.
 //
-// Readiness: READY=1 once an instance is up; STATUS= says "degraded: 1/3
-// instances up" when fewer run than wanted; a start in which no instance
+// Readiness: READY=1 once an instance is up; STATUS= is one line, "4/4
+// up · 1.2k conn/s · 0 misses", "degraded: 1/3 up · …" when fewer run
+// than wanted; a start in which no instance
 // comes up fails with each instance's state and systemd's Result. The
 // watchdog (WatchdogSec=) is fed only while the main loop and the
 // dispatch loops go round.
+//
+// Metrics: a registry of its own per supervisor (metrics.go), read at
+// scrape time, served on units.Group.MetricsPath.
 //
 // Membership: an instance takes connections while systemd is running it or
 // bringing it back (a restart, an automatic restart after a crash: its

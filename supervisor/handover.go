@@ -288,6 +288,7 @@ func (s *Supervisor) handover(ctx context.Context, verb string, w *config.Worker
 		return failed("%s %s: instance %d (%s) did not become ready: %v; %s (pid %d) keeps serving", verb, s.o.Group, n, newUnit, err, oldUnit, oldPID)
 	}
 	ready := time.Since(t0)
+	s.m.handover.Observe(ready.Seconds())
 	newPID, _ := s.o.Manager.MainPID(ctx, newUnit)
 	progress(Progress{Message: fmt.Sprintf("%s %s: %s (pid %d) ready in %v; %s (pid %d) drains", verb, s.o.Group, newUnit, newPID, ready.Round(time.Millisecond), oldUnit, oldPID), Instance: n})
 	s.drainOld(ctx, w, n, oldUnit, newUnit, oldPID, newPID, ready)

@@ -142,6 +142,21 @@ func TestHandoverDrainsOverlap(t *testing.T) {
 	if up := r.s.disp.Up.Len(); up != 3 {
 		t.Errorf("%d slots in dispatch while the old sides drain, want 3", up)
 	}
+	// Metrics: three handovers timed; per slot the new side up, the
+	// old one draining.
+	fams := gathered(t, r.s)
+	if h := fams["powerhouse_handover_seconds"]; h == nil || h.GetMetric()[0].GetHistogram().GetSampleCount() != 3 {
+		t.Errorf("powerhouse_handover_seconds: %v", h)
+	}
+	for n := 1; n <= 3; n++ {
+		in := fmt.Sprint(n)
+		if v, ok := value(fams, "powerhouse_instance_up", map[string]string{"instance": in, "unit": r.side(n, units.SideB)}); !ok || v != 1 {
+			t.Errorf("instance %d: new side up %v (present %v)", n, v, ok)
+		}
+		if v, ok := value(fams, "powerhouse_instance_draining", map[string]string{"instance": in, "unit": r.side(n, units.SideA)}); !ok || v != 1 {
+			t.Errorf("instance %d: old side draining %v (present %v)", n, v, ok)
+		}
+	}
 	// The drains end, in another order than they began.
 	for _, n := range []int{3, 1, 2} {
 		close(drains[n])

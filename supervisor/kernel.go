@@ -663,9 +663,9 @@ func (s *Supervisor) kernelLine() string {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	if k.why != "" {
-		return "; degraded: kernel steering off (" + k.why + "): plain SO_REUSEPORT, not sticky"
+		return " · degraded: kernel steering off (" + k.why + "): plain SO_REUSEPORT, not sticky"
 	}
-	line := fmt.Sprintf(", kernel steering over %d instances", k.table.Len())
+	line := fmt.Sprintf(" · kernel steering over %d instances", k.table.Len())
 	if len(k.missing) > 0 {
 		line += fmt.Sprintf(", %d waiting for the supervisor to take their sockets", len(k.missing))
 	}

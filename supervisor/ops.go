@@ -597,6 +597,7 @@ func (s *Supervisor) groupStatus(ctx context.Context, full bool) GroupStatus {
 			gs.Config[k] = v
 		}
 	}
+	gs.Headline = s.status()
 	gs.Supervisor = UnitStatus{Unit: s.g.SupervisorUnit(), State: string(units.Active), SubState: "running", PID: uint32(os.Getpid())}
 	if st, err := s.o.Manager.State(ctx, s.g.SupervisorUnit()); err == nil && st.LoadState == units.Loaded {
 		gs.Supervisor.State, gs.Supervisor.SubState = string(st.ActiveState), st.SubState

@@ -31,7 +31,7 @@ func TestReadyDegraded(t *testing.T) {
 	})
 	r.run()
 	r.waitReady()
-	waitFor(t, r.n, "degraded status", func() bool { return len(r.n.find("STATUS=degraded: 2/3 instances up")) > 0 })
+	waitFor(t, r.n, "degraded status", func() bool { return len(r.n.find("STATUS=degraded: 2/3 up")) > 0 })
 	var gs GroupStatus
 	waitFor(t, r.n, "the start to end", func() bool { return r.s.runningOp() == "" })
 	gs, err := r.client().Status(context.Background())
@@ -50,7 +50,7 @@ func TestReadyDegraded(t *testing.T) {
 	r.f.mu.Unlock()
 	r.f.set(r.instance(3), units.Active, "")
 	waitFor(t, r.n, "3/3 up", func() bool {
-		s := r.n.find("STATUS=3/3 instances up")
+		s := r.n.find("STATUS=3/3 up")
 		return len(s) > 0
 	})
 }
@@ -328,7 +328,7 @@ func TestScale(t *testing.T) {
 			t.Errorf("instance %d %s after scale 2", n, st.ActiveState)
 		}
 	}
-	waitFor(t, r.n, "status 2/2", func() bool { return len(r.n.find("STATUS=2/2 instances up")) > 0 })
+	waitFor(t, r.n, "status 2/2", func() bool { return len(r.n.find("STATUS=2/2 up")) > 0 })
 	r.f.mu.Lock()
 	r.f.fail[r.instance(4)] = "exit-code"
 	r.f.mu.Unlock()
@@ -435,7 +435,7 @@ func TestSIGHUPAppliesAmount(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.hup <- struct{}{}
-	waitFor(t, r.n, "scale to 1", func() bool { return len(r.n.find("STATUS=1/1 instances up")) > 0 && r.s.runningOp() == "" })
+	waitFor(t, r.n, "scale to 1", func() bool { return len(r.n.find("STATUS=1/1 up")) > 0 && r.s.runningOp() == "" })
 	for _, n := range []int{2, 3} {
 		if st, _ := r.f.State(context.Background(), r.instance(n)); st.ActiveState != units.Inactive {
 			t.Errorf("instance %d %s", n, st.ActiveState)
@@ -467,7 +467,7 @@ func TestBusLoss(t *testing.T) {
 	r.f.unit(r.instance(2)).st.ActiveState = units.Failed // changed while nobody watched
 	r.f.mu.Unlock()
 	r.f.setBus(nil)
-	waitFor(t, r.n, "the lost change", func() bool { return len(r.n.find("STATUS=degraded: 2/3 instances up")) > 0 })
+	waitFor(t, r.n, "the lost change", func() bool { return len(r.n.find("STATUS=degraded: 2/3 up")) > 0 })
 	waitFor(t, r.n, "a new watch", func() bool {
 		r.f.mu.Lock()
 		defer r.f.mu.Unlock()
@@ -478,7 +478,7 @@ func TestBusLoss(t *testing.T) {
 	r.f.unit(r.instance(2)).st.ActiveState = units.Active
 	r.f.watches[0] <- ""
 	r.f.mu.Unlock()
-	waitFor(t, r.n, "3/3 after a re-read", func() bool { return len(r.n.find("STATUS=3/3 instances up")) > 0 })
+	waitFor(t, r.n, "3/3 after a re-read", func() bool { return len(r.n.find("STATUS=3/3 up")) > 0 })
 	select {
 	case err := <-r.done:
 		t.Fatalf("Run ended: %v", err)
@@ -601,7 +601,7 @@ func TestSIGHUPDeliversOnlyWhatWorkersLack(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.hup <- struct{}{}
-	waitFor(t, r.n, "scale to 2", func() bool { return len(r.n.find("STATUS=2/2 instances up")) > 0 && r.s.runningOp() == "" })
+	waitFor(t, r.n, "scale to 2", func() bool { return len(r.n.find("STATUS=2/2 up")) > 0 && r.s.runningOp() == "" })
 	if n := restarts(); n != 0 || len(r.n.eventsOf(events.MasterReconfigure)) != 0 {
 		t.Errorf("the set's keys were delivered again: %d restarts, %d master.reconfigure", n, len(r.n.eventsOf(events.MasterReconfigure)))
 	}

@@ -16,11 +16,14 @@ type GroupStatus struct {
 	// DispatchMode is a sticky group's dispatch setting, "handoff" or
 	// "kernel" (config.Dispatch); "" for other groups, or when the
 	// configuration cannot be read. The CLI fills it from the configuration.
-	DispatchMode string          `json:"dispatch_mode,omitempty"`
-	Amount       int             `json:"amount"`
-	Supervisor   UnitStatus      `json:"supervisor"`
-	Config       map[string]any  `json:"config"`
-	Dispatch     *DispatchStatus `json:"dispatch,omitempty"`
+	DispatchMode string     `json:"dispatch_mode,omitempty"`
+	Amount       int        `json:"amount"`
+	Supervisor   UnitStatus `json:"supervisor"`
+	// Headline is the supervisor's STATUS= line ("4/4 up · 1.2k conn/s ·
+	// 0 misses"); absent when the supervisor does not answer.
+	Headline string          `json:"headline,omitempty"`
+	Config   map[string]any  `json:"config"`
+	Dispatch *DispatchStatus `json:"dispatch,omitempty"`
 	// Kernel is a kernel-mode group's steering, as its supervisor sees
 	// it (absent when the supervisor does not answer).
 	Kernel    *KernelStatus    `json:"kernel,omitempty"`

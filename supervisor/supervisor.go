@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -134,6 +136,18 @@ type Supervisor struct {
 	kern        *kernel
 	loadSteer   steerLoader
 	detachSteer func(*os.File) error
+	// m is the group's metrics registry (metrics.go).
+	m *metrics
+	// rate is the connections handed off per second over the last
+	// publish period (math.Float64bits), for STATUS=, which the control
+	// socket's status asks too; lastHanded and lastAt are its last
+	// reading (main loop only).
+	rate       atomic.Uint64
+	lastHanded uint64
+	lastAt     time.Time
+	// watched are duplicates of the TCP listeners, for their accept
+	// queues (metrics.go); guarded by mu.
+	watched []watchedListener
 }
 
 // New checks o and returns a supervisor ready to Run.
@@ -174,6 +188,7 @@ func New(o Options) (*Supervisor, error) {
 		})
 		s.beats = s.disp.Beats
 	}
+	s.m = newMetrics(s)
 	return s, nil
 }
 
@@ -191,6 +206,8 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	s.watchListeners(listeners)
+	defer s.unwatchListeners()
 	ctl, err := s.listenControl()
 	if err != nil {
 		closeListeners(listeners)
@@ -223,6 +240,16 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	go func() { defer close(ctlDone); s.serveControl(opCtx, ctl) }()
 	wdDone := make(chan struct{})
 	go func() { defer close(wdDone); s.watchdog(opCtx) }()
+	// The group runs without its metrics socket, if need be: it is for
+	// the operators' eyes, not for the clients.
+	metricsDone := make(chan struct{})
+	if ml, readers, err := s.listenMetrics(); err != nil {
+		s.log.Warn("metrics are not served", "err", err)
+		close(metricsDone)
+	} else {
+		s.log.Debug("metrics socket", "path", s.g.MetricsPath(), "readers", readers)
+		go func() { defer close(metricsDone); s.serveMetrics(opCtx, ml) }()
+	}
 	// Workers that cannot report are served all the same: without the
 	// socket they are only taken for workers that declare nothing.
 	reportsDone := make(chan struct{})
@@ -381,6 +408,7 @@ loop:
 	<-opsDone
 	<-ctlDone
 	<-wdDone
+	<-metricsDone
 	<-reportsDone
 	// The stops of old sides end with opCtx: systemd goes on with them.
 	s.drains.Wait()
@@ -872,11 +900,15 @@ func Stopping(st units.UnitState) bool {
 	return false
 }
 
-// status is the STATUS= line: how many instances are up of those wanted
-// ("degraded: 1/3 instances up" when fewer), and the dispatch counters.
+// status is the STATUS= line, one line that `systemctl status` shows:
+// how many instances are up of those wanted ("degraded: 1/3 up" when
+// fewer), and for a sticky group the rate of connections handed off over
+// the last second and the sticky misses, then only what is not zero
+// (dropped, PROXY rejects, connections waiting for a full queue):
+// "4/4 up · 1.2k conn/s · 0 misses".
 func (s *Supervisor) status() string {
 	up, amount := s.upCount()
-	msg := fmt.Sprintf("%d/%d instances up", up, amount)
+	msg := fmt.Sprintf("%d/%d up", up, amount)
 	switch {
 	case !s.isReady():
 		msg = "starting: " + msg
@@ -885,21 +917,62 @@ func (s *Supervisor) status() string {
 	}
 	if s.disp != nil {
 		st := s.disp.Stats()
-		msg += fmt.Sprintf(", %d in dispatch, %d connections handed off, %d sticky misses, %d dropped, %d PROXY errors",
-			s.disp.Up.Len(), st.HandedOff, st.StickyMiss, st.Dropped, st.ProxyErrors)
+		msg += " · " + humanRate(math.Float64frombits(s.rate.Load())) + " conn/s · " + plural(st.StickyMiss, "miss", "misses")
+		if st.Dropped > 0 {
+			msg += fmt.Sprintf(" · %d dropped", st.Dropped)
+		}
+		if n := st.ProxyErrors + st.ProxyUntrusted + st.ProxyBusy; n > 0 {
+			msg += fmt.Sprintf(" · %d PROXY rejects", n)
+		}
 		queued := 0
 		for _, n := range st.Queued {
 			queued += n
 		}
 		if queued > 0 {
-			msg += fmt.Sprintf(", %d waiting for a full hand-off queue", queued)
+			msg += fmt.Sprintf(" · %d waiting for a full hand-off queue", queued)
 		}
 	}
 	msg += s.kernelLine()
 	if op := s.runningOp(); op != "" {
-		msg += "; " + op + " running"
+		msg += " · " + op + " running"
 	}
 	return msg
+}
+
+// humanRate writes a rate in at most four characters: 0, 12, 980, 1.2k,
+// 45k, 1.3M.
+func humanRate(r float64) string {
+	switch {
+	case r < 999.5:
+		return strconv.FormatFloat(r, 'f', 0, 64)
+	case r < 9950:
+		return strconv.FormatFloat(r/1e3, 'f', 1, 64) + "k"
+	case r < 999.5e3:
+		return strconv.FormatFloat(r/1e3, 'f', 0, 64) + "k"
+	}
+	return strconv.FormatFloat(r/1e6, 'f', 1, 64) + "M"
+}
+
+func plural(n uint64, one, many string) string {
+	if n == 1 {
+		return "1 " + one
+	}
+	return strconv.FormatUint(n, 10) + " " + many
+}
+
+// measureRate updates the connections-per-second figure of STATUS=
+// from the dispatcher's count (main loop, once a second).
+func (s *Supervisor) measureRate(now time.Time) {
+	if s.disp == nil {
+		return
+	}
+	h := s.disp.Stats().HandedOff
+	if !s.lastAt.IsZero() {
+		if dt := now.Sub(s.lastAt).Seconds(); dt > 0 {
+			s.rate.Store(math.Float64bits(float64(h-s.lastHanded) / dt))
+		}
+	}
+	s.lastHanded, s.lastAt = h, now
 }
 
 // DispatchState is what a sticky supervisor publishes in
@@ -940,6 +1013,7 @@ func (s *Supervisor) dispatchState() DispatchState {
 }
 
 func (s *Supervisor) publish() {
+	s.measureRate(time.Now())
 	s.o.Notify("STATUS=" + s.status())
 	if s.disp == nil {
 		return

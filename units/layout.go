@@ -62,6 +62,16 @@ const (
 	HealthService = "powerhouse-health.service"
 )
 
+// The house's metrics endpoint on TCP (the top-level metrics key): a socket
+// unit on the address, and the service behind it (`powerhouse
+// metrics-endpoint`) that answers GET /metrics with the merged exposition
+// of every group's metrics socket (Group.MetricsPath). Like the health
+// endpoint's, the names have no "@".
+const (
+	MetricsSocket  = "powerhouse-metrics.socket"
+	MetricsService = "powerhouse-metrics.service"
+)
+
 // DrainState is the file `powerhouse drain` writes (and --undo removes)
 // while the house drains: when the drain started. The health service
 // reads it on every check.
@@ -358,6 +368,11 @@ func (g Group) DispatchStatePath() string { return filepath.Join(g.RuntimeDir(),
 // ControlPath is the supervisor's control socket: the API the CLI and
 // ExecReload= call (supervisor.Client).
 func (g Group) ControlPath() string { return filepath.Join(g.RuntimeDir(), "control.sock") }
+
+// MetricsPath is the group's metrics socket: HTTP on a unix socket that
+// serves the supervisor's metrics in the Prometheus text and OpenMetrics
+// formats, mode 0660, group-owned by the workers' group.
+func (g Group) MetricsPath() string { return filepath.Join(g.RuntimeDir(), "metrics.sock") }
 
 // ReportPath is the datagram socket on which workers report to their
 // supervisor (package report).

@@ -41,11 +41,15 @@ view of its units is shown. Without --config, the groups are those of the
 installed configuration, or, when it cannot be read (it is root's alone),
 those whose supervisor units systemd knows, with the configuration file
 their supervisors run with. --json prints a stable JSON array of groups
-(see docs/status.md).`,
+(see docs/status.md). --watch is powerhouse top.`,
 	flags: func(fs *flag.FlagSet) func(*env, []string) error {
 		mf := addManagerFlags(fs)
 		asJSON := fs.Bool("json", false, "print JSON")
+		watch := fs.Bool("watch", false, "the live view of powerhouse top, refreshed every second")
 		return func(e *env, args []string) error {
+			if *watch {
+				return runTop(e, *mf.user, false, time.Second, args)
+			}
 			var out []GroupStatus
 			var m units.Manager
 			defer func() {
@@ -326,6 +330,9 @@ func printStatus(e *env, gs []GroupStatus) {
 			fmt.Fprintf(e.stdout, ", pid %d", g.Supervisor.PID)
 		}
 		fmt.Fprintln(e.stdout)
+		if g.Headline != "" {
+			fmt.Fprintf(e.stdout, "  %s\n", g.Headline)
+		}
 		if g.Dispatch != nil {
 			ds := g.Dispatch
 			fmt.Fprintf(e.stdout, "  dispatch: %d handed off, %d sticky misses, %d dropped, %d PROXY errors\n", ds.HandedOff, ds.StickyMiss, ds.Dropped, ds.ProxyErrors)
