@@ -159,6 +159,9 @@ type Stats struct {
 	// connections whose request head gave no key; each went by the
 	// fallback (or was closed, for PeekClosed with nothing received).
 	PeekRejects map[string]uint64
+	// Closed is, by instance, the connections its workers reported
+	// closed (Dispatcher.Closed); instances with none are left out.
+	Closed map[int]uint64
 	// Peeking is how many connections wait now for their request head
 	// (at most AffinityOptions.MaxPeeking).
 	Peeking int
@@ -305,7 +308,7 @@ func (d *Dispatcher) Stats() Stats {
 		AcceptPauses: d.pauses.Load(), Held: int(d.held.Load()),
 		KeyRouted: d.aff.keyRouted.Load(), TagRouted: d.aff.tagRouted.Load(),
 		Fallbacks: d.aff.fallbacks.Load(), Spills: d.aff.spills.Load(),
-		XFFIgnored: d.aff.xffIgnored.Load(), Peeking: int(d.aff.peeking.Load()), PeekRejects: map[string]uint64{}, Open: map[int]uint64{},
+		XFFIgnored: d.aff.xffIgnored.Load(), Peeking: int(d.aff.peeking.Load()), PeekRejects: map[string]uint64{}, Open: map[int]uint64{}, Closed: map[int]uint64{},
 	}
 	for i, r := range peekReasons {
 		s.PeekRejects[r] = d.aff.rejects[i].Load()
@@ -320,6 +323,9 @@ func (d *Dispatcher) Stats() Stats {
 		}
 		if n := in.open(); n > 0 {
 			s.Open[k.(int)] = n
+		}
+		if n := in.closed.Load(); n > 0 {
+			s.Closed[k.(int)] = n
 		}
 		return true
 	})
