@@ -155,8 +155,8 @@ var (
 // the head otherwise), and ErrMalformed (wrapped, with what was wrong)
 // when head is not an HTTP/1.x request. Only the first MaxHead bytes are
 // read: a head that does not end within them is ErrIncomplete for ever,
-// which the caller counts as too large. Extract does not allocate unless
-// a key is found (the key's string) or an error is returned.
+// which the caller counts as too large. Extract allocates only the key's
+// string, an error, and X-Forwarded-For's list of hops.
 func Extract(spec Spec, head []byte, peer netip.Addr, o Options) (Result, error) {
 	if len(head) > MaxHead {
 		head = head[:MaxHead]

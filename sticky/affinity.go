@@ -2,6 +2,7 @@ package sticky
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -253,7 +254,8 @@ func (p *headPeeker) add(fd int, peer netip.Addr, name string) {
 }
 
 func (p *headPeeker) kick() {
-	one := [8]byte{1}
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
 	unix.Write(p.wake, one[:])
 }
 

@@ -579,3 +579,28 @@ func TestKeyBucket(t *testing.T) {
 		}
 	}
 }
+
+// TestAffinityProxyPeekBudget: a PROXY connection keeps its slot in its
+// peer's pending budget while its request head is awaited, so a trusted
+// peer's slow requests are bounded as its slow headers are.
+func TestAffinityProxyPeekBudget(t *testing.T) {
+	dir := t.TempDir()
+	ws := newWorkers(t, dir, 2)
+	d := newTestDispatcher(dir, DispatcherOptions{
+		QueueWait: 50 * time.Millisecond, MaxPendingProxy: 8, MaxPendingProxyPerPeer: 1,
+		Affinity: AffinityOptions{Spec: spec(t, "query:sid"), PeekTimeout: 5 * time.Second},
+	}, 1, 2)
+	f, addr := listenFile(t, "tcp", "127.0.0.1:0")
+	ch := collect(t, ws)
+	serveWith(t, d, Listener{Name: "lb", File: f, Proxy: true, ProxyFrom: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}})
+	slow := send(t, "127.0.0.1", addr, "PROXY TCP4 192.0.2.1 192.0.2.2 5555 443\r\nGET /?sid=")
+	second := send(t, "127.0.0.1", addr, "PROXY TCP4 192.0.2.3 192.0.2.2 5555 443\r\n")
+	closedByServer(t, second)
+	if st := d.Stats(); st.ProxyBusy != 1 {
+		t.Errorf("ProxyBusy %d, want 1: the second connection of the peer found its budget spent", st.ProxyBusy)
+	}
+	io.WriteString(slow, "k HTTP/1.1\r\n\r\n")
+	if got := nextAny(t, ch); got.readHead(t) != "GET /?sid=k HTTP/1.1\r\n\r\n" {
+		t.Error("the slow request was not handed over whole")
+	}
+}

@@ -1610,14 +1610,15 @@ func (d *Dispatcher) acceptProxied(ctx context.Context, name string, trust []net
 }
 
 // proxied reads c's PROXY header and dispatches c. It calls read once the
-// header is read (or refused): the budget bounds headers being read; a
-// connection held afterwards for want of room (hold) is bounded by the
-// accept loop, which accepts no more while one is (awaitRoom).
+// header is read (or refused), and for key affinity the request's head
+// peeked: the budget bounds headers (and heads) being read; a connection
+// held afterwards for want of room (hold) is bounded by the accept loop,
+// which accepts no more while one is (awaitRoom).
 func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn, read func()) {
 	defer c.Close()
 	ph, err := ReadProxyHeader(ctx, c, d.opts.Proxy)
-	read()
 	if err != nil {
+		read()
 		d.proxyErrs.Add(1)
 		d.warn("PROXY header refused: connection closed", "listener", name, "peer", c.RemoteAddr().String(), "err", err)
 		return
@@ -1631,12 +1632,15 @@ func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn, read 
 	rk := routeKey{bucket: Bucket(key)}
 	switch {
 	case d.opts.Affinity.Spec.IsKey():
-		// The PROXY header is consumed: what follows is the request.
+		// The PROXY header is consumed: what follows is the request. The
+		// peek keeps the connection's slot in the pending-header budget,
+		// which so bounds slow requests per peer as it bounds headers.
 		r, found := d.peekProxied(c, key)
 		rk = d.route(r, found, key)
 	case d.opts.Affinity.BalanceFactor > 1:
 		rk = d.bounded(d.Up.Snapshot(), rk)
 	}
+	read()
 	rc, err := c.(syscall.Conn).SyscallConn()
 	if err != nil {
 		d.dropped.Add(1)
