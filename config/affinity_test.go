@@ -68,6 +68,7 @@ func TestAffinityBad(t *testing.T) {
 		{"balance huge", sticky + "balance_factor = 101\n", 6, "worker.balance_factor", "out of range"},
 		{"balance nan", sticky + "balance_factor = nan\n", 6, "worker.balance_factor", "out of range"},
 		{"balance string", sticky + "balance_factor = \"1.2\"\n", 6, "worker.balance_factor", "must be a number"},
+		{"xff on unix sockets only", w + "sticky = true\nlisten = [\"/run/app.sock\"]\naffinity = \"header:X-Forwarded-For\"\ntrusted_proxies = [\"10.0.0.1\"]\n", 6, "worker.affinity", "have no address"},
 		{"balance not sticky", w + "listen = [80]\nbalance_factor = 1.5\n", 5, "worker.balance_factor", "only applies to a sticky group"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -687,6 +687,9 @@ func (p *parser) affinity(at string, m map[string]any, w *Worker) {
 		p.errf(keyAt, "%q needs a sticky group (sticky = true): the instances of a group that is not sticky accept their connections themselves, and nothing reads the request to route it", w.Affinity)
 	case w.Dispatch == Kernel:
 		p.errf(keyAt, "%q cannot be used with dispatch = %q: the kernel picks the instance before the request arrives; keep dispatch = %q for this group, or affinity = \"source\"", w.Affinity, Kernel, Handoff)
+	case w.Affinity.XFF() && len(w.Listen) > 0 && !slices.ContainsFunc(w.Listen, func(l Listener) bool { return l.Network == "tcp" }):
+		// Trust is by peer address, and a unix socket's peers have none.
+		p.errf(keyAt, "%q is honoured only from a peer in trusted_proxies, and the peers of a unix socket have no address: with a proxy on a unix socket, route by a header it sets (affinity = \"header:NAME\")", w.Affinity)
 	}
 }
 
