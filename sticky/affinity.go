@@ -61,7 +61,8 @@ var peekReasons = [...]string{PeekTimeout, PeekTooLarge, PeekMalformed, PeekClos
 
 // affinityStats are the key path's counters.
 type affinityStats struct {
-	peeking                                             atomic.Int64 // heads awaited now
+	peeking                                             atomic.Int64  // heads awaited now
+	waited                                              atomic.Uint64 // connections that went to the epoll loop
 	keyRouted, tagRouted, fallbacks, spills, xffIgnored atomic.Uint64
 	rejects                                             [len(peekReasons)]atomic.Uint64
 }
@@ -238,6 +239,7 @@ func (p *headPeeker) add(fd int, peer netip.Addr, name string) {
 	if err == nil {
 		p.conns[int32(fd)] = pc
 		d.aff.peeking.Add(1)
+		d.aff.waited.Add(1)
 		wasEmpty = len(p.fifo) == 0
 		p.fifo = append(p.fifo, pc)
 	}
