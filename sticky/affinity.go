@@ -1,6 +1,7 @@
 package sticky
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -190,6 +191,12 @@ type peekConn struct {
 	name     string
 	deadline time.Time
 	finished bool
+	// scanned is how many bytes of the head have been seen: a wake-up
+	// that completes no line cannot change what the head says (but its
+	// size), so it is not parsed again. A client trickling its head a byte
+	// at a time costs a peek and a memchr over the new bytes per wake-up,
+	// not a parse of the whole head.
+	scanned int
 }
 
 func (d *Dispatcher) newPeeker(ctx context.Context, holds *sync.WaitGroup) (*headPeeker, error) {
@@ -409,6 +416,12 @@ func (p *headPeeker) peekHead(pc *peekConn, ev uint32) {
 		unix.Close(pc.fd)
 		return
 	}
+	hup := ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+	if !hup && n < len(p.buf) && pc.scanned > 0 && n >= pc.scanned && bytes.IndexByte(p.buf[pc.scanned:n], '\n') < 0 {
+		pc.scanned = n
+		return
+	}
+	pc.scanned = n
 	r, xerr := affinity.Extract(p.d.opts.Affinity.Spec, p.buf[:n], pc.peer, affinity.Options{TrustedProxies: p.d.opts.Affinity.TrustedProxies})
 	switch {
 	case xerr == nil:
@@ -422,7 +435,7 @@ func (p *headPeeker) peekHead(pc *peekConn, ev uint32) {
 	case n >= len(p.buf):
 		p.d.aff.reject(PeekTooLarge)
 		p.finish(pc, affinity.Result{}, false)
-	case ev&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0:
+	case hup:
 		// Half a head and the client stopped sending: the worker gets
 		// what there is.
 		p.d.aff.reject(PeekClosed)

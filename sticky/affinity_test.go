@@ -611,3 +611,26 @@ func TestAffinityProxyPeekBudget(t *testing.T) {
 		t.Error("the slow request was not handed over whole")
 	}
 }
+
+// TestAffinityPeekTrickle: a head sent a byte at a time is still read
+// whole and routed by its key (the peeker parses again only when a line
+// completes).
+func TestAffinityPeekTrickle(t *testing.T) {
+	d, addr, ch := startKey(t, AffinityOptions{Spec: spec(t, "header:X-Session"), PeekTimeout: 5 * time.Second}, false, 4, 1, 2, 3, 4)
+	id := affinity.NewSessionID(4)
+	req := "GET / HTTP/1.1\r\nHost: x\r\nX-Session: " + id + "\r\n\r\n"
+	c := send(t, "127.0.0.1", addr, req[:1])
+	waitFor(t, func() bool { return d.Stats().Peeking == 1 })
+	for i := 1; i < len(req); i++ {
+		if _, err := io.WriteString(c, req[i:i+1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := next(t, ch)
+	if head := got.readHead(t); got.id != 4 || head != req {
+		t.Errorf("instance %d read %q, want 4 and %q", got.id, head, req)
+	}
+	if st := d.Stats(); st.TagRouted != 1 {
+		t.Errorf("TagRouted %d, want 1", st.TagRouted)
+	}
+}
