@@ -194,3 +194,11 @@ func ExampleTrack() {
 		log.Fatal(err)
 	}
 }
+
+// A socket.io (engine.io) or cookie session whose id names the instance
+// that created it: with affinity = "query:sid" (or "cookie:NAME") the
+// dispatcher sends every later request of the session to this instance.
+func ExampleNewSessionID() {
+	id := activation.NewSessionID()
+	_ = id // e.g. http.SetCookie(w, &http.Cookie{Name: "sid", Value: id}), or engine.io's generateId
+}

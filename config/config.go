@@ -20,6 +20,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/BurntSushi/toml"
+
+	"github.com/powerhouse/powerhouse/affinity"
 )
 
 // DefaultPath is where an installed house keeps its configuration.
@@ -140,7 +142,41 @@ type Worker struct {
 	// PublicConfig lists the Config keys whose values may appear in the
 	// journal (public_config); the others are secrets.
 	PublicConfig []string
+	// Affinity is what a sticky group's dispatcher routes a connection by
+	// (affinity): the client's address (the zero value, "source") or a key
+	// in the first HTTP/1.x request, which it peeks without consuming it.
+	// A key is refused on a group that is not sticky, in kernel dispatch.
+	Affinity affinity.Spec
+	// TrustedProxies are the proxies whose X-Forwarded-For is honoured
+	// (trusted_proxies), for affinity = "header:X-Forwarded-For".
+	TrustedProxies []netip.Prefix
+	// Fallback is how a connection without a key is placed (fallback).
+	Fallback Fallback
+	// BalanceFactor bounds each instance's open connections to this many
+	// times the average (balance_factor); 0 means no bound.
+	BalanceFactor float64
 }
+
+// Fallback is how a key-affinity group places a connection without a key.
+type Fallback uint8
+
+const (
+	// FallbackSource places it by the client's address (the default).
+	FallbackSource Fallback = iota
+	// FallbackSpread places it on the instance with the fewest open
+	// connections, so that first requests from behind one NAT spread out.
+	FallbackSpread
+)
+
+func (f Fallback) String() string {
+	if f == FallbackSpread {
+		return "spread"
+	}
+	return "source"
+}
+
+// MaxBalanceFactor bounds balance_factor: past it the bound never binds.
+const MaxBalanceFactor = 100
 
 // Listener is one public listening socket of a group.
 type Listener struct {
@@ -347,7 +383,7 @@ func displayKey(p string) string { return indexRE.ReplaceAllString(p, "") }
 var (
 	topKeys     = []string{"title", "amount", "verbose", "health", "metrics", "prepare", "worker"}
 	prepareKeys = []string{"exec"}
-	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "service", "config", "reload_signal", "public_config", "dispatch"}
+	workerKeys  = []string{"name", "title", "exec", "amount", "reloadable", "type", "sticky", "listen", "notify", "service", "config", "reload_signal", "public_config", "dispatch", "affinity", "trusted_proxies", "fallback", "balance_factor"}
 	listenKeys  = []string{"address", "proxy_protocol", "proxy_from", "name", "socket_user", "socket_group", "socket_mode"}
 	// NameRE is what a group name may be: it becomes part of unit names
 	// (powerhouse@NAME.service, powerhouse-NAME@.service) and of paths
@@ -583,7 +619,93 @@ func (p *parser) worker(at string, m map[string]any, c *Config) Worker {
 	if v, ok := m["dispatch"]; ok {
 		p.dispatch(at, v, &w)
 	}
+	p.affinity(at, m, &w)
 	return w
+}
+
+// affinity reads the keys that say how a sticky group's dispatcher places
+// connections (affinity, trusted_proxies, fallback, balance_factor) and
+// refuses a key affinity where the dispatcher cannot peek the request: a
+// group that is not sticky (the kernel spreads its connections), kernel
+// dispatch (the kernel picks the instance before a byte arrives). A TLS
+// listener cannot be configured here (workers terminate TLS themselves):
+// the dispatcher would peek ciphertext, refuse it as malformed and place
+// the connection by the fallback; the README says so.
+func (p *parser) affinity(at string, m map[string]any, w *Worker) {
+	keyAt := ""
+	if v, ok := m["affinity"]; ok {
+		keyAt = at + ".affinity"
+		s, isStr := v.(string)
+		if !isStr {
+			p.errf(keyAt, "must be a string (\"source\", \"header:NAME\", \"cookie:NAME\" or \"query:NAME\"), not %s", typeName(v))
+		} else if bad := badText(s); bad != "" {
+			p.errf(keyAt, "%s", bad)
+		} else if sp, err := affinity.Parse(s); err != nil {
+			p.errf(keyAt, "%v", err)
+		} else {
+			w.Affinity = sp
+		}
+	}
+	if v, ok := m["trusted_proxies"]; ok {
+		tp := at + ".trusted_proxies"
+		if !w.Affinity.XFF() {
+			p.errf(tp, "only means something with affinity = \"header:X-Forwarded-For\": add it, or remove trusted_proxies")
+		} else {
+			w.TrustedProxies = p.prefixes(tp, v, "proxies", "trusted_proxies = [\"10.0.0.5\"]")
+		}
+	} else if w.Affinity.XFF() {
+		p.errf(keyAt, "needs trusted_proxies: list the proxies that set X-Forwarded-For, e.g. trusted_proxies = [\"10.0.0.5\"]; any other peer could write any address in it")
+	}
+	if v, ok := m["fallback"]; ok {
+		fa := at + ".fallback"
+		switch s, _ := v.(string); {
+		case !w.Affinity.IsKey():
+			p.errf(fa, "only means something with a key affinity (affinity = \"query:NAME\", ...): every connection has a source address")
+		case s == "source":
+			w.Fallback = FallbackSource
+		case s == "spread":
+			w.Fallback = FallbackSpread
+		default:
+			if _, isStr := v.(string); isStr {
+				p.errf(fa, "%q is not a fallback: use \"source\" or \"spread\"", s)
+			} else {
+				p.errf(fa, "must be a string (\"source\" or \"spread\"), not %s", typeName(v))
+			}
+		}
+	}
+	if v, ok := m["balance_factor"]; ok {
+		bf := at + ".balance_factor"
+		var f float64
+		switch x := v.(type) {
+		case float64:
+			f = x
+		case int64:
+			f = float64(x)
+		default:
+			p.errf(bf, "must be a number greater than 1, e.g. 1.25, not %s", typeName(v))
+			return
+		}
+		switch {
+		case !w.Sticky || w.Dispatch == Kernel:
+			p.errf(bf, "only applies to a sticky group in hand-off dispatch: it bounds the connections the dispatcher hands each instance")
+		case !(f > 1) || f > MaxBalanceFactor:
+			p.errf(bf, "%v is out of range: use a number greater than 1 and at most %d (1.25 lets an instance hold a quarter more than the average)", f, MaxBalanceFactor)
+		default:
+			w.BalanceFactor = f
+		}
+	}
+	if !w.Affinity.IsKey() {
+		return
+	}
+	switch {
+	case !w.Sticky:
+		p.errf(keyAt, "%q needs a sticky group (sticky = true): the instances of a group that is not sticky accept their connections themselves, and nothing reads the request to route it", w.Affinity)
+	case w.Dispatch == Kernel:
+		p.errf(keyAt, "%q cannot be used with dispatch = %q: the kernel picks the instance before the request arrives; keep dispatch = %q for this group, or affinity = \"source\"", w.Affinity, Kernel, Handoff)
+	case w.Affinity.XFF() && len(w.Listen) > 0 && !slices.ContainsFunc(w.Listen, func(l Listener) bool { return l.Network == "tcp" }):
+		// Trust is by peer address, and a unix socket's peers have none.
+		p.errf(keyAt, "%q is honoured only from a peer in trusted_proxies, and the peers of a unix socket have no address: with a proxy on a unix socket, route by a header it sets (affinity = \"header:NAME\")", w.Affinity)
+	}
 }
 
 // dispatch reads the dispatch key of the group w and refuses kernel mode
@@ -856,13 +978,18 @@ var socketModeRE = regexp.MustCompile(`^0?[0-7]{3}$`)
 // proxyFrom reads the peers trusted to send PROXY headers: IP addresses
 // and CIDR prefixes, IPv4 or IPv6.
 func (p *parser) proxyFrom(at string, v any) []netip.Prefix {
+	return p.prefixes(at, v, "load balancers", "proxy_from = [\"10.0.0.5\"]")
+}
+
+// prefixes reads a list of trusted addresses or CIDR prefixes (ParseTrusted).
+func (p *parser) prefixes(at string, v any, who, example string) []netip.Prefix {
 	list, ok := v.([]any)
 	if !ok {
 		p.errf(at, "must be an array of addresses or CIDR prefixes, e.g. [\"10.0.0.5\", \"192.0.2.0/24\"], not %s", typeName(v))
 		return nil
 	}
 	if len(list) == 0 {
-		p.errf(at, "is empty: list the addresses of your load balancers, e.g. proxy_from = [\"10.0.0.5\"]")
+		p.errf(at, "is empty: list the addresses of your %s, e.g. %s", who, example)
 		return nil
 	}
 	if len(list) > maxProxyFrom {

@@ -96,6 +96,9 @@ type DispatcherOptions struct {
 	// misbehave before a fourth is short. Unix-socket peers have no
 	// address and share MaxPendingProxy alone.
 	MaxPendingProxyPerPeer int
+	// Affinity says what connections are routed by (the client's address
+	// by default) and bounds the instances' loads.
+	Affinity AffinityOptions
 	// Log receives rate-limited warnings. Default: slog.Default().
 	Log *slog.Logger
 }
@@ -142,6 +145,30 @@ type Stats struct {
 	// Held is how many connections are held that way now (at most one
 	// per listener, plus one per PROXY connection whose header was read).
 	Held int
+
+	// Affinity keys (AffinityOptions). KeyRouted counts connections
+	// placed by the hash of their key, TagRouted those placed on the
+	// instance their session id names, Fallbacks those that had no key
+	// (placed by the fallback), Spills those moved past their instance by
+	// BalanceFactor, XFFIgnored the X-Forwarded-For headers of peers that
+	// are not trusted proxies (ignored: the connection went by the
+	// fallback).
+	KeyRouted, TagRouted, Fallbacks, Spills, XFFIgnored uint64
+	// PeekRejects counts, by reason (PeekTimeout, PeekTooLarge,
+	// PeekMalformed, PeekClosed, PeekBusy; every reason is present), the
+	// connections whose request head gave no key; each went by the
+	// fallback (or was closed, for PeekClosed with nothing received).
+	PeekRejects map[string]uint64
+	// Closed is, by instance, the connections its workers reported
+	// closed (Dispatcher.Closed); instances with none are left out.
+	Closed map[int]uint64
+	// Peeking is how many connections wait now for their request head
+	// (at most AffinityOptions.MaxPeeking).
+	Peeking int
+	// Open is, by instance, the connections handed off and not yet
+	// reported closed by the worker (Dispatcher.Closed); instances with
+	// none are left out.
+	Open map[int]uint64
 }
 
 // Dispatcher hands accepted connections to worker instances chosen by
@@ -155,6 +182,7 @@ type Dispatcher struct {
 	insts sync.Map // id -> *inst
 
 	budget proxyBudget
+	aff    affinityStats
 
 	// wake is an eventfd, readable once Serve ends, that the drainers
 	// poll beside their instance's socket; stopped says the same to code
@@ -174,6 +202,10 @@ type Dispatcher struct {
 	held   atomic.Int32
 	roomMu sync.Mutex
 	roomCh chan struct{}
+
+	// peek waits for the request heads of key-affinity listeners; nil for
+	// source affinity. Set by Serve.
+	peek *headPeeker
 
 	// testAccept, when set, replaces the accept(2) call of the plain accept
 	// loop. Only tests set it, to produce errors the kernel cannot be made
@@ -239,6 +271,12 @@ func NewDispatcher(o DispatcherOptions) *Dispatcher {
 	if o.Log == nil {
 		o.Log = slog.Default()
 	}
+	if o.Affinity.PeekTimeout <= 0 {
+		o.Affinity.PeekTimeout = time.Second
+	}
+	if o.Affinity.MaxPeeking <= 0 {
+		o.Affinity.MaxPeeking = 4096
+	}
 	d := &Dispatcher{opts: o, wake: -1}
 	d.budget = proxyBudget{max: o.MaxPendingProxy, perPeer: o.MaxPendingProxyPerPeer, byPeer: map[netip.Addr]int{}}
 	d.Up.Replace()
@@ -268,6 +306,12 @@ func (d *Dispatcher) Stats() Stats {
 		Redials: d.redials.Load(), AcceptErrors: d.acceptErr.Load(),
 		ProxyUntrusted: d.proxyUntrusted.Load(), ProxyBusy: d.proxyBusy.Load(),
 		AcceptPauses: d.pauses.Load(), Held: int(d.held.Load()),
+		KeyRouted: d.aff.keyRouted.Load(), TagRouted: d.aff.tagRouted.Load(),
+		Fallbacks: d.aff.fallbacks.Load(), Spills: d.aff.spills.Load(),
+		XFFIgnored: d.aff.xffIgnored.Load(), Peeking: int(d.aff.peeking.Load()), PeekRejects: map[string]uint64{}, Open: map[int]uint64{}, Closed: map[int]uint64{},
+	}
+	for i, r := range peekReasons {
+		s.PeekRejects[r] = d.aff.rejects[i].Load()
 	}
 	d.insts.Range(func(k, v any) bool {
 		in := v.(*inst)
@@ -276,6 +320,12 @@ func (d *Dispatcher) Stats() Stats {
 		}
 		if n := in.nAll.Load(); n > 0 {
 			s.Queued[k.(int)] = int(n)
+		}
+		if n := in.open(); n > 0 {
+			s.Open[k.(int)] = n
+		}
+		if n := in.closed.Load(); n > 0 {
+			s.Closed[k.(int)] = n
 		}
 		return true
 	})
@@ -312,6 +362,16 @@ func (d *Dispatcher) Serve(ctx context.Context, ls []Listener) error {
 	d.wake = wake
 	ctx, cancel := context.WithCancel(ctx)
 	var proxied sync.WaitGroup
+	if d.opts.Affinity.Spec.IsKey() {
+		if d.peek, err = d.newPeeker(ctx, &proxied); err != nil {
+			cancel()
+			for _, l := range ls {
+				l.File.Close()
+			}
+			unix.Close(wake)
+			return err
+		}
+	}
 	errc := make(chan error, len(ls))
 	var closers []io.Closer
 	// shutdown stops the loops, then the header readers, then the
@@ -327,6 +387,9 @@ func (d *Dispatcher) Serve(ctx context.Context, ls []Listener) error {
 			if e := <-errc; err == nil {
 				err = e
 			}
+		}
+		if d.peek != nil {
+			d.peek.close() // after the accept loops: nothing adds any more
 		}
 		proxied.Wait()
 		d.stop()
@@ -414,6 +477,9 @@ func (d *Dispatcher) prepare(l Listener, proxied *sync.WaitGroup) (io.Closer, fu
 		return nil, nil, fmt.Errorf("dispatch: listener %s: %w", l.Name, err)
 	}
 	f := os.NewFile(uintptr(nfd), l.Name)
+	if d.peek != nil {
+		return f, func(ctx context.Context) error { return d.acceptKeyLoop(ctx, l.Name, f, d.peek) }, nil
+	}
 	return f, func(ctx context.Context) error { return d.acceptLoop(ctx, l.Name, f) }, nil
 }
 
@@ -522,6 +588,7 @@ func (d *Dispatcher) acceptLoop(ctx context.Context, name string, f *os.File) er
 		acc = d.testAccept
 	}
 	beat := d.newBeat()
+	bounded := d.opts.Affinity.BalanceFactor > 1
 	for {
 		var nfd int
 		var peer netip.Addr
@@ -550,7 +617,11 @@ func (d *Dispatcher) acceptLoop(ctx context.Context, name string, f *os.File) er
 		backoff = 0
 		beat.Add(1)
 		var held *waiting
-		order, held = d.dispatch(nfd, peer, &hdr, order[:0])
+		if bounded {
+			order, held = d.dispatchTo(nfd, d.bounded(d.Up.Snapshot(), routeKey{bucket: Bucket(peer)}), &hdr, order[:0])
+		} else {
+			order, held = d.dispatch(nfd, peer, &hdr, order[:0])
+		}
 		beat.Add(1)
 		if held != nil {
 			// Backpressure: no instance can take or queue it; accept no
@@ -607,6 +678,7 @@ type inst struct {
 	draining      bool
 
 	handed atomic.Uint64
+	closed atomic.Uint64 // reported by the worker (Dispatcher.Closed)
 	// lastSent is when the drainer last handed a connection over
 	// (UnixNano): an instance that made no room for QueueWait is stalled,
 	// and a connection finding its bound reached does not wait for it.
@@ -621,8 +693,32 @@ type waiting struct {
 	order    []int
 	idx      int
 	deadline time.Time
-	until    time.Time  // the end of MaxWait
-	key      netip.Addr // the stickiness key, to take the order again
+	until    time.Time // the end of MaxWait
+	rk       routeKey  // where it belongs, to take the order again
+}
+
+// routeKey is where a connection belongs: the rendezvous order of its
+// bucket (of its client address, or of its affinity key), with first, when
+// not 0, moved to the front (the instance a session id names, the least
+// loaded one for a connection without a key, or the next in order when
+// the preferred one holds more than its bounded load).
+type routeKey struct {
+	bucket int
+	first  int
+}
+
+// order appends rk's order in up to dst.
+func (rk routeKey) order(up *Set, dst []int) []int {
+	start := len(dst)
+	dst = up.OrderBucket(rk.bucket, dst)
+	if rk.first != 0 {
+		o := dst[start:]
+		if i := slices.Index(o, rk.first); i > 0 {
+			copy(o[1:i+1], o[:i])
+			o[0] = rk.first
+		}
+	}
+	return dst
 }
 
 // instConn is a unix datagram socket connected to one instance's hand-off
@@ -768,7 +864,16 @@ func (d *Dispatcher) trySend(in *inst, h *handoff.Header, fd int) (sendResult, e
 // the caller to hold (hold) before it accepts any other.
 // order is scratch space, returned for reuse.
 func (d *Dispatcher) dispatch(fd int, key netip.Addr, h *handoff.Header, order []int) ([]int, *waiting) {
-	order = d.Up.Order(key, order)
+	return d.dispatchTo(fd, routeKey{bucket: Bucket(key)}, h, order)
+}
+
+// dispatchTo is dispatch for a connection that belongs where rk says.
+func (d *Dispatcher) dispatchTo(fd int, rk routeKey, h *handoff.Header, order []int) ([]int, *waiting) {
+	if rk.first == 0 {
+		order = d.Up.OrderBucket(rk.bucket, order)
+	} else {
+		order = rk.order(d.Up.Snapshot(), order)
+	}
 	if len(order) == 0 {
 		d.dropped.Add(1)
 		d.warn("no instance is up: connection closed")
@@ -794,7 +899,7 @@ func (d *Dispatcher) dispatch(fd int, key netip.Addr, h *handoff.Header, order [
 	// room in its queue (a drainer goroutine owns fd then), or go on in
 	// order. Nothing here blocks the accept loop.
 	now := time.Now()
-	w := &waiting{fd: fd, h: *h, order: append([]int(nil), order...), until: now.Add(d.opts.MaxWait), key: key}
+	w := &waiting{fd: fd, h: *h, order: append([]int(nil), order...), until: now.Add(d.opts.MaxWait), rk: rk}
 	start := 0
 	if full {
 		if d.enqueue(in, w, enqNew) {
@@ -839,7 +944,7 @@ func (d *Dispatcher) handed(in *inst, miss bool) {
 func (d *Dispatcher) admit(w *waiting, since time.Time, start int, first bool) bool {
 	now := time.Now()
 	if !first {
-		w.order = d.Up.Order(w.key, w.order[:0])
+		w.order = w.rk.order(d.Up.Snapshot(), w.order[:0])
 	}
 	if len(w.order) == 0 {
 		d.closeWaiting(w, "no instance is up: connection closed", nil)
@@ -1187,7 +1292,7 @@ func (d *Dispatcher) drain(in *inst) {
 // MaxQueued if need be: it is already held, the descriptor limit is kept.
 func (d *Dispatcher) expire(in *inst, w *waiting, own, force bool) {
 	up := d.Up.Snapshot()
-	fresh := up.Order(w.key, nil)
+	fresh := w.rk.order(up, nil)
 	for _, o := range []struct {
 		order []int
 		from  int
@@ -1505,14 +1610,15 @@ func (d *Dispatcher) acceptProxied(ctx context.Context, name string, trust []net
 }
 
 // proxied reads c's PROXY header and dispatches c. It calls read once the
-// header is read (or refused): the budget bounds headers being read; a
-// connection held afterwards for want of room (hold) is bounded by the
-// accept loop, which accepts no more while one is (awaitRoom).
+// header is read (or refused), and for key affinity the request's head
+// peeked: the budget bounds headers (and heads) being read; a connection
+// held afterwards for want of room (hold) is bounded by the accept loop,
+// which accepts no more while one is (awaitRoom).
 func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn, read func()) {
 	defer c.Close()
 	ph, err := ReadProxyHeader(ctx, c, d.opts.Proxy)
-	read()
 	if err != nil {
+		read()
 		d.proxyErrs.Add(1)
 		d.warn("PROXY header refused: connection closed", "listener", name, "peer", c.RemoteAddr().String(), "err", err)
 		return
@@ -1523,6 +1629,18 @@ func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn, read 
 		h.Source, h.Destination = ph.Source, ph.Dest
 		key = ph.Source.Addr().Unmap()
 	}
+	rk := routeKey{bucket: Bucket(key)}
+	switch {
+	case d.opts.Affinity.Spec.IsKey():
+		// The PROXY header is consumed: what follows is the request. The
+		// peek keeps the connection's slot in the pending-header budget,
+		// which so bounds slow requests per peer as it bounds headers.
+		r, found := d.peekProxied(c, key)
+		rk = d.route(r, found, key)
+	case d.opts.Affinity.BalanceFactor > 1:
+		rk = d.bounded(d.Up.Snapshot(), rk)
+	}
+	read()
 	rc, err := c.(syscall.Conn).SyscallConn()
 	if err != nil {
 		d.dropped.Add(1)
@@ -1537,7 +1655,7 @@ func (d *Dispatcher) proxied(ctx context.Context, name string, c net.Conn, read 
 			d.dropped.Add(1)
 			return
 		}
-		_, held = d.dispatch(nfd, key, &h, nil)
+		_, held = d.dispatchTo(nfd, rk, &h, nil)
 	})
 	if held != nil {
 		// This reader holds it until an instance has room; the accept

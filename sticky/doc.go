@@ -78,6 +78,51 @@
 // ENOBUFS, ENOMEM, EPERM, ...) back off from 5 ms to 1 s. Warnings are
 // logged at most once a second, with a count of those suppressed.
 //
+// # Affinity keys
+//
+// A dispatcher whose DispatcherOptions.Affinity names a key (package
+// affinity: "query:sid", "cookie:NAME", "header:NAME",
+// "header:X-Forwarded-For") routes each connection by a key in its first
+// HTTP/1.x request instead of its client address, so that clients behind
+// one NAT or proxy spread out and a client whose address changes keeps its
+// instance. Its listeners take a path of their own; source affinity keeps
+// the path above, unchanged.
+//
+// An accepted descriptor stays blocking and out of Go's netpoller: its
+// file status flags are shared with the worker that receives it, and
+// registering it would make it non-blocking under the worker's feet. The
+// accept loop peeks once (recv with MSG_PEEK|MSG_DONTWAIT, into 1 KiB);
+// when the head is not complete yet, one goroutine per dispatcher waits for
+// it on an epoll instance of its own (edge-triggered: an incomplete head
+// wakes it again only when more arrives), peeking up to affinity.MaxHead
+// (8 KiB) each time. Nothing is ever read: the worker receives every byte
+// the client sent. A connection whose head gives no key within
+// AffinityOptions.PeekTimeout (1 s), within 8 KiB, or is not HTTP/1.x at
+// all (TLS, another protocol), goes by the fallback and is counted in
+// Stats.PeekRejects by reason; one that closes before sending a byte is
+// closed. At most AffinityOptions.MaxPeeking (4,096) connections wait for
+// their head; past it a new one goes by the fallback at once (PeekBusy).
+// On a PROXY listener the header is read first, as above, and the request
+// after it is peeked through the connection's poller (PROXY connections
+// are in it already); the PROXY source is the client for the fallback and
+// for X-Forwarded-For's trust.
+//
+// Routing: a key that is a session id minted by affinity.NewSessionID
+// goes to the instance it names while that instance is up
+// (Stats.TagRouted); another key to the rendezvous winner of its bucket
+// ([KeyBucket]; an X-Forwarded-For client by its address's bucket, as
+// source affinity would place it) (Stats.KeyRouted); a connection without
+// a key by its address, or with AffinityOptions.Spread to the instance
+// with the fewest open connections (Stats.Fallbacks). Open connections are
+// those handed off less those the worker reported closed
+// ([Dispatcher.Closed], fed from the library's report.Closed); a worker
+// that does not use the library is counted as holding every connection it
+// was handed. With AffinityOptions.BalanceFactor (also on source affinity)
+// a connection whose instance holds more than the factor times the
+// average open connections goes to the next instance of its order that
+// does not (consistent hashing with bounded loads; Stats.Spills); a minted
+// id's connection is never moved.
+//
 // # PROXY protocol
 //
 // On a listener marked proxy_protocol = true, [ReadProxyHeader] reads a

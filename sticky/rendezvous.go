@@ -149,11 +149,18 @@ func (s *Set) PickBucket(b int) (id int, ok bool) {
 // Order does not allocate when dst has room for Len more ids and s has at most
 // 64 instances.
 func (s *Set) Order(addr netip.Addr, dst []int) []int {
+	return s.OrderBucket(Bucket(addr), dst)
+}
+
+// OrderBucket is Order for the keys of bucket b: Order(addr, dst) is
+// OrderBucket(Bucket(addr), dst), and a key that is not an address places
+// by OrderBucket(KeyBucket(key), dst).
+func (s *Set) OrderBucket(b int, dst []int) []int {
 	n := s.Len()
 	if n == 0 {
 		return dst
 	}
-	k := bucketKey(Bucket(addr))
+	k := bucketKey(b)
 	var stack [64]scored
 	var sc []scored
 	if n <= len(stack) {
@@ -206,6 +213,11 @@ func (in *Instances) Pick(addr netip.Addr) (id int, ok bool) { return in.cur.Loa
 // Order is Snapshot().Order(addr, dst).
 func (in *Instances) Order(addr netip.Addr, dst []int) []int {
 	return in.cur.Load().Order(addr, dst)
+}
+
+// OrderBucket is Set.OrderBucket on the current set.
+func (in *Instances) OrderBucket(b int, dst []int) []int {
+	return in.cur.Load().OrderBucket(b, dst)
 }
 
 // Len is Snapshot().Len().
@@ -304,3 +316,17 @@ func bucketKey(b int) uint64 { return mix64(uint64(b&(Buckets-1)) ^ bucketSalt) 
 func instanceSeed(id int) uint64 { return mix64(uint64(id) ^ seedSalt) }
 
 func score(key, seed uint64) uint64 { return mix64(key ^ seed) }
+
+// KeyBucket returns the bucket of a key that is not an address (a session
+// id, a cookie's or a header's value): the top 12 bits of mix64 of its
+// 64-bit FNV-1a hash. Like Bucket it has no secret, so every dispatcher,
+// on every run, places a key alike; it is computed in user space only
+// (kernel steering places by address).
+func KeyBucket(key string) int {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(key); i++ {
+		h ^= uint64(key[i])
+		h *= 1099511628211
+	}
+	return int(mix64(h^keySalt) >> (64 - bucketBits))
+}

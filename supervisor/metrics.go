@@ -52,6 +52,7 @@ type statMetric struct {
 	Name, Help string
 	Key        string            // label of a string-keyed map or a struct's fields
 	Const      prometheus.Labels // fixed labels of this field's series
+	Gauge      bool              // a uint64 that goes down too (open connections)
 }
 
 // statsMetrics maps every field of sticky.Stats to its metric. A test
@@ -72,6 +73,16 @@ var statsMetrics = map[string]statMetric{
 	"AcceptErrors":   {Name: "powerhouse_accept_errors_total", Help: "Failed accept calls (each is retried)."},
 	"AcceptPauses":   {Name: "powerhouse_accept_pauses_total", Help: "Times an accept loop stopped accepting until an instance had room (backpressure)."},
 	"Held":           {Name: "powerhouse_held_connections", Help: "Connections held now by paused accept loops."},
+	// Key affinity (affinity = "header:…", "cookie:…", "query:…").
+	"KeyRouted":   {Name: "powerhouse_key_routed_total", Help: "Connections placed by the hash of their affinity key."},
+	"TagRouted":   {Name: "powerhouse_tag_routed_total", Help: "Connections placed by the instance tag of a minted session id."},
+	"Fallbacks":   {Name: "powerhouse_affinity_fallbacks_total", Help: "Connections without an affinity key, placed by the group's fallback."},
+	"Spills":      {Name: "powerhouse_spills_total", Help: "Connections moved off their instance by balance_factor (bounded loads)."},
+	"XFFIgnored":  {Name: "powerhouse_xff_ignored_total", Help: "X-Forwarded-For headers ignored: the peer is not in trusted_proxies."},
+	"PeekRejects": {Name: "powerhouse_peek_rejects_total", Help: "Connections whose request head gave no key, by reason; they go by the fallback.", Key: "reason"},
+	"Peeking":     {Name: "powerhouse_peeking_connections", Help: "Connections waiting now for their request head (bounded by the dispatcher's MaxPeeking)."},
+	"Open":        {Name: "powerhouse_instance_open_connections", Help: "Connections handed to this instance and not yet reported closed by its worker.", Gauge: true},
+	"Closed":      {Name: "powerhouse_instance_closed_total", Help: "Connections this instance's worker reported closed (report socket)."},
 }
 
 // statDesc is a statsMetrics entry made ready: its descriptor and how to
@@ -80,6 +91,7 @@ type statDesc struct {
 	field string
 	desc  *prometheus.Desc
 	key   string
+	gauge bool
 }
 
 func statDescs() []statDesc {
@@ -102,7 +114,7 @@ func statDescs() []statDesc {
 		case reflect.Struct:
 			labels = []string{m.Key}
 		}
-		out = append(out, statDesc{field: f.Name, key: m.Key, desc: prometheus.NewDesc(m.Name, m.Help, labels, m.Const)})
+		out = append(out, statDesc{field: f.Name, key: m.Key, gauge: m.Gauge, desc: prometheus.NewDesc(m.Name, m.Help, labels, m.Const)})
 	}
 	return out
 }
@@ -112,7 +124,11 @@ func collectStat(ch chan<- prometheus.Metric, d statDesc, v reflect.Value) {
 	one := func(x reflect.Value, labels ...string) {
 		switch x.Kind() {
 		case reflect.Uint64, reflect.Uint32, reflect.Uint:
-			ch <- prometheus.MustNewConstMetric(d.desc, prometheus.CounterValue, float64(x.Uint()), labels...)
+			kind := prometheus.CounterValue
+			if d.gauge {
+				kind = prometheus.GaugeValue
+			}
+			ch <- prometheus.MustNewConstMetric(d.desc, kind, float64(x.Uint()), labels...)
 		case reflect.Int, reflect.Int64, reflect.Int32:
 			ch <- prometheus.MustNewConstMetric(d.desc, prometheus.GaugeValue, float64(x.Int()), labels...)
 		}

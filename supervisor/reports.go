@@ -200,7 +200,11 @@ func (s *Supervisor) serveReports(ctx context.Context, r *report.Receiver) {
 		case report.Draining:
 			s.log.Debug("worker draining", "instance", n, "pid", from.PID)
 		case report.Closed:
-			// Counted by the library; the supervisor has no use for it yet.
+			// The instance's open connections (handed off less closed):
+			// what balance_factor bounds and fallback = "spread" compares.
+			if s.disp != nil {
+				s.disp.Closed(n, m.Count)
+			}
 		case report.DrainResult:
 			s.declared.recordDrain(uint32(from.PID), m)
 			s.log.Debug("worker drained", "instance", n, "pid", from.PID, "drained", m.Drained, "cut", m.Cut)

@@ -236,3 +236,44 @@ func TestDrainReportAfterExit(t *testing.T) {
 		return ok && d == 200 && c == 2
 	})
 }
+
+// TestReportsClosedCounts: a worker's Closed report reaches the group's
+// dispatcher as that instance's closed connections (what balance_factor
+// and fallback = "spread" read open counts from); one from a process of
+// no instance is refused and counts for none. The report socket and its
+// datagrams are real; the sender is this test process, made instance 2's
+// main process in the fake manager.
+func TestReportsClosedCounts(t *testing.T) {
+	r := stickyRig(t, 3, nil)
+	r.run()
+	r.waitAll()
+	send := func(n uint64) {
+		c, err := report.NewClient(r.s.g.ReportPath())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if err := c.Send(report.Closed{Count: n}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(5) // from no instance
+	waitFor(t, r.n, "the stray report refused", func() bool {
+		r.s.declared.mu.Lock()
+		defer r.s.declared.mu.Unlock()
+		return r.s.declared.refused == 1
+	})
+	self := uint32(os.Getpid())
+	r.f.setPID(r.side(2, units.SideA), self)
+	waitFor(t, r.n, "instance 2 runs this process", func() bool {
+		r.s.mu.Lock()
+		defer r.s.mu.Unlock()
+		return r.s.pids[2] == self
+	})
+	send(3)
+	send(4)
+	waitFor(t, r.n, "instance 2's closes counted", func() bool { return r.s.disp.Stats().Closed[2] == 7 })
+	if st := r.s.disp.Stats(); len(st.Closed) != 1 {
+		t.Errorf("Closed = %v, want instance 2's alone", st.Closed)
+	}
+}

@@ -185,6 +185,10 @@ func New(o Options) (*Supervisor, error) {
 		s.disp = sticky.NewDispatcher(sticky.DispatcherOptions{
 			Path: s.g.HandoffPath,
 			Log:  s.log,
+			Affinity: sticky.AffinityOptions{
+				Spec: w.Affinity, TrustedProxies: w.TrustedProxies,
+				Spread: w.Fallback == config.FallbackSpread, BalanceFactor: w.BalanceFactor,
+			},
 		})
 		s.beats = s.disp.Beats
 	}
