@@ -300,20 +300,11 @@ func supervisorHardening(u *opts, privateTmp bool, groups []string) {
 		{"ProtectSystem", "strict"},            // read-only file system but its RuntimeDirectory
 		{"ProtectHome", "read-only"},           // the configuration or binary may live in a home
 		{"PrivateTmp", yesNo(privateTmp)},      // no when the binary or configuration lives in /tmp
-		{"PrivateDevices", "yes"},
-		{"DevicePolicy", "closed"},
-		{"ProtectKernelTunables", "yes"},
-		{"ProtectKernelModules", "yes"},
-		{"ProtectKernelLogs", "yes"},
-		{"ProtectControlGroups", "yes"},
-		{"ProtectClock", "yes"},
-		{"ProtectHostname", "yes"},
-		{"ProtectProc", "invisible"},
-		{"ProcSubset", "pid"},
-		{"RestrictNamespaces", "yes"},
-		{"RestrictRealtime", "yes"},
-		{"RestrictSUIDSGID", "yes"},
-		{"LockPersonality", "yes"},
+	} {
+		u.add("Service", d[0], d[1])
+	}
+	sealHost(u)
+	for _, d := range [][2]string{
 		{"MemoryDenyWriteExecute", "yes"}, // Go writes no code at run time
 		{"KeyringMode", "private"},
 		{"UMask", "0022"}, // the group config it writes is read by workers
@@ -865,3 +856,29 @@ func KernelDropIn(w *config.Worker, o Options, amount int) Unit {
 // table, and a program and a socket array per listen address: package
 // steer), at least 8.
 func KernelFDStoreMax(w *config.Worker) int { return max(8, 1+2*len(w.Listen)) }
+
+// sealHost adds the part of the sandbox that every house service shares
+// (the supervisor, the health and metrics endpoints): no devices, no
+// kernel tunables, modules, logs or cgroup tree, no clock or hostname
+// change, no other process in /proc, no namespaces, realtime, setuid or
+// personality change.
+func sealHost(u *opts) {
+	for _, d := range [][2]string{
+		{"PrivateDevices", "yes"},
+		{"DevicePolicy", "closed"},
+		{"ProtectKernelTunables", "yes"},
+		{"ProtectKernelModules", "yes"},
+		{"ProtectKernelLogs", "yes"},
+		{"ProtectControlGroups", "yes"},
+		{"ProtectClock", "yes"},
+		{"ProtectHostname", "yes"},
+		{"ProtectProc", "invisible"},
+		{"ProcSubset", "pid"},
+		{"RestrictNamespaces", "yes"},
+		{"RestrictRealtime", "yes"},
+		{"RestrictSUIDSGID", "yes"},
+		{"LockPersonality", "yes"},
+	} {
+		u.add("Service", d[0], d[1])
+	}
+}

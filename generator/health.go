@@ -90,29 +90,28 @@ func (g *gen) healthService() Unit {
 		// under /tmp: the workers' unprivileged user instead.
 		u.add("Service", "User", config.DefaultUser)
 	}
+	endpointSandbox(&u, privateTmp)
+	return Unit{Name: units.HealthService, Options: u}
+}
+
+// endpointSandbox confines a house endpoint service (health, metrics): it
+// gets its socket from systemd, reads a few files or unix sockets under
+// the runtime directory, and writes nothing.
+func endpointSandbox(u *opts, privateTmp bool) {
 	for _, d := range [][2]string{
 		{"CapabilityBoundingSet", ""},
 		{"AmbientCapabilities", ""},
 		{"NoNewPrivileges", "yes"},
 		{"PrivateNetwork", "yes"},              // systemd passes the socket: no network of its own
-		{"RestrictAddressFamilies", "AF_UNIX"}, // socket(): none it needs; accept() is not socket()
-		{"ProtectSystem", "strict"},            // the state file is read, never written
+		{"RestrictAddressFamilies", "AF_UNIX"}, // socket(): the groups' unix sockets at most; accept() is not socket()
+		{"ProtectSystem", "strict"},            // nothing is written
 		{"ProtectHome", "read-only"},           // the binary may live in a home
 		{"PrivateTmp", yesNo(privateTmp)},
-		{"PrivateDevices", "yes"},
-		{"DevicePolicy", "closed"},
-		{"ProtectKernelTunables", "yes"},
-		{"ProtectKernelModules", "yes"},
-		{"ProtectKernelLogs", "yes"},
-		{"ProtectControlGroups", "yes"},
-		{"ProtectClock", "yes"},
-		{"ProtectHostname", "yes"},
-		{"ProtectProc", "invisible"},
-		{"ProcSubset", "pid"},
-		{"RestrictNamespaces", "yes"},
-		{"RestrictRealtime", "yes"},
-		{"RestrictSUIDSGID", "yes"},
-		{"LockPersonality", "yes"},
+	} {
+		u.add("Service", d[0], d[1])
+	}
+	sealHost(u)
+	for _, d := range [][2]string{
 		{"MemoryDenyWriteExecute", "yes"},
 		{"RemoveIPC", "yes"},
 		{"KeyringMode", "private"},
@@ -124,5 +123,4 @@ func (g *gen) healthService() Unit {
 	} {
 		u.add("Service", d[0], d[1])
 	}
-	return Unit{Name: units.HealthService, Options: u}
 }

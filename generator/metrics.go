@@ -89,39 +89,6 @@ func (g *gen) metricsService() Unit {
 		// under /tmp: the workers' unprivileged user instead.
 		u.add("Service", "User", config.DefaultUser)
 	}
-	for _, d := range [][2]string{
-		{"CapabilityBoundingSet", ""},
-		{"AmbientCapabilities", ""},
-		{"NoNewPrivileges", "yes"},
-		{"PrivateNetwork", "yes"},              // systemd passes the socket; the groups' are unix sockets
-		{"RestrictAddressFamilies", "AF_UNIX"}, // socket(): the groups' metrics sockets
-		{"ProtectSystem", "strict"},            // nothing is written
-		{"ProtectHome", "read-only"},           // the binary may live in a home
-		{"PrivateTmp", yesNo(privateTmp)},
-		{"PrivateDevices", "yes"},
-		{"DevicePolicy", "closed"},
-		{"ProtectKernelTunables", "yes"},
-		{"ProtectKernelModules", "yes"},
-		{"ProtectKernelLogs", "yes"},
-		{"ProtectControlGroups", "yes"},
-		{"ProtectClock", "yes"},
-		{"ProtectHostname", "yes"},
-		{"ProtectProc", "invisible"},
-		{"ProcSubset", "pid"},
-		{"RestrictNamespaces", "yes"},
-		{"RestrictRealtime", "yes"},
-		{"RestrictSUIDSGID", "yes"},
-		{"LockPersonality", "yes"},
-		{"MemoryDenyWriteExecute", "yes"},
-		{"RemoveIPC", "yes"},
-		{"KeyringMode", "private"},
-		{"UMask", "0077"},
-		{"SystemCallArchitectures", "native"},
-		{"SystemCallFilter", "@system-service"},
-		{"SystemCallFilter", "~@privileged @resources @mount @swap @reboot @raw-io @module @obsolete @debug @cpu-emulation"},
-		{"SystemCallErrorNumber", "EPERM"},
-	} {
-		u.add("Service", d[0], d[1])
-	}
+	endpointSandbox(&u, privateTmp)
 	return Unit{Name: units.MetricsService, Options: u}
 }
