@@ -85,6 +85,21 @@ func (d *Dispatcher) Closed(instance int, n uint64) {
 	d.inst(instance).closed.Add(n)
 }
 
+// Forget sets instance's open connections to zero: its process ended,
+// and every connection it held with it, whether its worker reported them
+// closed or not (a killed worker reports nothing). The supervisor calls it
+// when an instance's only process ends. The closed count takes the
+// difference, so it stays monotonic.
+func (d *Dispatcher) Forget(instance int) {
+	in := d.inst(instance)
+	for {
+		h, c := in.handed.Load(), in.closed.Load()
+		if c >= h || in.closed.CompareAndSwap(c, h) {
+			return
+		}
+	}
+}
+
 // open returns in's open connections: handed off less closed, never
 // below zero (a report may overtake the count of its hand-off).
 func (in *inst) open() uint64 {

@@ -634,3 +634,29 @@ func TestAffinityPeekTrickle(t *testing.T) {
 		t.Errorf("TagRouted %d, want 1", st.TagRouted)
 	}
 }
+
+// TestForget: an instance whose process ended (killed: no close reports)
+// starts again from zero open connections; the closed count takes the
+// difference and stays monotonic; a late report cannot make it negative.
+func TestForget(t *testing.T) {
+	d := &Dispatcher{}
+	in := d.inst(2)
+	in.handed.Add(10)
+	in.closed.Add(3)
+	if got := in.open(); got != 7 {
+		t.Fatalf("open = %d, want 7", got)
+	}
+	d.Forget(2)
+	if got, c := in.open(), in.closed.Load(); got != 0 || c != 10 {
+		t.Errorf("after Forget: open %d, closed %d; want 0, 10", got, c)
+	}
+	d.Closed(2, 4) // a report that was on its way
+	in.handed.Add(5)
+	if got := in.open(); got != 1 {
+		t.Errorf("open = %d after 5 more hand-offs, want 1 (the late report counted against them)", got)
+	}
+	d.Forget(3) // an instance that never had a connection
+	if got := d.inst(3).open(); got != 0 {
+		t.Errorf("open of an unknown instance = %d", got)
+	}
+}

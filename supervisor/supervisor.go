@@ -790,6 +790,17 @@ func (s *Supervisor) observe(ctx context.Context, n int, side units.Side, st uni
 	// faster than the signals), is a stop; a new one is a start.
 	if prevPID != 0 && prevPID != pid {
 		s.stopped(ctx, n, st, prevPID)
+		s.mu.Lock()
+		other := s.sides[sideKey{n, side.Other()}]
+		s.mu.Unlock()
+		if s.disp != nil && !other.ActiveState.Running() && other.ActiveState != units.Deactivating {
+			// The slot's only process ended: every connection it held
+			// went with it, reported closed or not (a crash reports
+			// nothing), so its open count starts again from zero. Not
+			// while the other side runs: a handover's old process
+			// ending leaves the new one's connections open.
+			s.disp.Forget(n)
+		}
 	}
 	if pid != 0 && pid != prevPID && !s.quiet {
 		s.emit(events.WorkerStart, n, fmt.Sprintf("worker %s@%d started, pid %d (%s)", s.o.Group, n, pid, st.Name), map[string]string{"pid": fmt.Sprint(pid), "unit": st.Name})
