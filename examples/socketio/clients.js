@@ -38,7 +38,11 @@ if (!url || !(count > 0 && count <= 1000) || !(seconds > 0 && seconds <= 60)) {
 // into one line that keeps the server's answer ("Session ID unknown").
 function describe(what, err) {
   if (err === undefined || err === null) return what;
-  let s = what + ": " + (err.message || String(err));
+  // A disconnection's details are a plain object ({description,
+  // context}), an Error has a message, anything else is printed as is.
+  let s = what;
+  if (err.message) s += ": " + err.message;
+  else if (typeof err !== "object") s += ": " + String(err);
   if (err.description !== undefined) s += " (" + String(err.description) + ")";
   const body = err.context && err.context.responseText;
   if (body) s += " " + String(body).slice(0, 200);
