@@ -31,8 +31,13 @@ build:
 deps:
 	@tools/test-deps
 
+# examples/socketio is a module of its own (the PowerHouse module does not
+# depend on socket.io): vet and test name it with -C.
+EXAMPLE_MODULES := examples/socketio
+
 vet:
 	$(GO) vet ./...
+	@for m in $(EXAMPLE_MODULES); do echo "$(GO) -C $$m vet ./..."; $(GO) -C $$m vet ./... || exit 1; done
 
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
@@ -48,6 +53,7 @@ fmt-check:
 INTEGRATION := ./internal/integration
 test: deps vet fmt-check
 	$(GO) test $(TESTFLAGS) $$($(GO) list ./... | grep -vx 'github.com/powerhouse/powerhouse/internal/integration')
+	@for m in $(EXAMPLE_MODULES); do echo "$(GO) -C $$m test $(TESTFLAGS) ./..."; $(GO) -C $$m test $(TESTFLAGS) ./... || exit 1; done
 	$(GO) test $(filter-out -race,$(TESTFLAGS)) $(INTEGRATION)
 
 # make test from a fresh clone of the committed HEAD (uncommitted changes

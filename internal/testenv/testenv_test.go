@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -190,6 +191,96 @@ func TestProgramsInTestDeps(t *testing.T) {
 	for name, p := range programs {
 		if !pkgs[p.pkg] {
 			t.Errorf("tools/test-deps does not install %s (for %s); it installs %v", p.pkg, name, pkgs)
+		}
+	}
+}
+
+// TestNodeModules: a module that is there at its version is found in the
+// cache's node_modules; a missing one or one at another version skips the
+// test, or fails it with CI set, in one line naming the command that
+// installs it.
+func TestNodeModules(t *testing.T) {
+	cache := t.TempDir()
+	t.Setenv("XDG_CACHE_HOME", cache)
+	dir := filepath.Join(cache, npmDirName, "node_modules")
+	install := func(version string) {
+		t.Helper()
+		p := filepath.Join(dir, "socket.io-client")
+		if err := os.MkdirAll(p, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(p, "package.json"), []byte(`{"name":"socket.io-client","version":"`+version+`"}`), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	run := func(names ...string) (r *recorder, got string) {
+		r = &recorder{}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			got = NodeModules(r, names...)
+		}()
+		<-done
+		return r, got
+	}
+	want := npmModules["socket.io-client"]
+	for _, tc := range []struct {
+		name, version, missing, ci string
+		wantDir                    bool
+		wantMsg                    string
+	}{
+		{name: "absent", wantMsg: "npm module socket.io-client not found in " + dir},
+		{name: "absent in CI", ci: "true", wantMsg: "not found"},
+		{name: "other version", version: "4.0.0", wantMsg: `is version "4.0.0", want ` + want},
+		{name: "present", version: want, wantDir: true},
+		{name: "present but named missing", version: want, missing: "socket.io-client", wantMsg: "not found"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			os.RemoveAll(dir)
+			if tc.version != "" {
+				install(tc.version)
+			}
+			t.Setenv(MissingEnv, tc.missing)
+			t.Setenv("CI", tc.ci)
+			r, got := run("socket.io-client")
+			if tc.wantDir {
+				if got != dir || r.skip != "" || r.fatal != "" {
+					t.Errorf("got %q (skip %q, fatal %q), want %s", got, r.skip, r.fatal, dir)
+				}
+				return
+			}
+			msg := r.skip
+			if tc.ci != "" {
+				msg = r.fatal
+			}
+			if !strings.Contains(msg, tc.wantMsg) || !strings.Contains(msg, "make deps") || strings.Contains(msg, "\n") {
+				t.Errorf("skip %q, fatal %q: want one line with %q naming make deps", r.skip, r.fatal, tc.wantMsg)
+			}
+		})
+	}
+	t.Run("unknown", func(t *testing.T) {
+		t.Setenv("CI", "")
+		if r, _ := run("left-pad"); !strings.Contains(r.skip, "unknown npm module") {
+			t.Errorf("skip %q, want unknown npm module", r.skip)
+		}
+	})
+}
+
+// TestNodeModulesInTestDeps: every npm module a test may ask for is one
+// that tools/test-deps installs, at the same version.
+func TestNodeModulesInTestDeps(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(repoRoot(t), "tools", "test-deps"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?s)npm_modules=\((.*?)\)`).FindSubmatch(b)
+	if m == nil {
+		t.Fatal("tools/test-deps has no npm_modules=(...) list")
+	}
+	listed := strings.Fields(string(m[1]))
+	for name, version := range npmModules {
+		if !slices.Contains(listed, name+"@"+version) {
+			t.Errorf("tools/test-deps does not install %s@%s; it installs %v", name, version, listed)
 		}
 	}
 }
