@@ -98,9 +98,10 @@ func (r *report) fail(err error) {
 func (r *report) step(what string, interval time.Duration, fn func() error) error {
 	fmt.Fprintf(r.out, "» %s …\n", what)
 	start := time.Now()
-	done := make(chan struct{})
+	done, stopped := make(chan struct{}), make(chan struct{})
 	ticker := time.NewTicker(interval)
 	go func() {
+		defer close(stopped)
 		defer ticker.Stop()
 		for {
 			select {
@@ -113,6 +114,7 @@ func (r *report) step(what string, interval time.Duration, fn func() error) erro
 	}()
 	err := fn()
 	close(done)
+	<-stopped // its last line before ours: they share r.out
 	d := time.Since(start)
 	if err != nil {
 		fmt.Fprintf(r.out, "» %s: failed after %v\n", what, seconds(d))

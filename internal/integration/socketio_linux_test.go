@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/powerhouse/powerhouse/units"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -100,7 +101,7 @@ listen = ["127.0.0.1:%d"]
 			h.systemctl("start", "powerhouse.target")
 			waitFor(t, 30*time.Second, "the 4 socket.io instances to be ready", func() bool {
 				for n := 1; n <= 4; n++ {
-					if h.show(fmt.Sprintf("powerhouse-sio@%d.service", n), "ActiveState") != "active" {
+					if h.show(units.Group{Name: "sio"}.Instance(n), "ActiveState") != "active" {
 						return false
 					}
 				}
