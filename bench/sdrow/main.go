@@ -93,6 +93,7 @@ type options struct {
 	bin         string
 	config      string
 	workerExtra string
+	socketExtra string
 	copies      int
 	worker      []string // the reference's copies: the command's words
 	pids        string
@@ -107,6 +108,7 @@ func main() {
 	flag.StringVar(&o.bin, "bin", os.Getenv("BENCH_BIN"), "host `dir` with powerhouse, hello and reuseport (default $BENCH_BIN)")
 	flag.StringVar(&o.config, "config", "", "the house's configuration `file` (TOML; @PORT@ and @BIN@ are replaced)")
 	flag.StringVar(&o.workerExtra, "worker-extra", "", "TOML `lines` appended to the configuration (its last [[worker]] table)")
+	flag.StringVar(&o.socketExtra, "socket-extra", "", "house: [Socket] `lines` of a drop-in for the sticky group's public socket unit, written before the install (e.g. 'DeferAcceptSec=0': measure the house without a setting the generator makes)")
 	flag.IntVar(&o.copies, "n", 2, "reference: copies of hello")
 	worker := flag.String("worker", "@BIN@/hello", "reference: the `command` of the copies, words separated by spaces (@BIN@ is replaced), e.g. '/usr/bin/node @BIN@/nodeworker.js'")
 	flag.StringVar(&o.pids, "pids", os.Getenv("BENCH_PIDS"), "write front=PID and workers=PID,... (host PIDs) to this `file` once ready (default $BENCH_PIDS)")
@@ -218,7 +220,7 @@ func run(o *options) (err error) {
 	var workers []int
 	switch o.mode {
 	case "house", "reload":
-		front, workers, err = startHouse(bootCtx, box, src, cfg)
+		front, workers, err = startHouse(bootCtx, box, src, cfg, o.socketExtra)
 	default:
 		front, workers, err = startReference(bootCtx, box, o, cfg)
 	}
@@ -287,15 +289,29 @@ wait:
 // startHouse installs the configuration and starts powerhouse.target, as
 // `powerhouse install --now` does on a real machine, and returns the host
 // PIDs of the first sticky group's supervisor and of its instances.
-func startHouse(ctx context.Context, box *sdbox.Box, src []byte, cfg *config.Config) (int, []int, error) {
+//
+// socketExtra, when set, are [Socket] lines of a drop-in for that group's
+// public socket unit, in place before the units are started.
+func startHouse(ctx context.Context, box *sdbox.Box, src []byte, cfg *config.Config, socketExtra string) (int, []int, error) {
 	if err := box.WriteFile(boxConfig, src, 0o644); err != nil {
 		return 0, nil, err
+	}
+	if socketExtra != "" {
+		g := units.Group{Name: stickyWorker(cfg).Name}
+		p := "/etc/systemd/system/" + g.PublicSocket() + ".d/50-bench.conf"
+		if err := box.WriteFile(p, []byte("[Socket]\n"+socketExtra+"\n"), 0o644); err != nil {
+			return 0, nil, err
+		}
 	}
 	if out, err := box.Run(ctx, boxBin+"/powerhouse", "install", "--now", boxConfig); err != nil {
 		return 0, nil, fmt.Errorf("powerhouse install --now: %w\n%s", err, out)
 	}
 	w := stickyWorker(cfg)
 	g := units.Group{Name: w.Name}
+	if out, err := box.Systemctl(ctx, "show", "-p", "DeferAcceptUSec", "--value", g.PublicSocket()); err == nil {
+		// In the row's log: which deferral the measured socket had.
+		fmt.Printf("sdrow: %s DeferAcceptUSec=%s\n", g.PublicSocket(), bytes.TrimSpace(out))
+	}
 	front, err := mainPID(ctx, box, g.SupervisorUnit())
 	if err != nil {
 		return 0, nil, err
