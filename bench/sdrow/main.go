@@ -25,6 +25,9 @@
 // by -port and the box-side directory of the binaries; -worker-extra adds
 // lines at its end (its last table should be the [[worker]] to change),
 // so that a row variant is one line: e.g. 'dispatch = "kernel"'.
+// -socket-extra writes [Socket] lines as a drop-in of the group's public
+// socket unit before the install (e.g. 'DeferAcceptSec=0'), for a variant
+// that changes what the generator makes of the socket.
 //
 // Once the row answers HTTP, sdrow writes -pids: "front=PID" (the sticky
 // group's supervisor; the reference's launcher) and "workers=PID,PID"
@@ -120,7 +123,7 @@ func main() {
 	flag.DurationVar(&o.reload.steady, "steady", 3*time.Second, "reload: the steady-state window before the reload")
 	flag.DurationVar(&o.reload.hold, "hold", time.Second, "reload: how long the long-lived connections stay open after the reload returned")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: sdrow -port N -config FILE [-worker-extra LINES] [-pids FILE] house|reference|reload")
+		fmt.Fprintln(os.Stderr, "usage: sdrow -port N -config FILE [-worker-extra LINES] [-socket-extra LINES] [-pids FILE] house|reference|reload")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
