@@ -37,7 +37,7 @@ SD_TARGET=systemd-house          # the systemd row the storm and idle extras mea
 # Goals checked in the summary, ROW:NEW-CONN-RATIO:KEEP-ALIVE-RATIO[:FRONT-CPU-US]
 # (issue 13's targets under systemd; rows not in the run are ignored).
 GOALS=${GOALS:-systemd-house:0.95:0.98:10 systemd-house-kernel:0.98:0.98:0}
-DEFAULT_ROWS=(direct powerhouse-sticky node-sticky-session node-socketio-sticky haproxy-source socket-proxyd systemd-reference systemd-house systemd-house-kernel systemd-node-kernel systemd-node-reference)
+DEFAULT_ROWS=(direct powerhouse-sticky node-sticky-session node-socketio-sticky haproxy-source socket-proxyd systemd-reference systemd-house systemd-house-kernel systemd-house-affinity systemd-node-kernel systemd-node-reference)
 PEERS=(node-sticky-session node-socketio-sticky haproxy-source socket-proxyd)
 # Every row is measured against a reference row running in the same
 # conditions: systemd-* rows against systemd-reference (the same reuseport
@@ -191,14 +191,20 @@ loadgen_tsv() {
     END { for (i = 1; i <= n; i++) printf "%s%s", (i > 1 ? "\t" : ""), (found && (c[i] in m) ? m[c[i]] : "NA"); print "" }' "$1"
 }
 
+# loadgen_flags ROW: the load generator flags the row asks for, from a
+# "# bench-loadgen: FLAGS" line of its script (e.g. systemd-house-affinity's
+# -query-key, the key it routes by); empty for most rows.
+loadgen_flags() { sed -n 's/^# bench-loadgen: //p' "$B/rows/$1.sh" | head -1; }
+
 # measure ROUND SEQ ROW PORT REF FRONT WORKERS: both workloads, one raw.tsv line each
 measure() {
-  local round=$1 seq=$2 row=$3 port=$4 refrow=$5 front=$6 workers=$7 w f conns ka vals
+  local round=$1 seq=$2 row=$3 port=$4 refrow=$5 front=$6 workers=$7 w f conns ka vals extra
+  read -ra extra <<< "$(loadgen_flags "$row")"
   for w in close ka; do
     f=$OUT/loadgen/r$round-$(printf %02d "$seq")-$row-$w.txt
     if [[ $w == close ]]; then conns=$CLOSE_CONNS ka=false; else conns=$KA_CONNS ka=true; fi
     "$BENCH_BIN/loadgen" -addr "127.0.0.1:$port" -duration "${DURATION}s" -warmup "${WARMUP}s" \
-      -conns "$conns" -sources "$SOURCES" -keepalive=$ka -watch-pid "$front" ${workers:+-watch-workers "$workers"} -label "$row" > "$f" 2>&1
+      -conns "$conns" -sources "$SOURCES" -keepalive=$ka -watch-pid "$front" ${workers:+-watch-workers "$workers"} "${extra[@]}" -label "$row" > "$f" 2>&1
     vals=$(loadgen_tsv "$f")
     printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$seq" "$row" "$w" "$vals" "$refrow" >> "$RAW"
     awk -F'\t' -v r="$round" -v s="$seq" -v row="$row" -v w="$w" \

@@ -393,6 +393,9 @@ func (g *gen) socketUnit(w *config.Worker, proxied bool) (Unit, bool) {
 		}
 	}
 	if !proxied {
+		if d := deferAccept(w, ls); d != "" {
+			u.add("Socket", "DeferAcceptSec", d)
+		}
 		u.add("Socket", "FileDescriptorName", "public")
 		return Unit{Name: g.group(w).PublicSocket(), Options: u}, true
 	}
@@ -405,6 +408,25 @@ func (g *gen) socketUnit(w *config.Worker, proxied bool) (Unit, bool) {
 		u.add("Socket", "IPAddressDeny", "any")
 	}
 	return Unit{Name: g.group(w).ProxySocket(), Options: u}, true
+}
+
+// deferAccept is the DeferAcceptSec= of the public sockets ls of w: for
+// a group with a key affinity (affinity = "query:sid", ...) that has a TCP
+// listener, "1", so that the kernel (TCP_DEFER_ACCEPT) hands the
+// supervisor a connection once its first bytes are there, and its peek
+// finds the request head at once instead of waiting in its epoll loop
+// (docs/BENCHMARKS.md, "Key affinity"). A client that sends nothing is
+// still passed on after the deferral (a SYN-ACK retransmitted about 1 s
+// later and the client's ACK to it), and the supervisor places it by the
+// fallback after its own peek bound. Not for source affinity, which reads
+// nothing and would only delay the accept, nor for PROXY listeners, whose
+// unit is the proxy's; and not for unix sockets (TCP only; systemd would
+// warn, once per unix socket, when a group mixes both).
+func deferAccept(w *config.Worker, ls []config.Listener) string {
+	if !w.Affinity.IsKey() || !slices.ContainsFunc(ls, func(l config.Listener) bool { return l.Network == "tcp" }) {
+		return ""
+	}
+	return "1"
 }
 
 // Sides are the worker templates a group has: side A alone, or with

@@ -812,3 +812,32 @@ func TestSides(t *testing.T) {
 		}
 	}
 }
+
+// TestDeferAccept: the public sockets of a group with a key affinity and
+// a TCP listener get DeferAcceptSec=1 (the supervisor's peek then finds
+// the request head at accept); source affinity, unix-only groups and the
+// PROXY listeners' unit do not.
+func TestDeferAccept(t *testing.T) {
+	g := units.Group{Name: "n"}
+	for _, tc := range []struct {
+		name, lines   string
+		public, proxy string // DeferAcceptSec= of each unit ("" none)
+	}{
+		{name: "source affinity", lines: `listen = ["127.0.0.1:8080"]`},
+		{name: "query key, TCP", lines: "listen = [\"127.0.0.1:8080\"]\naffinity = \"query:sid\"", public: "1"},
+		{name: "header key, port only", lines: "listen = [8080]\naffinity = \"header:X-Session\"", public: "1"},
+		{name: "cookie key, unix only", lines: "listen = [\"/run/n/http.sock\"]\naffinity = \"cookie:sid\""},
+		{name: "cookie key, TCP and unix", lines: "listen = [\"/run/n/http.sock\", \"127.0.0.1:8080\"]\naffinity = \"cookie:sid\"", public: "1"},
+		{name: "query key, TCP and PROXY", lines: "listen = [\"127.0.0.1:8080\", { address = \"127.0.0.1:8443\", proxy_protocol = true, proxy_from = [\"127.0.0.1\"] }]\naffinity = \"query:sid\"", public: "1"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, us := generate(t, testOpts, []byte("[[worker]]\nname = \"n\"\nexec = \"/srv/app\"\nsticky = true\n"+tc.lines+"\n"))
+			if got := strings.Join(directives(us, g.PublicSocket(), "Socket", "DeferAcceptSec"), "|"); got != tc.public {
+				t.Errorf("%s: DeferAcceptSec=%q, want %q", g.PublicSocket(), got, tc.public)
+			}
+			if got := strings.Join(directives(us, g.ProxySocket(), "Socket", "DeferAcceptSec"), "|"); got != tc.proxy {
+				t.Errorf("%s: DeferAcceptSec=%q, want %q", g.ProxySocket(), got, tc.proxy)
+			}
+		})
+	}
+}

@@ -82,6 +82,7 @@ type options struct {
 	watchPID  int
 	workers   []int // -watch-workers
 	label     string
+	queryKey  string // -query-key
 }
 
 func main() {
@@ -102,6 +103,7 @@ func main() {
 	var workers string
 	flag.StringVar(&workers, "watch-workers", "", "comma-separated `pids` whose CPU time (utime+stime) over the measured window is reported together (the row's workers)")
 	flag.StringVar(&o.label, "label", "", "copied into the result line")
+	flag.StringVar(&o.queryKey, "query-key", "", "add a query parameter `name` whose value is fixed per source address (name=k0 from the first, name=k1 from the second, ...) to every request target, for a row that routes by it (affinity = \"query:NAME\")")
 	flag.Parse()
 	if err := o.parseWorkers(workers); err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
@@ -169,6 +171,9 @@ func (o *options) resolve(rawURL, base string) error {
 		return fmt.Errorf("-source-base %q: want an IPv4 address", base)
 	}
 	o.srcBase = ip
+	if o.queryKey != "" && (len(o.queryKey) > maxQueryKey || strings.Trim(o.queryKey, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != "") {
+		return fmt.Errorf("-query-key %q: want 1 to %d of A-Z a-z 0-9 . _ -", o.queryKey, maxQueryKey)
+	}
 	// Go raises the soft RLIMIT_NOFILE to the hard limit at start; say so
 	// plainly when that is still not enough rather than fail on EMFILE.
 	var rl unix.Rlimit
@@ -177,6 +182,9 @@ func (o *options) resolve(rawURL, base string) error {
 	}
 	return nil
 }
+
+// maxQueryKey bounds -query-key's name.
+const maxQueryKey = 64
 
 // maxWatched bounds -watch-workers.
 const maxWatched = 1024
@@ -248,11 +256,34 @@ func (o *options) dialers() []*net.Dialer {
 }
 
 func (o *options) request(close bool) []byte {
-	r := "GET " + o.path + " HTTP/1.1\r\nHost: " + o.host + "\r\n"
+	return o.requestTo(o.path, close)
+}
+
+func (o *options) requestTo(target string, close bool) []byte {
+	r := "GET " + target + " HTTP/1.1\r\nHost: " + o.host + "\r\n"
 	if close {
 		r += "Connection: close\r\n"
 	}
 	return []byte(r + "\r\n")
+}
+
+// keyedRequests returns, with -query-key, the request of each source
+// address: the path with NAME=kI added for source I, so that a row routing
+// by that key sees a fixed key per source (a deterministic run, and the
+// sticky_sources check still means what it says); nil without -query-key.
+func (o *options) keyedRequests(close bool) [][]byte {
+	if o.queryKey == "" {
+		return nil
+	}
+	sep := "?"
+	if strings.Contains(o.path, "?") {
+		sep = "&"
+	}
+	rs := make([][]byte, max(o.sources, 1))
+	for i := range rs {
+		rs[i] = o.requestTo(o.path+sep+o.queryKey+"=k"+strconv.Itoa(i), close)
+	}
+	return rs
 }
 
 // errKind classifies failures for the result line.
@@ -274,7 +305,8 @@ var errNames = [nErrKinds]string{"dial", "io", "timeout", "status", "parse"}
 type worker struct {
 	o      *options
 	dial   []*net.Dialer
-	req    []byte
+	req    []byte   // what roundTrip writes
+	keyed  [][]byte // with -query-key: the request of each source (use)
 	buf    []byte
 	lat    []uint32 // µs, requests completed inside the window
 	errs   [nErrKinds]uint64
@@ -290,6 +322,13 @@ func newWorker(o *options, dial []*net.Dialer, req []byte) *worker {
 		o: o, dial: dial, req: req, buf: make([]byte, 16<<10),
 		lat: make([]uint32, 0, 1<<14), intern: map[string]int{},
 		bySrc: make([][]uint64, max(o.sources, 1)),
+	}
+}
+
+// use makes the next round trips carry source src's request (its key).
+func (w *worker) use(src int) {
+	if w.keyed != nil {
+		w.req = w.keyed[src]
 	}
 }
 
@@ -340,6 +379,7 @@ func (w *worker) run(ctx context.Context, win window, next *atomic.Uint64) {
 				continue
 			}
 			c = nc
+			w.use(src)
 			if win.in(t0) {
 				w.opened++
 			}
@@ -728,7 +768,7 @@ func (r *result) errString() string {
 
 func runLoad(ctx context.Context, o *options) error {
 	dial := o.dialers()
-	req := o.request(!o.keepalive)
+	req, keyed := o.request(!o.keepalive), o.keyedRequests(!o.keepalive)
 	start := time.Now()
 	win := window{start: start.Add(o.warmup), end: start.Add(o.warmup + o.duration)}
 	ws := make([]*worker, o.conns)
@@ -736,6 +776,7 @@ func runLoad(ctx context.Context, o *options) error {
 	var wg sync.WaitGroup
 	for i := range ws {
 		ws[i] = newWorker(o, dial, req)
+		ws[i].keyed = keyed
 		wg.Add(1)
 		go func(w *worker) {
 			defer wg.Done()
@@ -837,7 +878,7 @@ func orDash(s string) string {
 // keeps them all open for o.hold and samples o.watchPID meanwhile.
 func runHold(ctx context.Context, o *options) error {
 	dial := o.dialers()
-	req := o.request(false)
+	req, keyed := o.request(false), o.keyedRequests(false)
 	const openers = 64 // parallel dials: fast, without a SYN flood on the backlog
 	conns := make([]net.Conn, o.conns)
 	ws := make([]*worker, openers)
@@ -846,6 +887,7 @@ func runHold(ctx context.Context, o *options) error {
 	t0 := time.Now()
 	for g := range ws {
 		w := newWorker(o, dial, req)
+		w.keyed = keyed
 		ws[g] = w
 		wg.Add(1)
 		go func() {
@@ -858,6 +900,7 @@ func runHold(ctx context.Context, o *options) error {
 					continue
 				}
 				w.opened++
+				w.use(src)
 				c.SetDeadline(time.Now().Add(o.timeout))
 				t := time.Now()
 				res, err := w.roundTrip(c)
@@ -999,11 +1042,11 @@ type rateResult struct {
 // rate is runRate's measurement.
 func rate(ctx context.Context, o *options) (*rateResult, error) {
 	dial := o.dialers()
-	req := o.request(true)
+	req, keyed := o.request(true), o.keyedRequests(true)
 	free := make(chan *worker, o.conns)
 	ws := make([]*worker, o.conns)
 	for i := range ws {
-		ws[i] = &worker{o: o, dial: dial, req: req, buf: make([]byte, 4<<10), intern: map[string]int{},
+		ws[i] = &worker{o: o, dial: dial, req: req, keyed: keyed, buf: make([]byte, 4<<10), intern: map[string]int{},
 			bySrc: make([][]uint64, max(o.sources, 1))}
 		free <- ws[i]
 	}
@@ -1074,6 +1117,7 @@ func (w *worker) offer(ctx context.Context, at time.Time, src int, counted bool)
 		return
 	}
 	defer c.Close()
+	w.use(src)
 	if counted {
 		w.opened++
 	}

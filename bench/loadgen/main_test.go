@@ -166,3 +166,50 @@ func TestRate(t *testing.T) {
 		})
 	}
 }
+
+// TestQueryKey: with -query-key every request of a source carries that
+// source's fixed key (what a query:NAME affinity row routes by), in the
+// closed loop and in the open one, and no source ever sends another's.
+func TestQueryKey(t *testing.T) {
+	type seen struct{ src, key, path string }
+	got := make(chan seen, 1<<16)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		got <- seen{host, r.URL.Query().Get("sid"), r.URL.Path}
+		fmt.Fprint(w, "instance=web@1\n")
+	}))
+	defer srv.Close()
+	addr := strings.TrimPrefix(srv.URL, "http://")
+	for _, mode := range []string{"load", "rate"} {
+		t.Run(mode, func(t *testing.T) {
+			o := &options{addr: addr, host: addr, path: "/", timeout: 2 * time.Second, conns: 4, sources: 3,
+				srcBase: net.IPv4(127, 0, 0, 2).To4(), queryKey: "sid", duration: 200 * time.Millisecond}
+			var err error
+			if mode == "load" {
+				err = runLoad(t.Context(), o) // prints its result line
+			} else {
+				o.rate = 200
+				_, err = rate(t.Context(), o)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for len(got) > 0 {
+				s := <-got
+				n++
+				last := s.src[strings.LastIndexByte(s.src, '.')+1:]
+				want := map[string]string{"2": "k0", "3": "k1", "4": "k2"}[last]
+				if s.key != want || s.path != "/" {
+					t.Fatalf("from %s: path %q sid %q, want / and %q", s.src, s.path, s.key, want)
+				}
+			}
+			if n == 0 {
+				t.Fatal("no request reached the server")
+			}
+		})
+	}
+	if err := (&options{addr: addr, conns: 1, queryKey: "a b"}).resolve("", "127.0.0.2"); err == nil {
+		t.Error("-query-key \"a b\" accepted")
+	}
+}

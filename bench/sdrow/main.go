@@ -25,6 +25,9 @@
 // by -port and the box-side directory of the binaries; -worker-extra adds
 // lines at its end (its last table should be the [[worker]] to change),
 // so that a row variant is one line: e.g. 'dispatch = "kernel"'.
+// -socket-extra writes [Socket] lines as a drop-in of the group's public
+// socket unit before the install (e.g. 'DeferAcceptSec=0'), for a variant
+// that changes what the generator makes of the socket.
 //
 // Once the row answers HTTP, sdrow writes -pids: "front=PID" (the sticky
 // group's supervisor; the reference's launcher) and "workers=PID,PID"
@@ -93,6 +96,7 @@ type options struct {
 	bin         string
 	config      string
 	workerExtra string
+	socketExtra string
 	copies      int
 	worker      []string // the reference's copies: the command's words
 	pids        string
@@ -107,6 +111,7 @@ func main() {
 	flag.StringVar(&o.bin, "bin", os.Getenv("BENCH_BIN"), "host `dir` with powerhouse, hello and reuseport (default $BENCH_BIN)")
 	flag.StringVar(&o.config, "config", "", "the house's configuration `file` (TOML; @PORT@ and @BIN@ are replaced)")
 	flag.StringVar(&o.workerExtra, "worker-extra", "", "TOML `lines` appended to the configuration (its last [[worker]] table)")
+	flag.StringVar(&o.socketExtra, "socket-extra", "", "house: [Socket] `lines` of a drop-in for the sticky group's public socket unit, written before the install (e.g. 'DeferAcceptSec=0': measure the house without a setting the generator makes)")
 	flag.IntVar(&o.copies, "n", 2, "reference: copies of hello")
 	worker := flag.String("worker", "@BIN@/hello", "reference: the `command` of the copies, words separated by spaces (@BIN@ is replaced), e.g. '/usr/bin/node @BIN@/nodeworker.js'")
 	flag.StringVar(&o.pids, "pids", os.Getenv("BENCH_PIDS"), "write front=PID and workers=PID,... (host PIDs) to this `file` once ready (default $BENCH_PIDS)")
@@ -118,7 +123,7 @@ func main() {
 	flag.DurationVar(&o.reload.steady, "steady", 3*time.Second, "reload: the steady-state window before the reload")
 	flag.DurationVar(&o.reload.hold, "hold", time.Second, "reload: how long the long-lived connections stay open after the reload returned")
 	flag.Usage = func() {
-		fmt.Fprintln(os.Stderr, "usage: sdrow -port N -config FILE [-worker-extra LINES] [-pids FILE] house|reference|reload")
+		fmt.Fprintln(os.Stderr, "usage: sdrow -port N -config FILE [-worker-extra LINES] [-socket-extra LINES] [-pids FILE] house|reference|reload")
 		flag.PrintDefaults()
 	}
 	flag.Parse()
@@ -218,7 +223,7 @@ func run(o *options) (err error) {
 	var workers []int
 	switch o.mode {
 	case "house", "reload":
-		front, workers, err = startHouse(bootCtx, box, src, cfg)
+		front, workers, err = startHouse(bootCtx, box, src, cfg, o.socketExtra)
 	default:
 		front, workers, err = startReference(bootCtx, box, o, cfg)
 	}
@@ -287,15 +292,29 @@ wait:
 // startHouse installs the configuration and starts powerhouse.target, as
 // `powerhouse install --now` does on a real machine, and returns the host
 // PIDs of the first sticky group's supervisor and of its instances.
-func startHouse(ctx context.Context, box *sdbox.Box, src []byte, cfg *config.Config) (int, []int, error) {
+//
+// socketExtra, when set, are [Socket] lines of a drop-in for that group's
+// public socket unit, in place before the units are started.
+func startHouse(ctx context.Context, box *sdbox.Box, src []byte, cfg *config.Config, socketExtra string) (int, []int, error) {
 	if err := box.WriteFile(boxConfig, src, 0o644); err != nil {
 		return 0, nil, err
+	}
+	if socketExtra != "" {
+		g := units.Group{Name: stickyWorker(cfg).Name}
+		p := "/etc/systemd/system/" + g.PublicSocket() + ".d/50-bench.conf"
+		if err := box.WriteFile(p, []byte("[Socket]\n"+socketExtra+"\n"), 0o644); err != nil {
+			return 0, nil, err
+		}
 	}
 	if out, err := box.Run(ctx, boxBin+"/powerhouse", "install", "--now", boxConfig); err != nil {
 		return 0, nil, fmt.Errorf("powerhouse install --now: %w\n%s", err, out)
 	}
 	w := stickyWorker(cfg)
 	g := units.Group{Name: w.Name}
+	if out, err := box.Systemctl(ctx, "show", "-p", "DeferAcceptUSec", "--value", g.PublicSocket()); err == nil {
+		// In the row's log: which deferral the measured socket had.
+		fmt.Printf("sdrow: %s DeferAcceptUSec=%s\n", g.PublicSocket(), bytes.TrimSpace(out))
+	}
 	front, err := mainPID(ctx, box, g.SupervisorUnit())
 	if err != nil {
 		return 0, nil, err
