@@ -36,13 +36,25 @@ func (g *gen) healthWants() []string {
 }
 
 func (g *gen) healthSocket() Unit {
-	l := *g.c.Health
+	// One service takes every check (Accept=no): a load balancer checks
+	// every second or two, and a process per check would cost a fork,
+	// an exec and a sandbox each time.
+	return g.endpointSocket(units.HealthSocket, "health endpoint", *g.c.Health, "", HealthFDName, units.HealthService)
+}
+
+// endpointSocket is the socket unit of a house endpoint (health,
+// metrics) on listener l, taken by one service (Accept=no). unixMode is
+// the SocketMode= of a unix socket, "" for systemd's default.
+func (g *gen) endpointSocket(name, what string, l config.Listener, unixMode, fdName, service string) Unit {
 	var u opts
-	u.add("Unit", "Description", Specifiers(g.c.Title)+" health endpoint")
+	u.add("Unit", "Description", Specifiers(g.c.Title)+" "+what)
 	u.add("Unit", "Documentation", DocumentationURL(g.o.ConfigPath))
 	u.add("Unit", "PartOf", units.Target)
 	if l.Network == "unix" {
 		u.add("Socket", "ListenStream", PathEscape(l.Address))
+		if unixMode != "" {
+			u.add("Socket", "SocketMode", unixMode)
+		}
 	} else {
 		v6only := ipv6Only([]config.Listener{l})
 		for _, a := range tcpStreams(l, v6only) {
@@ -52,12 +64,9 @@ func (g *gen) healthSocket() Unit {
 			u.add("Socket", "BindIPv6Only", "ipv6-only")
 		}
 	}
-	u.add("Socket", "FileDescriptorName", HealthFDName)
-	// One service takes every check (Accept=no): a load balancer checks
-	// every second or two, and a process per check would cost a fork,
-	// an exec and a sandbox each time.
-	u.add("Socket", "Service", units.HealthService)
-	return Unit{Name: units.HealthSocket, Options: u}
+	u.add("Socket", "FileDescriptorName", fdName)
+	u.add("Socket", "Service", service)
+	return Unit{Name: name, Options: u}
 }
 
 func (g *gen) healthService() Unit {

@@ -36,28 +36,9 @@ func (g *gen) metricsWants() []string {
 }
 
 func (g *gen) metricsSocket() Unit {
-	l := *g.c.Metrics
-	var u opts
-	u.add("Unit", "Description", Specifiers(g.c.Title)+" metrics endpoint")
-	u.add("Unit", "Documentation", DocumentationURL(g.o.ConfigPath))
-	u.add("Unit", "PartOf", units.Target)
-	if l.Network == "unix" {
-		u.add("Socket", "ListenStream", PathEscape(l.Address))
-		u.add("Socket", "SocketMode", "0660")
-	} else {
-		v6only := ipv6Only([]config.Listener{l})
-		for _, a := range tcpStreams(l, v6only) {
-			u.add("Socket", "ListenStream", a)
-		}
-		if v6only {
-			u.add("Socket", "BindIPv6Only", "ipv6-only")
-		}
-	}
-	u.add("Socket", "FileDescriptorName", MetricsFDName)
 	// One service takes every scrape (Accept=no): a scraper comes every
-	// few seconds.
-	u.add("Socket", "Service", units.MetricsService)
-	return Unit{Name: units.MetricsSocket, Options: u}
+	// few seconds. A unix socket is for the scraper's group only.
+	return g.endpointSocket(units.MetricsSocket, "metrics endpoint", *g.c.Metrics, "0660", MetricsFDName, units.MetricsService)
 }
 
 func (g *gen) metricsService() Unit {

@@ -55,8 +55,8 @@ func TestHumanRate(t *testing.T) {
 		in   float64
 		want string
 	}{{0, "0"}, {0.4, "0"}, {12.3, "12"}, {999, "999"}, {1234, "1.2k"}, {9940, "9.9k"}, {45_600, "46k"}, {1_300_000, "1.3M"}} {
-		if got := humanRate(tc.in); got != tc.want {
-			t.Errorf("humanRate(%v) = %q, want %q", tc.in, got, tc.want)
+		if got := FormatRate(tc.in); got != tc.want {
+			t.Errorf("FormatRate(%v) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }

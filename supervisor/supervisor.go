@@ -932,7 +932,7 @@ func (s *Supervisor) status() string {
 	}
 	if s.disp != nil {
 		st := s.disp.Stats()
-		msg += " · " + humanRate(math.Float64frombits(s.rate.Load())) + " conn/s · " + plural(st.StickyMiss, "miss", "misses")
+		msg += " · " + FormatRate(math.Float64frombits(s.rate.Load())) + " conn/s · " + plural(st.StickyMiss, "miss", "misses")
 		if st.Dropped > 0 {
 			msg += fmt.Sprintf(" · %d dropped", st.Dropped)
 		}
@@ -954,9 +954,10 @@ func (s *Supervisor) status() string {
 	return msg
 }
 
-// humanRate writes a rate in at most four characters: 0, 12, 980, 1.2k,
-// 45k, 1.3M.
-func humanRate(r float64) string {
+// FormatRate writes a rate in at most four characters: 0, 12, 980, 1.2k,
+// 45k, 1.3M, as STATUS= shows it (and `powerhouse top`, so that both
+// read alike).
+func FormatRate(r float64) string {
 	switch {
 	case r < 999.5:
 		return strconv.FormatFloat(r, 'f', 0, 64)

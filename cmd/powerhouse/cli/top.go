@@ -13,6 +13,8 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"golang.org/x/sys/unix"
+
+	"github.com/powerhouse/powerhouse/supervisor"
 )
 
 var topVerb = verb{
@@ -234,7 +236,7 @@ func renderTop(w io.Writer, prev, cur *topSample, errs []error, interval time.Du
 			}
 		}
 		fmt.Fprintf(w, "\ngroup %s: %d/%d up · %s conn/s · %.0f misses · %.0f dropped\n", name, up, int(g.wanted),
-			humanRate(rate(pg.handed, g.handed, dt)), g.misses, g.dropped)
+			supervisor.FormatRate(rate(pg.handed, g.handed, dt)), g.misses, g.dropped)
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  INSTANCE\tSTATE\tCONN/S\tHANDED OFF\tQUEUE\tWAITING\tOPEN\tRESTARTS\tPID\tUNIT")
 		ids := make([]int, 0, len(g.instances))
@@ -268,7 +270,7 @@ func renderTop(w io.Writer, prev, cur *topSample, errs []error, interval time.Du
 				unit += " · draining " + d
 			}
 			fmt.Fprintf(tw, "  %s@%d\t%s\t%s\t%.0f\t%.0f\t%.0f\t%s\t%.0f\t%s\t%s\n", name, n, state,
-				humanRate(rate(before, in.handed, dt)), in.handed, in.queue, in.waiting, open, in.restarts, pid, unit)
+				supervisor.FormatRate(rate(before, in.handed, dt)), in.handed, in.queue, in.waiting, open, in.restarts, pid, unit)
 		}
 		tw.Flush()
 	}
@@ -278,18 +280,4 @@ func renderTop(w io.Writer, prev, cur *topSample, errs []error, interval time.Du
 	for _, err := range errs {
 		fmt.Fprintf(w, "! %v\n", err)
 	}
-}
-
-// humanRate writes a rate in at most four characters: 0, 12, 1.2k, 45k,
-// 1.3M (as the supervisors' STATUS= does).
-func humanRate(r float64) string {
-	switch {
-	case r < 999.5:
-		return strconv.FormatFloat(r, 'f', 0, 64)
-	case r < 9950:
-		return strconv.FormatFloat(r/1e3, 'f', 1, 64) + "k"
-	case r < 999.5e3:
-		return strconv.FormatFloat(r/1e3, 'f', 0, 64) + "k"
-	}
-	return strconv.FormatFloat(r/1e6, 'f', 1, 64) + "M"
 }
