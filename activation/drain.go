@@ -142,6 +142,7 @@ func (sc *ServeConfig) Track(srv *http.Server) *Tracker {
 func Track(srv *http.Server) *Tracker { return (&ServeConfig{}).Track(srv) }
 
 func (t *Tracker) track(c net.Conn, st http.ConnState) {
+	gone := 0
 	t.mu.Lock()
 	switch st {
 	case http.StateNew:
@@ -164,7 +165,7 @@ func (t *Tracker) track(c net.Conn, st http.ConnState) {
 			// Forget those closed since: without this a worker serving
 			// WebSockets for months would keep every one it ever had.
 			// Doubling the mark keeps the cost per hijack constant.
-			t.pruneLocked()
+			gone = t.pruneLocked()
 			t.pruneAt = max(64, 2*len(t.hijacked))
 		}
 	case http.StateClosed:
@@ -179,9 +180,10 @@ func (t *Tracker) track(c net.Conn, st http.ConnState) {
 	}
 	t.signalLocked()
 	t.mu.Unlock()
-	if st == http.StateClosed && t.closed != nil {
-		t.closed()
+	if st == http.StateClosed {
+		gone++
 	}
+	t.reportGone(gone)
 }
 
 // handled marks c as having had a request reach the handler.
@@ -203,15 +205,57 @@ func (t *Tracker) signalLocked() {
 }
 
 // pruneLocked forgets the hijacked connections that are closed, counting
-// them as drained once the drain started; t.mu is held.
-func (t *Tracker) pruneLocked() {
+// them as drained once the drain started; t.mu is held. It returns how
+// many it forgot, for reportGone once t.mu is released.
+func (t *Tracker) pruneLocked() (gone int) {
 	for c := range t.hijacked {
 		if isClosed(c) {
 			delete(t.hijacked, c)
+			gone++
 			if t.started && !t.frozen {
 				t.ended++
 			}
 		}
+	}
+	return gone
+}
+
+// reportGone reports n hijacked connections closed to the supervisor (the
+// report socket's Closed count): net/http's accounting lost them at the
+// hijack, and the dispatcher's open count per instance, which
+// balance_factor and fallback = "spread" read, would hold them for the
+// life of the process. t.mu must not be held.
+func (t *Tracker) reportGone(n int) {
+	for range n {
+		if t.closed != nil {
+			t.closed()
+		}
+	}
+}
+
+// hijackSweep is how often a serving worker looks which hijacked
+// connections were closed, to report them: a WebSocket's close is seen
+// within about a second.
+const hijackSweep = time.Second
+
+// sweep reports closed hijacked connections every hijackSweep until ctx
+// ends.
+func (t *Tracker) sweep(ctx context.Context) {
+	tick := time.NewTicker(hijackSweep)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		t.mu.Lock()
+		gone := 0
+		if len(t.hijacked) > 0 {
+			gone = t.pruneLocked()
+		}
+		t.mu.Unlock()
+		t.reportGone(gone)
 	}
 }
 
@@ -247,9 +291,10 @@ func isClosed(c net.Conn) bool {
 func (t *Tracker) begin() {
 	t.start.Do(func() {
 		t.mu.Lock()
-		t.pruneLocked() // those closed before the drain do not count
+		gone := t.pruneLocked() // those closed before the drain do not count
 		t.started = true
 		t.mu.Unlock()
+		t.reportGone(gone)
 		close(t.draining)
 		if t.sc.OnDrain != nil {
 			go t.sc.OnDrain()
@@ -268,14 +313,16 @@ func (t *Tracker) waitHijacked(ctx context.Context) DrainResult {
 	defer tick.Stop()
 	for {
 		t.mu.Lock()
-		t.pruneLocked()
+		gone := t.pruneLocked()
 		if len(t.hijacked) == 0 && t.open <= 0 {
 			res := DrainResult{Drained: t.ended}
 			t.frozen = true
 			t.mu.Unlock()
+			t.reportGone(gone)
 			return res
 		}
 		t.mu.Unlock()
+		t.reportGone(gone)
 		select {
 		case <-ctx.Done():
 			return t.cut()
@@ -289,17 +336,19 @@ func (t *Tracker) waitHijacked(ctx context.Context) DrainResult {
 // are closed by the caller with srv.Close, after this counted them.
 func (t *Tracker) cut() DrainResult {
 	t.mu.Lock()
-	t.pruneLocked()
+	gone := t.pruneLocked()
 	res := DrainResult{Drained: t.ended, Cut: uint64(max(t.open, 0) + len(t.hijacked))}
 	t.frozen = true
 	left := make([]net.Conn, 0, len(t.hijacked))
 	for c := range t.hijacked {
 		left = append(left, c)
 	}
+	t.hijacked = nil
 	t.mu.Unlock()
 	for _, c := range left {
 		c.Close()
 	}
+	t.reportGone(gone + len(left))
 	return res
 }
 

@@ -339,3 +339,34 @@ func TestServeDraining(t *testing.T) {
 		t.Errorf("drain result %+v, want 3 drained, 0 cut", got)
 	}
 }
+
+// TestServeReportsHijackedClosed: a hijacked connection (a WebSocket)
+// leaves net/http's accounting at the hijack; when its handler closes it,
+// the worker still reports it closed to the supervisor (within about a
+// second), so that the dispatcher's count of the instance's open
+// connections, which balance_factor and fallback = "spread" read, does
+// not keep it for the life of the process.
+func TestServeReportsHijackedClosed(t *testing.T) {
+	w, tcp, _, rep := startDrainChild(t, "20s")
+	c := upgrade(t, tcp.Addr().String())
+	if err := c.echo(1); err != nil {
+		t.Fatal(err)
+	}
+	c.Close() // the handler's read ends, and it closes its side
+	for {
+		m, from := next(t, rep)
+		if from.PID != int32(w.cmd.Process.Pid) {
+			continue
+		}
+		if cl, ok := m.(report.Closed); ok {
+			if cl.Count != 1 {
+				t.Errorf("closed %d, want the one hijacked connection", cl.Count)
+			}
+			break
+		}
+	}
+	w.cmd.Process.Signal(syscall.SIGTERM)
+	if err := w.wait(t, 10*time.Second); err != nil {
+		t.Fatalf("worker exit: %v (stderr: %s)", err, w.stderr)
+	}
+}

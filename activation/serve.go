@@ -139,6 +139,7 @@ func (sc *ServeConfig) Serve(ctx context.Context, srv *http.Server, l net.Listen
 	// still call them after Serve).
 	t := sc.Track(srv)
 	t.closed = rep.connClosed
+	go t.sweep(ctx) // hijacked connections' closes, reported as they come
 	rl := &readyListener{Listener: l, t: t, closed: make(chan struct{})}
 	defer rl.stopping()
 	// Before READY=1 (the first Accept): the supervisor knows what the
