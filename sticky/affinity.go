@@ -505,22 +505,11 @@ func (d *Dispatcher) acceptKeyLoop(ctx context.Context, name string, f *os.File,
 			nfd, peer, aerr = accept(int(fd))
 			return aerr != unix.EAGAIN
 		})
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("dispatch: accept on %s: %w", name, err)
-		}
-		if aerr != nil {
-			if err := d.acceptFailed(ctx, name, aerr, &backoff); err != nil {
-				return err
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
+		if again, done, err := d.acceptEnded(ctx, name, err, aerr, &backoff); done {
+			return err
+		} else if again {
 			continue
 		}
-		backoff = 0
 		beat.Add(1)
 		p.add(nfd, peer, name)
 		beat.Add(1)

@@ -599,22 +599,11 @@ func (d *Dispatcher) acceptLoop(ctx context.Context, name string, f *os.File) er
 			nfd, peer, aerr = acc(int(fd))
 			return aerr != unix.EAGAIN
 		})
-		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, os.ErrClosed) {
-				return nil
-			}
-			return fmt.Errorf("dispatch: accept on %s: %w", name, err)
-		}
-		if aerr != nil {
-			if err := d.acceptFailed(ctx, name, aerr, &backoff); err != nil {
-				return err
-			}
-			if ctx.Err() != nil {
-				return nil
-			}
+		if again, done, err := d.acceptEnded(ctx, name, err, aerr, &backoff); done {
+			return err
+		} else if again {
 			continue
 		}
-		backoff = 0
 		beat.Add(1)
 		var held *waiting
 		if bounded {
@@ -630,6 +619,31 @@ func (d *Dispatcher) acceptLoop(ctx context.Context, name string, f *os.File) er
 			d.hold(ctx, held)
 		}
 	}
+}
+
+// acceptEnded sorts out how one accept on listener name ended: rerr from
+// the listener's RawConn.Read, aerr from accept4 itself. again asks for
+// another accept (a transient error, after acceptFailed's back-off);
+// done ends the loop, with a nil error when ctx ended or the listener was
+// closed. Both false: a connection was taken, and the back-off resets.
+// The Read stays in each loop: passed here through the RawConn interface,
+// its closure and what it captures would escape, allocations per
+// connection.
+func (d *Dispatcher) acceptEnded(ctx context.Context, name string, rerr, aerr error, backoff *time.Duration) (again, done bool, err error) {
+	switch {
+	case rerr != nil:
+		if ctx.Err() != nil || errors.Is(rerr, os.ErrClosed) {
+			return false, true, nil
+		}
+		return false, true, fmt.Errorf("dispatch: accept on %s: %w", name, rerr)
+	case aerr != nil:
+		if err := d.acceptFailed(ctx, name, aerr, backoff); err != nil {
+			return false, true, err
+		}
+		return ctx.Err() == nil, ctx.Err() != nil, nil
+	}
+	*backoff = 0
+	return false, false, nil
 }
 
 // accept takes one connection from the listening socket fd and returns it
