@@ -16,32 +16,63 @@ import (
 	"github.com/powerhouse/powerhouse/report"
 )
 
-// TestServeAnswersLateFirstRequest: a client that connected before the
-// shutdown but sends its request after it began is answered, not dropped
-// (net/http alone closes such a connection without a reply).
-func TestServeAnswersLateFirstRequest(t *testing.T) {
+// freshConn runs Serve (stop timeout stop) on a new loopback listener and
+// returns a client connection the server has accepted (StateNew) and that
+// has sent nothing yet, the cancel that begins the drain, and Serve's
+// result. hook, when set, is also srv's ConnState.
+func freshConn(t *testing.T, stop time.Duration, hook func(net.Conn, http.ConnState), onShutdown func()) (l net.Listener, c net.Conn, cancel func(), done <-chan error) {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var accepted = make(chan struct{}, 1)
+	accepted := make(chan struct{}, 1)
 	srv := &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }),
 		ConnState: func(c net.Conn, st http.ConnState) {
 			if st == http.StateNew {
 				accepted <- struct{}{}
 			}
+			if hook != nil {
+				hook(c, st)
+			}
 		},
 	}
+	if onShutdown != nil {
+		srv.RegisterOnShutdown(onShutdown)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- (&activation.ServeConfig{StopTimeout: 10 * time.Second}).Serve(ctx, srv, l) }()
-	c, err := net.Dial("tcp", l.Addr().String())
+	served := make(chan error, 1)
+	go func() { served <- (&activation.ServeConfig{StopTimeout: stop}).Serve(ctx, srv, l) }()
+	c, err = net.Dial("tcp", l.Addr().String())
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	<-accepted
+	return l, c, cancel, served
+}
+
+// answered checks that c, whose request was sent, gets a 200 within d,
+// and that Serve then returned cleanly.
+func answered(t *testing.T, c net.Conn, d time.Duration, done <-chan error, what string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(d))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
+		t.Fatalf("%s: %q, %v; want an answer", what, line, err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+}
+
+// TestServeAnswersLateFirstRequest: a client that connected before the
+// shutdown but sends its request after it began is answered, not dropped
+// (net/http alone closes such a connection without a reply).
+func TestServeAnswersLateFirstRequest(t *testing.T) {
+	l, c, cancel, done := freshConn(t, 10*time.Second, nil, nil)
 	cancel() // shutdown begins while the connection is fresh
 	// The listener closes when the shutdown starts: wait for that.
 	deadline := time.Now().Add(5 * time.Second)
@@ -57,14 +88,7 @@ func TestServeAnswersLateFirstRequest(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
-		t.Fatalf("late first request: %q, %v", line, err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("Serve: %v", err)
-	}
+	answered(t, c, 5*time.Second, done, "late first request")
 }
 
 // lateListener stands for a hand-off listener at the moment of Close: the
@@ -166,49 +190,20 @@ func TestServeWaitsForAcceptInProgress(t *testing.T) {
 // for up to 300 ms (it stands for the scheduler, not a wait for an event),
 // or until Shutdown begins.
 func TestServeWaitsForFreshRequest(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	shutdown := make(chan struct{})
-	accepted := make(chan struct{}, 1)
 	var held atomic.Bool
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }),
-		ConnState: func(c net.Conn, st http.ConnState) {
-			switch st {
-			case http.StateNew:
-				accepted <- struct{}{}
-			case http.StateActive:
-				if held.CompareAndSwap(false, true) {
-					select {
-					case <-shutdown:
-					case <-time.After(300 * time.Millisecond):
-					}
-				}
+	hold := func(c net.Conn, st http.ConnState) {
+		if st == http.StateActive && held.CompareAndSwap(false, true) {
+			select {
+			case <-shutdown:
+			case <-time.After(300 * time.Millisecond):
 			}
-		},
+		}
 	}
-	srv.RegisterOnShutdown(func() { close(shutdown) })
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- (&activation.ServeConfig{StopTimeout: 10 * time.Second}).Serve(ctx, srv, l) }()
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	<-accepted
+	_, c, cancel, done := freshConn(t, 10*time.Second, hold, func() { close(shutdown) })
 	cancel()
 	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
-		t.Fatalf("request read as the drain began: %q, %v; want an answer", line, err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("Serve: %v", err)
-	}
+	answered(t, c, 10*time.Second, done, "request read as the drain began")
 }
 
 // TestTrackerShutdown: a worker that runs its own http.Server loop drains
@@ -314,39 +309,11 @@ func TestTrackerShutdown(t *testing.T) {
 // Shutdown, so a request in between was read after Shutdown began and
 // dropped unanswered.
 func TestServeAnswersSlowFirstRequest(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	accepted := make(chan struct{}, 1)
-	srv := &http.Server{
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) }),
-		ConnState: func(c net.Conn, st http.ConnState) {
-			if st == http.StateNew {
-				accepted <- struct{}{}
-			}
-		},
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- (&activation.ServeConfig{StopTimeout: 20 * time.Second}).Serve(ctx, srv, l) }()
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	<-accepted
+	_, c, cancel, done := freshConn(t, 20*time.Second, nil, nil)
 	cancel()
 	// The client is slow: the lapse of time is the case, not a wait for
 	// an event.
 	time.Sleep(1500 * time.Millisecond)
 	c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
-	c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 200") {
-		t.Fatalf("first request 1.5s into the drain: %q, %v; want an answer", line, err)
-	}
-	if err := <-done; err != nil {
-		t.Fatalf("Serve: %v", err)
-	}
+	answered(t, c, 10*time.Second, done, "first request 1.5s into the drain")
 }
